@@ -1,0 +1,1 @@
+"""Approval requests arrive with the just-in-time approvals work."""

@@ -1,0 +1,271 @@
+"""Airlock settings, read from the environment.
+
+With nothing set, Airlock runs on an embedded default (SQLite, an in-process channel
+layer, Celery on a filesystem broker) for trying it out on one machine. Setting
+``DATABASE_URL`` (PostgreSQL) and ``REDIS_URL`` switches to the production shape.
+See docs/configuration.md for every variable.
+"""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+
+import dj_database_url
+from cryptography.fernet import Fernet
+from django.core.exceptions import ImproperlyConfigured
+
+from console.envconfig import (
+    env_bool,
+    env_int,
+    env_list,
+    env_secret,
+    env_str,
+    env_url,
+    persistent_secret,
+)
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+DATA_DIR = Path(env_str("AIRLOCK_DATA_DIR", str(BASE_DIR / "var"))).resolve()
+
+DEBUG = env_bool("AIRLOCK_DEBUG", False)
+SECRET_KEY = env_secret("AIRLOCK_SECRET_KEY") or persistent_secret(
+    DATA_DIR / "django-secret-key", lambda: secrets.token_urlsafe(50)
+)
+ALLOWED_HOSTS = env_list("AIRLOCK_ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
+CSRF_TRUSTED_ORIGINS = env_list("AIRLOCK_CSRF_TRUSTED_ORIGINS", [])
+# The public URL of the console, used in links sent to agents and reviewers.
+AIRLOCK_PUBLIC_URL = env_str("AIRLOCK_PUBLIC_URL", "http://127.0.0.1:8000").rstrip("/")
+
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "whitenoise.runserver_nostatic",
+    "django.contrib.staticfiles",
+    "channels",
+    "allauth",
+    "allauth.account",
+    "allauth.socialaccount",
+    "allauth.socialaccount.providers.openid_connect",
+    "audit",
+    "identity",
+    "policies",
+    "recordings",
+    "approvals",
+    "gateway",
+    "console",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "allauth.account.middleware.AccountMiddleware",
+]
+
+ROOT_URLCONF = "console.urls"
+ASGI_APPLICATION = "console.asgi.application"
+WSGI_APPLICATION = None
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+                "console.context_processors.navigation",
+            ],
+        },
+    },
+]
+
+# --- Database -------------------------------------------------------------------
+DATABASE_URL = env_url("DATABASE_URL", ("postgres", "postgresql", "sqlite"))
+if DATABASE_URL:
+    try:
+        _db = dj_database_url.parse(DATABASE_URL, conn_max_age=env_int("AIRLOCK_DB_CONN_MAX_AGE", 60))
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"DATABASE_URL: {exc}") from None
+else:
+    DATA_DIR.mkdir(parents=True, exist_ok=True)
+    _db = {
+        "ENGINE": "django.db.backends.sqlite3",
+        "NAME": str(DATA_DIR / "airlock.sqlite3"),
+        "OPTIONS": {
+            "timeout": 20,
+            "transaction_mode": "IMMEDIATE",
+            "init_command": "PRAGMA journal_mode=WAL;",
+        },
+    }
+DATABASES = {"default": _db}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+IS_EMBEDDED = not DATABASE_URL
+
+# --- Redis: channel layer, Celery broker ----------------------------------------
+REDIS_URL = env_url("REDIS_URL", ("redis", "rediss", "unix"))
+if REDIS_URL:
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {"hosts": [REDIS_URL], "prefix": env_str("AIRLOCK_CHANNEL_PREFIX", "airlock")},
+        }
+    }
+    CELERY_BROKER_URL = REDIS_URL
+else:
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+    # A filesystem broker: worker and producers share a folder, no server needed.
+    _celery_dir = DATA_DIR / "celery"
+    for _sub in ("queue", "processed"):
+        (_celery_dir / _sub).mkdir(parents=True, exist_ok=True)
+    CELERY_BROKER_URL = "filesystem://"
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "data_folder_in": str(_celery_dir / "queue"),
+        "data_folder_out": str(_celery_dir / "queue"),
+        "processed_folder": str(_celery_dir / "processed"),
+    }
+CELERY_TASK_ALWAYS_EAGER = env_bool("AIRLOCK_CELERY_EAGER", False)
+CELERY_TASK_EAGER_PROPAGATES = True
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_BEAT_SCHEDULE_FILENAME = str(DATA_DIR / "celerybeat-schedule")
+CELERY_BEAT_SCHEDULE: dict[str, dict] = {}
+
+# --- Identity ---------------------------------------------------------------------
+AUTH_USER_MODEL = "identity.User"
+AUTHENTICATION_BACKENDS = [
+    "django.contrib.auth.backends.ModelBackend",
+    "allauth.account.auth_backends.AuthenticationBackend",
+]
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+]
+LOGIN_URL = "account_login"
+LOGIN_REDIRECT_URL = "dashboard"
+ACCOUNT_LOGOUT_REDIRECT_URL = "account_login"
+ACCOUNT_LOGIN_METHODS = {"username"}
+ACCOUNT_SIGNUP_FIELDS = ["username*", "password1*", "password2*"]
+ACCOUNT_EMAIL_VERIFICATION = "none"
+# People are created by admins or by OIDC login, never by open sign-up.
+ACCOUNT_ADAPTER = "identity.adapters.AccountAdapter"
+SOCIALACCOUNT_ADAPTER = "identity.adapters.SocialAccountAdapter"
+SOCIALACCOUNT_ONLY = False
+SOCIALACCOUNT_LOGIN_ON_GET = False
+SOCIALACCOUNT_STORE_TOKENS = False
+
+# Role groups: membership in these Airlock groups grants the role. They are mapped from
+# the identity provider like every other group.
+AIRLOCK_ROLE_GROUPS = {
+    "admin": env_str("AIRLOCK_ADMIN_GROUP", "admins"),
+    "reviewer": env_str("AIRLOCK_REVIEWER_GROUP", "reviewers"),
+    "auditor": env_str("AIRLOCK_AUDITOR_GROUP", "auditors"),
+}
+
+# OpenID Connect login for people.
+OIDC_ISSUER = env_str("AIRLOCK_OIDC_ISSUER")
+OIDC_CLIENT_ID = env_str("AIRLOCK_OIDC_CLIENT_ID")
+OIDC_CLIENT_SECRET = env_secret("AIRLOCK_OIDC_CLIENT_SECRET")
+OIDC_PROVIDER_NAME = env_str("AIRLOCK_OIDC_NAME", "Single sign-on")
+OIDC_GROUPS_CLAIM = env_str("AIRLOCK_OIDC_GROUPS_CLAIM", "groups")
+# "idp-group=airlock-group,..." ; IdP groups not listed map to nothing unless
+# AIRLOCK_OIDC_GROUPS_PASSTHROUGH is on, in which case they map to the same name.
+OIDC_GROUP_MAP = dict(item.split("=", 1) for item in env_list("AIRLOCK_OIDC_GROUP_MAP") if "=" in item)
+OIDC_GROUPS_PASSTHROUGH = env_bool("AIRLOCK_OIDC_GROUPS_PASSTHROUGH", False)
+SOCIALACCOUNT_PROVIDERS: dict[str, dict] = {}
+if OIDC_ISSUER:
+    if not OIDC_CLIENT_ID:
+        raise ImproperlyConfigured("AIRLOCK_OIDC_CLIENT_ID: required when AIRLOCK_OIDC_ISSUER is set")
+    SOCIALACCOUNT_PROVIDERS["openid_connect"] = {
+        "OAUTH_PKCE_ENABLED": True,
+        "APPS": [
+            {
+                "provider_id": "oidc",
+                "name": OIDC_PROVIDER_NAME,
+                "client_id": OIDC_CLIENT_ID,
+                "secret": OIDC_CLIENT_SECRET,
+                "settings": {"server_url": OIDC_ISSUER, "token_auth_method": "client_secret_post"},
+            }
+        ],
+    }
+
+# OIDC-issued JWTs accepted from agents (client-credentials service accounts).
+AIRLOCK_JWT_ISSUERS = (
+    [
+        {
+            "issuer": env_str("AIRLOCK_AGENT_JWT_ISSUER"),
+            "jwks_url": env_str("AIRLOCK_AGENT_JWT_JWKS_URL"),
+            "audience": env_str("AIRLOCK_AGENT_JWT_AUDIENCE", "airlock"),
+            "groups_claim": env_str("AIRLOCK_AGENT_JWT_GROUPS_CLAIM", "groups"),
+            "subject_claim": env_str("AIRLOCK_AGENT_JWT_SUBJECT_CLAIM", "sub"),
+        }
+    ]
+    if env_str("AIRLOCK_AGENT_JWT_ISSUER")
+    else []
+)
+
+# --- Secrets at rest ----------------------------------------------------------------
+# Comma-separated Fernet keys; the first encrypts, all decrypt (rotation).
+AIRLOCK_SECRET_KEYS = env_list("AIRLOCK_SECRET_KEYS") or [
+    persistent_secret(DATA_DIR / "secret-encryption-key", lambda: Fernet.generate_key().decode())
+]
+
+# --- Gateway --------------------------------------------------------------------------
+GATEWAY_POSTGRES_LISTEN = env_str("AIRLOCK_POSTGRES_LISTEN", "127.0.0.1:15432")
+GATEWAY_TLS_CERT = env_str("AIRLOCK_TLS_CERT")
+GATEWAY_TLS_KEY = env_str("AIRLOCK_TLS_KEY")
+GATEWAY_MAX_MESSAGE_BYTES = env_int("AIRLOCK_MAX_MESSAGE_BYTES", 64 * 1024 * 1024, minimum=1024)
+GATEWAY_IDLE_TIMEOUT = env_int("AIRLOCK_IDLE_TIMEOUT_SECONDS", 3600, minimum=1)
+GATEWAY_SESSION_TIMEOUT = env_int("AIRLOCK_SESSION_TIMEOUT_SECONDS", 12 * 3600, minimum=1)
+GATEWAY_MAX_SESSIONS = env_int("AIRLOCK_MAX_SESSIONS", 1000, minimum=1)
+GATEWAY_LOGIN_FAILURES_PER_MINUTE = env_int("AIRLOCK_LOGIN_FAILURES_PER_MINUTE", 10, minimum=1)
+
+# --- Recordings -------------------------------------------------------------------
+RECORDING_SIGNING_KEY_FILE = env_str(
+    "AIRLOCK_RECORDING_KEY_FILE", str(DATA_DIR / "recording-signing-key.pem")
+)
+RECORDING_STRICT = env_bool("AIRLOCK_RECORDING_STRICT", True)
+RECORDING_RESULT_ROWS = env_int("AIRLOCK_RECORDING_RESULT_ROWS", 20, minimum=0)
+RECORDING_FLUSH_SECONDS = env_int("AIRLOCK_RECORDING_FLUSH_MS", 200, minimum=1) / 1000
+RECORDING_PERSIST_TIMEOUT = env_int("AIRLOCK_RECORDING_PERSIST_TIMEOUT_SECONDS", 10, minimum=1)
+
+# --- Email ---------------------------------------------------------------------------
+EMAIL_BACKEND = env_str("AIRLOCK_EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")
+EMAIL_HOST = env_str("AIRLOCK_EMAIL_HOST", "localhost")
+EMAIL_PORT = env_int("AIRLOCK_EMAIL_PORT", 25)
+DEFAULT_FROM_EMAIL = env_str("AIRLOCK_EMAIL_FROM", "airlock@localhost")
+
+# --- Web ------------------------------------------------------------------------------
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = False
+USE_TZ = True
+STATIC_URL = "static/"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+STATIC_ROOT = DATA_DIR / "staticfiles"
+SESSION_COOKIE_HTTPONLY = True
+SESSION_COOKIE_SECURE = env_bool("AIRLOCK_SECURE_COOKIES", False)
+CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
+X_FRAME_OPTIONS = "DENY"
+SECURE_CONTENT_TYPE_NOSNIFF = True
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env_str("AIRLOCK_LOG_LEVEL", "INFO")},
+    "loggers": {"django.channels.server": {"level": "WARNING"}},
+}

@@ -1,0 +1,1 @@
+"""Signal receivers for identity (OIDC group sync is wired here)."""
