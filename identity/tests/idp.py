@@ -91,7 +91,9 @@ class FakeIdentityProvider:
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
         self._server.daemon_threads = True
         self.issuer = f"http://127.0.0.1:{self._server.server_address[1]}"
-        self._thread = threading.Thread(target=self._server.serve_forever, name="fake-idp", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, name="fake-idp", daemon=True
+        )
 
     # --- life cycle ---------------------------------------------------------------------
     def start(self) -> FakeIdentityProvider:
