@@ -12,6 +12,7 @@ from django.test import Client
 from django.urls import reverse
 
 from audit.models import AuditRecord
+from identity.actions import do_set_user_active
 from identity.models import User
 from identity.tests.conftest import oidc_login
 
@@ -197,3 +198,32 @@ def test_linking_a_local_account_to_the_idp_syncs_its_groups(idp, mallory):
     assert mallory.socialaccount_set.filter(uid="u-mallory").exists()
     assert _groups(mallory) == {"dba"}
     assert AuditRecord.objects.filter(action="user.groups.sync", target_id=str(mallory.pk)).exists()
+
+
+def test_an_idp_email_equal_to_a_local_accounts_does_not_log_in_as_it(idp, alice):
+    alice.email = "alice@example.com"
+    alice.save()
+    client = Client()
+
+    response = oidc_login(
+        client, idp, **_person(sub="u-evil", preferred_username="eve", email="alice@example.com")
+    )
+
+    # allauth asks for another address instead of connecting the IdP identity to alice.
+    assert response.status_code == 302 and response["Location"] == reverse("socialaccount_signup")
+    assert "_auth_user_id" not in client.session
+    assert not alice.socialaccount_set.exists()
+    assert list(User.objects.values_list("username", flat=True)) == ["alice"]
+    alice.refresh_from_db()
+    assert alice.has_role("admin")
+
+
+def test_a_disabled_person_cannot_log_in_through_the_idp(idp, role_groups):
+    oidc_login(Client(), idp, **_person(groups=["eng-dba"]))
+    user = User.objects.get(username="dana")
+    do_set_user_active("test", user, False)
+    client = Client()
+
+    oidc_login(client, idp, **_person(groups=["eng-dba"]))
+
+    assert "_auth_user_id" not in client.session
