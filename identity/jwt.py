@@ -68,6 +68,7 @@ DEFAULT_ALGORITHMS = (
 # Real access tokens are a few kilobytes; anything much larger is not worth parsing.
 MAX_TOKEN_LENGTH = 16 * 1024
 MAX_SUBJECT_LENGTH = 200
+MAX_KID_LENGTH = 200
 HTTP_TIMEOUT_SECONDS = 5.0
 
 
@@ -223,11 +224,12 @@ def _signing_key(config: IssuerConfig, kid: str) -> jwt.PyJWK:
     client = _jwks_client(config)
     try:
         return client.get_signing_key(kid)
-    except jwt.PyJWKClientConnectionError as exc:
+    except (jwt.PyJWKClientConnectionError, ValueError) as exc:
+        # ValueError: the endpoint answered with something that is not JSON.
         log.warning("agent JWT: cannot fetch the JWKS of %s: %s", config.issuer, exc)
         raise AgentAuthError("cannot fetch the issuer's signing keys") from None
     except (jwt.PyJWKClientError, jwt.PyJWKSetError, jwt.InvalidKeyError):
-        raise AgentAuthError(f"no signing key with key id {kid!r} at the issuer") from None
+        raise _refuse(f"no signing key with key id {kid!r} at the issuer", config.issuer) from None
 
 
 # --- Verification -----------------------------------------------------------------
@@ -268,9 +270,11 @@ def verify_agent_jwt(token: str) -> AgentIdentity:
     kid = header.get("kid")
     if not isinstance(kid, str) or not kid:
         raise _refuse("the token has no key id (kid)", config.issuer)
-    key = _signing_key(config, kid[:200])
+    if len(kid) > MAX_KID_LENGTH:
+        raise _refuse("the token's key id (kid) is too long", config.issuer)
+    key = _signing_key(config, kid)
     if key.algorithm_name != alg:
-        raise _refuse(f"key {kid[:200]!r} is not for algorithm {alg!r}", config.issuer)
+        raise _refuse(f"key {kid!r} is not for algorithm {alg!r}", config.issuer)
 
     try:
         claims = jwt.decode(

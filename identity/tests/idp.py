@@ -81,6 +81,7 @@ class FakeIdentityProvider:
     groups_in_userinfo: bool = True
     service_accounts: dict[str, ServiceAccount] = field(default_factory=dict)
     jwks_status: int = 200
+    jwks_body: bytes | None = None  # served instead of the key set when set (a broken IdP)
     jwks_fetches: int = 0
     token_requests: list[dict[str, str]] = field(default_factory=list)
 
@@ -191,6 +192,12 @@ def _handler_for(idp: FakeIdentityProvider) -> type[BaseHTTPRequestHandler]:
                     idp.jwks_fetches += 1
                 if idp.jwks_status != 200:
                     self._error(idp.jwks_status, "unavailable")
+                elif idp.jwks_body is not None:
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(idp.jwks_body)))
+                    self.end_headers()
+                    self.wfile.write(idp.jwks_body)
                 else:
                     self._json(200, {"keys": [key.public_jwk() for key in idp.keys]})
             elif url.path == "/authorize":

@@ -10,6 +10,7 @@ import secrets
 import time
 from datetime import UTC, datetime
 
+import jwt
 import pytest
 import requests
 from cryptography.hazmat.primitives import serialization
@@ -192,6 +193,13 @@ def test_a_symmetric_key_in_the_jwks_is_never_used(idp, issuer, billing_bot):
     assert _refused(f"{rs_header}.{payload}.{signature}") == "key 'k-oct' is not for algorithm 'RS256'"
 
 
+def test_a_token_without_a_usable_kid_is_refused(idp, issuer, billing_bot):
+    no_kid = jwt.encode(_claims(idp), idp.keys[0].private, algorithm="RS256")
+
+    assert _refused(no_kid) == "the token has no key id (kid)"
+    assert _refused(idp.keys[0].sign(_claims(idp), kid="k" * 300)) == "the token's key id (kid) is too long"
+
+
 def test_an_unknown_kid_refreshes_the_keys_and_a_new_key_is_accepted(idp, issuer, billing_bot):
     verify_agent_jwt(idp.agent_token("svc-billing"))
     assert idp.jwks_fetches == 1
@@ -255,6 +263,18 @@ def test_an_unreachable_jwks_refuses_the_token(idp, issuer, billing_bot):
     idp.jwks_status = 503
 
     assert _refused(idp.agent_token("svc-billing")) == "cannot fetch the issuer's signing keys"
+
+
+@pytest.mark.parametrize(
+    "body", [b"<html>maintenance</html>", b"[]", b'{"keys": []}', b'{"keys": [{"kty": "RSA"}]}']
+)
+def test_a_broken_jwks_refuses_the_token(idp, issuer, billing_bot, body):
+    idp.jwks_body = body
+
+    assert _refused(idp.agent_token("svc-billing")) in {
+        "cannot fetch the issuer's signing keys",
+        f"no signing key with key id {idp.keys[0].kid!r} at the issuer",
+    }
 
 
 def test_the_jwks_is_found_through_discovery_when_not_configured(idp, issuer, billing_bot):
