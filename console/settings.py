@@ -180,9 +180,21 @@ OIDC_CLIENT_ID = env_str("AIRLOCK_OIDC_CLIENT_ID")
 OIDC_CLIENT_SECRET = env_secret("AIRLOCK_OIDC_CLIENT_SECRET")
 OIDC_PROVIDER_NAME = env_str("AIRLOCK_OIDC_NAME", "Single sign-on")
 OIDC_GROUPS_CLAIM = env_str("AIRLOCK_OIDC_GROUPS_CLAIM", "groups")
+
+
 # "idp-group=airlock-group,..." ; IdP groups not listed map to nothing unless
-# AIRLOCK_OIDC_GROUPS_PASSTHROUGH is on, in which case they map to the same name.
-OIDC_GROUP_MAP = dict(item.split("=", 1) for item in env_list("AIRLOCK_OIDC_GROUP_MAP") if "=" in item)
+# AIRLOCK_OIDC_GROUPS_PASSTHROUGH is on, in which case they map to an existing Airlock
+# group of the same name (never a role group). See docs/identity.md.
+def _group_map(name: str) -> dict[str, frozenset[str]]:
+    from identity.groupmap import parse_group_map
+
+    try:
+        return parse_group_map(env_list(name))
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"{name}: {exc}") from None
+
+
+OIDC_GROUP_MAP = _group_map("AIRLOCK_OIDC_GROUP_MAP")
 OIDC_GROUPS_PASSTHROUGH = env_bool("AIRLOCK_OIDC_GROUPS_PASSTHROUGH", False)
 SOCIALACCOUNT_PROVIDERS: dict[str, dict] = {}
 if OIDC_ISSUER:
@@ -210,6 +222,13 @@ AIRLOCK_JWT_ISSUERS = (
             "audience": env_str("AIRLOCK_AGENT_JWT_AUDIENCE", "airlock"),
             "groups_claim": env_str("AIRLOCK_AGENT_JWT_GROUPS_CLAIM", "groups"),
             "subject_claim": env_str("AIRLOCK_AGENT_JWT_SUBJECT_CLAIM", "sub"),
+            "group_map": _group_map("AIRLOCK_AGENT_JWT_GROUP_MAP"),
+            "groups_passthrough": env_bool("AIRLOCK_AGENT_JWT_GROUPS_PASSTHROUGH", False),
+            "match_agent_name": env_bool("AIRLOCK_AGENT_JWT_MATCH_AGENT_NAME", False),
+            "algorithms": env_list("AIRLOCK_AGENT_JWT_ALGORITHMS", []),
+            "leeway_seconds": env_int("AIRLOCK_AGENT_JWT_LEEWAY_SECONDS", 30, minimum=0),
+            "jwks_cache_seconds": env_int("AIRLOCK_AGENT_JWT_JWKS_CACHE_SECONDS", 300, minimum=1),
+            "jwks_min_refresh_seconds": env_int("AIRLOCK_AGENT_JWT_JWKS_MIN_REFRESH_SECONDS", 30, minimum=0),
         }
     ]
     if env_str("AIRLOCK_AGENT_JWT_ISSUER")
