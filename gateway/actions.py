@@ -42,18 +42,24 @@ def _resolve_groups(groups: Iterable[Group | str]) -> list[Group]:
 
 
 def _validate(connection: Connection) -> None:
-    connection.full_clean(exclude=["secret_ciphertext", "policy"])
     errors: dict[str, list[str]] = {}
+    try:
+        connection.full_clean(exclude=["secret_ciphertext", "policy"])
+    except ValidationError as exc:
+        errors.update(exc.message_dict)
     host_error = host_problem(connection.kind, connection.host)
     if host_error:
-        errors["host"] = [host_error]
-    if connection.port is not None and not 1 <= connection.port <= 65535:
-        errors["port"] = ["must be between 1 and 65535"]
+        errors.setdefault("host", []).append(host_error)
+    if "port" not in errors and connection.port is not None and not 1 <= int(connection.port) <= 65535:
+        errors.setdefault("port", []).append("must be between 1 and 65535")
     option_errors = option_problems(connection.kind, connection.options)
     if option_errors:
         errors["options"] = [f"{key}: {message}" if key else message for key, message in option_errors]
     if errors:
         raise ValidationError(errors)
+
+
+_STORED_FIELDS = (*EDITABLE_FIELDS, "policy_id", "secret_ciphertext")
 
 
 def _check_secret_fields(kind: str, values: dict[str, str]) -> None:
@@ -127,6 +133,7 @@ def do_update_connection(
     """
     connection = Connection.objects.select_for_update().get(pk=connection.pk)
     before = connection.audit_snapshot()
+    stored = {field: getattr(connection, field) for field in _STORED_FIELDS}
     group_names = changes.pop("groups", None)
     if "policy" in changes:
         connection.policy = changes.pop("policy")
@@ -158,9 +165,14 @@ def do_update_connection(
     if "kind" in changes:
         _check_secret_fields(connection.kind, secrets.get_secrets(connection))
 
-    connection.save()
+    # Saved only when something changed, so that an update to the same values (a
+    # repeated apply) leaves the row exactly as it was, updated_at included.
+    if any(getattr(connection, field) != value for field, value in stored.items()):
+        connection.save()
     if group_names is not None:
-        connection.groups.set(_resolve_groups(group_names))
+        wanted = _resolve_groups(group_names)
+        if {g.pk for g in wanted} != set(connection.groups.values_list("pk", flat=True)):
+            connection.groups.set(wanted)
     after = connection.audit_snapshot()
     if after != before or secrets_changed:
         detail = {"secrets_changed": secrets_changed} if secrets_changed else {}
