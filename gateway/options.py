@@ -63,18 +63,12 @@ def _namespace(value: Any) -> str | None:
     return None
 
 
-def _server_name(value: Any) -> str | None:
-    if not isinstance(value, str) or not value or any(c.isspace() for c in value):
-        return "must be a host name"
-    return None
-
-
 Check = Callable[[Any], str | None]
 
 OPTIONS: dict[str, dict[str, Check]] = {
     "postgres": {"sslmode": _sslmode, "connect_timeout": _timeout},
     "ssh": {"host_key": _host_key, "connect_timeout": _timeout},
-    "kubernetes": {"namespace": _namespace, "tls_server_name": _server_name, "connect_timeout": _timeout},
+    "kubernetes": {"namespace": _namespace, "connect_timeout": _timeout},
 }
 
 
