@@ -186,9 +186,9 @@ def check_references(state: DesiredState, *, prune: bool) -> list[Problem]:
     db_policies = set(Policy.objects.values_list("name", flat=True))
     usable_policies = file_policies if pruning_policies else file_policies | db_policies
     for policy in state.policies:
-        for group, path in policy.reviewer_groups:
-            if group not in known_groups:
-                problems.append(Problem(path, f"unknown reviewer group {group!r}"))
+        for reviewer_group, path in policy.reviewer_groups:
+            if reviewer_group not in known_groups:
+                problems.append(Problem(path, f"unknown reviewer group {reviewer_group!r}"))
 
     for conn in state.connections:
         group_refs(conn.groups, f"{conn.path}.groups")

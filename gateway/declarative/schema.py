@@ -389,6 +389,7 @@ def _check_connections(check: _Checker, root: dict[Any, Any], state: DesiredStat
         elif kind not in KINDS:
             check.add(f"{path}.kind", f"must be one of {', '.join(KINDS)}")
         kind_ok = isinstance(kind, str) and kind in KINDS
+        valid_kind: str = kind if isinstance(kind, str) and kind_ok else ""
 
         host = item.get("host")
         if "host" not in item:
@@ -397,7 +398,7 @@ def _check_connections(check: _Checker, root: dict[Any, Any], state: DesiredStat
             check.add(f"{path}.host", f"must be a string (got {_type_name(host)})")
         else:
             host = check.string(item, "host", path, required=True)
-            error = host_problem(kind if kind_ok else "", host) if host.strip() else None
+            error = host_problem(valid_kind, host) if host.strip() else None
             if error:
                 check.add(f"{path}.host", error)
 
@@ -433,7 +434,7 @@ def _check_connections(check: _Checker, root: dict[Any, Any], state: DesiredStat
             else:
                 options["sslmode"] = item["sslmode"]
         if kind_ok:
-            for key, message in option_problems(kind, options):
+            for key, message in option_problems(valid_kind, options):
                 where = "sslmode" if key == "sslmode" and "sslmode" in item else f"options.{key}"
                 check.add(f"{path}.{where}" if key else f"{path}.options", message)
 
@@ -447,7 +448,7 @@ def _check_connections(check: _Checker, root: dict[Any, Any], state: DesiredStat
 
         spec = ConnectionSpec(
             name=name,
-            kind=kind if kind_ok else "",
+            kind=valid_kind,
             host=host if isinstance(host, str) else "",
             path=path,
             port=port,
