@@ -49,6 +49,9 @@ POLICY_SPEC_KEYS = ("default", "on_parse_error", "rules")
 _OBJECT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,62}$")
 _POLICY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}$")
 _ENV_REF = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)\}$")
+# Airlock's own settings: a file that could copy these into a connection's secret could
+# send them to any host it names (through the gateway or a connection test).
+_RESERVED_VARIABLE = re.compile(r"^(AIRLOCK_|DJANGO_)|^(DATABASE_URL|REDIS_URL)$")
 _NAME_HELP = "use letters, digits, '.', '_' and '-', starting with a letter or digit"
 
 # Looks a variable up: its value, None when unset; raises ValueError with a message
@@ -239,6 +242,9 @@ class _Checker:
             )
             return None
         variable = match.group(1)
+        if _RESERVED_VARIABLE.match(variable):
+            self.add(path, f"{variable} is one of Airlock's own settings, not a connection secret")
+            return None
         try:
             resolved = self.resolve(variable)
         except ValueError as exc:

@@ -465,3 +465,16 @@ def test_apply_reads_the_file_from_standard_input(alice):
         "<stdin>: 1 problem; nothing was changed\n  connections[0].port: must be an integer (line 1)"
         in bad.stderr
     )
+
+
+@pytest.mark.parametrize(
+    "variable", ["AIRLOCK_SECRET_KEYS", "AIRLOCK_SECRET_KEY", "DATABASE_URL", "REDIS_URL"]
+)
+def test_a_secret_cannot_be_taken_from_airlocks_own_settings(alice, variable):
+    # Copied into a connection's password, a key could be sent to whatever host the file names.
+    text = ISSUE_EXAMPLE.replace("SHOP_PG_PASSWORD", variable)
+    with pytest.raises(ConfigError) as caught:
+        apply(text, env={variable: "value"})
+    assert [str(p) for p in caught.value.problems] == [
+        f"connections[0].password: {variable} is one of Airlock's own settings, not a connection secret (line 5)"
+    ]
