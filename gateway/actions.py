@@ -161,8 +161,8 @@ def do_update_connection(
             # Same values: keep the stored ciphertext rather than churn it.
             connection.secret_ciphertext = original
 
-    # Mixed kinds are refused: a secret the new kind does not use would sit unused.
-    if "kind" in changes:
+    # A new kind must not keep secrets it has no use for (an SSH key on a PostgreSQL target).
+    if connection.kind != stored["kind"]:
         _check_secret_fields(connection.kind, secrets.get_secrets(connection))
 
     # Saved only when something changed, so that an update to the same values (a

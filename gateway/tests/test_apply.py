@@ -478,3 +478,19 @@ def test_a_secret_cannot_be_taken_from_airlocks_own_settings(alice, variable):
     assert [str(p) for p in caught.value.problems] == [
         f"connections[0].password: {variable} is one of Airlock's own settings, not a connection secret (line 5)"
     ]
+
+
+def test_apply_restores_secrets_that_no_key_decrypts_any_more(alice, settings):
+    from cryptography.fernet import Fernet
+
+    settings.AIRLOCK_SECRET_KEYS = [Fernet.generate_key().decode()]
+    apply(ISSUE_EXAMPLE)
+    settings.AIRLOCK_SECRET_KEYS = [Fernet.generate_key().decode()]  # the old key is lost
+
+    result = apply(ISSUE_EXAMPLE)
+
+    assert [str(c) for c in result.changes] == [
+        "~ connection shop: secrets replaced (the stored secret could not be decrypted)"
+    ]
+    assert secrets.get_secrets(Connection.objects.get(name="shop")) == {"password": SHOP_PASSWORD}
+    assert apply(ISSUE_EXAMPLE).changes == []

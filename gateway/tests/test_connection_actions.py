@@ -164,3 +164,32 @@ def test_rotation_stops_without_changing_anything_when_a_secret_cannot_be_decryp
     ):
         call_command("rotate_secrets")
     assert dump_database() == before
+
+
+def test_a_connection_whose_secret_is_lost_can_still_be_edited_and_its_secret_replaced(alice, settings):
+    settings.AIRLOCK_SECRET_KEYS = [KEY_A]
+    shop = _shop(alice)
+    settings.AIRLOCK_SECRET_KEYS = [KEY_B]  # KEY_A is gone
+
+    shop = do_update_connection(alice, shop, kind="postgres", port=6432)
+    assert shop.port == 6432
+    with pytest.raises(secrets.SecretDecryptionError):
+        do_update_connection(alice, shop, secret_values={"password": "new-Pa55-1"})
+
+    shop = do_update_connection(alice, shop, secret_values={"password": "new-Pa55-1"}, replace_secrets=True)
+    assert secrets.get_secrets(shop) == {"password": "new-Pa55-1"}
+    record = AuditRecord.objects.filter(action="connection.update").order_by("id").last()
+    assert record.before["secrets_set"] == ["<undecryptable>"] and record.after["secrets_set"] == ["password"]
+
+
+def test_changing_the_kind_refuses_secrets_the_new_kind_does_not_use(alice, key_a):
+    shop = _shop(alice)
+    with pytest.raises(ValidationError, match="a ssh connection has no secret"):
+        do_update_connection(alice, shop, kind="ssh", options={}, secret_values={"ca_cert": "x"})
+    box = do_create_connection(alice, name="box", kind="ssh", host="h", secret_values={"private_key": "k"})
+    with pytest.raises(ValidationError, match="a postgres connection has no secret 'private_key'"):
+        do_update_connection(alice, box, kind="postgres")
+    box = do_update_connection(
+        alice, box, kind="postgres", secret_values={"password": "p"}, replace_secrets=True
+    )
+    assert secrets.get_secrets(box) == {"password": "p"}
