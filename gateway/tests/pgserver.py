@@ -100,21 +100,12 @@ def running_postgres() -> Iterator[PostgresServer]:
             f"-p {port} -k {directory} -c listen_addresses=127.0.0.1 -c ssl=on "
             "-c ssl_cert_file=server.crt -c ssl_key_file=server.key -c fsync=off"
         )
-        run(
-            [
-                _bin("pg_ctl"),
-                "-D",
-                str(data),
-                "-o",
-                options,
-                "-l",
-                str(directory / "log"),
-                "-w",
-                "-t",
-                "60",
-                "start",
-            ]
-        )
+        log = directory / "log"
+        start = [_bin("pg_ctl"), "-D", str(data), "-o", options, "-l", str(log), "-w", "-t", "60", "start"]
+        try:
+            run(start)
+        except RuntimeError as exc:
+            raise RuntimeError(f"{exc}\n{log.read_text()[-3000:] if log.exists() else ''}") from None
         try:
             yield PostgresServer(
                 host="127.0.0.1", port=port, socket_dir=str(directory), certificates=certificates
