@@ -71,7 +71,7 @@ def _free_port() -> int:
 def running_postgres() -> Iterator[PostgresServer]:
     as_root = os.geteuid() == 0
     prefix: list[str] = []
-    directory = Path(tempfile.mkdtemp(prefix="airlock-pg-"))
+    directory = Path(tempfile.mkdtemp(prefix="airlock-pgserver-"))
     data = directory / "data"
     if as_root:
         owner = pwd.getpwnam("postgres")
