@@ -237,9 +237,19 @@ AIRLOCK_JWT_ISSUERS = (
 
 # --- Secrets at rest ----------------------------------------------------------------
 # Comma-separated Fernet keys; the first encrypts, all decrypt (rotation).
-AIRLOCK_SECRET_KEYS = env_list("AIRLOCK_SECRET_KEYS") or [
-    persistent_secret(DATA_DIR / "secret-encryption-key", lambda: Fernet.generate_key().decode())
-]
+AIRLOCK_SECRET_KEYS = [
+    key.strip() for key in env_secret("AIRLOCK_SECRET_KEYS").split(",") if key.strip()
+] or [persistent_secret(DATA_DIR / "secret-encryption-key", lambda: Fernet.generate_key().decode())]
+for _index, _key in enumerate(AIRLOCK_SECRET_KEYS):
+    try:
+        Fernet(_key.encode())
+    except (ValueError, TypeError):
+        # The key itself is never echoed: it is a secret even when malformed.
+        raise ImproperlyConfigured(
+            f"AIRLOCK_SECRET_KEYS: key #{_index + 1} is not a Fernet key (32 url-safe base64-encoded "
+            "bytes; make one with: python -c 'from cryptography.fernet import Fernet; "
+            "print(Fernet.generate_key().decode())')"
+        ) from None
 
 # --- Gateway --------------------------------------------------------------------------
 GATEWAY_POSTGRES_LISTEN = env_str("AIRLOCK_POSTGRES_LISTEN", "127.0.0.1:15432")

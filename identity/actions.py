@@ -338,3 +338,41 @@ def do_sync_idp_groups(
         sorted(change.remove),
     )
     return change
+
+
+# --- Groups and agent removal (used by `manage.py apply`) ---------------------------
+
+
+def group_snapshot(group: Group) -> dict[str, Any]:
+    return {"name": group.name, "members": sorted(group.user_set.values_list("username", flat=True))}
+
+
+@transaction.atomic
+def do_create_group(actor: Any, name: str) -> Group:
+    """Create the group ``name`` (an audit record), or return it when it exists."""
+    group, created = Group.objects.get_or_create(name=name)
+    if created:
+        record(actor, "group.create", group, after=group_snapshot(group))
+    return group
+
+
+@transaction.atomic
+def do_set_group_members(actor: Any, group: Group, people: list[User]) -> Group:
+    """Make ``people`` exactly the people in ``group`` (agents' groups are not touched)."""
+    group = Group.objects.select_for_update().get(pk=group.pk)
+    before = group_snapshot(group)
+    group.user_set.set(people)
+    after = group_snapshot(group)
+    if after != before:
+        record(actor, "group.members", group, before=before, after=after)
+    return group
+
+
+@transaction.atomic
+def do_delete_agent(actor: Any, agent: Agent) -> None:
+    """Delete the agent and its tokens (recordings keep its name)."""
+    agent = Agent.objects.select_for_update().get(pk=agent.pk)
+    before = agent_snapshot(agent)
+    before["tokens"] = list(agent.tokens.values_list("prefix", flat=True))
+    record(actor, "agent.delete", agent, before=before)
+    agent.delete()
