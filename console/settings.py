@@ -269,3 +269,11 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": env_str("AIRLOCK_LOG_LEVEL", "INFO")},
     "loggers": {"django.channels.server": {"level": "WARNING"}},
 }
+
+# --- Static files -------------------------------------------------------------------
+# WhiteNoise serves the console's CSS and scripts straight from the source folders (through
+# Django's finders), so `make run` and daphne need no collectstatic step. A deployment that
+# runs collectstatic can set AIRLOCK_STATIC_FINDERS=false.
+WHITENOISE_USE_FINDERS = env_bool("AIRLOCK_STATIC_FINDERS", True)
+# WhiteNoise also looks in STATIC_ROOT and warns when it is missing: keep it present.
+STATIC_ROOT.mkdir(parents=True, exist_ok=True)

@@ -152,3 +152,134 @@ def note_token_used(token: AgentToken) -> None:
     AgentToken.objects.filter(pk=token.pk).exclude(last_used_at__gt=now - timedelta(minutes=1)).update(
         last_used_at=now
     )
+
+
+# --- People and groups (console pages, demo data) ---------------------------------------
+
+
+def user_snapshot(user: User) -> dict[str, Any]:
+    """A person's state for audit records (never the password or its hash)."""
+    return {
+        "username": user.get_username(),
+        "email": user.email,
+        "first_name": user.first_name,
+        "last_name": user.last_name,
+        "is_active": user.is_active,
+        "groups": sorted(g.name for g in user.groups.all()) if user.pk else [],
+    }
+
+
+def _group_objects(groups: Any) -> list[Group]:
+    return [g if isinstance(g, Group) else Group.objects.get_or_create(name=g)[0] for g in groups]
+
+
+def _lock_admin_membership() -> Group:
+    """Lock the admin role group's row: changes that could remove the last admin serialise here."""
+    from django.conf import settings
+
+    name = settings.AIRLOCK_ROLE_GROUPS["admin"]
+    Group.objects.get_or_create(name=name)
+    return Group.objects.select_for_update().get(name=name)
+
+
+def _other_active_admins(admin_group: Group, user: User) -> int:
+    from django.db.models import Q
+
+    return (
+        User.objects.filter(is_active=True)
+        .filter(Q(is_superuser=True) | Q(groups=admin_group))
+        .exclude(pk=user.pk)
+        .distinct()
+        .count()
+    )
+
+
+def _would_lose_last_admin(admin_group: Group, user: User, *, active: bool, group_ids: set[int]) -> bool:
+    from django.db.models import Q
+
+    was_admin = (
+        User.objects.filter(pk=user.pk, is_active=True)
+        .filter(Q(is_superuser=True) | Q(groups=admin_group))
+        .exists()
+    )
+    stays_admin = active and (user.is_superuser or admin_group.pk in group_ids)
+    return was_admin and not stays_admin and _other_active_admins(admin_group, user) == 0
+
+
+@transaction.atomic
+def do_create_group(actor: Any, name: str) -> Group:
+    from django.core.exceptions import ValidationError
+
+    from identity.models import name_validator
+
+    name_validator(name)
+    if Group.objects.filter(name=name).exists():
+        raise ValidationError(f"a group named {name!r} already exists")
+    group = Group.objects.create(name=name)
+    record(actor, "group.create", group, after={"name": name})
+    return group
+
+
+@transaction.atomic
+def do_create_user(
+    actor: Any,
+    username: str,
+    *,
+    password: str | None = None,
+    email: str = "",
+    first_name: str = "",
+    last_name: str = "",
+    groups: Any = (),
+) -> User:
+    """Create a local account. Without ``password`` the account cannot log in locally."""
+    user = User(username=username, email=email, first_name=first_name, last_name=last_name)
+    if password:
+        user.set_password(password)
+    else:
+        user.set_unusable_password()
+    user.full_clean()
+    user.save()
+    user.groups.set(_group_objects(groups))
+    record(actor, "user.create", user, after=user_snapshot(user))
+    return user
+
+
+@transaction.atomic
+def do_set_user_groups(actor: Any, user: User, groups: Any) -> User:
+    """Set a person's groups (role groups included). The last active admin keeps the role."""
+    from django.core.exceptions import ValidationError
+
+    admin_group = _lock_admin_membership()
+    user = User.objects.select_for_update().get(pk=user.pk)
+    before = user_snapshot(user)
+    wanted = _group_objects(groups)
+    if _would_lose_last_admin(admin_group, user, active=user.is_active, group_ids={g.pk for g in wanted}):
+        raise ValidationError(
+            f"{user.get_username()} is the last active admin: the admin role cannot be removed"
+        )
+    user.groups.set(wanted)
+    after = user_snapshot(user)
+    if after != before:
+        record(actor, "user.groups", user, before=before, after=after)
+    return user
+
+
+@transaction.atomic
+def do_set_user_active(actor: Any, user: User, active: bool) -> User:
+    """Enable or disable a person's login. Nobody disables themselves or the last admin."""
+    from django.core.exceptions import ValidationError
+
+    admin_group = _lock_admin_membership()
+    user = User.objects.select_for_update().get(pk=user.pk)
+    if user.is_active == active:
+        return user
+    if not active and isinstance(actor, User) and actor.pk == user.pk:
+        raise ValidationError("you cannot disable your own account")
+    group_ids = set(user.groups.values_list("pk", flat=True))
+    if _would_lose_last_admin(admin_group, user, active=active, group_ids=group_ids):
+        raise ValidationError(f"{user.get_username()} is the last active admin and cannot be disabled")
+    before = user_snapshot(user)
+    user.is_active = active
+    user.save(update_fields=["is_active"])
+    record(actor, "user.enable" if active else "user.disable", user, before=before, after=user_snapshot(user))
+    return user
