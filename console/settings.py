@@ -277,3 +277,7 @@ LOGGING = {
 WHITENOISE_USE_FINDERS = env_bool("AIRLOCK_STATIC_FINDERS", True)
 # WhiteNoise also looks in STATIC_ROOT and warns when it is missing: keep it present.
 STATIC_ROOT.mkdir(parents=True, exist_ok=True)
+
+# --- All-in-one (manage.py airlock, what `make run` starts) ------------------------------
+# Where daphne serves the console.
+HTTP_LISTEN = env_str("AIRLOCK_HTTP_LISTEN", "127.0.0.1:8000")
