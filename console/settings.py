@@ -281,3 +281,6 @@ STATIC_ROOT.mkdir(parents=True, exist_ok=True)
 # --- All-in-one (manage.py airlock, what `make run` starts) ------------------------------
 # Where daphne serves the console.
 HTTP_LISTEN = env_str("AIRLOCK_HTTP_LISTEN", "127.0.0.1:8000")
+if not REDIS_URL:
+    # kombu's filesystem transport keeps its exchange tables in ./control unless told where.
+    CELERY_BROKER_TRANSPORT_OPTIONS["control_folder"] = str(_celery_dir / "control")
