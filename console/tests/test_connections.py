@@ -4,6 +4,7 @@ from django.urls import reverse
 
 from audit.models import AuditRecord
 from console.tests.factories import make_connection
+from console.views.connections import _scrub
 from gateway.models import Connection
 from gateway.secrets import get_secrets
 from policies.models import Policy
@@ -206,3 +207,12 @@ def test_deleting_asks_first_then_deletes_with_an_audit_record(admin_client, db)
     assert response["Location"] == reverse("connection_list")
     assert not Connection.objects.filter(pk=connection.pk).exists()
     assert AuditRecord.objects.filter(action="connection.delete", before__name="shop").exists()
+
+
+def test_the_scrubber_removes_whole_secrets_and_each_of_their_lines():
+    secrets = {
+        "password": "hunter2-xyz",
+        "private_key": "-----BEGIN-----\nAAAAbody1\nAAAAbody2\n-----END-----",
+    }
+    message = "login failed for hunter2-xyz near AAAAbody2"
+    assert _scrub(message, secrets) == "login failed for [secret] near [secret]"
