@@ -47,7 +47,8 @@ def group_field(help_text: str) -> forms.ModelMultipleChoiceField:
 
 def person_field(label: str, help_text: str = "") -> forms.ModelChoiceField:
     return forms.ModelChoiceField(
-        queryset=User.objects.filter(is_active=True).order_by("username"),
+        # Disabled people stay choosable: an agent acting for one must still be editable.
+        queryset=User.objects.order_by("username"),
         required=False,
         label=label,
         help_text=help_text,
