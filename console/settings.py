@@ -298,3 +298,18 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": env_str("AIRLOCK_LOG_LEVEL", "INFO")},
     "loggers": {"django.channels.server": {"level": "WARNING"}},
 }
+
+# --- Static files -------------------------------------------------------------------
+# WhiteNoise serves the console's CSS and scripts straight from the source folders (through
+# Django's finders), so `make run` and daphne need no collectstatic step. A deployment that
+# runs collectstatic can set AIRLOCK_STATIC_FINDERS=false.
+WHITENOISE_USE_FINDERS = env_bool("AIRLOCK_STATIC_FINDERS", True)
+# WhiteNoise also looks in STATIC_ROOT and warns when it is missing: keep it present.
+STATIC_ROOT.mkdir(parents=True, exist_ok=True)
+
+# --- All-in-one (manage.py airlock, what `make run` starts) ------------------------------
+# Where daphne serves the console.
+HTTP_LISTEN = env_str("AIRLOCK_HTTP_LISTEN", "127.0.0.1:8000")
+if not REDIS_URL:
+    # kombu's filesystem transport keeps its exchange tables in ./control unless told where.
+    CELERY_BROKER_TRANSPORT_OPTIONS["control_folder"] = str(_celery_dir / "control")

@@ -59,7 +59,7 @@ def _validate(connection: Connection) -> None:
         raise ValidationError(errors)
 
 
-_STORED_FIELDS = (*EDITABLE_FIELDS, "policy_id", "secret_ciphertext")
+_STORED_FIELDS = ("name", *EDITABLE_FIELDS, "policy_id", "secret_ciphertext")
 
 
 def _check_secret_fields(kind: str, values: dict[str, str]) -> None:
@@ -138,7 +138,8 @@ def do_update_connection(
     if "policy" in changes:
         connection.policy = changes.pop("policy")
     for field, value in changes.items():
-        if field not in EDITABLE_FIELDS:
+        # Renaming is allowed: agents use the new name from then on.
+        if field != "name" and field not in EDITABLE_FIELDS:
             raise ValueError(f"cannot change connection field {field!r}")
         setattr(connection, field, value)
     _validate(connection)

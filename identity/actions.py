@@ -15,7 +15,9 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth.models import Group
 from django.contrib.auth.password_validation import validate_password
+from django.core.exceptions import ValidationError
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from audit.actions import record
@@ -206,6 +208,7 @@ def note_token_used(token: AgentToken) -> None:
 
 # --- People ---------------------------------------------------------------------------
 def user_snapshot(user: User) -> dict[str, Any]:
+    """A person's state for audit records (never the password or its hash)."""
     return {
         "username": user.get_username(),
         "email": user.email,
@@ -222,13 +225,44 @@ def role_group(role: str) -> str:
     return str(settings.AIRLOCK_ROLE_GROUPS[role])
 
 
+def _group_objects(groups: Iterable[Group | str]) -> list[Group]:
+    return [g if isinstance(g, Group) else Group.objects.get_or_create(name=g)[0] for g in groups]
+
+
+def _lock_admin_membership() -> Group:
+    """Lock the admin role group's row: changes that could remove the last admin serialise here."""
+    name = settings.AIRLOCK_ROLE_GROUPS["admin"]
+    Group.objects.get_or_create(name=name)
+    return Group.objects.select_for_update().get(name=name)
+
+
+def _other_active_admins(admin_group: Group, user: User) -> int:
+    return (
+        User.objects.filter(is_active=True)
+        .filter(Q(is_superuser=True) | Q(groups=admin_group))
+        .exclude(pk=user.pk)
+        .distinct()
+        .count()
+    )
+
+
+def _would_lose_last_admin(admin_group: Group, user: User, *, active: bool, group_ids: set[int]) -> bool:
+    was_admin = (
+        User.objects.filter(pk=user.pk, is_active=True)
+        .filter(Q(is_superuser=True) | Q(groups=admin_group))
+        .exists()
+    )
+    stays_admin = active and (user.is_superuser or admin_group.pk in group_ids)
+    return was_admin and not stays_admin and _other_active_admins(admin_group, user) == 0
+
+
 @transaction.atomic
 def do_create_user(
     actor: Any,
     username: str,
     *,
     roles: Iterable[str] = (),
-    groups: Iterable[str] = (),
+    groups: Iterable[Group | str] = (),
     password: str | None = None,
     email: str = "",
     first_name: str = "",
@@ -239,7 +273,7 @@ def do_create_user(
     Raises ``ValidationError`` (taken or bad username, weak password) or ``ValueError``
     (unknown role); nothing is created then.
     """
-    group_names = [role_group(role) for role in roles] + list(groups)
+    wanted = _group_objects([role_group(role) for role in roles]) + _group_objects(groups)
     user = User(username=username, email=email, first_name=first_name, last_name=last_name)
     if password is None:
         user.set_unusable_password()
@@ -248,17 +282,23 @@ def do_create_user(
         user.set_password(password)
     user.full_clean(exclude=["password"])
     user.save()
-    user.groups.set(_groups(group_names))
+    user.groups.set(wanted)
     record(actor, "user.create", user, after=user_snapshot(user))
     return user
 
 
 @transaction.atomic
-def do_set_user_groups(actor: Any, user: User, group_names: Iterable[str]) -> User:
-    """Set a person's groups (role groups included) to exactly ``group_names``."""
+def do_set_user_groups(actor: Any, user: User, groups: Iterable[Group | str]) -> User:
+    """Set a person's groups (role groups included). The last active admin keeps the role."""
+    admin_group = _lock_admin_membership()
     user = User.objects.select_for_update().get(pk=user.pk)
     before = user_snapshot(user)
-    user.groups.set(_groups(group_names))
+    wanted = _group_objects(groups)
+    if _would_lose_last_admin(admin_group, user, active=user.is_active, group_ids={g.pk for g in wanted}):
+        raise ValidationError(
+            f"{user.get_username()} is the last active admin: the admin role cannot be removed"
+        )
+    user.groups.set(wanted)
     after = user_snapshot(user)
     if after != before:
         record(actor, "user.groups", user, before=before, after=after)
@@ -267,11 +307,20 @@ def do_set_user_groups(actor: Any, user: User, group_names: Iterable[str]) -> Us
 
 @transaction.atomic
 def do_set_user_active(actor: Any, user: User, active: bool) -> User:
-    """Enable or disable a person's login (a disabled person holds no role)."""
-    updated = User.objects.filter(pk=user.pk).exclude(is_active=active).update(is_active=active)
-    user.refresh_from_db()
-    if updated:
-        record(actor, "user.enable" if active else "user.disable", user, after=user_snapshot(user))
+    """Enable or disable a person's login. Nobody disables themselves or the last admin."""
+    admin_group = _lock_admin_membership()
+    user = User.objects.select_for_update().get(pk=user.pk)
+    if user.is_active == active:
+        return user
+    if not active and isinstance(actor, User) and actor.pk == user.pk:
+        raise ValidationError("you cannot disable your own account")
+    group_ids = set(user.groups.values_list("pk", flat=True))
+    if _would_lose_last_admin(admin_group, user, active=active, group_ids=group_ids):
+        raise ValidationError(f"{user.get_username()} is the last active admin and cannot be disabled")
+    before = user_snapshot(user)
+    user.is_active = active
+    user.save(update_fields=["is_active"])
+    record(actor, "user.enable" if active else "user.disable", user, before=before, after=user_snapshot(user))
     return user
 
 
@@ -348,11 +397,19 @@ def group_snapshot(group: Group) -> dict[str, Any]:
 
 
 @transaction.atomic
-def do_create_group(actor: Any, name: str) -> Group:
-    """Create the group ``name`` (an audit record), or return it when it exists."""
+def do_create_group(actor: Any, name: str, *, exist_ok: bool = True) -> Group:
+    """Create the group ``name`` (an audit record). An existing group is returned when
+    ``exist_ok``, otherwise refused with ``ValidationError``."""
+    from django.core.exceptions import ValidationError
+
+    from identity.models import name_validator
+
+    name_validator(name)
     group, created = Group.objects.get_or_create(name=name)
     if created:
         record(actor, "group.create", group, after=group_snapshot(group))
+    elif not exist_ok:
+        raise ValidationError(f"a group named {name!r} already exists")
     return group
 
 
