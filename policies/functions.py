@@ -257,3 +257,40 @@ def function_operation(name: str) -> str | None:
 
 def in_set(name: str, set_name: str) -> bool:
     return name in FUNCTION_SETS[set_name]
+
+
+# Volatile built-ins reviewed as read-only in effect (clocks, random numbers, sizes,
+# status reports) or not callable from SQL at all (handlers and triggers taking
+# ``internal`` or running only as triggers). A test checks that every volatile built-in
+# of the server is either here or in a set above, so a new one is reviewed, not assumed.
+HARMLESS_VOLATILE = frozenset(
+    """
+    clock_timestamp current_query currtid2 currval lastval gen_random_uuid random setseed timeofday
+    pg_blocking_pids pg_safe_snapshot_blocking_pids pg_isolation_test_session_is_blocked
+    pg_collation_actual_version pg_database_collation_actual_version
+    pg_control_checkpoint pg_control_init pg_control_recovery pg_control_system
+    pg_current_wal_flush_lsn pg_current_wal_insert_lsn pg_current_wal_lsn
+    pg_last_wal_receive_lsn pg_last_wal_replay_lsn pg_last_xact_replay_timestamp pg_last_committed_xact
+    pg_is_in_recovery pg_is_wal_replay_paused pg_get_wal_replay_pause_state pg_get_wal_resource_managers
+    pg_database_size pg_relation_size pg_table_size pg_indexes_size pg_total_relation_size pg_tablespace_size
+    pg_export_snapshot pg_get_backend_memory_contexts pg_get_multixact_members pg_get_shmem_allocations
+    pg_jit_available pg_lock_status pg_notification_queue_usage pg_partition_ancestors pg_partition_tree
+    pg_prepared_xact pg_sequence_last_value pg_xact_commit_timestamp pg_xact_commit_timestamp_origin
+    pg_xact_status txid_status
+    pg_replication_origin_progress pg_replication_origin_session_is_setup
+    pg_replication_origin_session_progress pg_show_replication_origin_status
+    pg_stat_clear_snapshot pg_stat_force_next_flush pg_stat_get_recovery_prefetch pg_stat_have_stats
+    pg_stat_get_xact_blocks_fetched pg_stat_get_xact_blocks_hit pg_stat_get_xact_function_calls
+    pg_stat_get_xact_function_self_time pg_stat_get_xact_function_total_time pg_stat_get_xact_numscans
+    pg_stat_get_xact_tuples_deleted pg_stat_get_xact_tuples_fetched pg_stat_get_xact_tuples_hot_updated
+    pg_stat_get_xact_tuples_inserted pg_stat_get_xact_tuples_returned pg_stat_get_xact_tuples_updated
+    unique_key_recheck suppress_redundant_updates_trigger tsvector_update_trigger
+    tsvector_update_trigger_column
+    RI_FKey_cascade_del RI_FKey_cascade_upd RI_FKey_check_ins RI_FKey_check_upd RI_FKey_noaction_del
+    RI_FKey_noaction_upd RI_FKey_restrict_del RI_FKey_restrict_upd RI_FKey_setdefault_del
+    RI_FKey_setdefault_upd RI_FKey_setnull_del RI_FKey_setnull_upd
+    amvalidate bernoulli system brinhandler bthandler ginhandler gisthandler hashhandler spghandler
+    heap_tableam_handler dsnowball_init dsnowball_lexize plpgsql_call_handler plpgsql_inline_handler
+    plpgsql_validator
+    """.split()
+)

@@ -102,11 +102,10 @@ PACKS: dict[str, dict[str, Any]] = {
                 "action": "deny",
                 "message": "the FunctionCall protocol message is not allowed",
             },
-            {"name": "reads", "match": {"operations": ["read"]}, "action": "allow"},
-            {"name": "transactions", "match": {"operations": ["transaction"]}, "action": "allow"},
+            {"name": "reads", "match": {"operations": ["read", "transaction"]}, "action": "allow"},
             {
                 "name": "harmless-settings",
-                "match": {"operations": ["session"], "settings": HARMLESS_SETTINGS},
+                "match": {"operations": ["read", "session", "transaction"], "settings": HARMLESS_SETTINGS},
                 "action": "allow",
             },
         ],
