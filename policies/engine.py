@@ -321,13 +321,17 @@ class CompiledPolicy:
     def evaluate(self, request: Request) -> Decision:
         """The decision on ``request`` (cached; a cached ``Decision`` is shared, read it only)."""
         classify, session_key = _classifier(request.protocol)
+        if len(request.statement) > sql.MAX_CACHED_TEXT:
+            self.misses += 1
+            return self._decide(request, classify(request))
+        groups = request.groups if isinstance(request.groups, frozenset) else frozenset(request.groups)
         key = (
             request.statement,
             request.kind,
             request.protocol,
             request.connection,
             request.agent,
-            request.groups,
+            groups,
             session_key(request),
         )
         cached = self._cache.get(key)

@@ -45,6 +45,7 @@ Json = dict[str, Any]
 DEFAULT_SEARCH_PATH: tuple[str, ...] = ("public",)
 _EXECUTE = re.compile("execute", re.IGNORECASE)
 MAX_PREPARED_TEXTS = 8  # per name; beyond this the name is treated as unknown
+MAX_CACHED_TEXT = 16_384  # longer texts (bulk INSERTs...) are rarely repeated: not cached
 
 SECRET_CATALOGS = frozenset(
     {
@@ -928,7 +929,8 @@ def _variable_set(w: _Walker, body: Json, now: bool) -> None:
 
 def _h_variable_set(w: _Walker, body: Json) -> None:
     w.op("transaction" if str(body.get("name", "")).startswith("TRANSACTION") else "session")
-    _variable_set(w, body, now=True)
+    # Inside a definition (CREATE FUNCTION ... SET x = y) the setting applies later.
+    _variable_set(w, body, now=not w.inert)
 
 
 def _h_deferred_set(typ: str) -> Callable[[_Walker, Json], None]:
@@ -1249,6 +1251,8 @@ def classify(sql: str, session: Mapping[str, Any] | None = None) -> Classificati
     path = session_search_path(session)
     try:
         if _EXECUTE.search(sql) is None:
+            if len(sql) > MAX_CACHED_TEXT:
+                return _classify(sql, path, {})
             return _classify_cached(sql, path)
         prepared = (session or {}).get("prepared") or {}
         return _classify(sql, path, prepared)

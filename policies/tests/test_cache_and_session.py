@@ -99,6 +99,19 @@ def test_the_cache_is_bounded_and_evicted_entries_are_decided_again():
     assert policy.misses == 11
 
 
+def test_very_long_statements_are_decided_but_not_kept():
+    policy = compile_policy("p", 1, SPEC)
+    long_insert = "INSERT INTO t VALUES " + ", ".join(f"({n})" for n in range(5000))
+    assert policy.evaluate(request(long_insert)).action is Action.DENY
+    assert policy.evaluate(request(long_insert)).action is Action.DENY
+    assert (policy.hits, len(policy._cache)) == (0, 0)
+
+
+def test_groups_given_as_a_set_are_accepted():
+    policy = compile_policy("p", 1, SPEC)
+    assert policy.evaluate(request("DELETE FROM t WHERE id = 1", groups={"ops"})).rule == "ops-everything"
+
+
 def test_parse_errors_are_cached_too():
     policy = compile_policy("p", 1, SPEC)
     assert policy.evaluate(request("SELEC 1")).action is Action.DENY

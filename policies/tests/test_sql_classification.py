@@ -272,6 +272,9 @@ def test_a_search_path_that_puts_another_schema_before_pg_catalog_makes_names_un
         ("CREATE OR REPLACE VIEW v AS SELECT 1", "destructive"),
         ("DROP OWNED BY bob", "destructive"),
         ("WITH d AS (DELETE FROM t WHERE id = 1 RETURNING *) SELECT 1", "cte_write"),
+        ("COPY (DELETE FROM t RETURNING *) TO STDOUT", "no_where"),
+        ("CREATE FUNCTION f() RETURNS int LANGUAGE sql SET role = 'postgres' AS 'SELECT 1'", "role_change"),
+        ("DECLARE c CURSOR FOR SELECT * FROM pg_authid", "catalog_secrets"),
     ],
 )
 def test_it_records_facts(sql, fact):
@@ -318,10 +321,22 @@ def test_it_does_not_record_facts_that_do_not_hold(sql, fact):
         ("SELECT set_config('Work_Mem', '1MB', true)", {"work_mem"}),
         ("SELECT set_config(name, 'x', true) FROM t", {"*"}),
         ("ALTER ROLE x SET work_mem = 1", set()),
+        ("CREATE FUNCTION f() RETURNS int LANGUAGE sql SET search_path = x AS 'SELECT 1'", set()),
     ],
 )
 def test_it_records_the_settings_a_statement_changes_now(sql, settings):
     assert one(sql).settings == settings
+
+
+def test_a_definition_records_what_it_names_but_not_what_it_would_do():
+    info = one("CREATE FUNCTION f() RETURNS int LANGUAGE sql SET search_path = x AS 'SELECT 1'")
+    assert info.effects == ()
+    info = one("CREATE RULE r AS ON INSERT TO t DO ALSO DELETE FROM u")
+    assert info.operations == {"ddl"}
+    assert info.tables == {"public.t", "public.u"}
+    assert "no_where" not in info.facts
+    info = one("COPY (DELETE FROM t RETURNING *) TO STDOUT")
+    assert info.operations == {"read", "write"}
 
 
 def test_prepare_is_judged_as_its_body_and_remembered_as_an_effect():
