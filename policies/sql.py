@@ -597,7 +597,8 @@ class _Walker:
                 return (f"pg_catalog.{name}",)
             before = self.path[: self.path.index("pg_catalog")]
             return (*(f"{s}.{name}" for s in before), f"pg_catalog.{name}")
-        return tuple(f"{s}.{name}" for s in self.path if s != "pg_catalog")
+        # An empty result would hide the table: an unknown schema ("*") is the safe answer.
+        return tuple(f"{s}.{name}" for s in self.path if s != "pg_catalog") or (f"*.{name}",)
 
     def is_cte(self, name: str) -> bool:
         return any(name in scope for scope in self.scopes)
@@ -1078,6 +1079,18 @@ def _h_grant(w: _Walker, body: Json) -> None:
     )
 
 
+def _h_object_statement(typ: str) -> Callable[[_Walker, Json], None]:
+    """COMMENT ON / SECURITY LABEL ON: the object is a dotted name."""
+
+    def handler(w: _Walker, body: Json) -> None:
+        target = body.get("object")
+        if body.get("objtype") in _RELATION_OBJECTS and isinstance(target, dict) and "List" in target:
+            w.relation_names(_names(target["List"].get("items", [])), written=True)
+        w.statement(typ, body, STATEMENT_OPERATIONS[typ])
+
+    return handler
+
+
 def _h_alter_table(w: _Walker, body: Json) -> None:
     for cmd in body.get("cmds", []):
         subtype = cmd.get("AlterTableCmd", {}).get("subtype")
@@ -1152,6 +1165,8 @@ _HANDLERS: dict[str, Callable[[_Walker, Json], None]] = {
     "DropStmt": _h_drop,
     "GrantStmt": _h_grant,
     "AlterTableStmt": _h_alter_table,
+    "CommentStmt": _h_object_statement("CommentStmt"),
+    "SecLabelStmt": _h_object_statement("SecLabelStmt"),
     "VacuumStmt": _h_vacuum,
     "LockStmt": _h_lock,
     "LoadStmt": _h_load,

@@ -137,6 +137,8 @@ def test_it_classifies_operations(sql, operations):
         ("CREATE TABLE t2 AS SELECT * FROM t", {"public.t"}, {"public.t2"}),
         ("ALTER TABLE s.t DROP COLUMN a", set(), {"s.t"}),
         ("GRANT SELECT ON s.t TO bob", set(), {"s.t"}),
+        ("COMMENT ON TABLE s.t IS 'x'", set(), {"s.t"}),
+        ("SECURITY LABEL ON TABLE t IS 'x'", set(), {"public.t"}),
         ("VACUUM s.t", set(), {"s.t"}),
         ("LOCK TABLE t", {"public.t"}, set()),
         ("SELECT * FROM t a FOR UPDATE OF a", {"public.t"}, set()),
