@@ -148,10 +148,10 @@ def _function_matcher(patterns: list[str], covering: bool) -> Callable[[str], bo
             return True
         if covering:
             return False
-        # A deny rule also catches a same-named function in another schema: it is not the
-        # built-in, but it may stand in for it.
+        # A deny rule also catches a same-named function in another schema or in another
+        # case: it is not the built-in, but it may stand in for it.
         base = function.rsplit(".", 1)[-1]
-        return base in members or (glob is not None and glob.match(base) is not None)
+        return base.lower() in members or (glob is not None and glob.match(base) is not None)
 
     return matches
 

@@ -121,6 +121,7 @@ def test_functions_match_names_globs_and_sets():
     assert p.evaluate(request("SELECT * FROM dblink('x', 'y') AS t(a int)")).rule == "dblink"
     # Another schema's function named like a built-in is caught by a deny rule.
     assert p.evaluate(request("SELECT public.pg_read_file('x')")).rule == "files"
+    assert p.evaluate(request("SELECT \"PG_READ_FILE\"('x')")).rule == "files"
     assert p.evaluate(request("SELECT lower(a), count(*) FROM t")).rule == "mine"
     assert p.evaluate(request("SELECT lower(a), upper(a) FROM t")).rule is None
 
