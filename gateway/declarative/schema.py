@@ -20,7 +20,7 @@ from typing import Any
 
 from gateway.declarative.loader import Mapping, Problem, line_of, plain
 from gateway.options import KINDS, SECRET_FIELDS, host_problem, option_problems
-from policies.spec import validate_policy_spec
+from policies.spec import SPEC_KEYS, validate_policy_spec
 
 SECTIONS = ("groups", "connections", "agents", "policies")
 
@@ -43,7 +43,7 @@ ALL_SECRET_FIELDS = tuple(sorted({f for fields in SECRET_FIELDS.values() for f i
 AGENT_KEYS = ("name", "description", "groups", "on_behalf_of", "owner", "enabled")
 POLICY_KEYS = ("name", "description")
 # The top-level keys of a policy spec (policies.spec validates what is inside them).
-POLICY_SPEC_KEYS = ("default", "on_parse_error", "rules")
+POLICY_SPEC_KEYS = tuple(key for key in SPEC_KEYS if key not in POLICY_KEYS)
 
 # The shapes the models accept (identity.models.name_validator, Policy.name).
 _OBJECT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,62}$")
