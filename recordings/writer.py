@@ -470,22 +470,26 @@ class SessionRecorder:
             "signing_key_id": key_id,
         }
         self._batch = [self._queue.popleft()]
-        try:
-            state = await asyncio.wait_for(
-                _submit(
-                    _persist, self.session_id, self._state, self._batch, 0, self._create, False, self._timeout
-                ),
-                self._timeout,
-            )
-        except Exception as exc:
-            reason = f"recording could not be started: {_describe(exc)}"
+        future = _submit(
+            _persist, self.session_id, self._state, self._batch, 0, self._create, False, self._timeout
+        )
+        done, _ = await asyncio.wait({future}, timeout=self._timeout)
+        if future in done and future.exception() is None:
+            self._state, self._batch, self._create = future.result(), None, None
+        else:
+            error = future.exception() if future in done else None
+            why = _describe(error) if error is not None else f"no answer within {self._timeout:g}s"
+            reason = f"recording could not be started: {why}"
             if self._strict:
+                # A write that is still running may yet create the row; it then stays
+                # "live" with only its start event, which is what happened.
                 log.error("session %s: %s", self.session_id, reason)
-                raise RecordingUnavailable(reason) from None
+                raise RecordingUnavailable(reason)
             log.warning("session %s: %s; retrying in the background", self.session_id, reason)
             self._uncertain = True
-        else:
-            self._state, self._batch, self._create = state, None, None
+            self._last_error = reason
+            if future not in done:
+                self._inflight = future
         self._task = asyncio.get_running_loop().create_task(self._run(), name=f"recording {self.session_id}")
         self._live.add(self)
         return self
@@ -506,8 +510,8 @@ class SessionRecorder:
     async def close(self, *, reason: str, status: str = "ended") -> None:
         """Record ``session_end``, persist everything, seal, and mark the session ended.
 
-        Bounded by about twice ``RECORDING_PERSIST_TIMEOUT`` even when the database is
-        gone. Safe to call twice and from a task being cancelled (the work is shielded and
+        Bounded by about three times ``RECORDING_PERSIST_TIMEOUT`` even when the database
+        is gone (drain, one last attempt, seal). Safe to call twice and from a task being cancelled (the work is shielded and
         completes; a second call waits for it).
         """
         if self._finish_task is None:

@@ -401,3 +401,28 @@ async def test_strict_mode_calls_on_failure_when_the_database_goes_away_mid_sess
     assert recorder.failed and len(failures) == 1
     # The database came back before close: everything held back was written and sealed.
     assert session.event_count == 3 and session.status == "terminated" and result.ok, result.reason
+
+
+async def test_best_effort_mode_creates_the_session_later_when_the_database_was_down_at_start(settings):
+    from conftest import free_port
+
+    settings.RECORDING_STRICT = False
+    settings.RECORDING_PERSIST_TIMEOUT = 1
+    await in_db(keys.signing_key)
+    shutdown_writer()
+    old = _point_default_database_at(free_port())
+    try:
+        async with asyncio.timeout(30):
+            recorder = await SessionRecorder.start(**BILLING_BOT)
+    finally:
+        shutdown_writer()
+        _point_default_database_at(old)
+    async with asyncio.timeout(30):
+        recorder.append(Event.Kind.STATEMENT, {"text": "SELECT 1"})
+        await recorder.close(reason="done")
+        session = await in_db(_session, recorder.session_id)
+        events = await in_db(_events, recorder.session_id)
+        result = await in_db(_verify, recorder.session_id)
+    assert [e["kind"] for e in events] == ["session_start", "statement", "session_end"]
+    assert session.agent_name == "billing-bot" and session.status == "ended" and session.dropped_events == 0
+    assert result.ok, result.reason
