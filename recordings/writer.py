@@ -3,9 +3,11 @@
 ``append`` costs one JSON encoding and a deque append: no database round trip, no await.
 Each recorder has a flusher task that hands queued events, in batches, to a small pool of
 writer threads (``WRITER_THREADS``, each with its own database connection), which chain
-them (seq, SHA-256 hash), insert them with one multi-row INSERT and update the session's
+them (seq, SHA-256 hash), insert them with one COPY (PostgreSQL; multi-row INSERTs
+elsewhere) and update the session's
 counters in the same transaction. A batch is written ``RECORDING_FLUSH_SECONDS`` after its
-oldest event was appended, or at once when ``BATCH_ROWS`` events are waiting.
+oldest event was appended, or at once when ``FLUSH_AT`` events are waiting; under load the
+writes run back to back, each taking everything queued (up to ``BATCH_ROWS``).
 
 Strict mode (``RECORDING_STRICT``): when an event cannot be persisted within
 ``RECORDING_PERSIST_TIMEOUT`` seconds of being appended, ``on_failure(reason)`` is called
@@ -41,8 +43,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime
 from decimal import Decimal
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
+import orjson
 from django.conf import settings
 from django.db import close_old_connections, connection, connections, transaction
 
@@ -51,7 +54,9 @@ from recordings.models import Event, Session
 
 log = logging.getLogger("airlock.recordings")
 
-BATCH_ROWS = 500  # per INSERT: 3,500 parameters, well under SQLite's and PostgreSQL's limits
+BATCH_ROWS = 2000  # events per transaction at most
+FLUSH_AT = 500  # events waiting that trigger a write before the flush interval is up
+INSERT_ROWS = 500  # rows per INSERT where COPY is not available: 3,500 parameters (SQLite's limit is 32,766)
 MAX_QUEUED = 100_000  # events waiting per recorder before appends are dropped
 WRITER_THREADS = 4
 _KINDS = frozenset(Event.Kind.values)
@@ -72,18 +77,35 @@ def _snapshot_default(value: Any) -> Any:
     raise TypeError(f"a recording payload holds only JSON values, not {type(value).__name__}")
 
 
-# The snapshot taken by append(): cheap (no key sorting), and immutable, so a caller that
-# reuses its dict afterwards cannot change what is recorded.
-_SNAPSHOT = json.JSONEncoder(ensure_ascii=False, allow_nan=True, default=_snapshot_default)
+# The snapshot taken by append(): cheap (orjson, no key sorting), and immutable, so a
+# caller that reuses its dict afterwards cannot change what is recorded. What orjson
+# refuses (integers beyond 64 bits, lone surrogates) goes through the standard encoder.
+_SNAPSHOT_OPTIONS = orjson.OPT_NON_STR_KEYS
+_SNAPSHOT_FALLBACK = json.JSONEncoder(ensure_ascii=False, allow_nan=True, default=_snapshot_default)
 
 
-@dataclass(frozen=True, slots=True)
-class _Queued:
+def _snapshot(payload: dict[str, Any]) -> bytes | str:
+    try:
+        return orjson.dumps(payload, default=_snapshot_default, option=_SNAPSHOT_OPTIONS)
+    except TypeError:
+        return _SNAPSHOT_FALLBACK.encode(payload)
+
+
+def _load_snapshot(snapshot: bytes | str) -> Any:
+    # orjson reads integers beyond 64 bits as floats: only its own output goes back to it.
+    return orjson.loads(snapshot) if isinstance(snapshot, bytes) else json.loads(snapshot)
+
+
+class _Queued(NamedTuple):
     mono: float  # time.monotonic() when appended: deadlines count from here
-    at: datetime
+    wall: float  # time.time() when appended; becomes the event's time on a writer thread
     offset_ms: float
     kind: str
-    payload: str  # JSON snapshot
+    payload: bytes | str  # JSON snapshot
+
+    @property
+    def at(self) -> datetime:
+        return datetime.fromtimestamp(self.wall, UTC)
 
 
 @dataclass(slots=True)
@@ -240,36 +262,48 @@ def _chain_rows(
     seq = base.seq
     rows = []
     for item in items:
-        payload = json.loads(item.payload)
-        text = chain.canonical_payload(payload)
+        payload = _load_snapshot(item.payload)
+        text = chain.canonical_decoded_payload(payload)
+        at = item.at
         seq += 1
         digest = chain.event_hash(
-            prev, chain.envelope(seq, chain.format_time(item.at), item.offset_ms, item.kind, text)
+            prev, chain.envelope(seq, chain.format_time(at), item.offset_ms, item.kind, text)
         )
-        rows.append((seq, item.at, item.offset_ms, item.kind, text, digest))
+        rows.append((seq, at, item.offset_ms, item.kind, text.decode(), digest))
         tally.add(item.kind, payload)
         prev = digest
     return rows, _ChainState(prev, tally)
 
 
+_EVENT_COLUMNS = ("session", "seq", "at", "offset_ms", "kind", "payload", "hash")
+
+
 def _insert_events(session_id: uuid.UUID, rows: list[tuple[int, datetime, float, str, str, str]]) -> None:
     meta = Event._meta
     quote = connection.ops.quote_name
-    columns = ", ".join(
-        quote(meta.get_field(name).column)
-        for name in ("session", "seq", "at", "offset_ms", "kind", "payload", "hash")
-    )
-    postgres = connection.vendor == "postgresql"
-    placeholder = "(%s, %s, %s, %s, %s, %s::jsonb, %s)" if postgres else "(%s, %s, %s, %s, %s, %s, %s)"
+    table = quote(meta.db_table)
+    columns = ", ".join(quote(meta.get_field(name).column) for name in _EVENT_COLUMNS)
+    if connection.vendor == "postgresql":
+        # COPY: one statement per batch and the least work per row on both ends.
+        # Raw psycopg under Django's error wrapper, so failures read (and mark the
+        # connection) as any other database error.
+        with connection.cursor() as cursor, connection.wrap_database_errors:
+            with cursor.cursor.copy(f"COPY {table} ({columns}) FROM STDIN") as copy:
+                for row in rows:
+                    copy.write_row((session_id, *row))
+        return
     sid = Session._meta.pk.get_db_prep_value(session_id, connection)  # type: ignore[union-attr]
     at_field = meta.get_field("at")
-    params: list[Any] = []
-    for seq, at, offset_ms, kind, text, digest in rows:
-        at_db = at if postgres else at_field.get_db_prep_value(at, connection)
-        params.extend((sid, seq, at_db, offset_ms, kind, text, digest))
-    sql = f"INSERT INTO {quote(meta.db_table)} ({columns}) VALUES {', '.join([placeholder] * len(rows))}"  # noqa: S608 - names from the model, values bound
     with connection.cursor() as cursor:
-        cursor.execute(sql, params)
+        for start in range(0, len(rows), INSERT_ROWS):
+            chunk = rows[start : start + INSERT_ROWS]
+            params: list[Any] = []
+            for seq, at, offset_ms, kind, text, digest in chunk:
+                params.extend(
+                    (sid, seq, at_field.get_db_prep_value(at, connection), offset_ms, kind, text, digest)
+                )
+            values = ", ".join(["(%s, %s, %s, %s, %s, %s, %s)"] * len(chunk))
+            cursor.execute(f"INSERT INTO {table} ({columns}) VALUES {values}", params)  # noqa: S608 - names from the model, values bound
 
 
 def _committed_state(session_id: uuid.UUID) -> _ChainState | None:
@@ -535,9 +569,9 @@ class SessionRecorder:
     # -- queueing -----------------------------------------------------------------------
 
     def _push(self, kind: str, payload: dict[str, Any]) -> None:
-        text = _SNAPSHOT.encode(payload)
+        text = _snapshot(payload)
         mono = time.monotonic()
-        item = _Queued(mono, datetime.now(UTC), round((mono - self._t0) * 1000, 3), kind, text)
+        item = _Queued(mono, time.time(), round((mono - self._t0) * 1000, 3), kind, text)
         if len(self._queue) >= MAX_QUEUED and kind != Event.Kind.SESSION_END:
             self._overflowed(item)
             return
@@ -546,7 +580,7 @@ class SessionRecorder:
             self._dropped += self._overflow_count
             self._overflow, self._overflow_count = [], 0
         self._queue.append(item)
-        if len(self._queue) == 1 or len(self._queue) >= BATCH_ROWS:
+        if len(self._queue) == 1 or len(self._queue) >= FLUSH_AT:
             self._wake.set()
 
     def _overflowed(self, item: _Queued) -> None:
@@ -567,7 +601,7 @@ class SessionRecorder:
             "reason": reason,
         }
         # Placed where the lost events were, in time order; its deadline counts from now.
-        return _Queued(time.monotonic(), last.at, last.offset_ms, Event.Kind.DROPPED, json.dumps(payload))
+        return _Queued(time.monotonic(), last.wall, last.offset_ms, Event.Kind.DROPPED, orjson.dumps(payload))
 
     def _fail(self, reason: str) -> None:
         if self.failed:
@@ -592,7 +626,7 @@ class SessionRecorder:
                     await self._wake.wait()
                     self._wake.clear()
                     continue
-                if self._batch is None and not self._closing and len(self._queue) < BATCH_ROWS:
+                if self._batch is None and not self._closing and len(self._queue) < FLUSH_AT:
                     delay = self._queue[0].mono + self._flush_seconds - time.monotonic()
                     if delay > 0:
                         await self._sleep(delay, wake=True)
@@ -696,10 +730,12 @@ class SessionRecorder:
         start = None
         if self._create is not None and lost and lost[0].kind == Event.Kind.SESSION_START:
             # The start event is what creates the session row: it is never dropped.
-            start, lost = replace(lost[0], mono=now), lost[1:]
+            start, lost = lost[0]._replace(mono=now), lost[1:]
         if lost:
             # An earlier gap marker caught up in this loss is folded into the new one.
-            count = sum(json.loads(i.payload)["count"] if i.kind == Event.Kind.DROPPED else 1 for i in lost)
+            count = sum(
+                _load_snapshot(i.payload)["count"] if i.kind == Event.Kind.DROPPED else 1 for i in lost
+            )
             self._dropped += sum(1 for i in lost if i.kind != Event.Kind.DROPPED)
             log.warning("session %s: %d events dropped: %s", self.session_id, count, reason)
             self._queue.appendleft(self._marker(lost, count, reason))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -186,7 +187,7 @@ def test_the_canonical_form_is_compact_sorted_utf8_json():
     assert (
         canonical
         == (
-            '{"at":"2026-11-24T09:30:00.000000Z","kind":"statement","offset_ms":12.5,'
+            '{"at":"2026-11-24T09:30:00.000000+00:00","kind":"statement","offset_ms":12.5,'
             '"payload":{"params":[1,null],"text":"SELECT \'é\'"},"seq":5}'
         ).encode()
     )
@@ -225,4 +226,33 @@ def test_canonical_payloads_survive_a_json_round_trip_unchanged(value):
     # of that must be the canonical text that was hashed.
     text = chain.canonical_payload(value)
     assert chain.canonical_payload(json.loads(text)) == text
-    assert "\\u0000" not in text
+    assert chain.canonical_decoded_payload(json.loads(text)) == text
+    assert chain.canonical_decoded_payload(json.loads(json.dumps(value, allow_nan=True))) == text
+    assert b"\\u0000" not in text
+
+
+@pytest.mark.parametrize(
+    "value,stored",
+    [
+        ({"nul": "a\x00b"}, {"nul": "a\ufffdb"}),
+        ({"lone": "x\udcffy"}, {"lone": "x\ufffdy"}),
+        ({"nan": math.nan, "inf": math.inf}, {"nan": None, "inf": None}),
+        ({"negzero": -0.0}, {"negzero": 0.0}),
+        ({"big": 1e17, "bigger": 1e20, "small": 1e-7}, {"big": 10**17, "bigger": str(10**20), "small": 1e-7}),
+        (
+            {"huge": 2**64, "max": 2**64 - 1, "min": -(2**63)},
+            {"huge": str(2**64), "max": 2**64 - 1, "min": -(2**63)},
+        ),
+        ({3: "int key", True: "bool key"}, {"3": "int key", "true": "bool key"}),
+        ({"t": (1, 2)}, {"t": [1, 2]}),
+    ],
+)
+def test_payloads_are_normalised_to_what_jsonb_keeps(value, stored):
+    assert json.loads(chain.canonical_payload(value)) == stored
+
+
+def test_payload_values_that_are_not_json_are_refused():
+    with pytest.raises(TypeError, match="only JSON values, not set"):
+        chain.canonical_payload({"s": {1}})
+    with pytest.raises(TypeError, match="keys are strings, not tuple"):
+        chain.canonical_payload({(1, 2): "x"})

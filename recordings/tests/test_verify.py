@@ -208,6 +208,7 @@ json_values = st.recursive(
 def test_canonical_payloads_come_back_from_jsonb_unchanged(value):
     text = chain.canonical_payload(value)
     with connection.cursor() as cursor:
-        cursor.execute("SELECT %s::jsonb::text", [text])
+        cursor.execute("SELECT %s::jsonb::text", [text.decode()])
         (stored,) = cursor.fetchone()
     assert chain.canonical_payload(json.loads(stored)) == text
+    assert chain.canonical_decoded_payload(json.loads(stored)) == text
