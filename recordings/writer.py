@@ -58,7 +58,7 @@ BATCH_ROWS = 2000  # events per transaction at most
 FLUSH_AT = 500  # events waiting that trigger a write before the flush interval is up
 INSERT_ROWS = 500  # rows per INSERT where COPY is not available: 3,500 parameters (SQLite's limit is 32,766)
 MAX_QUEUED = 100_000  # events waiting per recorder before appends are dropped
-WRITER_THREADS = 4
+WRITER_THREADS = 8  # at most, per process; each holds a database connection
 _KINDS = frozenset(Event.Kind.values)
 _STATUSES = frozenset(Session.Status.values) - {Session.Status.LIVE}
 
@@ -163,27 +163,35 @@ class _ChainState:
 
 
 class _WriterThreads:
-    """A fixed set of threads with their own database connections.
+    """Threads with their own database connections, started as writes need them.
 
     Not asgiref's shared sync thread: a write stuck on a lock there would stall every
-    other ``sync_to_async`` call of the process, and with it every other session.
+    other ``sync_to_async`` call of the process, and with it every other session. A new
+    thread starts whenever every thread is busy (up to ``max_threads``), so one session's
+    write held by a lock does not queue the others behind it.
     """
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, max_threads: int) -> None:
+        self._max = max(1, max_threads)
         self._jobs: queue.SimpleQueue[
             tuple[concurrent.futures.Future[Any], Callable[..., Any], tuple[Any, ...]] | None
         ]
         self._jobs = queue.SimpleQueue()
-        self._threads = [
-            threading.Thread(target=self._work, name=f"recording-writer-{n}", daemon=True)
-            for n in range(size)
-        ]
-        for thread in self._threads:
-            thread.start()
+        self._lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+        self._busy = 0
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> concurrent.futures.Future[Any]:
         future: concurrent.futures.Future[Any] = concurrent.futures.Future()
-        self._jobs.put((future, fn, args))
+        with self._lock:
+            waiting = self._busy + self._jobs.qsize() + 1
+            if waiting > len(self._threads) and len(self._threads) < self._max:
+                thread = threading.Thread(
+                    target=self._work, name=f"recording-writer-{len(self._threads)}", daemon=True
+                )
+                self._threads.append(thread)
+                thread.start()
+            self._jobs.put((future, fn, args))
         return future
 
     def _work(self) -> None:
@@ -195,6 +203,8 @@ class _WriterThreads:
             future, fn, args = job
             if not future.set_running_or_notify_cancel():
                 continue
+            with self._lock:
+                self._busy += 1
             try:
                 # A connection broken by an earlier failure (database restarted) is
                 # replaced here instead of failing every later write.
@@ -204,12 +214,17 @@ class _WriterThreads:
                 future.set_exception(exc)
             else:
                 future.set_result(result)
+            finally:
+                with self._lock:
+                    self._busy -= 1
 
     def shutdown(self, timeout: float) -> None:
-        for _ in self._threads:
-            self._jobs.put(None)
+        with self._lock:
+            threads = list(self._threads)
+            for _ in threads:
+                self._jobs.put(None)
         deadline = time.monotonic() + timeout
-        for thread in self._threads:
+        for thread in threads:
             thread.join(max(0.0, deadline - time.monotonic()))
 
 

@@ -433,3 +433,36 @@ async def test_best_effort_mode_creates_the_session_later_when_the_database_was_
     assert [e["kind"] for e in events] == ["session_start", "statement", "session_end"]
     assert session.agent_name == "billing-bot" and session.status == "ended" and session.dropped_events == 0
     assert result.ok, result.reason
+
+
+async def test_a_session_whose_writes_hang_does_not_hold_up_another(settings):
+    settings.RECORDING_PERSIST_TIMEOUT = 2
+    failures: dict[str, list[str]] = {"stuck": [], "free": []}
+    admin = await asyncio.to_thread(_admin_conn)
+    try:
+        async with asyncio.timeout(30):
+            stuck = await SessionRecorder.start(**BILLING_BOT, on_failure=failures["stuck"].append)
+            free = await SessionRecorder.start(**BILLING_BOT, on_failure=failures["free"].append)
+            # Someone holds the stuck session's row: its writes wait on the lock.
+            await asyncio.to_thread(admin.execute, "BEGIN")
+            await asyncio.to_thread(
+                admin.execute, "SELECT 1 FROM recordings_session WHERE id = %s FOR UPDATE", [stuck.session_id]
+            )
+            stuck.append(Event.Kind.STATEMENT, {"text": "SELECT 'stuck'"})
+            await asyncio.sleep(0.2)  # let the stuck write start and block first
+            for kind, payload in statement_events(10):
+                free.append(kind, payload)
+            await free.close(reason="done")
+            # The free session finished while the stuck one was still waiting on the lock.
+            stuck_waiting = not failures["stuck"]
+            await _until(lambda: failures["stuck"])
+            await asyncio.to_thread(admin.execute, "ROLLBACK")
+            await stuck.close(reason="recording failed", status="terminated")
+            free_result = await in_db(_verify, free.session_id)
+            stuck_result = await in_db(_verify, stuck.session_id)
+    finally:
+        await asyncio.to_thread(admin.close)
+    assert failures["free"] == [] and free_result.ok and free_result.event_count == 32
+    assert stuck_waiting
+    assert failures["stuck"] == ["events not persisted within 2s (database slow or locked)"]
+    assert stuck_result.ok, stuck_result.reason
