@@ -1,11 +1,10 @@
 """The session recorder every protocol writes through.
 
 ``append`` costs one JSON encoding and a deque append: no database round trip, no await.
-Each recorder has a flusher task that hands queued events, in batches, to a small pool of
-writer threads (``WRITER_THREADS``, each with its own database connection), which chain
-them (seq, SHA-256 hash), insert them with one COPY (PostgreSQL; multi-row INSERTs
-elsewhere) and update the session's
-counters in the same transaction. A batch is written ``RECORDING_FLUSH_SECONDS`` after its
+Each recorder has a flusher task that hands queued events, in batches, to writer threads
+(started as needed, at most ``WRITER_THREADS``, each with its own database connection),
+which chain them (seq, SHA-256 hash), insert them with one COPY (PostgreSQL; multi-row
+INSERTs elsewhere) and update the session's counters in the same transaction. A batch is written ``RECORDING_FLUSH_SECONDS`` after its
 oldest event was appended, or at once when ``FLUSH_AT`` events are waiting; under load the
 writes run back to back, each taking everything queued (up to ``BATCH_ROWS``).
 
