@@ -269,6 +269,8 @@ RECORDING_STRICT = env_bool("AIRLOCK_RECORDING_STRICT", True)
 RECORDING_RESULT_ROWS = env_int("AIRLOCK_RECORDING_RESULT_ROWS", 20, minimum=0)
 RECORDING_FLUSH_SECONDS = env_int("AIRLOCK_RECORDING_FLUSH_MS", 200, minimum=1) / 1000
 RECORDING_PERSIST_TIMEOUT = env_int("AIRLOCK_RECORDING_PERSIST_TIMEOUT_SECONDS", 10, minimum=1)
+# Public keys (PEM files) of earlier signing keys, so recordings they sealed still verify.
+RECORDING_VERIFY_KEY_FILES = env_list("AIRLOCK_RECORDING_VERIFY_KEY_FILES", [])
 
 # --- Email ---------------------------------------------------------------------------
 EMAIL_BACKEND = env_str("AIRLOCK_EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")
