@@ -229,19 +229,31 @@ _START_FIELDS = {
 }
 
 
-class ConnectionHold(models.Model):
-    """A legal hold on every recording of a connection: retention deletes none of them.
+class ConnectionRule(models.Model):
+    """Retention and legal hold for the recordings of one connection.
 
-    Keyed by the connection's name, as sessions are, so the hold outlives the connection.
+    Keyed by the connection's name, as sessions are, so the rule outlives the connection.
+    ``retention_days`` None follows ``RECORDING_RETENTION_DAYS``; 0 keeps them for ever. A
+    legal hold stops retention from deleting any of them.
     """
 
     connection_name = models.CharField(max_length=63, unique=True)
-    reason = models.CharField(max_length=255)
-    set_by = models.CharField(max_length=150)
-    set_at = models.DateTimeField(default=timezone.now)
+    retention_days = models.PositiveIntegerField(null=True, blank=True)
+    legal_hold = models.BooleanField(default=False)
+    hold_reason = models.CharField(max_length=255, blank=True)
+    updated_by = models.CharField(max_length=150, blank=True)
+    updated_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
         ordering = ["connection_name"]
 
     def __str__(self) -> str:
-        return f"legal hold on {self.connection_name}"
+        return f"recordings of {self.connection_name}"
+
+    def audit_snapshot(self) -> dict[str, object]:
+        return {
+            "connection": self.connection_name,
+            "retention_days": self.retention_days,
+            "legal_hold": self.legal_hold,
+            "hold_reason": self.hold_reason,
+        }

@@ -17,10 +17,12 @@ from console import urls as console_urls
 from console.tests.factories import make_agent, make_connection
 from identity import actions as identity_actions
 from identity.models import AgentToken
+from recordings.models import Session
 
 PERSONAS = ("anonymous", "mallory", "carol", "bob", "alice")
 LOGIN = "login"
 ADMIN_ONLY = {"anonymous": LOGIN, "mallory": 403, "carol": 403, "bob": 403}
+RECORDING_VIEWERS = {"anonymous": LOGIN, "mallory": 403, "carol": 200, "bob": 403}
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,46 @@ ROUTES = [
     Route("person_set_active", "POST", "302 person_edit", data={"active": "0"}),
     Route("group_list", "GET", 200),
     Route("group_list", "POST", 200),
+    Route("audit_export", "GET", 200, {"anonymous": LOGIN, "mallory": 403, "carol": 200, "bob": 403}),
+    # Recordings: admins and auditors see every session; bob the reviewer decided nothing in
+    # this one, so it is refused to him like to mallory (REC-03).
+    Route(
+        "recordings:session_list", "GET", 200, {"anonymous": LOGIN, "mallory": 403, "carol": 200, "bob": 200}
+    ),
+    Route("recordings:public_key", "GET", 200, {p: 200 for p in PERSONAS if p != "alice"}),
+    Route("recordings:retention", "GET", 200, {"anonymous": LOGIN, "mallory": 403, "carol": 200, "bob": 403}),
+    Route(
+        "recordings:retention", "POST", 400, {"anonymous": LOGIN, "mallory": 403, "carol": 400, "bob": 403}
+    ),
+    Route("recordings:session_detail", "GET", 200, RECORDING_VIEWERS),
+    Route("recordings:session_events", "GET", 200, RECORDING_VIEWERS),
+    Route("recordings:session_integrity", "GET", 200, RECORDING_VIEWERS),
+    Route("recordings:export_jsonl", "GET", 200, RECORDING_VIEWERS),
+    Route(
+        "recordings:export_cast", "GET", 404, {"anonymous": LOGIN, "mallory": 403, "carol": 404, "bob": 403}
+    ),
+    Route(
+        "recordings:session_terminate",
+        "GET",
+        405,
+        {"anonymous": LOGIN, "mallory": 403, "carol": 403, "bob": 405},
+    ),
+    # No reason given: nothing is sent, the page says why.
+    Route(
+        "recordings:session_terminate",
+        "POST",
+        "302 recordings:session_detail",
+        {"anonymous": LOGIN, "mallory": 403, "carol": 403, "bob": 403},
+    ),
+    Route(
+        "recordings:session_hold", "GET", 405, {"anonymous": LOGIN, "mallory": 403, "carol": 405, "bob": 403}
+    ),
+    Route(
+        "recordings:session_hold",
+        "POST",
+        "302 recordings:session_detail",
+        {"anonymous": LOGIN, "mallory": 403, "carol": "302 recordings:session_detail", "bob": 403},
+    ),
 ]
 
 
@@ -84,7 +126,8 @@ def world(db, alice, bob, carol, mallory):  # type: ignore[no-untyped-def]
     agent = make_agent()
     token = identity_actions.do_issue_token(None, agent).token
     dave = identity_actions.do_create_user(None, "dave", password="dave-Pass-1234")
-    return {"connection": connection, "agent": agent, "token": token, "dave": dave}
+    session = Session.objects.create(protocol="postgres", agent_name="billing-bot", connection_name="shop")
+    return {"connection": connection, "agent": agent, "token": token, "dave": dave, "session": session}
 
 
 def _kwargs(name: str, world: dict) -> dict[str, object]:  # type: ignore[type-arg]
@@ -98,6 +141,14 @@ def _kwargs(name: str, world: dict) -> dict[str, object]:  # type: ignore[type-a
         return {"pk": world["agent"].pk, "token_pk": world["token"].pk}
     if name in {"person_edit", "person_set_active"}:
         return {"pk": world["dave"].pk}
+    if name == "audit_export":
+        return {"fmt": "csv"}
+    if name.startswith("recordings:") and name not in {
+        "recordings:session_list",
+        "recordings:public_key",
+        "recordings:retention",
+    }:
+        return {"pk": world["session"].pk}
     return {}
 
 

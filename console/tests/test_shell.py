@@ -24,9 +24,9 @@ def _nav_labels(client) -> list[str]:
 @pytest.mark.parametrize(
     ("persona", "labels"),
     [
-        ("alice", ["Dashboard", "Connections", "Agents", "People & groups", "Audit log"]),
+        ("alice", ["Dashboard", "Connections", "Agents", "People & groups", "Sessions", "Audit log"]),
         ("bob", ["Dashboard"]),
-        ("carol", ["Dashboard", "Audit log"]),
+        ("carol", ["Dashboard", "Sessions", "Audit log"]),
         ("mallory", []),
     ],
 )

@@ -44,19 +44,6 @@ class Migration(migrations.Migration):
     ]
 
     operations = [
-        migrations.CreateModel(
-            name='ConnectionHold',
-            fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('connection_name', models.CharField(max_length=63, unique=True)),
-                ('reason', models.CharField(max_length=255)),
-                ('set_by', models.CharField(max_length=150)),
-                ('set_at', models.DateTimeField(default=django.utils.timezone.now)),
-            ],
-            options={
-                'ordering': ['connection_name'],
-            },
-        ),
         migrations.AddField(
             model_name='session',
             name='search_vector',
