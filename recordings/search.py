@@ -14,6 +14,7 @@ case-insensitive substring match, which is fine for the sessions one machine hol
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 
 from django.db import connection
@@ -25,6 +26,7 @@ from django.db.models.expressions import RawSQL
 STATEMENT_CHARS = 4000
 BATCH_CHARS = 256 * 1024
 SEARCHED_KINDS = ("statement", "input")
+_WORD = re.compile(r"\w")
 
 # Each word of the query becomes a prefix match, all of them required. The query's words
 # are what PostgreSQL's parser makes of it, so a search splits text the way indexing did.
@@ -63,8 +65,8 @@ def batch_words(events: Iterable[tuple[str, object]]) -> str:
 def search_sessions(sessions: QuerySet, text: str) -> QuerySet:  # type: ignore[type-arg]
     """``sessions`` narrowed to those whose statements or typed commands match ``text``."""
     text = text.strip()
-    if not text:
-        return sessions
+    if not _WORD.search(text):
+        return sessions  # only punctuation: no words to look for
     if connection.vendor == "postgresql":
         table = connection.ops.quote_name(sessions.model._meta.db_table)
         return sessions.filter(
