@@ -453,6 +453,8 @@ class SessionRecorder:
         self._strict = bool(settings.RECORDING_STRICT)
         self._flush_seconds = float(settings.RECORDING_FLUSH_SECONDS)
         self._timeout = float(settings.RECORDING_PERSIST_TIMEOUT)
+        # Before the clock starts: the first call loads the channel layer.
+        self._announcer = live.Announcer(self.session_id)
         self._t0 = time.monotonic()
         self._queue: collections.deque[_Queued] = collections.deque()
         self._wake = asyncio.Event()
@@ -472,7 +474,6 @@ class SessionRecorder:
         self._task: asyncio.Task[None] | None = None
         self._finish_task: asyncio.Task[None] | None = None
         self._ended_at = datetime.now(UTC)
-        self._announcer = live.Announcer(self.session_id)
 
     # -- public interface ---------------------------------------------------------------
 

@@ -215,7 +215,7 @@
   function play() {
     following = false;
     if (position >= duration()) {
-      position = 0;
+      position = entries.length ? entries[0].offset : 0; // from the first event
       reveal();
       timeline.scrollTop = 0;
     }
@@ -232,7 +232,8 @@
 
   function seek(ms) {
     following = false;
-    position = Math.max(0, Math.min(ms, duration()));
+    var start = entries.length ? entries[0].offset : 0;
+    position = Math.max(start, Math.min(ms, duration()));
     reveal();
     paint();
     if (!playing) setState("paused");
