@@ -146,6 +146,9 @@ def _browser_figures(base: str, cookie: str, sessions: dict[int, str]) -> dict[i
         context.add_cookies([{"name": "sessionid", "value": cookie, "url": base}])
         page = context.new_page()
         page.set_default_timeout(300_000)
+        # Warm up daphne and the database caches once, as a console that has been running.
+        page.goto(f"{base}/recordings/{next(iter(sessions.values()))}/")
+        page.wait_for_selector('#player[data-loaded="all"]', state="attached")
         for events, session_id in sessions.items():
             firsts, wholes = [], []
             for _ in range(3):
