@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from masking import compile_policy  # noqa: E402
+from masking import compile_policy
 
 COLUMNS = [
     ("public.users", "id"),
@@ -83,7 +83,10 @@ def make_rows(count: int, sensitive: bool, seed: int = 7) -> list[list[bytes | N
             notes = rng.choice(NOTES)
         created = f"2024-0{rng.randint(1, 9)}-1{rng.randint(0, 9)} 12:{rng.randint(10, 59)}:00+00"
         values = [str(i), f"{f.title()} {s.title()}", email, phone, card_text, created]
-        values += [f"{rng.randint(1, 99999)}.{rng.randint(10, 99)}", rng.choice(["paid", "pending", "refunded"])]
+        values += [
+            f"{rng.randint(1, 99999)}.{rng.randint(10, 99)}",
+            rng.choice(["paid", "pending", "refunded"]),
+        ]
         values += [notes, ip]
         rows.append([v.encode() for v in values])
     return rows
@@ -98,12 +101,16 @@ def measure(label: str, policy, rows, repeat: int) -> float:  # type: ignore[no-
         _, counts = masker.mask_rows(rows)
         best = min(best, time.perf_counter() - started)
     rate = len(rows) / best
-    print(f"{label:<40} {rate:>12,.0f} rows/s   ({best * 1000:.0f} ms)   masked: {dict(sorted(counts.items()))}")
+    print(
+        f"{label:<40} {rate:>12,.0f} rows/s   ({best * 1000:.0f} ms)   masked: {dict(sorted(counts.items()))}"
+    )
     return rate
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()

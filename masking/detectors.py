@@ -90,7 +90,9 @@ class Detector:
 _DIGIT_RUN = re.compile(r"[0-9]+")
 
 
-def _digit_groups_refine(low: int, high: int, valid: Callable[[str], bool]) -> Callable[[str, int, int], Span | None]:
+def _digit_groups_refine(
+    low: int, high: int, valid: Callable[[str], bool]
+) -> Callable[[str, int, int], Span | None]:
     """The longest run of whole digit groups in ``[start, end)`` with low..high digits that is valid.
 
     Greedy expressions over "digits and separators" overshoot into a neighbouring number
@@ -142,7 +144,19 @@ def _ipv6_refine(text: str, start: int, end: int) -> Span | None:
     return (start, end) if v.ipv6_valid(text[start:end]) else None
 
 
-_GITLAB_PREFIXES = ("glpat", "gldt", "glrt", "glcbt", "glptt", "glft", "glimt", "glagent", "gloas", "glsoat", "glffct")
+_GITLAB_PREFIXES = (
+    "glpat",
+    "gldt",
+    "glrt",
+    "glcbt",
+    "glptt",
+    "glft",
+    "glimt",
+    "glagent",
+    "gloas",
+    "glsoat",
+    "glffct",
+)
 
 # In priority order: at the same starting position the first detector that matches and
 # validates wins; specific token shapes come before generic number shapes.
@@ -176,7 +190,9 @@ BUILTIN_DETECTORS: tuple[Detector, ...] = (
     ),
     Detector(
         "gitlab_token",
-        r"(?<![A-Za-z0-9_-])(?P<s>(?:" + "|".join(_GITLAB_PREFIXES) + r")-[A-Za-z0-9_-]{20,}(?:\.[A-Za-z0-9_-]+)*)",
+        r"(?<![A-Za-z0-9_-])(?P<s>(?:"
+        + "|".join(_GITLAB_PREFIXES)
+        + r")-[A-Za-z0-9_-]{20,}(?:\.[A-Za-z0-9_-]+)*)",
         name="gitlab",
     ),
     Detector(

@@ -86,7 +86,9 @@ class Renderer:
 def placeholder_pattern(labels: Iterable[str]) -> str:
     """A regular expression (no capturing groups) matching the placeholders of ``labels``."""
     alternatives = "|".join(sorted((re.escape(label) for label in set(labels)), key=lambda s: (-len(s), s)))
-    return rf"\[(?:{alternatives})(?::[0-9a-f]{{{HASH_HEX_DIGITS}}}|:\*\*\*\*[A-Za-z0-9]{{{PARTIAL_KEEP}}})?\]"
+    return (
+        rf"\[(?:{alternatives})(?::[0-9a-f]{{{HASH_HEX_DIGITS}}}|:\*\*\*\*[A-Za-z0-9]{{{PARTIAL_KEEP}}})?\]"
+    )
 
 
 def _builtin_placeholders() -> tuple[re.Pattern[str], re.Pattern[bytes]]:

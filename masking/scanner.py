@@ -155,7 +155,9 @@ class Scanner:
                 secret_groups[i] = tuple(pattern.groupindex[name] for name in names)
             if len(self._combined) > 512:  # selections are few in practice; bound it anyway
                 self._combined.clear()
-            found = self._combined[selection] = _Combined(pattern, group_to_detector, secret_groups, selection)
+            found = self._combined[selection] = _Combined(
+                pattern, group_to_detector, secret_groups, selection
+            )
         return found
 
     def _accept(self, match: re.Match[str], index: int, combined: _Combined) -> tuple[Span, int] | None:
@@ -276,5 +278,6 @@ class Scanner:
             # RE2's own entry point: the module's wrapper builds a generator and a match
             # object per call, which costs more than the search on a short span.
             return int(self._trigger_match(self._unanchored, data, pos, len(data))[0][0])
+        assert self._trigger is not None  # noqa: S101 - only called when there are detectors
         match = self._trigger.search(data, pos)
         return -1 if match is None else int(match.start())

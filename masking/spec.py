@@ -194,5 +194,7 @@ def validate_masking_spec(spec: Any, path: str = "masking") -> list[tuple[str, s
             else:
                 for eindex, name in enumerate(listed):
                     if name not in known:
-                        problems.append((f"{xpath}.entities[{eindex}]", f"{name!r} is not an entity of this policy"))
+                        problems.append(
+                            (f"{xpath}.entities[{eindex}]", f"{name!r} is not an entity of this policy")
+                        )
     return problems

@@ -75,7 +75,10 @@ POSITIVE: dict[str, list[tuple[str, str]]] = {
             '{"SecretAccessKey": "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"}',
             "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
         ),
-        ("AWS_SECRET_ACCESS_KEY=je7MtGbClwBF/2Zp9Utk/h3yCo8nvbEXAMPLEKEY", "je7MtGbClwBF/2Zp9Utk/h3yCo8nvbEXAMPLEKEY"),
+        (
+            "AWS_SECRET_ACCESS_KEY=je7MtGbClwBF/2Zp9Utk/h3yCo8nvbEXAMPLEKEY",
+            "je7MtGbClwBF/2Zp9Utk/h3yCo8nvbEXAMPLEKEY",
+        ),
     ],
     "github_token": [
         ("ghp_a1B2c3D4e5F6g7H8i9J0k1L2m3N4o5P6q7R8", "ghp_a1B2c3D4e5F6g7H8i9J0k1L2m3N4o5P6q7R8"),
@@ -90,7 +93,10 @@ POSITIVE: dict[str, list[tuple[str, str]]] = {
         ("CI uses gldt-AbCdEfGhIjKlMnOpQrSt12 for deploys", "gldt-AbCdEfGhIjKlMnOpQrSt12"),
     ],
     "slack_token": [
-        ("xoxb-123456789012-1234567890123-AbCdEfGhIjKlMnOpQrStUvWx", "xoxb-123456789012-1234567890123-AbCdEfGhIjKlMnOpQrStUvWx"),
+        (
+            "xoxb-123456789012-1234567890123-AbCdEfGhIjKlMnOpQrStUvWx",
+            "xoxb-123456789012-1234567890123-AbCdEfGhIjKlMnOpQrStUvWx",
+        ),
         ("xapp-1-A0123456789-1234567890123-abcdef", "xapp-1-A0123456789-1234567890123-abcdef"),
         (
             "hook https://hooks.slack.com/services/T00000000/B00000000/XXXXXXXXXXXXXXXXXXXXXXXX",
@@ -115,7 +121,10 @@ POSITIVE: dict[str, list[tuple[str, str]]] = {
             "key: -----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjE=\n-----END OPENSSH PRIVATE KEY----- done",
             "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjE=\n-----END OPENSSH PRIVATE KEY-----",
         ),
-        ("-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASC (truncated", "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASC (truncated"),
+        (
+            "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASC (truncated",
+            "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASC (truncated",
+        ),
     ],
     "password": [
         ("postgres://app:s3cr3t@db.example.com:5432/shop", "s3cr3t"),
@@ -147,7 +156,15 @@ NEGATIVE: dict[str, list[str]] = {
         "2024-01-15 12:30:00",
     ],
     "iban": ["GB82WEST12345698765433", "GB82 WEST", "XX82WEST12345698765432", "ID12 code", "ABCD1234"],
-    "ssn": ["000-12-3456", "666-12-3456", "900-12-3456", "123-00-4567", "123-45-0000", "123-45-67890", "2024-01-15"],
+    "ssn": [
+        "000-12-3456",
+        "666-12-3456",
+        "900-12-3456",
+        "123-00-4567",
+        "123-45-0000",
+        "123-45-67890",
+        "2024-01-15",
+    ],
     "ip": [
         "999.1.1.1",
         "256.1.1.1",
@@ -167,12 +184,15 @@ NEGATIVE: dict[str, list[str]] = {
     "slack_token": ["xoxb-short", "https://hooks.slack.com/"],
     "stripe_key": ["sk_live_", "pk_live_4eC39HqLyjWDarjtT1zdp7dc", "sk_other_4eC39HqLyjWDarjtT1zdp7dc"],
     "google_api_key": ["AIzaShort", "AIza"],
-    "private_key": ["-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----", "-----BEGIN PUBLIC KEY-----"],
+    "private_key": [
+        "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----",
+        "-----BEGIN PUBLIC KEY-----",
+    ],
     "password": [
         "postgres://app@db.example.com/shop",
         "http://example.com:8080/x@y",
         "passwordless=true",
-        "password authentication failed for user \"app\"",
+        'password authentication failed for user "app"',
         "password=",
     ],
     "bearer_token": ["the bearer of this letter", "Bearer short", "bearer realm"],
