@@ -402,9 +402,10 @@ class ResultMasker:
             if not isinstance(value, bytes) or value[:1] != b"\x01":
                 raise MaskingError("unexpected jsonb binary version")
             changed, masked = self._content(scanner, ValueKind.JSON, value[1:], counts)
-            if changed and isinstance(masked, bytes):
-                return True, b"\x01" + masked
-            return False, value
+            if not changed:
+                return False, value
+            # Masked text goes back behind its version byte; NULL stays NULL.
+            return True, b"\x01" + masked if isinstance(masked, bytes) else None
         text = self._decode(value)
         found: Counts = {}
         if kind is ValueKind.JSON:

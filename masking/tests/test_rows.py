@@ -205,3 +205,10 @@ def test_a_masking_error_never_quotes_the_data() -> None:
 def test_masked_columns_tells_the_gateway_which_columns_rules_mask() -> None:
     masker = compile_policy(RULES).result_masker([("users", "email"), ("users", "id")])
     assert masker.masked_columns == [True, False]
+
+
+def test_a_binary_jsonb_value_that_is_not_json_but_holds_a_secret_becomes_null() -> None:
+    policy = compile_policy({})
+    rows, counts = policy.mask_rows([None], [[b"\x01not json bob@example.com"]], type_oids=[3802], formats=[1])
+    assert rows == [[None]]
+    assert counts == {"email": 1}
