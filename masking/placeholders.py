@@ -39,6 +39,7 @@ def label_of(entity: str) -> str:
 
 
 _NOT_KEPT = re.compile(r"[^A-Za-z0-9]+")
+_NOT_KEPT_BYTES = re.compile(rb"[^A-Za-z0-9]+")
 
 
 def _keep(secret: str) -> str | None:
@@ -55,7 +56,7 @@ def _identity(value: str) -> str:
 class Renderer:
     """Turns a secret into its placeholder for one entity and method."""
 
-    __slots__ = ("_key", "_label", "_normalise", "method", "redacted")
+    __slots__ = ("_key", "_label", "_normalise", "_partial_prefix", "_redacted_bytes", "method", "redacted")
 
     def __init__(
         self,
@@ -71,6 +72,15 @@ class Renderer:
         self._key = hash_key or b""
         self._normalise = normalise or _identity
         self.redacted = f"[{self._label}]"
+        self._redacted_bytes = self.redacted.encode("ascii")
+        self._partial_prefix = f"[{self._label}:****".encode("ascii")
+
+    def partial_bytes(self, secret: bytes) -> bytes:
+        """``partial`` straight from bytes in an ASCII-compatible encoding (the same result)."""
+        kept = _NOT_KEPT_BYTES.sub(b"", secret)
+        if len(kept) < PARTIAL_MIN:
+            return self._redacted_bytes
+        return self._partial_prefix + kept[-PARTIAL_KEEP:] + b"]"
 
     def __call__(self, secret: str) -> str:
         if self.method is Method.REDACT:

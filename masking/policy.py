@@ -5,7 +5,7 @@
 >>> rows, counts = policy.mask_rows([("public.users", "email"), (None, None)],
 ...                                 [[b"bob@example.com", b"call +1 555 201 3344"]])
 >>> rows
-[[b'[EMAIL]', b'call [PHONE]']]
+[(b'[EMAIL]', b'call [PHONE]')]
 
 Column rules apply by identity: the caller resolves each result column's table OID and
 column number (RowDescription) to ``(table, column)``, which an ``AS`` alias does not
@@ -15,12 +15,14 @@ still caught.
 
 from __future__ import annotations
 
+import codecs
 import fnmatch
 import json
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import wraps
+from operator import itemgetter
 from typing import Any, ParamSpec, TypeVar, overload
 
 from masking.detectors import BUILTIN_ENTITIES, NORMALISERS
@@ -275,7 +277,7 @@ class MaskingPolicy:
         type_oids: Sequence[int | None] | None = None,
         formats: Sequence[int] | None = None,
         encoding: str = "utf-8",
-    ) -> tuple[list[list[Value | None]], Counts]:
+    ) -> tuple[list[tuple[Value | None, ...]], Counts]:
         masker = self.result_masker(columns, type_oids=type_oids, formats=formats, encoding=encoding)
         return masker.mask_rows(rows)
 
@@ -351,6 +353,9 @@ class ResultMasker:
             raise MaskingError("formats must have zero, one or one entry per column")
         "".encode(encoding)  # an unknown encoding fails here, not on the first row
         self._encoding = encoding
+        # In these encodings ASCII letters and digits are single bytes that never occur
+        # inside a multi-byte character, so partial masking can work on the bytes.
+        self._ascii_compatible = codecs.lookup(encoding).name in ("utf-8", "ascii", "iso8859-1", "cp1252")
         self.width = count
         self.kinds: list[ValueKind] = []
         self.rules: list[ColumnRule | None] = []
@@ -430,28 +435,40 @@ class ResultMasker:
     ) -> list[Value | None]:
         if kind in (ValueKind.OPAQUE, ValueKind.OPAQUE_BINARY):
             return [None] * len(column)
-        if kind is ValueKind.TEXT and rule.render.method is Method.REDACT:
-            as_text = rule.render.redacted
+        render = rule.render
+        if kind is not ValueKind.TEXT:
+            whole = self._whole
+            return [None if v is None else whole(rule, kind, v) for v in column]
+        if render.method is Method.REDACT:
+            as_text = render.redacted
             as_bytes = as_text.encode(self._encoding)
             return [None if v is None else as_bytes if isinstance(v, bytes) else as_text for v in column]
-        whole = self._whole
-        return [None if v is None else whole(rule, kind, v) for v in column]
+        if render.method is Method.PARTIAL and self._ascii_compatible:
+            partial = render.partial_bytes
+            return [None if v is None else partial(v) if isinstance(v, bytes) else render(v) for v in column]
+        encoding = self._encoding
+        return [
+            None
+            if v is None
+            else render(v.decode(encoding, "surrogateescape")).encode(encoding)
+            if isinstance(v, bytes)
+            else render(v)
+            for v in column
+        ]
 
     @fail_closed
-    def mask_rows(self, rows: Iterable[Row]) -> tuple[list[list[Value | None]], Counts]:
-        """The rows with every masked value replaced, and how many of each entity were masked.
-
-        Returns new lists; the rows passed in are not changed.
-        """
+    def mask_rows(self, rows: Iterable[Row]) -> tuple[list[tuple[Value | None, ...]], Counts]:
+        """The rows (as tuples) with every masked value replaced, and how many of each entity
+        were masked. The rows passed in are not changed."""
         rows = rows if isinstance(rows, list) else list(rows)
         counts: Counts = {}
         if not rows:
             return [], counts
         if set(map(len, rows)) != {self.width}:
             raise MaskingError(f"every row must have {self.width} values")
-        # Column by column: the per-value work then runs in comprehensions, and the
-        # transposition both ways runs in C.
-        columns: list[Sequence[Value | None]] = list(zip(*rows, strict=True))
+        # Column by column: per-value work runs in comprehensions, and the transposition
+        # both ways runs in C.
+        columns: list[Sequence[Value | None]] = [list(map(itemgetter(i), rows)) for i in range(self.width)]
         count = len(rows)
         for index, kind in enumerate(self.kinds):
             if kind is ValueKind.JSONB_BINARY and any(
@@ -468,22 +485,16 @@ class ResultMasker:
         for scanner, indices in self._scan_groups.values():
             empty: Value = b"" if any(isinstance(columns[i][0], bytes) for i in indices) else ""
             items = [empty if x is None else x for i in indices for x in columns[i]]
-            changed: dict[int, list[Value | None]] = {}
             for k in scanner.dirty_indices(items):
                 value = items[k]
                 if not value:
                     continue
                 c, r = divmod(k, count)
                 index = indices[c]
-                is_changed, masked_value = self._content(scanner, self.kinds[index], value, counts)
-                if is_changed:
-                    column = changed.get(index)
-                    if column is None:
-                        column = changed[index] = list(columns[index])
-                    column[r] = masked_value
-            for index, column in changed.items():
-                columns[index] = column
-        return list(map(list, zip(*columns, strict=True))), counts
+                changed, masked_value = self._content(scanner, self.kinds[index], value, counts)
+                if changed:
+                    columns[index][r] = masked_value  # type: ignore[index]
+        return list(zip(*columns, strict=True)), counts
 
 
 def _exemptions(spec: Mapping[str, Any]) -> list[Exemption]:

@@ -122,13 +122,17 @@ class Scanner:
         for shape, _ in TRIGGER_SHAPES:
             self._shapes.Add(shape)
         self._shapes.Compile()
+        # RE2's own entry point, when the wrapper exposes it: the wrapper re-encodes.
+        self._shapes_match = getattr(getattr(self._shapes, "_set", None), "Match", None)
         self._selections: dict[tuple[int, ...], tuple[int, ...]] = {}
         self._own = [re.compile(d.pattern) for d in self._detectors]
+        self._entities = [d.entity for d in self._detectors]
+        self._validators = [d.validator for d in self._detectors]
+        self._refines = [d.refine for d in self._detectors]
         self._custom = tuple(custom)
         all_labels = {*labels, *(e.upper() for e in renderers), *(c.name.upper() for c in self._custom)}
         self.placeholders = re.compile(placeholder_pattern(all_labels or {"MASKED"}))
         self._combined: dict[tuple[int, ...], _Combined] = {}
-        self.glued = False
         self._trigger = re2.compile(TRIGGER.encode("ascii")) if self._detectors else None
         regexp = getattr(self._trigger, "_regexp", None)
         self._trigger_match = getattr(regexp, "Match", None)
@@ -160,12 +164,9 @@ class Scanner:
             )
         return found
 
-    def _accept(self, match: re.Match[str], index: int, combined: _Combined) -> tuple[Span, int] | None:
-        span = self._detectors[index].secret_span(match, combined.secret_groups[index])
-        if span is not None:
-            return span, index
-        # The first alternative that matched here was not valid (a card failing Luhn);
-        # a later detector may still match at the same place.
+    def _fallback(self, match: re.Match[str], index: int, combined: _Combined) -> tuple[Span, int] | None:
+        """The first alternative that matched here was not valid (a card failing Luhn); a
+        later detector may still match at the same place."""
         text, start = match.string, match.start()
         selection = combined.selection
         for j in selection[selection.index(index) + 1 :]:
@@ -176,67 +177,98 @@ class Scanner:
                     return span, j
         return None
 
-    def _mask_builtin(self, text: str, counts: Counts) -> str:
-        shapes = tuple(sorted(self._shapes.Match(text) or ()))
-        selection = self._selections.get(shapes)
+    def _selection(self, text: str) -> tuple[int, ...]:
+        data = text.encode("utf-8", "surrogatepass")
+        shapes = self._shapes_match(data) if self._shapes_match is not None else self._shapes.Match(data)
+        if not shapes:
+            return ()
+        key = tuple(sorted(shapes)) if len(shapes) > 1 else tuple(shapes)
+        selection = self._selections.get(key)
         if selection is None:
-            chosen = {i for shape in shapes for i in self._shape_detectors[shape]}
-            selection = self._selections[shapes] = tuple(sorted(chosen))
+            chosen = {i for shape in key for i in self._shape_detectors[shape]}
+            selection = self._selections[key] = tuple(sorted(chosen))
+        return selection
+
+    def _mask_builtin(self, text: str, counts: Counts) -> tuple[str, bool]:
+        """The masked text, and whether a masked secret touched a word-like neighbour."""
+        selection = self._selection(text)
         if not selection:
-            return text
+            return text, False
         combined = self._combined_for(selection)
         group_to_detector = combined.group_to_detector
+        secret_groups = combined.secret_groups
         search = combined.pattern.search
         match = search(text)
         out: list[str] = []
         last = 0
+        glued = False
         while match is not None:
             start = match.start()
             index = group_to_detector[match.lastindex or 0]
             if index < 0:  # a placeholder: leave it whole
                 match = search(text, match.end())
                 continue
-            found = self._accept(match, index, combined)
-            if found is None:
-                match = search(text, start + 1)
-                continue
-            (a, b), j = found
+            # The secret: the first of the detector's secret groups that took part.
+            for group in secret_groups[index]:
+                a, b = match.span(group)
+                if a >= 0:
+                    break
+            refine = self._refines[index]
+            validator = self._validators[index]
+            span: Span | None
+            if refine is not None:
+                span = refine(text, a, b)
+            elif a == b or (validator is not None and not validator(text[a:b])):
+                span = None
+            else:
+                span = a, b
+            j = index
+            if span is None:
+                found = self._fallback(match, index, combined)
+                if found is None:
+                    match = search(text, start + 1)
+                    continue
+                span, j = found
+            a, b = span
             if text[a] == "[" and self.placeholders.fullmatch(text, a, b) is not None:
                 # "password=[PASSWORD]": the secret was masked already.
                 match = search(text, start + 1)
                 continue
             if (a and text[a - 1] in _GLUE) or (b < len(text) and text[b] in _GLUE):
-                self.glued = True
+                glued = True
             out.append(text[last:a])
             out.append(self._renderers[j](text[a:b]))
             last = b
-            entity = self._detectors[j].entity
+            entity = self._entities[j]
             counts[entity] = counts.get(entity, 0) + 1
             match = search(text, max(b, start + 1))
         if not out:
-            return text
+            return text, False
         out.append(text[last:])
-        return "".join(out)
+        return "".join(out), glued
 
-    def _pass(self, text: str, counts: Counts) -> str:
-        self.glued = bool(self._custom)
-        if self._detectors:
-            text = self._mask_builtin(text, counts)
-        for entity in self._custom:
-            text = entity.mask(text, counts, self.placeholders)
-        return text
+    def mask_into(self, text: str, counts: Counts) -> str:
+        """``text`` masked, adding what was masked to ``counts``; the same object if nothing was."""
+        original = text
+        for _ in range(_MAX_PASSES):
+            glued = bool(self._custom)
+            masked = text
+            if self._detectors:
+                masked, touched = self._mask_builtin(masked, counts)
+                glued = glued or touched
+            for entity in self._custom:
+                masked = entity.mask(masked, counts, self.placeholders)
+            if masked == text:
+                break
+            text = masked
+            if not glued:
+                break
+        return original if text == original else text
 
     def mask_text(self, text: str) -> tuple[str, Counts]:
         """The text with every enabled entity masked, and how many of each were masked."""
         counts: Counts = {}
-        for _ in range(_MAX_PASSES):
-            masked = self._pass(text, counts)
-            if masked == text:
-                break
-            text = masked
-            if not self.glued:
-                break
-        return text, counts
+        return self.mask_into(text, counts), counts
 
     def dirty_indices(self, items: Sequence[Value]) -> list[int]:
         """Indices of the values that may hold something to mask (a superset of those that do).

@@ -44,7 +44,7 @@ def test_custom_entities_run_alongside_builtin_ones_and_in_rows() -> None:
     rows, counts = policy.mask_rows(
         [None, None], [[b"EMP-000001", b"bob@example.com"], [None, b"x EMP-000002"]]
     )
-    assert rows == [[b"[EMPLOYEE_ID]", b"[EMAIL]"], [None, b"x [EMPLOYEE_ID]"]]
+    assert rows == [(b"[EMPLOYEE_ID]", b"[EMAIL]"), (None, b"x [EMPLOYEE_ID]")]
     assert counts == {"employee_id": 2, "email": 1}
 
 

@@ -10,7 +10,7 @@ POLICY = compile_policy({})
 def test_an_api_key_inside_a_notes_column_is_masked() -> None:
     notes = "Customer said their deploy used ghp_a1B2c3D4e5F6g7H8i9J0k1L2m3N4o5P6q7R8 last week; rotate it."
     rows, counts = POLICY.mask_rows([("crm.tickets", "notes")], [[notes.encode()]])
-    assert rows == [[b"Customer said their deploy used [GITHUB_TOKEN] last week; rotate it."]]
+    assert rows == [(b"Customer said their deploy used [GITHUB_TOKEN] last week; rotate it.",)]
     assert counts == {"github_token": 1}
 
 

@@ -21,7 +21,7 @@ def test_a_column_rule_applies_by_identity_so_an_alias_does_not_escape_it() -> N
     # SELECT email AS x FROM users: RowDescription still names users.email as the source.
     policy = compile_policy(RULES)
     rows, counts = policy.mask_rows([("public.users", "email")], [[b"not-even-an-email"], [None]])
-    assert rows == [[b"[EMAIL]"], [None]]
+    assert rows == [(b"[EMAIL]",), (None,)]
     assert counts == {"email": 1}
 
 
@@ -29,7 +29,7 @@ def test_content_detection_catches_an_expression_that_lost_its_identity() -> Non
     # SELECT lower(email) FROM users: the column has no source table.
     policy = compile_policy(RULES)
     rows, counts = policy.mask_rows([None], [[b"bob@example.com"], [b"plain"]])
-    assert rows == [[b"[EMAIL]"], [b"plain"]]
+    assert rows == [(b"[EMAIL]",), (b"plain",)]
     assert counts == {"email": 1}
 
 
@@ -42,7 +42,7 @@ def test_globs_schemas_and_case_in_column_rules() -> None:
         ("HR.Staff", "Salary"),
     ]
     rows, _ = policy.mask_rows(columns, [["4111111111111111", "x", "ab12cd34ef", "100000"]])
-    assert rows == [["[CARD:****1111]", "x", "[CARD:****34ef]", "[MASKED]"]]
+    assert rows == [("[CARD:****1111]", "x", "[CARD:****34ef]", "[MASKED]")]
 
 
 def test_a_masked_column_is_not_content_scanned_and_other_columns_are() -> None:
@@ -51,14 +51,14 @@ def test_a_masked_column_is_not_content_scanned_and_other_columns_are() -> None:
         [("users", "email"), ("users", "notes")],
         [["bob@example.com", "forward to carol@example.com"]],
     )
-    assert rows == [["[EMAIL]", "forward to [EMAIL]"]]
+    assert rows == [("[EMAIL]", "forward to [EMAIL]")]
     assert counts == {"email": 2}
 
 
 def test_it_keeps_each_value_type_and_nulls() -> None:
     policy = compile_policy({})
     rows, _ = policy.mask_rows([None, None, None], [["bob@example.com", b"bob@example.com", None]])
-    assert rows == [["[EMAIL]", b"[EMAIL]", None]]
+    assert rows == [("[EMAIL]", b"[EMAIL]", None)]
 
 
 def test_column_exemptions_lift_rules_and_detectors_for_that_column() -> None:
@@ -75,7 +75,7 @@ def test_column_exemptions_lift_rules_and_detectors_for_that_column() -> None:
         [("orders", "order_ref"), ("users", "email"), ("orders", "note")],
         [["4111111111111111 bob@example.com", "bob@example.com", "4111111111111111"]],
     )
-    assert rows == [["4111111111111111 [EMAIL]", "bob@example.com", "[CARD]"]]
+    assert rows == [("4111111111111111 [EMAIL]", "bob@example.com", "[CARD]")]
     assert counts == {"email": 1, "card": 1}
 
 
@@ -91,11 +91,11 @@ def test_group_exemptions_apply_only_to_agents_in_the_group() -> None:
     )
     columns = [("public.payments", "card_no"), ("users", "email"), (None, None)]
     row = [["4111111111111111", "bob@example.com", "4111111111111111"]]
-    assert policy.mask_rows(columns, row)[0] == [["[CARD:****1111]", "[EMAIL]", "[CARD]"]]
+    assert policy.mask_rows(columns, row)[0] == [("[CARD:****1111]", "[EMAIL]", "[CARD]")]
     fraud = policy.for_groups({"fraud-team", "agents"})
-    assert fraud.mask_rows(columns, row)[0] == [["4111111111111111", "[EMAIL]", "4111111111111111"]]
+    assert fraud.mask_rows(columns, row)[0] == [("4111111111111111", "[EMAIL]", "4111111111111111")]
     dba = policy.for_groups(["dba"])
-    assert dba.mask_rows(columns, row)[0] == [["[CARD:****1111]", "bob@example.com", "[CARD]"]]
+    assert dba.mask_rows(columns, row)[0] == [("[CARD:****1111]", "bob@example.com", "[CARD]")]
     assert policy.for_groups(["agents"]) is policy
 
 
@@ -108,7 +108,7 @@ def test_binary_text_like_values_are_masked_in_place_and_others_become_null() ->
         type_oids=[25, 23, 3802],
         formats=[1, 1, 1],
     )
-    assert rows == [[b"[PII]", None, b'\x01"[PII]"']]
+    assert rows == [(b"[PII]", None, b'\x01"[PII]"')]
     assert counts == {"pii": 3}
 
 
@@ -120,14 +120,14 @@ def test_content_in_binary_jsonb_keeps_the_version_byte_and_valid_json() -> None
         type_oids=[3802],
         formats=[1],
     )
-    assert rows == [[b'\x01{"card": "[CARD]", "mail": "[EMAIL]", "n": 1.50}']]
+    assert rows == [(b'\x01{"card": "[CARD]", "mail": "[EMAIL]", "n": 1.50}',)]
     assert counts == {"card": 1, "email": 1}
 
 
 def test_binary_values_of_other_types_without_a_rule_pass_through() -> None:
     policy = compile_policy({})
     value = (4111111111111111).to_bytes(8, "big")
-    assert policy.mask_rows([None], [[value]], type_oids=[20], formats=[1])[0] == [[value]]
+    assert policy.mask_rows([None], [[value]], type_oids=[20], formats=[1])[0] == [(value,)]
 
 
 def test_a_text_format_value_of_a_non_text_type_becomes_null_when_masked() -> None:
@@ -136,7 +136,7 @@ def test_a_text_format_value_of_a_non_text_type_becomes_null_when_masked() -> No
     rows, counts = policy.mask_rows(
         [None, None, None], [[b"4111111111111111", b"10.1.2.3", b"12345"]], type_oids=[20, 869, 20]
     )
-    assert rows == [[None, None, b"12345"]]
+    assert rows == [(None, None, b"12345")]
     assert counts == {"card": 1, "ip": 1}
 
 
@@ -147,7 +147,7 @@ def test_a_json_column_stays_valid_json() -> None:
         [['{"a": "b"}', '{"owner": {"email": "bob@example.com"}, "ip": ["10.1.2.3"]}']],
         type_oids=[114, 3802],
     )
-    assert rows == [['"[DOC]"', '{"owner": {"email": "[EMAIL]"}, "ip": ["[IP]"]}']]
+    assert rows == [('"[DOC]"', '{"owner": {"email": "[EMAIL]"}, "ip": ["[IP]"]}')]
 
 
 def test_text_like_types() -> None:
@@ -163,7 +163,7 @@ def test_text_like_types() -> None:
 def test_a_value_holding_nul_is_still_scanned_on_its_own() -> None:
     policy = compile_policy({})
     rows, _ = policy.mask_rows([None, None], [["a\x00bob@example.com", "x"], ["y", "carol@example.com"]])
-    assert rows == [["a\x00[EMAIL]", "x"], ["y", "[EMAIL]"]]
+    assert rows == [("a\x00[EMAIL]", "x"), ("y", "[EMAIL]")]
 
 
 def test_many_rows_and_columns_are_masked_in_the_right_places() -> None:
@@ -174,7 +174,7 @@ def test_many_rows_and_columns_are_masked_in_the_right_places() -> None:
     masked, counts = policy.mask_rows([None, None], rows)
     assert counts == {"email": 100}
     for i, row in enumerate(masked):
-        assert row == [f"row {i}".encode(), b"[EMAIL]" if i % 3 == 0 else b"-"]
+        assert row == (f"row {i}".encode(), b"[EMAIL]" if i % 3 == 0 else b"-")
 
 
 @pytest.mark.parametrize(
@@ -209,6 +209,8 @@ def test_masked_columns_tells_the_gateway_which_columns_rules_mask() -> None:
 
 def test_a_binary_jsonb_value_that_is_not_json_but_holds_a_secret_becomes_null() -> None:
     policy = compile_policy({})
-    rows, counts = policy.mask_rows([None], [[b"\x01not json bob@example.com"]], type_oids=[3802], formats=[1])
-    assert rows == [[None]]
+    rows, counts = policy.mask_rows(
+        [None], [[b"\x01not json bob@example.com"]], type_oids=[3802], formats=[1]
+    )
+    assert rows == [(None,)]
     assert counts == {"email": 1}
