@@ -100,6 +100,8 @@ def _digit_groups_refine(
     """
 
     def refine(text: str, start: int, end: int) -> Span | None:
+        if low <= len(v.digits_of(text[start:end])) <= high and valid(text[start:end]):
+            return start, end  # the usual case: the match is the number
         groups = [m.span() for m in _DIGIT_RUN.finditer(text, start, end)]
         sizes = [b - a for a, b in groups]
         best: tuple[int, int, int] | None = None

@@ -199,6 +199,24 @@ class Scanner:
         secret_groups = combined.secret_groups
         search = combined.pattern.search
         match = search(text)
+        if match is not None and match.end() == len(text) and not match.start():
+            # The common case in a column of data: the whole value is one secret.
+            index = group_to_detector[match.lastindex or 0]
+            if index >= 0:
+                for group in secret_groups[index]:
+                    a, b = match.span(group)
+                    if a >= 0:
+                        break
+                validator = self._validators[index]
+                if (
+                    not a
+                    and b == len(text)
+                    and self._refines[index] is None
+                    and (validator is None or validator(text))
+                ):
+                    entity = self._entities[index]
+                    counts[entity] = counts.get(entity, 0) + 1
+                    return self._renderers[index](text), False
         out: list[str] = []
         last = 0
         glued = False
