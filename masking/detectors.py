@@ -93,32 +93,29 @@ _DIGIT_RUN = re.compile(r"[0-9]+")
 def _digit_groups_refine(
     low: int, high: int, valid: Callable[[str], bool]
 ) -> Callable[[str, int, int], Span | None]:
-    """The longest run of whole digit groups in ``[start, end)`` with low..high digits that is valid.
+    """The longest run of whole digit groups from the start of ``[start, end)`` with
+    low..high digits that is valid.
 
     Greedy expressions over "digits and separators" overshoot into a neighbouring number
-    ("4111 1111 1111 1111 12/27"); trying whole groups, longest first, finds the card.
+    ("4111 1111 1111 1111 12/27"); trying whole groups, longest first, finds the card. Runs
+    starting at a later group are tried when the scan moves on to that group.
     """
 
     def refine(text: str, start: int, end: int) -> Span | None:
         if low <= len(v.digits_of(text[start:end])) <= high and valid(text[start:end]):
             return start, end  # the usual case: the match is the number
-        groups = [m.span() for m in _DIGIT_RUN.finditer(text, start, end)]
-        sizes = [b - a for a, b in groups]
-        best: tuple[int, int, int] | None = None
-        for i in range(len(groups)):
-            total = 0
-            for j in range(i, len(groups)):
-                total += sizes[j]
-                if total > high:
-                    break
-                if total >= low and (best is None or total > best[0]):
-                    span = (groups[i][0], groups[j][1])
-                    if valid(text[span[0] : span[1]]):
-                        best = (total, *span)
-        if best is None:
-            return None
-        # A leading "+" or "(" belongs to the number when the first group is kept.
-        return (start if best[1] == groups[0][0] else best[1]), best[2]
+        total = 0
+        ends: list[tuple[int, int]] = []
+        for run in _DIGIT_RUN.finditer(text, start, end):
+            total += run.end() - run.start()
+            if total > high:
+                break
+            if total >= low:
+                ends.append((total, run.end()))
+        for _, stop in reversed(ends):
+            if valid(text[start:stop]):
+                return start, stop
+        return None
 
     return refine
 
@@ -143,6 +140,8 @@ def _iban_refine(text: str, start: int, end: int) -> Span | None:
 def _ipv6_refine(text: str, start: int, end: int) -> Span | None:
     while end > start and text[end - 1] == ".":
         end -= 1
+    if end - start > 45:  # the longest textual IPv6 address (with an embedded IPv4)
+        return None
     return (start, end) if v.ipv6_valid(text[start:end]) else None
 
 
@@ -291,7 +290,8 @@ BUILTIN_DETECTORS: tuple[Detector, ...] = (
     ),
     Detector(
         "ip",
-        r"(?<![\w:.])(?P<s>[0-9A-Fa-f]{0,4}:[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*)(?![\w:])",
+        # Possessive: a long run of hex and colons must not be re-split (quadratic).
+        r"(?<![\w:.])(?P<s>[0-9A-Fa-f]{0,4}:[0-9A-Fa-f:.]*+)(?!\w)",
         refine=_ipv6_refine,
         name="ipv6",
     ),

@@ -466,6 +466,8 @@ class ResultMasker:
             return [], counts
         if set(map(len, rows)) != {self.width}:
             raise MaskingError(f"every row must have {self.width} values")
+        if not self.width:  # SELECT FROM t: rows with no columns
+            return [() for _ in rows], counts
         # Column by column: per-value work runs in comprehensions, and the transposition
         # both ways runs in C.
         columns: list[Sequence[Value | None]] = [list(map(itemgetter(i), rows)) for i in range(self.width)]

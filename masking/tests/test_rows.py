@@ -214,3 +214,7 @@ def test_a_binary_jsonb_value_that_is_not_json_but_holds_a_secret_becomes_null()
     )
     assert rows == [(None,)]
     assert counts == {"email": 1}
+
+
+def test_rows_with_no_columns_stay_rows() -> None:
+    assert compile_policy({}).mask_rows([], [[], []]) == ([(), ()], {})
