@@ -5,9 +5,10 @@ The result has four masked entity types (email, phone, payment card, IP address)
 row, plus free-text notes where one row in twenty holds a secret. Values are bytes, as
 they come off the wire. Scenarios:
 
-- column rules: email, phone and card columns masked by identity (all redact, or hash,
-  partial, partial); everything else content-scanned for every built-in entity (so the
-  IP addresses and the secrets in notes are found by content);
+- 4 column rules: email, phone, card and IP columns masked by identity (redact);
+  everything else content-scanned for every built-in entity (the secrets in notes);
+- 3 column rules: email, phone and card columns masked by identity (all redact, or
+  hash, partial, partial); the IP addresses are found by content;
 - content only: no column rules, every value found by the content detectors;
 - clean: the same shape with no sensitive values (the prefilter's fast path).
 """
@@ -147,10 +148,24 @@ def main() -> None:
             ]
         }
     )
+    four_rules = compile_policy(
+        {
+            "columns": [
+                {"match": f"users.{column}", "method": "redact", "entity": entity}
+                for column, entity in (
+                    ("email", "email"),
+                    ("phone", "phone"),
+                    ("card", "card"),
+                    ("last_ip", "ip"),
+                )
+            ]
+        }
+    )
     print(f"masking engine, {args.rows:,} rows x {len(COLUMNS)} columns, best of {args.repeat}")
     print(f"calibration: sum(range(10**7)) takes {calibration():.3f} s of CPU here")
-    measure("column rules (redact) + content", redacting, sensitive, args.repeat)
-    measure("column rules (hash, partial) + content", with_rules, sensitive, args.repeat)
+    measure("4 column rules (redact) + content", four_rules, sensitive, args.repeat)
+    measure("3 column rules (redact) + content", redacting, sensitive, args.repeat)
+    measure("3 column rules (hash, partial) + content", with_rules, sensitive, args.repeat)
     measure("content only", content_only, sensitive, args.repeat)
     measure("clean result, content scan", content_only, clean, args.repeat)
 

@@ -185,6 +185,7 @@ class MaskingPolicy:
 
     # -- views -------------------------------------------------------------------------
 
+    @fail_closed
     def for_groups(self, groups: Iterable[str]) -> MaskingPolicy:
         """This policy as it applies to an agent in ``groups`` (its group exemptions applied)."""
         key = frozenset(groups) & frozenset(x.group for x in self._all_exemptions if x.group)
@@ -232,6 +233,7 @@ class MaskingPolicy:
             return masked.encode(encoding, "surrogateescape"), counts
         return self.scanner().mask_text(text)
 
+    @fail_closed
     def contains_placeholder(self, text: Value) -> bool:
         """Whether ``text`` holds a placeholder this policy produces (the write-back guard)."""
         if isinstance(text, bytes):

@@ -49,3 +49,10 @@ def test_everything_the_engine_writes_is_recognised() -> None:
         assert contains_placeholder(placeholder)
     rows, _ = policy.mask_rows([("t", "c")], [["100"]])
     assert policy.contains_placeholder(f"UPDATE t SET c = '{rows[0][0]}'")
+
+
+def test_the_guard_fails_closed_on_a_value_it_cannot_read() -> None:
+    from masking import MaskingError
+
+    with pytest.raises(MaskingError):
+        compile_policy({}).contains_placeholder(None)  # type: ignore[arg-type]
