@@ -91,10 +91,10 @@ _DIGIT_RUN = re.compile(r"[0-9]+")
 
 
 def _digit_groups_refine(
-    low: int, high: int, valid: Callable[[str], bool]
+    low: int, high: int, valid_digits: Callable[[str], bool]
 ) -> Callable[[str, int, int], Span | None]:
     """The longest run of whole digit groups from the start of ``[start, end)`` with
-    low..high digits that is valid.
+    low..high digits whose digits are valid.
 
     Greedy expressions over "digits and separators" overshoot into a neighbouring number
     ("4111 1111 1111 1111 12/27"); trying whole groups, longest first, finds the card. Runs
@@ -102,7 +102,8 @@ def _digit_groups_refine(
     """
 
     def refine(text: str, start: int, end: int) -> Span | None:
-        if low <= len(v.digits_of(text[start:end])) <= high and valid(text[start:end]):
+        digits = v.digits_of(text[start:end])
+        if low <= len(digits) <= high and valid_digits(digits):
             return start, end  # the usual case: the match is the number
         total = 0
         ends: list[tuple[int, int]] = []
@@ -112,12 +113,16 @@ def _digit_groups_refine(
                 break
             if total >= low:
                 ends.append((total, run.end()))
-        for _, stop in reversed(ends):
-            if valid(text[start:stop]):
+        for total, stop in reversed(ends):
+            if valid_digits(digits[:total]):
                 return start, stop
         return None
 
     return refine
+
+
+def _any_digits(digits: str) -> bool:
+    return True
 
 
 def _iban_refine(text: str, start: int, end: int) -> Span | None:
@@ -256,7 +261,7 @@ BUILTIN_DETECTORS: tuple[Detector, ...] = (
     Detector(
         "card",
         r"(?<![0-9])(?P<s>[0-9](?:[ -]?[0-9]){12,18})(?![0-9])",
-        refine=_digit_groups_refine(13, 19, v.card_valid),
+        refine=_digit_groups_refine(13, 19, v.card_digits_valid),
         name="card",
     ),
     Detector(
@@ -268,7 +273,7 @@ BUILTIN_DETECTORS: tuple[Detector, ...] = (
     Detector(
         "phone",
         r"(?<![\w+])(?P<s>\+[0-9][0-9 ().-]{6,22}[0-9])(?![0-9])",
-        refine=_digit_groups_refine(8, 15, v.phone_valid),
+        refine=_digit_groups_refine(8, 15, _any_digits),  # E.164: 8 to 15 digits
         name="phone_international",
     ),
     Detector(

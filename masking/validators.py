@@ -40,7 +40,11 @@ def digits_of(text: str) -> str:
 
 def luhn_valid(text: str) -> bool:
     """The Luhn (mod 10) check over the ASCII digits of ``text``; separators are ignored."""
-    digits = digits_of(text)
+    return luhn_digits_valid(digits_of(text))
+
+
+def luhn_digits_valid(digits: str) -> bool:
+    """The Luhn check of a string of ASCII digits only."""
     if not digits:
         return False
     kept = digits[-1::-2]
@@ -52,8 +56,11 @@ def luhn_valid(text: str) -> bool:
 
 def card_valid(text: str) -> bool:
     """A payment card number: 13 to 19 digits, not starting with 0, passing Luhn."""
-    digits = digits_of(text)
-    return 13 <= len(digits) <= 19 and digits[0] != "0" and luhn_valid(digits)
+    return card_digits_valid(digits_of(text))
+
+
+def card_digits_valid(digits: str) -> bool:
+    return 13 <= len(digits) <= 19 and digits[0] != "0" and luhn_digits_valid(digits)
 
 
 def mod97_valid(text: str) -> bool:
