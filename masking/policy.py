@@ -413,24 +413,23 @@ class ResultMasker:
                 return False, value
             # Masked text goes back behind its version byte; NULL stays NULL.
             return True, b"\x01" + masked if isinstance(masked, bytes) else None
-        text = self._decode(value)
-        found: Counts = {}
+        text = value.decode(self._encoding, "surrogateescape") if isinstance(value, bytes) else value
         if kind is ValueKind.JSON:
+            found: Counts = {}
             masked_json = _mask_json(text, scanner, found)
-            if masked_json is None:  # not JSON after all: mask as text, NULL if anything was found
-                masked, found = scanner.mask_text(text)
-                kind = ValueKind.OPAQUE
-            else:
-                masked = masked_json if found else text
-        else:
-            masked, found = scanner.mask_text(text)
-        if not found:
+            if masked_json is not None:
+                if not found:
+                    return False, value
+                for entity, n in found.items():
+                    counts[entity] = counts.get(entity, 0) + n
+                return True, self._encode(masked_json, value)
+            kind = ValueKind.OPAQUE  # not JSON after all: mask as text, NULL if anything was found
+        masked = scanner.mask_into(text, counts)
+        if masked is text:
             return False, value
-        for entity, n in found.items():
-            counts[entity] = counts.get(entity, 0) + n
         if kind is ValueKind.OPAQUE:
             return True, None
-        return True, self._encode(masked, value)
+        return True, masked.encode(self._encoding, "surrogateescape") if isinstance(value, bytes) else masked
 
     def _rule_column(
         self, rule: ColumnRule, kind: ValueKind, column: Sequence[Value | None]
@@ -487,7 +486,8 @@ class ResultMasker:
                 if masked:
                     counts[rule.entity] = counts.get(rule.entity, 0) + masked
         for scanner, indices in self._scan_groups.values():
-            empty: Value = b"" if any(isinstance(columns[i][0], bytes) for i in indices) else ""
+            first = next((x for i in indices for x in columns[i] if x is not None), b"")
+            empty: Value = b"" if isinstance(first, bytes) else ""
             items = [empty if x is None else x for i in indices for x in columns[i]]
             for k in scanner.dirty_indices(items):
                 value = items[k]
