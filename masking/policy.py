@@ -403,7 +403,12 @@ class ResultMasker:
         return self._encode(placeholder, value)
 
     def _content(
-        self, scanner: Scanner, kind: ValueKind, value: Value, counts: Counts
+        self,
+        scanner: Scanner,
+        kind: ValueKind,
+        value: Value,
+        counts: Counts,
+        selection: tuple[int, ...] | None = None,
     ) -> tuple[bool, Value | None]:
         if kind is ValueKind.JSONB_BINARY:
             if not isinstance(value, bytes) or value[:1] != b"\x01":
@@ -424,7 +429,7 @@ class ResultMasker:
                     counts[entity] = counts.get(entity, 0) + n
                 return True, self._encode(masked_json, value)
             kind = ValueKind.OPAQUE  # not JSON after all: mask as text, NULL if anything was found
-        masked = scanner.mask_into(text, counts)
+        masked = scanner.mask_into(text, counts, selection)
         if masked is text:
             return False, value
         if kind is ValueKind.OPAQUE:
@@ -457,6 +462,27 @@ class ResultMasker:
             for v in column
         ]
 
+    def _mask_dense(
+        self, scanner: Scanner, columns: list[Sequence[Value | None]], index: int, counts: Counts
+    ) -> None:
+        """A column where most values hold something to mask: each value asks for its own
+        detectors, skipping the batch scan that would only flag them all."""
+        column = columns[index]
+        selection_of = scanner.selection
+        content = self._content
+        changed_column: list[Value | None] | None = None
+        for row, value in enumerate(column):
+            if not value:
+                continue
+            selection = selection_of(value)  # type: ignore[arg-type]
+            if not selection:
+                continue
+            changed, masked = content(scanner, ValueKind.TEXT, value, counts, selection)  # type: ignore[arg-type]
+            if changed:
+                if changed_column is None:
+                    changed_column = columns[index] = list(column)
+                changed_column[row] = masked
+
     @fail_closed
     def mask_rows(self, rows: Iterable[Row]) -> tuple[list[tuple[Value | None, ...]], Counts]:
         """The rows (as tuples) with every masked value replaced, and how many of each entity
@@ -485,7 +511,15 @@ class ResultMasker:
                 columns[index] = self._rule_column(rule, self.kinds[index], columns[index])
                 if masked:
                     counts[rule.entity] = counts.get(rule.entity, 0) + masked
-        for scanner, indices in self._scan_groups.values():
+        for scanner, group in self._scan_groups.values():
+            indices = []
+            for index in group:
+                if self.kinds[index] is ValueKind.TEXT and scanner.dense(columns[index]):
+                    self._mask_dense(scanner, columns, index, counts)
+                else:
+                    indices.append(index)
+            if not indices:
+                continue
             first = next((x for i in indices for x in columns[i] if x is not None), b"")
             empty: Value = b"" if isinstance(first, bytes) else ""
             items = [empty if x is None else x for i in indices for x in columns[i]]

@@ -177,8 +177,9 @@ class Scanner:
                     return span, j
         return None
 
-    def _selection(self, text: str) -> tuple[int, ...]:
-        data = text.encode("utf-8", "surrogatepass")
+    def selection(self, value: Value) -> tuple[int, ...]:
+        """The detectors that could match in ``value`` (empty: nothing to mask in it)."""
+        data = value if isinstance(value, bytes) else value.encode("utf-8", "surrogatepass")
         shapes = self._shapes_match(data) if self._shapes_match is not None else self._shapes.Match(data)
         if not shapes:
             return ()
@@ -189,9 +190,26 @@ class Scanner:
             selection = self._selections[key] = tuple(sorted(chosen))
         return selection
 
-    def _mask_builtin(self, text: str, counts: Counts) -> tuple[str, bool]:
+    def dense(self, values: Sequence[Value | None], sample: int = 32) -> bool:
+        """Whether most values hold a trigger shape (a column of emails, say): then asking
+        each value for its detectors costs less than a batch scan followed by that."""
+        if self._custom or not self._detectors:
+            return False
+        seen = flagged = 0
+        for value in values:
+            if value:
+                seen += 1
+                flagged += bool(self.selection(value))
+                if seen == sample:
+                    break
+        return seen > 0 and flagged * 2 > seen
+
+    def _mask_builtin(
+        self, text: str, counts: Counts, selection: tuple[int, ...] | None = None
+    ) -> tuple[str, bool]:
         """The masked text, and whether a masked secret touched a word-like neighbour."""
-        selection = self._selection(text)
+        if selection is None:
+            selection = self.selection(text)
         if not selection:
             return text, False
         combined = self._combined_for(selection)
@@ -267,14 +285,18 @@ class Scanner:
         out.append(text[last:])
         return "".join(out), glued
 
-    def mask_into(self, text: str, counts: Counts) -> str:
-        """``text`` masked, adding what was masked to ``counts``; the same object if nothing was."""
+    def mask_into(self, text: str, counts: Counts, selection: tuple[int, ...] | None = None) -> str:
+        """``text`` masked, adding what was masked to ``counts``; the same object if nothing was.
+
+        ``selection``, when the caller has it already, is ``self.selection(text)``.
+        """
         original = text
         for _ in range(_MAX_PASSES):
             glued = bool(self._custom)
             masked = text
             if self._detectors:
-                masked, touched = self._mask_builtin(masked, counts)
+                masked, touched = self._mask_builtin(masked, counts, selection)
+                selection = None  # later passes see new text
                 glued = glued or touched
             for entity in self._custom:
                 masked = entity.mask(masked, counts, self.placeholders)

@@ -218,3 +218,25 @@ def test_a_binary_jsonb_value_that_is_not_json_but_holds_a_secret_becomes_null()
 
 def test_rows_with_no_columns_stay_rows() -> None:
     assert compile_policy({}).mask_rows([], [[], []]) == ([(), ()], {})
+
+
+def test_a_dense_column_and_a_sparse_column_give_the_same_masks_as_single_values() -> None:
+    # A column where most values hold an entity is masked value by value, the rest in a
+    # batch scan; both must agree with masking each value on its own.
+    policy = compile_policy({})
+    rows = [
+        [
+            f"user{i}@example.com".encode() if i % 7 else b"no entity",
+            b"note" if i % 9 else b"call +1 555 201 3344",
+        ]
+        for i in range(200)
+    ]
+    rows[5][0] = None  # type: ignore[call-overload]
+    masker = policy.result_masker([None, None])
+    scanner = policy.scanner()
+    assert scanner.dense([r[0] for r in rows]) and not scanner.dense([r[1] for r in rows])
+    masked, counts = masker.mask_rows(rows)
+    for row_in, row_out in zip(rows, masked, strict=True):
+        for value_in, value_out in zip(row_in, row_out, strict=True):
+            assert value_out == (None if value_in is None else policy.mask_text(value_in)[0])
+    assert counts == {"email": 200 - 29 - 1, "phone": 23}
