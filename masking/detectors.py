@@ -1,19 +1,16 @@
-"""The built-in content detectors and the cheap trigger that runs before them.
+"""The built-in content detectors and the shapes that decide when they run.
 
-A detector is a regular expression (Python ``re``) plus, where a checksum or a shape rule exists, a
-validator: the expression finds candidates, the validator keeps the false positives down
-(a 16-digit order number failing Luhn stays visible). The part of a match that is masked
-is the named group ``s`` (or ``s2``, ``s3``: the first that took part), or the whole match.
-
-Rules every pattern here keeps, so that a batch of values can be scanned as one string
-joined with NUL (PostgreSQL text never holds NUL):
-
-- no ``^``, ``$``, ``\\A``, ``\\Z``: the start of a value is any non-word character;
-- no class that can match NUL (``.``, ``[^...]`` without ``\\x00``);
-- only ASCII digits (``[0-9]``): the trigger is a bytes pattern too.
+A detector is a regular expression (Python ``re``, run on one value at a time) plus, where
+a checksum or a shape rule exists, a validator: the expression finds candidates, the
+validator keeps the false positives down (a 16-digit order number failing Luhn stays
+visible). The part of a match that is masked is the named group ``s`` (or ``s2``, ``s3``:
+the first that took part), or the whole match. Detectors use only ASCII digits
+(``[0-9]``), like the shapes.
 
 ``TRIGGER_SHAPES`` are necessary conditions: a value that holds none of a detector's
-shapes holds nothing that detector would find (the tests check this on every example).
+shapes holds nothing that detector would find (the tests check this on every example and
+on generated text). RE2 runs them over a whole batch joined with NUL (PostgreSQL text
+never holds NUL), so a shape never matches NUL: explicit character classes only.
 """
 
 from __future__ import annotations
