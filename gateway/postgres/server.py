@@ -115,12 +115,27 @@ async def default_recorder(**kwargs: Any) -> Any:
 # --- database work at login (runs in worker threads) -------------------------------------------
 
 
-def _agent_credentials(agent_name: str, server_secret: bytes) -> AgentCredentials:
-    from django.db import close_old_connections
+def _in_db_thread(fn: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
+    """Run ``fn`` in a worker thread, closing its database connection afterwards.
 
+    Logins are rare next to statements; a connection per login keeps worker threads from
+    holding database connections open between logins.
+    """
+
+    def call(*args: Any) -> Any:
+        from django.db import connections
+
+        try:
+            return fn(*args)
+        finally:
+            connections.close_all()
+
+    return sync_to_async(call, thread_sensitive=False)
+
+
+def _agent_credentials(agent_name: str, server_secret: bytes) -> AgentCredentials:
     from identity.actions import scram_verifiers_for
 
-    close_old_connections()
     agent, pairs = scram_verifiers_for(agent_name)
     if agent is None:
         return AgentCredentials(None, fake_salt(server_secret, agent_name), [])
@@ -151,14 +166,11 @@ def _authorize(
     connection_name: str,
     make_decision_point: DecisionPointFactory,
 ) -> Authorized:
-    from django.db import close_old_connections
-
     from gateway.models import Connection
     from gateway.secrets import SecretDecryptionError, get_secrets
     from identity.actions import note_token_used
     from identity.models import Agent
 
-    close_old_connections()
     agent = Agent.objects.enabled().select_related("on_behalf_of").filter(pk=agent_id).first()
     if agent is None:
         raise LoginFailed("28P01", "agent disabled", counts_as_failure=True)
@@ -462,9 +474,7 @@ class Session:
         gateway = self.gateway
         if gateway.throttle.blocked(self.address, startup.agent):
             raise LoginFailed("28000", "too many failed logins; try again in a minute")
-        credentials = await sync_to_async(_agent_credentials, thread_sensitive=False)(
-            startup.agent, gateway.server_secret
-        )
+        credentials = await _in_db_thread(_agent_credentials)(startup.agent, gateway.server_secret)
         use_password = self.tls and bool(settings.AIRLOCK_JWT_ISSUERS) and not credentials.verifiers
         token = None
         if use_password:
@@ -474,7 +484,7 @@ class Session:
             if typ != pg.MSG_PASSWORD:
                 raise ProtocolError("expected a password message")
             raw = body[:-1].decode("utf-8", "replace")
-            agent_id, name = await sync_to_async(_jwt_identity, thread_sensitive=False)(raw)
+            agent_id, name = await _in_db_thread(_jwt_identity)(raw)
             if name != startup.agent:
                 raise LoginFailed(
                     "28P01", f'the JWT is not for agent "{startup.agent}"', counts_as_failure=True
@@ -484,7 +494,7 @@ class Session:
             agent_id = credentials.agent_id
         if agent_id is None:
             raise LoginFailed("28P01", f'password authentication failed for user "{startup.agent}"')
-        return await sync_to_async(_authorize, thread_sensitive=False)(
+        return await _in_db_thread(_authorize)(
             agent_id, token, startup.connection, gateway.decision_point_factory
         )
 
