@@ -260,11 +260,16 @@ def parse_fields(body: bytes) -> dict[str, str]:
 # --- extended query protocol ------------------------------------------------------------
 
 
-def parse_parse(body: bytes) -> tuple[bytes, bytes]:
-    """Statement name and query text (raw bytes) of a Parse message."""
+def parse_parse(body: bytes) -> tuple[bytes, bytes, tuple[int, ...]]:
+    """Statement name, query text (raw bytes) and parameter type OIDs of a Parse message."""
     name, pos = read_cstring(body, 0)
     query, pos = read_cstring(body, pos)
-    return name, query
+    try:
+        count = _I16.unpack_from(body, pos)[0]
+        types = struct.unpack_from(f"!{count}I", body, pos + 2) if count > 0 else ()
+    except struct.error:
+        raise ProtocolError("truncated Parse message") from None
+    return name, query, tuple(types)
 
 
 def parse_bind(body: bytes) -> tuple[bytes, bytes, tuple[bytes | None, ...], tuple[int, ...]]:

@@ -29,6 +29,7 @@ from typing import Any, Protocol
 from gateway.postgres import protocol as pg
 from gateway.postgres.protocol import ProtocolError
 from gateway.postgres.sqltext import split_statements, touches_prepared_statements
+from gateway.postgres.values import param_text
 from policies.types import Action, Decision, Request
 
 _U32 = struct.Struct("!I")
@@ -146,11 +147,12 @@ class Relay:
         self.state.setdefault("transaction", "idle")
         # Statement and portal names as the server has confirmed them, and as they will be
         # once the messages in flight succeed (what decisions are made on).
-        self._stmts: dict[bytes, str | None] = {}
+        self._stmts: dict[bytes, tuple[str, tuple[int, ...]]] = {}
         self._portals: dict[bytes, tuple[str, tuple[str | None, ...]]] = {}
-        self.statements: dict[bytes, str | None] = {}
+        self.statements: dict[bytes, str] = {}
+        self._types: dict[bytes, tuple[int, ...]] = {}
         self.portals: dict[bytes, tuple[str, tuple[str | None, ...]]] = {}
-        self.state["prepared"] = {}
+        self.state["prepared"] = self.statements
         self._fifo: deque[_Entry] = deque()
         self._effects: deque[_Entry] = deque()
         self._batch = 0
@@ -253,14 +255,16 @@ class Relay:
         if typ == pg.MSG_QUERY:
             return self._on_query(body)
         if typ == pg.MSG_PARSE:
-            name, raw = pg.parse_parse(body)
+            name, raw, types = pg.parse_parse(body)
             text = _decode(raw)
             entry = self._push(PARSE)
             entry.name = name
-            entry.value = text
+            entry.value = (text, types)
             self._effects.append(entry)
-            self._apply_parse(self.statements, name, text)
-            self.state["prepared"] = self.statements
+            # Inside a batch the newest definition wins: if the server refuses this Parse
+            # (name taken), it skips the rest of the batch, so nothing runs on it anyway.
+            self.statements[name] = text
+            self._types[name] = types
             return None
         if typ == pg.MSG_DESCRIBE:
             pg.parse_name_after_kind(body)
@@ -273,6 +277,8 @@ class Relay:
             entry.target = kind
             self._effects.append(entry)
             self._apply_close(self.statements, self.portals, kind, name)
+            if kind == ord("S"):
+                self._types.pop(name, None)
             return None
         if typ == pg.MSG_FLUSH:
             return None
@@ -360,9 +366,10 @@ class Relay:
             # A statement prepared with SQL PREPARE (or one that does not exist): the
             # policy judges it as the EXECUTE it amounts to.
             text = "EXECUTE " + _quote_ident(statement.decode("utf-8", "replace"))
+        types = self._types.get(statement, ())
         params = tuple(
-            None if v is None else (_decode_param(v) if f == 0 else "\\x" + v.hex())
-            for v, f in zip(values, formats, strict=True)
+            param_text(v, f == 1, types[i] if i < len(types) else 0)
+            for i, (v, f) in enumerate(zip(values, formats, strict=True))
         )
         entry = self._push(BIND)
         entry.name = portal
@@ -412,6 +419,7 @@ class Relay:
         # SQL PREPARE/DEALLOCATE/DISCARD share the namespace of protocol statements:
         # what we knew about the names may no longer hold.
         self.statements.clear()
+        self._types.clear()
         self._stmts.clear()
         self.state["prepared"] = self.statements
 
@@ -441,14 +449,8 @@ class Relay:
         return _Statement(text, decision, self.clock())
 
     @staticmethod
-    def _apply_parse(stmts: dict[bytes, str | None], name: bytes, text: str) -> None:
-        # Inside a batch the newest definition wins: if the server refuses this Parse
-        # (name taken), it skips the rest of the batch, so nothing runs on it anyway.
-        stmts[name] = text
-
-    @staticmethod
     def _apply_close(
-        stmts: dict[bytes, str | None],
+        stmts: dict[bytes, Any],
         portals: dict[bytes, tuple[str, tuple[str | None, ...]]],
         kind: int,
         name: bytes,
@@ -459,11 +461,12 @@ class Relay:
             portals.pop(name, None)
 
     def _rebuild_tentative(self) -> None:
-        self.statements = dict(self._stmts)
+        self.statements = {name: text for name, (text, _) in self._stmts.items()}
+        self._types = {name: types for name, (_, types) in self._stmts.items()}
         self.portals = dict(self._portals)
         for entry in self._effects:
             if entry.kind == PARSE:
-                self.statements[entry.name] = entry.value
+                self.statements[entry.name], self._types[entry.name] = entry.value
             elif entry.kind == BIND:
                 self.portals[entry.name] = entry.value
             else:
@@ -782,10 +785,6 @@ def _decode(raw: bytes) -> str:
         return raw.decode()
     except UnicodeDecodeError:
         return raw.decode("utf-8", "replace")
-
-
-def _decode_param(raw: bytes) -> str:
-    return _decode(raw)
 
 
 def _quote_ident(name: str) -> str:

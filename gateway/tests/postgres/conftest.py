@@ -22,6 +22,19 @@ from gateway.tests.postgres.pgserver import ROLES, PrivatePostgres, start_privat
 from policies.types import Action, Decision
 
 DENY_MARKER = "airlock_test_deny"
+
+
+def wait_until(condition, timeout: float = 15.0, what: str = "condition") -> None:  # type: ignore[no-untyped-def]
+    """Poll ``condition`` until it holds, failing after ``timeout`` seconds."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
 REVIEW_MARKER = "airlock_test_review"
 
 

@@ -51,7 +51,7 @@ class RawSession:
             if typ == "R":
                 code = struct.unpack_from("!i", body)[0]
                 if code == 10:
-                    client = scramp.ScramClient(["SCRAM-SHA-256"], "", token)
+                    client = scramp.ScramClient(["SCRAM-SHA-256"], agent, token)
                     self.send(pg.sasl_initial_response("SCRAM-SHA-256", client.get_client_first().encode()))
                 elif code == 11 and client is not None:
                     client.set_server_first(body[4:].decode())
