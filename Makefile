@@ -36,7 +36,7 @@ typecheck: venv
 	$(VENV)/bin/mypy --config-file pyproject.toml $(shell cat mypy-core.txt)
 
 migrations-check: venv
-	$(TEST_ENV) $(PY) manage.py makemigrations --check --dry-run
+	AIRLOCK_DATA_DIR=$(CURDIR)/var/migrations-check $(PY) manage.py makemigrations --check --dry-run
 
 unit: venv system
 	$(TEST_ENV) $(VENV)/bin/pytest -m "not browser" -q

@@ -180,9 +180,21 @@ OIDC_CLIENT_ID = env_str("AIRLOCK_OIDC_CLIENT_ID")
 OIDC_CLIENT_SECRET = env_secret("AIRLOCK_OIDC_CLIENT_SECRET")
 OIDC_PROVIDER_NAME = env_str("AIRLOCK_OIDC_NAME", "Single sign-on")
 OIDC_GROUPS_CLAIM = env_str("AIRLOCK_OIDC_GROUPS_CLAIM", "groups")
+
+
 # "idp-group=airlock-group,..." ; IdP groups not listed map to nothing unless
-# AIRLOCK_OIDC_GROUPS_PASSTHROUGH is on, in which case they map to the same name.
-OIDC_GROUP_MAP = dict(item.split("=", 1) for item in env_list("AIRLOCK_OIDC_GROUP_MAP") if "=" in item)
+# AIRLOCK_OIDC_GROUPS_PASSTHROUGH is on, in which case they map to an existing Airlock
+# group of the same name (never a role group). See docs/identity.md.
+def _group_map(name: str) -> dict[str, frozenset[str]]:
+    from identity.groupmap import parse_group_map
+
+    try:
+        return parse_group_map(env_list(name))
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"{name}: {exc}") from None
+
+
+OIDC_GROUP_MAP = _group_map("AIRLOCK_OIDC_GROUP_MAP")
 OIDC_GROUPS_PASSTHROUGH = env_bool("AIRLOCK_OIDC_GROUPS_PASSTHROUGH", False)
 SOCIALACCOUNT_PROVIDERS: dict[str, dict] = {}
 if OIDC_ISSUER:
@@ -210,6 +222,13 @@ AIRLOCK_JWT_ISSUERS = (
             "audience": env_str("AIRLOCK_AGENT_JWT_AUDIENCE", "airlock"),
             "groups_claim": env_str("AIRLOCK_AGENT_JWT_GROUPS_CLAIM", "groups"),
             "subject_claim": env_str("AIRLOCK_AGENT_JWT_SUBJECT_CLAIM", "sub"),
+            "group_map": _group_map("AIRLOCK_AGENT_JWT_GROUP_MAP"),
+            "groups_passthrough": env_bool("AIRLOCK_AGENT_JWT_GROUPS_PASSTHROUGH", False),
+            "match_agent_name": env_bool("AIRLOCK_AGENT_JWT_MATCH_AGENT_NAME", False),
+            "algorithms": env_list("AIRLOCK_AGENT_JWT_ALGORITHMS", []),
+            "leeway_seconds": env_int("AIRLOCK_AGENT_JWT_LEEWAY_SECONDS", 30, minimum=0),
+            "jwks_cache_seconds": env_int("AIRLOCK_AGENT_JWT_JWKS_CACHE_SECONDS", 300, minimum=1),
+            "jwks_min_refresh_seconds": env_int("AIRLOCK_AGENT_JWT_JWKS_MIN_REFRESH_SECONDS", 30, minimum=0),
         }
     ]
     if env_str("AIRLOCK_AGENT_JWT_ISSUER")
@@ -218,9 +237,19 @@ AIRLOCK_JWT_ISSUERS = (
 
 # --- Secrets at rest ----------------------------------------------------------------
 # Comma-separated Fernet keys; the first encrypts, all decrypt (rotation).
-AIRLOCK_SECRET_KEYS = env_list("AIRLOCK_SECRET_KEYS") or [
-    persistent_secret(DATA_DIR / "secret-encryption-key", lambda: Fernet.generate_key().decode())
-]
+AIRLOCK_SECRET_KEYS = [
+    key.strip() for key in env_secret("AIRLOCK_SECRET_KEYS").split(",") if key.strip()
+] or [persistent_secret(DATA_DIR / "secret-encryption-key", lambda: Fernet.generate_key().decode())]
+for _index, _key in enumerate(AIRLOCK_SECRET_KEYS):
+    try:
+        Fernet(_key.encode())
+    except (ValueError, TypeError):
+        # The key itself is never echoed: it is a secret even when malformed.
+        raise ImproperlyConfigured(
+            f"AIRLOCK_SECRET_KEYS: key #{_index + 1} is not a Fernet key (32 url-safe base64-encoded "
+            "bytes; make one with: python -c 'from cryptography.fernet import Fernet; "
+            "print(Fernet.generate_key().decode())')"
+        ) from None
 
 # --- Gateway --------------------------------------------------------------------------
 GATEWAY_POSTGRES_LISTEN = env_str("AIRLOCK_POSTGRES_LISTEN", "127.0.0.1:15432")
@@ -240,6 +269,8 @@ RECORDING_STRICT = env_bool("AIRLOCK_RECORDING_STRICT", True)
 RECORDING_RESULT_ROWS = env_int("AIRLOCK_RECORDING_RESULT_ROWS", 20, minimum=0)
 RECORDING_FLUSH_SECONDS = env_int("AIRLOCK_RECORDING_FLUSH_MS", 200, minimum=1) / 1000
 RECORDING_PERSIST_TIMEOUT = env_int("AIRLOCK_RECORDING_PERSIST_TIMEOUT_SECONDS", 10, minimum=1)
+# Public keys (PEM files) of earlier signing keys, so recordings they sealed still verify.
+RECORDING_VERIFY_KEY_FILES = env_list("AIRLOCK_RECORDING_VERIFY_KEY_FILES", [])
 
 # --- Email ---------------------------------------------------------------------------
 EMAIL_BACKEND = env_str("AIRLOCK_EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")
@@ -269,3 +300,18 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": env_str("AIRLOCK_LOG_LEVEL", "INFO")},
     "loggers": {"django.channels.server": {"level": "WARNING"}},
 }
+
+# --- Static files -------------------------------------------------------------------
+# WhiteNoise serves the console's CSS and scripts straight from the source folders (through
+# Django's finders), so `make run` and daphne need no collectstatic step. A deployment that
+# runs collectstatic can set AIRLOCK_STATIC_FINDERS=false.
+WHITENOISE_USE_FINDERS = env_bool("AIRLOCK_STATIC_FINDERS", True)
+# WhiteNoise also looks in STATIC_ROOT and warns when it is missing: keep it present.
+STATIC_ROOT.mkdir(parents=True, exist_ok=True)
+
+# --- All-in-one (manage.py airlock, what `make run` starts) ------------------------------
+# Where daphne serves the console.
+HTTP_LISTEN = env_str("AIRLOCK_HTTP_LISTEN", "127.0.0.1:8000")
+if not REDIS_URL:
+    # kombu's filesystem transport keeps its exchange tables in ./control unless told where.
+    CELERY_BROKER_TRANSPORT_OPTIONS["control_folder"] = str(_celery_dir / "control")

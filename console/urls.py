@@ -1,9 +1,27 @@
 from django.urls import include, path
 
-from console import views
+from console.views import agents, audit, connections, dashboard, people
 
 urlpatterns = [
-    path("", views.dashboard, name="dashboard"),
-    path("healthz", views.healthz, name="healthz"),
+    path("", dashboard.dashboard, name="dashboard"),
+    path("healthz", dashboard.healthz, name="healthz"),
     path("accounts/", include("allauth.urls")),
+    path("connections/", connections.connection_list, name="connection_list"),
+    path("connections/new/<str:kind>/", connections.connection_create, name="connection_create"),
+    path("connections/<int:pk>/", connections.connection_detail, name="connection_detail"),
+    path("connections/<int:pk>/edit/", connections.connection_edit, name="connection_edit"),
+    path("connections/<int:pk>/delete/", connections.connection_delete, name="connection_delete"),
+    path("connections/<int:pk>/test/", connections.connection_test, name="connection_test"),
+    path("agents/", agents.agent_list, name="agent_list"),
+    path("agents/new/", agents.agent_create, name="agent_create"),
+    path("agents/<int:pk>/", agents.agent_detail, name="agent_detail"),
+    path("agents/<int:pk>/edit/", agents.agent_edit, name="agent_edit"),
+    path("agents/<int:pk>/tokens/", agents.token_issue, name="token_issue"),
+    path("agents/<int:pk>/tokens/<int:token_pk>/revoke/", agents.token_revoke, name="token_revoke"),
+    path("people/", people.people_list, name="people_list"),
+    path("people/new/", people.person_create, name="person_create"),
+    path("people/<int:pk>/", people.person_edit, name="person_edit"),
+    path("people/<int:pk>/active/", people.person_set_active, name="person_set_active"),
+    path("groups/", people.group_list, name="group_list"),
+    path("audit/", audit.audit_log, name="audit_log"),
 ]

@@ -46,11 +46,32 @@ def decrypt_secrets(ciphertext: str) -> dict[str, str]:
     try:
         return json.loads(_fernet().decrypt(ciphertext.encode()))
     except InvalidToken:
-        raise SecretDecryptionError("stored secret cannot be decrypted with the configured keys") from None
+        raise SecretDecryptionError(
+            "stored secret cannot be decrypted with any key in AIRLOCK_SECRET_KEYS"
+        ) from None
 
 
 def rotate_ciphertext(ciphertext: str) -> str:
-    return _fernet().rotate(ciphertext.encode()).decode() if ciphertext else ""
+    """Re-encrypt ``ciphertext`` under the first key (raises SecretDecryptionError)."""
+    if not ciphertext:
+        return ""
+    try:
+        return _fernet().rotate(ciphertext.encode()).decode()
+    except InvalidToken:
+        raise SecretDecryptionError(
+            "stored secret cannot be decrypted with any key in AIRLOCK_SECRET_KEYS"
+        ) from None
+
+
+def is_current(ciphertext: str) -> bool:
+    """True when ``ciphertext`` is encrypted under the first (encrypting) key."""
+    if not ciphertext:
+        return True
+    try:
+        Fernet(settings.AIRLOCK_SECRET_KEYS[0].encode()).decrypt(ciphertext.encode())
+    except (InvalidToken, ValueError, TypeError, IndexError):
+        return False
+    return True
 
 
 def set_secrets(connection: Connection, values: dict[str, str], *, replace: bool = False) -> None:

@@ -6,4 +6,4 @@ class IdentityConfig(AppConfig):
     verbose_name = "Identity: people, groups, agents and tokens"
 
     def ready(self) -> None:
-        from identity import signals  # noqa: F401
+        from identity import checks, signals  # noqa: F401

@@ -21,6 +21,12 @@ name_validator = RegexValidator(
 )
 
 
+external_subject_validator = RegexValidator(
+    r"^[^|\s]+\|\S.*$",
+    "Use <issuer>|<subject>, for example https://idp.example.com/realms/ops|billing-bot.",
+)
+
+
 class User(AbstractUser):
     """A person who logs in to the console (locally or through OIDC)."""
 
@@ -85,8 +91,15 @@ class Agent(models.Model):
         related_name="owned_agents",
     )
     enabled = models.BooleanField(default=True)
-    # Set for agents created from a JWT subject: "<issuer>|<subject>".
-    external_subject = models.CharField(max_length=255, blank=True, default="")
+    # Binds the agent to a JWT subject, "<issuer>|<subject>" (see identity.jwt): a JWT
+    # from that issuer with that subject authenticates as this agent.
+    external_subject = models.CharField(
+        max_length=255,
+        blank=True,
+        default="",
+        validators=[external_subject_validator],
+        help_text="<issuer>|<subject> of the JWTs that authenticate as this agent.",
+    )
     # All tokens of an agent share one SCRAM salt, so that the gateway can send the salt
     # before it knows which of the agent's tokens the client holds (RFC 5802 section 5).
     scram_salt = models.BinaryField(max_length=32, editable=False, default=b"")
@@ -97,6 +110,15 @@ class Agent(models.Model):
 
     class Meta:
         ordering = ["name"]
+        constraints = [
+            # Two agents bound to one subject would make a JWT's agent ambiguous.
+            models.UniqueConstraint(
+                fields=["external_subject"],
+                condition=~models.Q(external_subject=""),
+                name="identity_agent_unique_external_subject",
+                violation_error_message="Another agent is already bound to this subject.",
+            )
+        ]
 
     def __str__(self) -> str:
         return self.name

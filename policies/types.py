@@ -32,8 +32,14 @@ class Request:
     groups: frozenset[str]
     statement: str
     params: tuple[str | None, ...] = ()
-    # Per-session facts the engine may need (prepared statement bodies, in a transaction...).
+    # Per-session facts the engine may need: for PostgreSQL ``prepared`` and ``search_path``
+    # (see ``policies.sql``). The gateway owns the dict and updates it with
+    # ``policies.sql.apply_session_effects(session, decision.session_effects)`` once the
+    # statements ran, and with ``remember_prepared``/``forget_prepared`` for Parse/Close.
     session: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    # What ``statement`` holds: for PostgreSQL "query" (SQL text) or "function_call" (the
+    # FunctionCall message: ``statement`` is the function's name, or ``oid:<n>``).
+    kind: str = "query"
 
 
 @dataclass(frozen=True)
@@ -52,6 +58,9 @@ class Decision:
     approvals_needed: int = 1
     timeout_seconds: int | None = None
     observed: tuple[str, ...] = ()  # names of observe-mode rules that matched
+    # What the statements do to the session once they ran (PREPARE, DEALLOCATE, SET
+    # search_path): ``policies.sql.apply_session_effects`` applies them.
+    session_effects: tuple[tuple[str, ...], ...] = ()
 
     @property
     def allowed(self) -> bool:

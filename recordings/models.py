@@ -1,10 +1,17 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from django.conf import settings
 from django.db import models
 from django.utils import timezone
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    from recordings.chain import VerifyResult
 
 
 class SessionQuerySet(models.QuerySet["Session"]):
@@ -71,6 +78,91 @@ class Session(models.Model):
     def __str__(self) -> str:
         return f"{self.protocol} {self.agent_name}@{self.connection_name} {self.started_at:%Y-%m-%d %H:%M}"
 
+    def ordered_events(self) -> models.QuerySet[Event]:
+        """The session's events in recording order (what replay and verification read)."""
+        return self.events.order_by("seq")
+
+    def verify(self, public_keys: Mapping[str, Ed25519PublicKey] | None = None) -> VerifyResult:
+        """Check this session's chain, its row's counters and, once ended, its seal.
+
+        ``public_keys`` maps key ids to keys; by default the keys this installation knows
+        (``recordings.keys.verification_keys()``). A live session is checked up to the
+        events its row already counts, since more may be committed while it is read.
+        """
+        from recordings import chain
+
+        if public_keys is None:
+            from recordings.keys import verification_keys
+
+            public_keys = verification_keys()
+        live = self.status == Session.Status.LIVE
+        events = self.ordered_events()
+        if live:
+            events = events.filter(seq__lte=self.event_count)
+        rows = events.values_list("seq", "at", "offset_ms", "kind", "payload", "hash", named=True)
+        result = chain.verify_chain(self.pk, rows.iterator(chunk_size=2000))
+        if not result.ok:
+            return result
+
+        def broken(reason: str, seq: int | None = None) -> VerifyResult:
+            return chain.VerifyResult(False, seq, reason, result.event_count, result.last_hash)
+
+        if result.event_count < self.event_count:
+            return broken(
+                f"event {result.event_count + 1} is missing (the session records {self.event_count} events)",
+                result.event_count + 1,
+            )
+        if result.event_count > self.event_count:
+            return broken(
+                f"event {self.event_count + 1} was added after the session counted {self.event_count} events",
+                self.event_count + 1,
+            )
+        if result.event_count and result.last_hash != self.last_hash:
+            return broken("the session's last hash does not match its events")
+        mismatch = self._row_mismatch()
+        if mismatch is not None:
+            return broken(mismatch[1], mismatch[0])
+        if live:
+            return result
+        if not self.seal:
+            return broken("the session has ended but is not sealed")
+        key = public_keys.get(self.signing_key_id)
+        if key is None:
+            return broken(f"the seal was made by an unknown key {self.signing_key_id or '(none)'}")
+        if not chain.verify_seal(key, self.pk, result.last_hash, result.event_count, self.seal):
+            return broken("the seal does not match the session's last hash and event count")
+        return result
+
+    def _row_mismatch(self) -> tuple[int, str] | None:
+        """The session row is not chained; its session_start and session_end events are.
+
+        A row field that differs from them was edited (or the event was): reported as a
+        break of that event.
+        """
+        first = self.events.filter(seq=1).values("at", "kind", "payload").first()
+        if first is not None:
+            payload = first["payload"] if isinstance(first["payload"], dict) else {}
+            if first["kind"] != Event.Kind.SESSION_START:
+                return 1, "event 1 is not the session start"
+            for key, attr in _START_FIELDS.items():
+                if payload.get(key, "") != getattr(self, attr):
+                    return 1, f"the session's {attr} differs from what event 1 recorded"
+            if first["at"] != self.started_at:
+                return 1, "the session's start time differs from what event 1 recorded"
+        if self.status == Session.Status.LIVE:
+            return None
+        end = self.events.filter(seq=self.event_count).values("kind", "payload").first()
+        if end is None or end["kind"] != Event.Kind.SESSION_END:
+            # A recording cut short (strict mode failure) ends without session_end; the
+            # end reason says so.
+            return None
+        payload = end["payload"] if isinstance(end["payload"], dict) else {}
+        if payload.get("status") != self.status or not self.end_reason.startswith(
+            str(payload.get("reason", ""))[:255]
+        ):
+            return self.event_count, f"the session's end differs from what event {self.event_count} recorded"
+        return None
+
 
 class Event(models.Model):
     """One append-only, hash-chained entry of a session's recording."""
@@ -85,6 +177,7 @@ class Event(models.Model):
         OUTPUT = "output"
         INPUT = "input"
         APPROVAL = "approval"
+        DROPPED = "dropped"
         SESSION_END = "session_end"
 
     session = models.ForeignKey(Session, on_delete=models.CASCADE, related_name="events")
@@ -101,3 +194,13 @@ class Event(models.Model):
 
     def __str__(self) -> str:
         return f"{self.session_id}#{self.seq} {self.kind}"
+
+
+_START_FIELDS = {
+    "protocol": "protocol",
+    "agent": "agent_name",
+    "connection": "connection_name",
+    "on_behalf_of": "on_behalf_of_name",
+    "client_address": "client_address",
+    "application_name": "application_name",
+}

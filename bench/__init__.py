@@ -1,0 +1,1 @@
+"""Benchmarks (``make bench``): plain scripts that print figures, no pytest."""

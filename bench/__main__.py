@@ -1,0 +1,20 @@
+"""Run every ``bench/*_bench.py`` module's ``main()`` in turn (``make bench``)."""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+import sys
+
+import bench
+
+
+def main() -> None:
+    only = set(sys.argv[1:])
+    for module in sorted(m.name for m in pkgutil.iter_modules(bench.__path__)):
+        if module.endswith("_bench") and (not only or module in only):
+            print(f"== {module}")
+            importlib.import_module(f"bench.{module}").main()
+
+
+main()

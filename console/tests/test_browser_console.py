@@ -1,0 +1,93 @@
+import re
+
+import pytest
+from playwright.sync_api import expect
+
+from conftest import login
+
+pytestmark = pytest.mark.browser
+
+SECRET = "Browser-Typed-Secret-6612"
+
+
+def test_an_admin_creates_a_connection_whose_password_is_never_shown_again(console_server, page, alice):
+    login(page, console_server, "alice")
+    page.get_by_role("link", name="Connections").click()
+    expect(page.locator("h1")).to_have_text("Connections")
+    page.get_by_role("link", name="New PostgreSQL connection").click()
+    page.fill("input[name=name]", "shop")
+    page.fill("input[name=host]", "db.internal")
+    page.fill("input[name=database]", "shop")
+    page.fill("input[name=username]", "shop_app")
+    page.fill("input[name=password]", SECRET)
+    page.get_by_role("button", name="Create connection").click()
+
+    expect(page.locator("h1")).to_contain_text("shop")
+    expect(page.locator("#secrets-set")).to_have_text("password: set")
+    assert SECRET not in page.content()
+
+    page.get_by_role("link", name="Edit").click()
+    expect(page.locator('[data-secret="password"]')).to_have_text("set")
+    expect(page.locator("input[name=password]")).to_have_value("")
+    assert SECRET not in page.content()
+    # Saving without typing the password keeps it.
+    page.fill("input[name=host]", "db2.internal")
+    page.get_by_role("button", name="Save").click()
+    expect(page.locator(".messages")).to_contain_text("Connection shop saved.")
+    expect(page.locator("#secrets-set")).to_have_text("password: set")
+
+
+def test_an_admin_creates_an_agent_and_sees_its_token_once_then_revokes_it(console_server, page, alice):
+    login(page, console_server, "alice")
+    page.get_by_role("link", name="Agents").click()
+    page.get_by_role("link", name="New agent").click()
+    page.fill("input[name=name]", "billing-bot")
+    page.get_by_role("button", name="Create agent").click()
+    expect(page.locator("h1")).to_contain_text("billing-bot")
+
+    page.fill("input[name=label]", "ci")
+    page.get_by_role("button", name="Issue token").click()
+    token = page.locator("#new-token")
+    expect(token).to_have_text(re.compile(r"^alk_[A-Za-z0-9_\-]{40,}$"))
+    raw = token.inner_text()
+
+    # Reloading sends the form again: the token is not shown again, and no second one is made.
+    page.reload()
+    expect(page.locator(".messages")).to_contain_text("That form was already used")
+    assert raw not in page.content()
+    rows = page.locator("#tokens tbody tr")
+    expect(rows).to_have_count(1)
+    expect(rows.first).to_contain_text(raw[:12])
+    expect(rows.first.locator(".badge")).to_have_text("active")
+
+    rows.first.get_by_role("button", name="Revoke").click()
+    expect(page.locator(".messages")).to_contain_text("revoked")
+    expect(page.locator("#tokens tbody tr").first.locator(".badge")).to_have_text("revoked")
+    assert raw not in page.content()
+
+
+def _nav(page) -> list[str]:
+    return page.locator('nav[aria-label="Main"] a').all_inner_texts()
+
+
+def test_a_reviewer_and_an_auditor_see_only_their_navigation(console_server, page, bob, carol):
+    login(page, console_server, "bob")
+    expect(page.locator("h1")).to_have_text("Dashboard")
+    assert _nav(page) == ["Dashboard"]
+    page.get_by_role("button", name="Log out").click()
+    expect(page).to_have_url(re.compile(r"/accounts/login/$"))
+
+    login(page, console_server, "carol")
+    expect(page.locator("h1")).to_have_text("Dashboard")
+    assert _nav(page) == ["Dashboard", "Audit log"]
+    page.get_by_role("link", name="Audit log").click()
+    expect(page.locator("h1")).to_have_text("Audit log")
+
+
+def test_an_outsider_is_refused_the_admin_pages(console_server, page, mallory):
+    login(page, console_server, "mallory")
+    for path in ("/connections/", "/agents/", "/people/", "/audit/"):
+        response = page.goto(console_server + path)
+        assert response.status == 403
+        expect(page.locator("h1")).to_have_text("Not allowed")
+    assert _nav(page) == []

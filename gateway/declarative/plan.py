@@ -1,0 +1,452 @@
+"""``manage.py apply``: check a desired state against the database, plan, and apply it.
+
+Order of work, all in one transaction: parse and check the file (every problem), check
+references against the file and the database (every problem), compute the changes, and
+only then make them, each through its action function (so each writes its own audit
+record). Nothing that is already as the file says is touched, so a second apply of the
+same file writes nothing at all.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from django.contrib.auth.models import Group
+from django.core.exceptions import ValidationError
+from django.db import connection as db_connection
+from django.db import transaction
+
+from audit.actions import record
+from gateway import actions as connection_actions
+from gateway import secrets
+from gateway.declarative.loader import ConfigError, Problem, line_of, load_yaml
+from gateway.declarative.schema import (
+    AgentSpec,
+    ConnectionSpec,
+    DesiredState,
+    GroupSpec,
+    PolicySpec,
+    check_document,
+)
+from gateway.models import Connection
+from identity import actions as identity_actions
+from identity.models import Agent, User
+from policies import actions as policy_actions
+from policies.models import Policy
+
+APPLY_ACTOR = "apply"
+
+
+@dataclass
+class Change:
+    """One change apply makes (or, with --dry-run, would make). Never holds a secret."""
+
+    kind: str  # group | policy | connection | agent
+    name: str
+    op: str  # create | update | delete
+    details: list[str]
+    path: str  # where in the file (empty for deletions)
+    run: Callable[[Any], None] = field(repr=False)
+
+    def __str__(self) -> str:
+        sign = {"create": "+", "update": "~", "delete": "-"}[self.op]
+        text = f"{sign} {self.kind} {self.name}"
+        return f"{text}: {'; '.join(self.details)}" if self.details else text
+
+
+@dataclass
+class ApplyResult:
+    changes: list[Change]
+    dry_run: bool
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.changes)
+
+    def counts(self) -> dict[str, int]:
+        result = {"create": 0, "update": 0, "delete": 0}
+        for change in self.changes:
+            result[change.op] += 1
+        return result
+
+
+def environment_resolver(environ: Mapping[str, str]) -> Callable[[str], str | None]:
+    """Look ``NAME`` up in ``environ``, else read the file named by ``NAME_FILE``."""
+
+    def resolve(name: str) -> str | None:
+        if name in environ:
+            return environ[name]
+        path = environ.get(f"{name}_FILE")
+        if not path:
+            return None
+        try:
+            text = Path(path).read_text()
+        except OSError as exc:
+            raise ValueError(f"{name}_FILE names {path!r}, which cannot be read ({exc.strerror})") from None
+        # One trailing newline is the file's, not the secret's.
+        return text[:-2] if text.endswith("\r\n") else text.removesuffix("\n")
+
+    return resolve
+
+
+def apply_config(
+    text: str,
+    *,
+    actor: Any = APPLY_ACTOR,
+    prune: bool = False,
+    dry_run: bool = False,
+    environ: Mapping[str, str] | None = None,
+    source: str = "",
+) -> ApplyResult:
+    """Apply the YAML ``text``; raise ConfigError listing every problem (nothing changed)."""
+    root = load_yaml(text)
+    resolve = environment_resolver(os.environ if environ is None else environ)
+    state, problems = check_document(root, resolve)
+    with transaction.atomic():
+        if db_connection.vendor == "postgresql":
+            # Two applies at once would each plan against a state the other is changing.
+            with db_connection.cursor() as cursor:
+                cursor.execute("SELECT pg_advisory_xact_lock(hashtext('airlock.apply'))")
+        # References are checked even when the file has other problems, so that one
+        # run lists everything that needs fixing.
+        problems = problems + _with_lines(root, check_references(state, prune=prune))
+        if problems:
+            raise ConfigError(sorted(problems, key=lambda p: (p.line or 10**9, p.path)))
+        changes = plan_changes(state, prune=prune)
+        if dry_run:
+            return ApplyResult(changes=changes, dry_run=True)
+        for change in changes:
+            try:
+                change.run(actor)
+            except ValidationError as exc:
+                raise ConfigError(
+                    [
+                        Problem(change.path or change.name, message, line_of(root, change.path))
+                        for message in exc.messages
+                    ]
+                ) from None
+            except (policy_actions.PolicyInUse, secrets.SecretDecryptionError) as exc:
+                raise ConfigError(
+                    [Problem(change.path or f"{change.kind} {change.name}", str(exc))]
+                ) from None
+        if changes:
+            record(
+                actor,
+                "config.apply",
+                None,
+                source=source,
+                sha256=hashlib.sha256(text.encode()).hexdigest(),
+                prune=prune,
+                changes=[str(change) for change in changes],
+            )
+    return ApplyResult(changes=changes, dry_run=False)
+
+
+def _with_lines(root: Any, problems: list[Problem]) -> list[Problem]:
+    return [Problem(p.path, p.message, p.line or line_of(root, p.path)) for p in problems]
+
+
+# --- references ---------------------------------------------------------------------
+
+
+def check_references(state: DesiredState, *, prune: bool) -> list[Problem]:
+    """Every name the file uses must exist, in the file or in the database."""
+    problems: list[Problem] = []
+    file_groups = {g.name for g in state.groups}
+    db_groups = set(Group.objects.values_list("name", flat=True))
+    known_groups = file_groups | db_groups
+    mentioned_users = {u for g in state.groups for u in (g.members or [])}
+    mentioned_users |= {a.on_behalf_of for a in state.agents if a.on_behalf_of}
+    mentioned_users |= {a.owner for a in state.agents if a.owner}
+    known_users = set(User.objects.filter(username__in=mentioned_users).values_list("username", flat=True))
+
+    def group_refs(names: list[str], path: str) -> None:
+        for index, name in enumerate(names):
+            if name not in known_groups:
+                problems.append(
+                    Problem(
+                        f"{path}[{index}]", f"unknown group {name!r} (declare it under groups: or create it)"
+                    )
+                )
+
+    for group in state.groups:
+        for index, username in enumerate(group.members or []):
+            if username not in known_users:
+                problems.append(
+                    Problem(f"{group.path}.members[{index}]", f"no person with username {username!r}")
+                )
+
+    file_policies = {p.name for p in state.policies}
+    pruning_policies = prune and "policies" in state.sections
+    db_policies = set(Policy.objects.values_list("name", flat=True))
+    usable_policies = file_policies if pruning_policies else file_policies | db_policies
+    for policy in state.policies:
+        for reviewer_group, path in policy.reviewer_groups:
+            if reviewer_group not in known_groups:
+                problems.append(Problem(path, f"unknown reviewer group {reviewer_group!r}"))
+
+    for conn in state.connections:
+        group_refs(conn.groups, f"{conn.path}.groups")
+        if conn.policy and conn.policy not in usable_policies:
+            if conn.policy in db_policies:
+                message = f"policy {conn.policy!r} is not in the file, and --prune would delete it"
+            else:
+                message = f"unknown policy {conn.policy!r} (not in the file nor in the database)"
+            problems.append(Problem(f"{conn.path}.policy", message))
+
+    for agent in state.agents:
+        group_refs(agent.groups, f"{agent.path}.groups")
+        for key in ("on_behalf_of", "owner"):
+            username = getattr(agent, key)
+            if username and username not in known_users:
+                problems.append(Problem(f"{agent.path}.{key}", f"no person with username {username!r}"))
+
+    if pruning_policies and not (prune and "connections" in state.sections):
+        # Connections stay that the file does not describe; they must not lose their policy.
+        kept = Connection.objects.exclude(policy=None).exclude(policy__name__in=file_policies)
+        for conn_name, policy_name in kept.values_list("name", "policy__name"):
+            if conn_name not in {c.name for c in state.connections}:
+                problems.append(
+                    Problem(
+                        "policies",
+                        f"--prune would delete policy {policy_name!r}, which connection {conn_name!r} "
+                        "(not in the file) uses",
+                    )
+                )
+    return problems
+
+
+# --- the plan -----------------------------------------------------------------------
+
+
+def plan_changes(state: DesiredState, *, prune: bool) -> list[Change]:
+    changes: list[Change] = []
+    for group in state.groups:
+        changes.extend(_plan_group(group))
+    for policy in state.policies:
+        changes.extend(_plan_policy(policy))
+    for conn in state.connections:
+        changes.extend(_plan_connection(conn))
+    for agent in state.agents:
+        changes.extend(_plan_agent(agent))
+    if prune:
+        changes.extend(_plan_prune(state))
+    return changes
+
+
+def _members(group: Group) -> list[str]:
+    return sorted(group.user_set.values_list("username", flat=True))
+
+
+def _plan_group(spec: GroupSpec) -> list[Change]:
+    group = Group.objects.filter(name=spec.name).first()
+    wanted = sorted(spec.members) if spec.members is not None else None
+
+    def run(actor: Any) -> None:
+        target = identity_actions.do_create_group(actor, spec.name)
+        if wanted is not None:
+            people = list(User.objects.filter(username__in=wanted))
+            identity_actions.do_set_group_members(actor, target, people)
+
+    if group is None:
+        details = [f"members: {', '.join(wanted)}"] if wanted else []
+        return [Change("group", spec.name, "create", details, spec.path, run)]
+    if wanted is None:
+        return []
+    current = _members(group)
+    if current == wanted:
+        return []
+    added = sorted(set(wanted) - set(current))
+    removed = sorted(set(current) - set(wanted))
+    details = [f"members +{name}" for name in added] + [f"members -{name}" for name in removed]
+    return [Change("group", spec.name, "update", details, spec.path, run)]
+
+
+def _plan_policy(spec: PolicySpec) -> list[Change]:
+    policy = Policy.objects.filter(name=spec.name).first()
+
+    def run(actor: Any) -> None:
+        policy_actions.do_save_policy(
+            actor, spec.name, spec.spec, description=spec.description, comment="manage.py apply"
+        )
+
+    if policy is None:
+        return [Change("policy", spec.name, "create", [], spec.path, run)]
+    details = []
+    if policy_actions.canonical_spec(spec.spec) != policy_actions.canonical_spec(policy.spec):
+        details.append(f"rules changed: new version {policy.version + 1}")
+    if spec.description != policy.description:
+        details.append("description changed")
+    return [Change("policy", spec.name, "update", details, spec.path, run)] if details else []
+
+
+def _diff(label: str, old: Any, new: Any) -> str:
+    return f"{label}: {old!r} -> {new!r}"
+
+
+def _plan_connection(spec: ConnectionSpec) -> list[Change]:
+    conn = Connection.objects.filter(name=spec.name).select_related("policy").first()
+    fields = {
+        "kind": spec.kind,
+        "description": spec.description,
+        "host": spec.host,
+        "port": spec.port,
+        "database": spec.database,
+        "username": spec.username,
+        "options": spec.options,
+        "enabled": spec.enabled,
+    }
+    if conn is None:
+
+        def create(actor: Any) -> None:
+            connection_actions.do_create_connection(
+                actor,
+                name=spec.name,
+                groups=spec.groups,
+                policy=Policy.objects.get(name=spec.policy) if spec.policy else None,
+                secret_values={k: v for k, v in spec.secrets.items() if v is not None},
+                **fields,
+            )
+
+        named = sorted(k for k, v in spec.secrets.items() if v is not None)
+        details = [f"secrets set: {', '.join(named)}"] if named else []
+        return [Change("connection", spec.name, "create", details, spec.path, create)]
+
+    details = [
+        _diff(key, getattr(conn, key), value) for key, value in fields.items() if getattr(conn, key) != value
+    ]
+    current_groups = sorted(conn.groups.values_list("name", flat=True))
+    if current_groups != sorted(spec.groups):
+        details.append(_diff("groups", current_groups, sorted(spec.groups)))
+    current_policy = conn.policy.name if conn.policy_id else None
+    if current_policy != spec.policy:
+        details.append(_diff("policy", current_policy, spec.policy))
+
+    secret_values: dict[str, str] = {}
+    replace = False
+    try:
+        stored = secrets.get_secrets(conn)
+    except secrets.SecretDecryptionError:
+        stored = None
+    if stored is None:
+        if spec.secrets:
+            # The stored secret is lost (its key is gone): the file's secrets replace it.
+            replace = True
+            secret_values = {k: v for k, v in spec.secrets.items() if v is not None}
+            details.append("secrets replaced (the stored secret could not be decrypted)")
+    else:
+        for key, value in spec.secrets.items():
+            if value is None and key in stored:
+                secret_values[key] = ""
+                details.append(f"{key} cleared")
+            elif value is not None and stored.get(key) != value:
+                secret_values[key] = value
+                details.append(f"{key} {'changed' if key in stored else 'set'}")
+    if not details:
+        return []
+
+    def update(actor: Any) -> None:
+        connection_actions.do_update_connection(
+            actor,
+            conn,
+            groups=spec.groups,
+            policy=Policy.objects.get(name=spec.policy) if spec.policy else None,
+            secret_values=secret_values or None,
+            replace_secrets=replace,
+            **fields,
+        )
+
+    return [Change("connection", spec.name, "update", details, spec.path, update)]
+
+
+def _plan_agent(spec: AgentSpec) -> list[Change]:
+    agent = Agent.objects.filter(name=spec.name).select_related("on_behalf_of", "owner").first()
+
+    def users() -> dict[str, User | None]:
+        return {
+            "on_behalf_of": User.objects.get(username=spec.on_behalf_of) if spec.on_behalf_of else None,
+            "owner": User.objects.get(username=spec.owner) if spec.owner else None,
+        }
+
+    if agent is None:
+
+        def create(actor: Any) -> None:
+            identity_actions.do_create_agent(
+                actor,
+                spec.name,
+                groups=spec.groups,
+                description=spec.description,
+                enabled=spec.enabled,
+                **users(),
+            )
+
+        return [Change("agent", spec.name, "create", [], spec.path, create)]
+
+    current = identity_actions.agent_snapshot(agent)
+    wanted = {
+        "name": spec.name,
+        "description": spec.description,
+        "groups": sorted(spec.groups),
+        "on_behalf_of": spec.on_behalf_of,
+        "owner": spec.owner,
+        "enabled": spec.enabled,
+    }
+    details = [_diff(key, current[key], value) for key, value in wanted.items() if current[key] != value]
+    if not details:
+        return []
+
+    def update(actor: Any) -> None:
+        identity_actions.do_update_agent(
+            actor, agent, groups=spec.groups, description=spec.description, enabled=spec.enabled, **users()
+        )
+
+    return [Change("agent", spec.name, "update", details, spec.path, update)]
+
+
+def _plan_prune(state: DesiredState) -> list[Change]:
+    changes: list[Change] = []
+    if "connections" in state.sections:
+        keep = {c.name for c in state.connections}
+        for conn in Connection.objects.exclude(name__in=keep).order_by("name"):
+            changes.append(
+                Change(
+                    "connection",
+                    conn.name,
+                    "delete",
+                    [],
+                    "",
+                    lambda actor, conn=conn: connection_actions.do_delete_connection(actor, conn),
+                )
+            )
+    if "agents" in state.sections:
+        keep = {a.name for a in state.agents}
+        for agent in Agent.objects.exclude(name__in=keep).order_by("name"):
+            changes.append(
+                Change(
+                    "agent",
+                    agent.name,
+                    "delete",
+                    [],
+                    "",
+                    lambda actor, agent=agent: identity_actions.do_delete_agent(actor, agent),
+                )
+            )
+    if "policies" in state.sections:
+        keep = {p.name for p in state.policies}
+        for policy in Policy.objects.exclude(name__in=keep).order_by("name"):
+            changes.append(
+                Change(
+                    "policy",
+                    policy.name,
+                    "delete",
+                    [],
+                    "",
+                    lambda actor, policy=policy: policy_actions.do_delete_policy(actor, policy),
+                )
+            )
+    return changes

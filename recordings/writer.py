@@ -1,0 +1,814 @@
+"""The session recorder every protocol writes through.
+
+``append`` costs one JSON encoding and a deque append: no database round trip, no await.
+Each recorder has a flusher task that hands queued events, in batches, to writer threads
+(started as needed, at most ``WRITER_THREADS``, each with its own database connection),
+which chain them (seq, SHA-256 hash), insert them with one COPY (PostgreSQL; multi-row
+INSERTs elsewhere) and update the session's counters in the same transaction. A batch is written ``RECORDING_FLUSH_SECONDS`` after its
+oldest event was appended, or at once when ``FLUSH_AT`` events are waiting; under load the
+writes run back to back, each taking everything queued (up to ``BATCH_ROWS``).
+
+Strict mode (``RECORDING_STRICT``): when an event cannot be persisted within
+``RECORDING_PERSIST_TIMEOUT`` seconds of being appended, ``on_failure(reason)`` is called
+once and ``failed`` becomes true; the gateway then ends the session. Best-effort mode drops
+that batch instead, counts it in ``Session.dropped_events`` and records a ``dropped`` event
+in its place, so the chain stays whole and says where the gap is.
+
+Usage (in a protocol handler, on the event loop)::
+
+    recorder = await SessionRecorder.start(
+        protocol="postgres", agent_name=agent.name, connection_name=conn.name,
+        agent_id=agent.pk, connection_id=conn.pk, client_address=peer,
+        on_failure=lambda reason: session.abort(reason),
+    )
+    recorder.append("statement", {"text": sql, "params": params})
+    ...
+    await recorder.close(reason="client disconnected")
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import json
+import logging
+import queue
+import threading
+import time
+import uuid
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from typing import Any, ClassVar, NamedTuple
+
+import orjson
+from django.conf import settings
+from django.db import close_old_connections, connection, connections, transaction
+
+from recordings import chain, keys
+from recordings.models import Event, Session
+
+log = logging.getLogger("airlock.recordings")
+
+BATCH_ROWS = 2000  # events per transaction at most
+FLUSH_AT = 500  # events waiting that trigger a write before the flush interval is up
+INSERT_ROWS = 500  # rows per INSERT where COPY is not available: 3,500 parameters (SQLite's limit is 32,766)
+MAX_QUEUED = 100_000  # events waiting per recorder before appends are dropped
+WRITER_THREADS = 8  # at most, per process; each holds a database connection
+_KINDS = frozenset(Event.Kind.values)
+_STATUSES = frozenset(Session.Status.values) - {Session.Status.LIVE}
+
+
+class RecordingUnavailable(Exception):
+    """A session's recording could not be opened (strict mode): the session must not start."""
+
+
+def _snapshot_default(value: Any) -> Any:
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    if isinstance(value, Decimal | uuid.UUID):
+        return str(value)
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value).decode("utf-8", "replace")
+    raise TypeError(f"a recording payload holds only JSON values, not {type(value).__name__}")
+
+
+# The snapshot taken by append(): cheap (orjson, no key sorting), and immutable, so a
+# caller that reuses its dict afterwards cannot change what is recorded. What orjson
+# refuses (integers beyond 64 bits, lone surrogates) goes through the standard encoder.
+_SNAPSHOT_OPTIONS = orjson.OPT_NON_STR_KEYS
+_SNAPSHOT_FALLBACK = json.JSONEncoder(ensure_ascii=False, allow_nan=True, default=_snapshot_default)
+
+
+def _snapshot(payload: dict[str, Any]) -> bytes | str:
+    try:
+        return orjson.dumps(payload, default=_snapshot_default, option=_SNAPSHOT_OPTIONS)
+    except TypeError:
+        return _SNAPSHOT_FALLBACK.encode(payload)
+
+
+def _load_snapshot(snapshot: bytes | str) -> Any:
+    # orjson reads integers beyond 64 bits as floats: only its own output goes back to it.
+    return orjson.loads(snapshot) if isinstance(snapshot, bytes) else json.loads(snapshot)
+
+
+class _Queued(NamedTuple):
+    mono: float  # time.monotonic() when appended: deadlines count from here
+    wall: float  # time.time() when appended; becomes the event's time on a writer thread
+    offset_ms: float
+    kind: str
+    payload: bytes | str  # JSON snapshot
+
+    @property
+    def at(self) -> datetime:
+        return datetime.fromtimestamp(self.wall, UTC)
+
+
+@dataclass(slots=True)
+class _Tally:
+    """The session counters, derived from event kinds and payloads (see docs/recordings.md)."""
+
+    event_count: int = 0
+    statement_count: int = 0
+    denied_count: int = 0
+    review_count: int = 0
+    error_count: int = 0
+    masked_count: int = 0
+
+    def add(self, kind: str, payload: Any) -> None:
+        self.event_count += 1
+        if kind == Event.Kind.STATEMENT:
+            self.statement_count += 1
+        elif kind == Event.Kind.DECISION:
+            action = payload.get("action") if isinstance(payload, dict) else None
+            if action == "deny":
+                self.denied_count += 1
+            elif action == "review":
+                self.review_count += 1
+        elif kind == Event.Kind.ERROR:
+            self.error_count += 1
+        elif kind == Event.Kind.RESULT and isinstance(payload, dict):
+            masked = payload.get("masked")
+            if isinstance(masked, int) and not isinstance(masked, bool) and masked > 0:
+                self.masked_count += masked
+
+    def fields(self) -> dict[str, int]:
+        return {
+            "event_count": self.event_count,
+            "statement_count": self.statement_count,
+            "denied_count": self.denied_count,
+            "review_count": self.review_count,
+            "error_count": self.error_count,
+            "masked_count": self.masked_count,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class _ChainState:
+    """What has been committed: the last seq and hash, and the counters."""
+
+    last_hash: str
+    tally: _Tally = field(default_factory=_Tally)
+
+    @property
+    def seq(self) -> int:
+        return self.tally.event_count
+
+
+# --- writer threads ---------------------------------------------------------------------
+
+
+class _WriterThreads:
+    """Threads with their own database connections, started as writes need them.
+
+    Not asgiref's shared sync thread: a write stuck on a lock there would stall every
+    other ``sync_to_async`` call of the process, and with it every other session. A new
+    thread starts whenever every thread is busy (up to ``max_threads``), so one session's
+    write held by a lock does not queue the others behind it.
+    """
+
+    def __init__(self, max_threads: int) -> None:
+        self._max = max(1, max_threads)
+        self._jobs: queue.SimpleQueue[
+            tuple[concurrent.futures.Future[Any], Callable[..., Any], tuple[Any, ...]] | None
+        ]
+        self._jobs = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+        self._busy = 0
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> concurrent.futures.Future[Any]:
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        with self._lock:
+            waiting = self._busy + self._jobs.qsize() + 1
+            if waiting > len(self._threads) and len(self._threads) < self._max:
+                thread = threading.Thread(
+                    target=self._work, name=f"recording-writer-{len(self._threads)}", daemon=True
+                )
+                self._threads.append(thread)
+                thread.start()
+            self._jobs.put((future, fn, args))
+        return future
+
+    def _work(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                connections.close_all()
+                return
+            future, fn, args = job
+            if not future.set_running_or_notify_cancel():
+                continue
+            with self._lock:
+                self._busy += 1
+            try:
+                # A connection broken by an earlier failure (database restarted) is
+                # replaced here instead of failing every later write.
+                close_old_connections()
+                result = fn(*args)
+            except BaseException as exc:
+                future.set_exception(exc)
+            else:
+                future.set_result(result)
+            finally:
+                with self._lock:
+                    self._busy -= 1
+
+    def shutdown(self, timeout: float) -> None:
+        with self._lock:
+            threads = list(self._threads)
+            for _ in threads:
+                self._jobs.put(None)
+        deadline = time.monotonic() + timeout
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+
+
+_pool: _WriterThreads | None = None
+_pool_lock = threading.Lock()
+
+
+def _writer_threads() -> _WriterThreads:
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = _WriterThreads(getattr(settings, "RECORDING_WRITER_THREADS", WRITER_THREADS))
+        return _pool
+
+
+def shutdown_writer(timeout: float = 10.0) -> None:
+    """Stop the writer threads and close their database connections.
+
+    Call after ``close_all()`` when the process stops (and between tests). A later
+    recorder starts a new set of threads.
+    """
+    global _pool
+    with _pool_lock:
+        pool, _pool = _pool, None
+    if pool is not None:
+        pool.shutdown(timeout)
+
+
+def _submit(fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
+    future = asyncio.wrap_future(_writer_threads().submit(fn, *args))
+    # A write abandoned at its deadline may still fail later; nobody awaits it then.
+    future.add_done_callback(lambda f: f.cancelled() or f.exception())
+    return future
+
+
+def _describe(exc: BaseException) -> str:
+    # First line only: a database error's DETAIL can quote the failing row, i.e. payload.
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {first}"[:200] if first else type(exc).__name__
+
+
+# --- the jobs run on writer threads -----------------------------------------------------
+
+
+def _chain_rows(
+    session_id: uuid.UUID, base: _ChainState, items: list[_Queued]
+) -> tuple[list[tuple[int, datetime, float, str, str, str]], _ChainState]:
+    prev = base.last_hash
+    tally = replace(base.tally)
+    seq = base.seq
+    rows = []
+    for item in items:
+        payload = _load_snapshot(item.payload)
+        text = chain.canonical_decoded_payload(payload)
+        at = item.at
+        seq += 1
+        digest = chain.event_hash(
+            prev, chain.envelope(seq, chain.format_time(at), item.offset_ms, item.kind, text)
+        )
+        rows.append((seq, at, item.offset_ms, item.kind, text.decode(), digest))
+        tally.add(item.kind, payload)
+        prev = digest
+    return rows, _ChainState(prev, tally)
+
+
+_EVENT_COLUMNS = ("session", "seq", "at", "offset_ms", "kind", "payload", "hash")
+
+
+def _insert_events(session_id: uuid.UUID, rows: list[tuple[int, datetime, float, str, str, str]]) -> None:
+    meta = Event._meta
+    quote = connection.ops.quote_name
+    table = quote(meta.db_table)
+    columns = ", ".join(quote(meta.get_field(name).column) for name in _EVENT_COLUMNS)
+    if connection.vendor == "postgresql":
+        # COPY: one statement per batch and the least work per row on both ends.
+        # Raw psycopg under Django's error wrapper, so failures read (and mark the
+        # connection) as any other database error.
+        with connection.cursor() as cursor, connection.wrap_database_errors:
+            with cursor.cursor.copy(f"COPY {table} ({columns}) FROM STDIN") as copy:
+                for row in rows:
+                    copy.write_row((session_id, *row))
+        return
+    sid = Session._meta.pk.get_db_prep_value(session_id, connection)  # type: ignore[union-attr]
+    at_field = meta.get_field("at")
+    with connection.cursor() as cursor:
+        for start in range(0, len(rows), INSERT_ROWS):
+            chunk = rows[start : start + INSERT_ROWS]
+            params: list[Any] = []
+            for seq, at, offset_ms, kind, text, digest in chunk:
+                params.extend(
+                    (sid, seq, at_field.get_db_prep_value(at, connection), offset_ms, kind, text, digest)
+                )
+            values = ", ".join(["(%s, %s, %s, %s, %s, %s, %s)"] * len(chunk))
+            cursor.execute(f"INSERT INTO {table} ({columns}) VALUES {values}", params)  # noqa: S608 - names from the model, values bound
+
+
+def _committed_state(session_id: uuid.UUID) -> _ChainState | None:
+    row = (
+        Session.objects.filter(pk=session_id)
+        .values(
+            "last_hash",
+            "event_count",
+            "statement_count",
+            "denied_count",
+            "review_count",
+            "error_count",
+            "masked_count",
+        )
+        .first()
+    )
+    if row is None:
+        return None
+    last_hash = row.pop("last_hash") or chain.genesis_hash(session_id)
+    return _ChainState(last_hash, _Tally(**row))
+
+
+def _persist(
+    session_id: uuid.UUID,
+    base: _ChainState,
+    items: list[_Queued],
+    dropped: int,
+    create: dict[str, Any] | None,
+    uncertain: bool,
+    timeout: float,
+) -> _ChainState:
+    """Write one batch; return the new committed state.
+
+    ``uncertain`` after a write that failed or was abandoned: it may have committed after
+    all, so the session row (updated in the same transaction as its events) says where the
+    chain really ends, and the batch is chained from there.
+    """
+    with transaction.atomic():
+        if connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                # Frees this thread when a lock holds the write longer than a recorder waits.
+                cursor.execute(
+                    "SELECT set_config('statement_timeout', %s, true)", [f"{int(timeout * 1000)}ms"]
+                )
+        if uncertain or create is not None:
+            committed = _committed_state(session_id)
+            if committed is None:
+                if create is None:
+                    raise RuntimeError("the session row is missing")
+                Session.objects.create(**create)
+                committed = _ChainState(chain.genesis_hash(session_id))
+            if committed.seq != base.seq or committed.last_hash != base.last_hash:
+                _, would_be = _chain_rows(session_id, base, items)
+                if committed.seq == would_be.seq and committed.last_hash == would_be.last_hash:
+                    return would_be  # the earlier attempt did commit this very batch
+                base = committed
+        rows, state = _chain_rows(session_id, base, items)
+        if rows:
+            _insert_events(session_id, rows)
+        Session.objects.filter(pk=session_id).update(
+            last_hash=state.last_hash, dropped_events=dropped, **state.tally.fields()
+        )
+    return state
+
+
+def _finalise(
+    session_id: uuid.UUID,
+    state: _ChainState,
+    dropped: int,
+    status: str,
+    ended_at: datetime,
+    end_reason: str,
+    timeout: float,
+) -> None:
+    private_key = keys.signing_key()
+    signature = chain.seal(private_key, session_id, state.last_hash, state.seq)
+    with transaction.atomic():
+        if connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    "SELECT set_config('statement_timeout', %s, true)", [f"{int(timeout * 1000)}ms"]
+                )
+        Session.objects.filter(pk=session_id).update(
+            status=status,
+            ended_at=ended_at,
+            end_reason=end_reason[:255],
+            last_hash=state.last_hash,
+            dropped_events=dropped,
+            seal=signature,
+            sealed_at=datetime.now(UTC),
+            signing_key_id=chain.key_id(private_key.public_key()),
+            **state.tally.fields(),
+        )
+
+
+def _load_key_id() -> str:
+    return keys.signing_key_id()
+
+
+# --- the recorder -----------------------------------------------------------------------
+
+
+class SessionRecorder:
+    """Records one session: ``start``, then ``append`` freely, then ``close``.
+
+    Call every method from the event loop that started the recorder.
+    """
+
+    _live: ClassVar[weakref.WeakSet[SessionRecorder]] = weakref.WeakSet()
+
+    session_id: uuid.UUID
+    failed: bool
+    failure_reason: str
+
+    def __init__(self, *, on_failure: Callable[[str], None] | None) -> None:
+        self.session_id = uuid.uuid4()
+        self.failed = False
+        self.failure_reason = ""
+        self._on_failure = on_failure
+        self._strict = bool(settings.RECORDING_STRICT)
+        self._flush_seconds = float(settings.RECORDING_FLUSH_SECONDS)
+        self._timeout = float(settings.RECORDING_PERSIST_TIMEOUT)
+        self._t0 = time.monotonic()
+        self._queue: collections.deque[_Queued] = collections.deque()
+        self._wake = asyncio.Event()
+        self._state = _ChainState(chain.genesis_hash(self.session_id))
+        self._batch: list[_Queued] | None = None
+        self._inflight: asyncio.Future[Any] | None = None
+        self._uncertain = False
+        self._attempt = 0
+        self._last_error = ""
+        self._create: dict[str, Any] | None = None
+        self._dropped = 0
+        self._overflow: list[_Queued] = []  # first and last event dropped while the queue was full
+        self._overflow_count = 0
+        self._closed = False
+        self._closing = False
+        self._final_deadline: float | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._finish_task: asyncio.Task[None] | None = None
+        self._ended_at = datetime.now(UTC)
+
+    # -- public interface ---------------------------------------------------------------
+
+    @classmethod
+    async def start(
+        cls,
+        *,
+        protocol: str,
+        agent_name: str,
+        connection_name: str,
+        agent_id: int | None = None,
+        connection_id: int | None = None,
+        on_behalf_of_name: str = "",
+        on_behalf_of_id: int | None = None,
+        client_address: str = "",
+        application_name: str = "",
+        on_failure: Callable[[str], None] | None = None,
+    ) -> SessionRecorder:
+        """Create the Session row and its ``session_start`` event (one awaited write).
+
+        Raises ``RecordingUnavailable`` in strict mode when that write fails or takes longer
+        than ``RECORDING_PERSIST_TIMEOUT``. In best-effort mode the recorder keeps trying
+        in the background.
+        """
+        self = cls(on_failure=on_failure)
+        self._push(
+            Event.Kind.SESSION_START,
+            {
+                "protocol": protocol,
+                "agent": agent_name,
+                "agent_id": agent_id,
+                "connection": connection_name,
+                "connection_id": connection_id,
+                "on_behalf_of": on_behalf_of_name,
+                "client_address": client_address,
+                "application_name": application_name,
+            },
+        )
+        first = self._queue[0]
+        try:
+            key_id = await asyncio.wait_for(_submit(_load_key_id), self._timeout)
+        except Exception as exc:
+            # Without the key no recording could ever be sealed: a configuration error.
+            raise RecordingUnavailable(f"recording signing key unavailable: {_describe(exc)}") from None
+        self._create = {
+            "id": self.session_id,
+            "protocol": protocol,
+            "agent_id": agent_id,
+            "agent_name": agent_name,
+            "on_behalf_of_id": on_behalf_of_id,
+            "on_behalf_of_name": on_behalf_of_name,
+            "connection_id": connection_id,
+            "connection_name": connection_name,
+            "client_address": client_address,
+            "application_name": application_name,
+            "started_at": first.at,
+            "signing_key_id": key_id,
+        }
+        self._batch = [self._queue.popleft()]
+        future = _submit(
+            _persist, self.session_id, self._state, self._batch, 0, self._create, False, self._timeout
+        )
+        done, _ = await asyncio.wait({future}, timeout=self._timeout)
+        if future in done and future.exception() is None:
+            self._state, self._batch, self._create = future.result(), None, None
+        else:
+            error = future.exception() if future in done else None
+            why = _describe(error) if error is not None else f"no answer within {self._timeout:g}s"
+            reason = f"recording could not be started: {why}"
+            if self._strict:
+                # A write that is still running may yet create the row; it then stays
+                # "live" with only its start event, which is what happened.
+                log.error("session %s: %s", self.session_id, reason)
+                raise RecordingUnavailable(reason)
+            log.warning("session %s: %s; retrying in the background", self.session_id, reason)
+            self._uncertain = True
+            self._last_error = reason
+            if future not in done:
+                self._inflight = future
+        self._task = asyncio.get_running_loop().create_task(self._run(), name=f"recording {self.session_id}")
+        self._live.add(self)
+        return self
+
+    def append(self, kind: str, payload: dict[str, Any]) -> None:
+        """Queue one event. Never awaits and never touches the database.
+
+        Raises ``ValueError`` for an unknown kind and ``TypeError`` for a payload that is not
+        JSON data (programming errors, caught by tests). After ``close`` it only logs.
+        """
+        if self._closed:
+            log.warning("session %s: %s event after close was not recorded", self.session_id, kind)
+            return
+        if kind not in _KINDS:
+            raise ValueError(f"unknown recording event kind {kind!r}")
+        self._push(kind, payload)
+
+    async def close(self, *, reason: str, status: str = "ended") -> None:
+        """Record ``session_end``, persist everything, seal, and mark the session ended.
+
+        Bounded by about three times ``RECORDING_PERSIST_TIMEOUT`` even when the database
+        is gone (drain, one last attempt, seal). Safe to call twice and from a task being cancelled (the work is shielded and
+        completes; a second call waits for it).
+        """
+        if self._finish_task is None:
+            if status not in _STATUSES:
+                log.error(
+                    "session %s: unknown end status %r, recorded as terminated", self.session_id, status
+                )
+                status = Session.Status.TERMINATED
+            self._push(Event.Kind.SESSION_END, {"reason": reason, "status": status})
+            self._ended_at = self._queue[-1].at
+            self._closed = True
+            self._closing = True
+            self._wake.set()
+            self._finish_task = asyncio.get_running_loop().create_task(self._finish(reason, status))
+        await asyncio.shield(self._finish_task)
+
+    @property
+    def dropped_events(self) -> int:
+        return self._dropped + self._overflow_count
+
+    # -- queueing -----------------------------------------------------------------------
+
+    def _push(self, kind: str, payload: dict[str, Any]) -> None:
+        text = _snapshot(payload)
+        mono = time.monotonic()
+        item = _Queued(mono, time.time(), round((mono - self._t0) * 1000, 3), kind, text)
+        if len(self._queue) >= MAX_QUEUED and kind != Event.Kind.SESSION_END:
+            self._overflowed(item)
+            return
+        if self._overflow_count:
+            self._queue.append(self._marker(self._overflow, self._overflow_count, "recording queue full"))
+            self._dropped += self._overflow_count
+            self._overflow, self._overflow_count = [], 0
+        self._queue.append(item)
+        if len(self._queue) == 1 or len(self._queue) >= FLUSH_AT:
+            self._wake.set()
+
+    def _overflowed(self, item: _Queued) -> None:
+        if not self._overflow:
+            self._overflow = [item, item]
+        else:
+            self._overflow[1] = item
+        self._overflow_count += 1
+        if self._strict:
+            self._fail("recording queue full: the database is not keeping up")
+
+    def _marker(self, span: list[_Queued], count: int, reason: str) -> _Queued:
+        first, last = span[0], span[-1]
+        payload = {
+            "count": count,
+            "first_offset_ms": first.offset_ms,
+            "last_offset_ms": last.offset_ms,
+            "reason": reason,
+        }
+        # Placed where the lost events were, in time order; its deadline counts from now.
+        return _Queued(time.monotonic(), last.wall, last.offset_ms, Event.Kind.DROPPED, orjson.dumps(payload))
+
+    def _fail(self, reason: str) -> None:
+        if self.failed:
+            return
+        self.failed = True
+        self.failure_reason = reason
+        log.error("session %s: recording failed: %s", self.session_id, reason)
+        if self._on_failure is not None and not self._closed:
+            try:
+                self._on_failure(reason)
+            except Exception:
+                log.exception("session %s: on_failure callback raised", self.session_id)
+
+    # -- flushing -----------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        try:
+            while True:
+                if self._batch is None and not self._queue:
+                    if self._closing:
+                        return
+                    await self._wake.wait()
+                    self._wake.clear()
+                    continue
+                if self._batch is None and not self._closing and len(self._queue) < FLUSH_AT:
+                    delay = self._queue[0].mono + self._flush_seconds - time.monotonic()
+                    if delay > 0:
+                        await self._sleep(delay, wake=True)
+                        continue
+                await self._write_once()
+                if self.failed and self._strict and self._final_deadline is None:
+                    return  # close() makes the last attempt
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.exception("session %s: recording writer stopped", self.session_id)
+            self._fail(f"recording writer stopped: {_describe(exc)}")
+
+    async def _sleep(self, delay: float, *, wake: bool) -> None:
+        if not wake:
+            await asyncio.sleep(delay)
+            return
+        try:
+            async with asyncio.timeout(delay):
+                await self._wake.wait()
+        except TimeoutError:
+            pass
+        self._wake.clear()
+
+    def _deadline(self, batch: list[_Queued]) -> float:
+        if self._final_deadline is not None:
+            return self._final_deadline
+        return batch[0].mono + self._timeout
+
+    async def _write_once(self) -> None:
+        if self._batch is None:
+            count = min(len(self._queue), BATCH_ROWS)
+            self._batch = [self._queue.popleft() for _ in range(count)]
+        batch = self._batch
+        deadline = self._deadline(batch)
+        if self._inflight is None:
+            if self._last_error and time.monotonic() >= deadline:
+                self._give_up(self._last_error)
+                return
+            self._inflight = _submit(
+                _persist,
+                self.session_id,
+                self._state,
+                batch,
+                self._dropped,
+                self._create,
+                self._uncertain,
+                self._timeout,
+            )
+        future = self._inflight
+        done, _ = await asyncio.wait({future}, timeout=max(0.0, deadline - time.monotonic()))
+        if future not in done:
+            self._uncertain = True
+            reason = f"events not persisted within {self._timeout:g}s (database slow or locked)"
+            if self._strict or self._final_deadline is not None:
+                self._fail(reason)
+                return
+            # Best effort: the write may still commit, so wait for its outcome before
+            # deciding whether this batch is lost. The statement timeout bounds the wait.
+            log.warning("session %s: %s", self.session_id, reason)
+            await asyncio.wait({future})
+        self._inflight = None
+        exc = future.exception()
+        if exc is None:
+            self._state, self._batch, self._create = future.result(), None, None
+            self._uncertain = False
+            self._attempt = 0
+            self._last_error = ""
+            return
+        self._uncertain = True
+        self._last_error = f"recording write failed: {_describe(exc)}"
+        if time.monotonic() >= deadline:
+            self._give_up(self._last_error)
+            return
+        log.warning("session %s: %s; retrying", self.session_id, self._last_error)
+        self._attempt += 1
+        backoff = min(max(self._flush_seconds, 0.05) * 2**self._attempt, 1.0)
+        await self._sleep(min(backoff, max(0.0, deadline - time.monotonic())), wake=False)
+
+    def _give_up(self, reason: str) -> None:
+        if self._strict or self._final_deadline is not None:
+            self._fail(reason)
+        else:
+            self._drop_batch(reason)
+            self._last_error = ""
+
+    def _drop_batch(self, reason: str) -> None:
+        assert self._batch is not None  # noqa: S101 - only called with a batch in hand
+        lost = self._batch
+        self._batch = None
+        self._attempt = 0
+        # Events already older than the bound are lost too: writing them would only delay
+        # the events behind them.
+        now = time.monotonic()
+        while (
+            self._queue
+            and self._queue[0].mono + self._timeout <= now
+            and self._queue[0].kind != Event.Kind.SESSION_END
+        ):
+            lost.append(self._queue.popleft())
+        start = None
+        if self._create is not None and lost and lost[0].kind == Event.Kind.SESSION_START:
+            # The start event is what creates the session row: it is never dropped.
+            start, lost = lost[0]._replace(mono=now), lost[1:]
+        if lost:
+            # An earlier gap marker caught up in this loss is folded into the new one.
+            count = sum(
+                _load_snapshot(i.payload)["count"] if i.kind == Event.Kind.DROPPED else 1 for i in lost
+            )
+            self._dropped += sum(1 for i in lost if i.kind != Event.Kind.DROPPED)
+            log.warning("session %s: %d events dropped: %s", self.session_id, count, reason)
+            self._queue.appendleft(self._marker(lost, count, reason))
+        if start is not None:
+            self._queue.appendleft(start)
+
+    # -- closing ------------------------------------------------------------------------
+
+    async def _finish(self, reason: str, status: str) -> None:
+        assert self._task is not None  # noqa: S101 - start() always creates it
+        try:
+            await asyncio.wait({self._task}, timeout=self._timeout)
+            if not self._task.done():
+                self._task.cancel()
+                await asyncio.wait({self._task})
+            if self._batch is not None or self._queue:
+                # Strict mode after a failure, or best effort with a stuck write: one more
+                # bounded attempt, the database may be back.
+                self._final_deadline = time.monotonic() + self._timeout
+                while (self._batch is not None or self._queue) and time.monotonic() < self._final_deadline:
+                    await self._write_once()
+                    if (
+                        self.failed
+                        and (self._batch is not None or self._queue)
+                        and self._inflight is not None
+                    ):
+                        break
+            unpersisted = len(self._queue) + len(self._batch or [])
+            if self._create is not None:
+                log.error("session %s: recording never reached the database", self.session_id)
+                return
+            end_reason = reason
+            if unpersisted or self.failed:
+                self._dropped += unpersisted
+                note = f"recording incomplete: {unpersisted} events not persisted" if unpersisted else ""
+                end_reason = "; ".join(p for p in (reason, self.failure_reason, note) if p)
+            future = _submit(
+                _finalise,
+                self.session_id,
+                self._state,
+                self.dropped_events,
+                status,
+                self._ended_at,
+                end_reason,
+                self._timeout,
+            )
+            done, _ = await asyncio.wait({future}, timeout=self._timeout)
+            if future not in done or future.exception() is not None:
+                why = "timed out" if future not in done else _describe(future.exception())  # type: ignore[arg-type]
+                log.error("session %s: recording could not be sealed: %s", self.session_id, why)
+        finally:
+            self._live.discard(self)
+
+
+async def close_all(reason: str = "gateway shutting down") -> None:
+    """Close every live recorder of this process (on the current loop), for a clean stop."""
+    recorders = list(SessionRecorder._live)
+    if recorders:
+        await asyncio.gather(
+            *(r.close(reason=reason, status=Session.Status.TERMINATED) for r in recorders),
+            return_exceptions=True,
+        )
