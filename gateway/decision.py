@@ -105,7 +105,7 @@ def load_policy(connection: Connection) -> CompiledPolicy | None:
     engine lands there is nothing to load and every statement is allowed.
     """
     try:
-        from policies.engine import compile_policy  # type: ignore[import-not-found]
+        from policies.engine import compile_policy
     except ImportError:
         return None
     policy = connection.policy

@@ -30,6 +30,7 @@ from gateway.postgres import protocol as pg
 from gateway.postgres.protocol import ProtocolError
 from gateway.postgres.sqltext import split_statements, touches_prepared_statements
 from gateway.postgres.values import param_text
+from policies.sql import apply_session_effects, forget_prepared, remember_prepared
 from policies.types import Action, Decision, Request
 
 _U32 = struct.Struct("!I")
@@ -152,7 +153,6 @@ class Relay:
         self.statements: dict[bytes, str] = {}
         self._types: dict[bytes, tuple[int, ...]] = {}
         self.portals: dict[bytes, tuple[str, tuple[str | None, ...]]] = {}
-        self.state["prepared"] = self.statements
         self._fifo: deque[_Entry] = deque()
         self._effects: deque[_Entry] = deque()
         self._batch = 0
@@ -265,6 +265,7 @@ class Relay:
             # (name taken), it skips the rest of the batch, so nothing runs on it anyway.
             self.statements[name] = text
             self._types[name] = types
+            remember_prepared(self.state, name.decode("utf-8", "replace"), text)
             return None
         if typ == pg.MSG_DESCRIBE:
             pg.parse_name_after_kind(body)
@@ -279,6 +280,7 @@ class Relay:
             self._apply_close(self.statements, self.portals, kind, name)
             if kind == ord("S"):
                 self._types.pop(name, None)
+                forget_prepared(self.state, name.decode("utf-8", "replace"))
             return None
         if typ == pg.MSG_FLUSH:
             return None
@@ -337,8 +339,7 @@ class Relay:
                 # denied statement would never run, so it is not sent.
                 replacement = pg.query(text[:start] + self._marker_sql())
                 break
-            if touches_prepared_statements(statement):
-                self._forget_statement_names()
+            self._after_allowed(statement, decision)
         self._held = None
         entry = self._push(QUERY)
         entry.statements = held.records
@@ -408,9 +409,16 @@ class Relay:
             # A named Parse that fails leaves every existing statement alone, unlike an
             # unnamed one, which would drop the client's unnamed statement first.
             return pg.parse_message(self._marker_bytes, self._marker_sql().encode())
+        self._after_allowed(statement, decision)
+        return None
+
+    def _after_allowed(self, statement: str, decision: Decision) -> None:
+        if decision.session_effects:
+            # Applied when the statement is sent rather than when it succeeds: the
+            # engine's session state only ever grows, so this errs on the strict side.
+            apply_session_effects(self.state, decision.session_effects)
         if touches_prepared_statements(statement):
             self._forget_statement_names()
-        return None
 
     def _marker_sql(self) -> str:
         return f"SELECT '{self._marker}'::pg_catalog.int4"
@@ -421,7 +429,6 @@ class Relay:
         self.statements.clear()
         self._types.clear()
         self._stmts.clear()
-        self.state["prepared"] = self.statements
 
     def _record_statement(
         self, text: str, params: tuple[str | None, ...], decision: Decision, via: str
@@ -471,7 +478,6 @@ class Relay:
                 self.portals[entry.name] = entry.value
             else:
                 self._apply_close(self.statements, self.portals, entry.target, entry.name)
-        self.state["prepared"] = self.statements
 
     # --- server -> client ----------------------------------------------------------------
 

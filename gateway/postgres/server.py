@@ -144,20 +144,20 @@ def _agent_credentials(agent_name: str, server_secret: bytes) -> AgentCredential
     return AgentCredentials(agent.pk, salt, verifiers, {id(v): t for t, v in pairs})
 
 
-def _jwt_identity(raw: str) -> tuple[int | None, str]:
+def _jwt_identity(raw: str) -> tuple[int, str, frozenset[str]]:
     """SEAM for agent JWTs: ``identity.jwt.verify_agent_jwt`` when that module exists.
 
     Until it does, a cleartext password (a JWT) is refused like a bad credential.
     """
     try:
-        from identity.jwt import verify_agent_jwt  # type: ignore[import-not-found]
+        from identity.jwt import verify_agent_jwt
     except ImportError:
         raise LoginFailed("28P01", "JWT login is not available", counts_as_failure=True) from None
     try:
         identity = verify_agent_jwt(raw)
     except Exception:
         raise LoginFailed("28P01", "the JWT was refused", counts_as_failure=True) from None
-    return identity.agent.pk, identity.name
+    return identity.agent.pk, identity.name, identity.groups
 
 
 def _authorize(
@@ -165,6 +165,7 @@ def _authorize(
     token: Any,
     connection_name: str,
     make_decision_point: DecisionPointFactory,
+    jwt_groups: frozenset[str] | None = None,
 ) -> Authorized:
     from gateway.models import Connection
     from gateway.secrets import SecretDecryptionError, get_secrets
@@ -183,7 +184,8 @@ def _authorize(
     )
     if connection is None:
         raise LoginFailed("3D000", f'no PostgreSQL connection named "{connection_name}"')
-    groups = frozenset(agent.group_names())
+    # A JWT's groups are the agent's own plus those its claim maps to.
+    groups = jwt_groups if jwt_groups is not None else frozenset(agent.group_names())
     if not connection.groups.filter(name__in=groups).exists():
         raise LoginFailed("42501", f'agent "{agent.name}" may not use connection "{connection.name}"')
     try:
@@ -477,6 +479,7 @@ class Session:
         credentials = await _in_db_thread(_agent_credentials)(startup.agent, gateway.server_secret)
         use_password = self.tls and bool(settings.AIRLOCK_JWT_ISSUERS) and not credentials.verifiers
         token = None
+        jwt_groups = None
         if use_password:
             # Cleartext only inside TLS, for JWTs (which have no SCRAM verifier).
             self.client.write(pg.AUTH_CLEARTEXT)
@@ -484,7 +487,7 @@ class Session:
             if typ != pg.MSG_PASSWORD:
                 raise ProtocolError("expected a password message")
             raw = body[:-1].decode("utf-8", "replace")
-            agent_id, name = await _in_db_thread(_jwt_identity)(raw)
+            agent_id, name, jwt_groups = await _in_db_thread(_jwt_identity)(raw)
             if name != startup.agent:
                 raise LoginFailed(
                     "28P01", f'the JWT is not for agent "{startup.agent}"', counts_as_failure=True
@@ -495,7 +498,7 @@ class Session:
         if agent_id is None:
             raise LoginFailed("28P01", f'password authentication failed for user "{startup.agent}"')
         return await _in_db_thread(_authorize)(
-            agent_id, token, startup.connection, gateway.decision_point_factory
+            agent_id, token, startup.connection, gateway.decision_point_factory, jwt_groups
         )
 
     async def _scram(self, startup: ClientStartup, credentials: AgentCredentials) -> Any:

@@ -130,11 +130,22 @@ class GatewayEnv:
     def conninfo(self, **overrides: Any) -> str:
         return psycopg.conninfo.make_conninfo(**self.dsn(**overrides))
 
-    def events(self, kind: str | None = None) -> list[tuple[str, dict[str, Any]]]:
-        out = []
-        for recorder in list(self.recorded):
-            out.extend(e for e in list(recorder.events) if kind is None or e[0] == kind)
-        return out
+    def session(self, index: int = -1, *, ended: bool = True) -> Any:
+        """The recorded Session of the index-th session, once it has ended (if asked)."""
+        from recordings.models import Session
+
+        wait_until(lambda: len(self.recorded) > (index if index >= 0 else -index - 1), what="a session")
+        session_id = self.recorded[index].session_id
+        if ended:
+            wait_until(
+                lambda: Session.objects.filter(id=session_id).exclude(status="live").exists(),
+                what="the session to end",
+            )
+        return Session.objects.get(id=session_id)
+
+    def events(self, index: int = -1) -> list[tuple[str, dict[str, Any]]]:
+        session = self.session(index)
+        return [(e.kind, e.payload) for e in session.events.order_by("seq")]
 
 
 def _make_connection(name: str, pg: PrivatePostgres, *, role: str = "scram_user", groups=("agents",), **kw):  # type: ignore[no-untyped-def]
@@ -188,8 +199,7 @@ def start_gateway(**kwargs: Any) -> GatewayThread:
 @pytest.fixture
 def gateway_factory(private_pg, billing_bot, make_connection):  # type: ignore[no-untyped-def]
     """Start a gateway with the given options (the fixture stops it)."""
-    from gateway.postgres.server import Limits
-    from gateway.tests.postgres.recorder import memory_recorder_factory
+    from gateway.postgres.server import Limits, default_recorder
 
     make_connection("shop")
     started: list[GatewayThread] = []
@@ -200,14 +210,24 @@ def gateway_factory(private_pg, billing_bot, make_connection):  # type: ignore[n
         overrides = kwargs.pop("limits", {})
         kwargs.setdefault("limits", Limits(**{**limits.__dict__, **overrides}))
         kwargs.setdefault("decision_point_factory", marker_decision_point)
-        kwargs.setdefault("recorder_factory", memory_recorder_factory(recorded))
+
+        async def recorder_factory(**start: Any) -> Any:
+            recorder = await default_recorder(**start)
+            recorded.append(recorder)
+            return recorder
+
+        kwargs.setdefault("recorder_factory", recorder_factory)
         thread = start_gateway(**kwargs)
         started.append(thread)
         return GatewayEnv(thread.port, billing_bot[1], private_pg, thread, recorded)
 
     yield start
+    from recordings.writer import shutdown_writer
+
     for thread in started:
         thread.stop()
+    # The writer's threads hold database connections: end them before the test database goes.
+    shutdown_writer()
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ import psycopg
 import pytest
 from psycopg import errors
 
-from gateway.tests.postgres.conftest import DENY_MARKER, REVIEW_MARKER, wait_until
+from gateway.tests.postgres.conftest import DENY_MARKER, REVIEW_MARKER
 from gateway.tests.postgres.rawclient import RawSession, fields
 
 DENIED = f"SELECT '{DENY_MARKER}'"
@@ -125,23 +125,26 @@ def test_statements_and_decisions_are_recorded(gw):
         conn.execute("SELECT name FROM items WHERE id = %s", (2,))
         with pytest.raises(errors.InsufficientPrivilege):
             conn.execute(DENIED)
-    recorder = gw.recorded[-1]
-    wait_until(lambda: recorder.closed is not None)
-    assert recorder.start["application_name"] == "recorder-check"
-    assert recorder.start["agent_name"] == "billing-bot"
-    kinds = [k for k, _ in recorder.events]
-    statements = [p for k, p in recorder.events if k == "statement"]
+    session = gw.session()
+    assert session.application_name == "recorder-check"
+    assert session.agent_name == "billing-bot" and session.connection_name == "shop"
+    assert session.end_reason == "client disconnected"
+    assert (session.statement_count, session.denied_count) == (2, 1)
+    events = gw.events()
+    kinds = [k for k, _ in events]
+    statements = [p for k, p in events if k == "statement"]
     extended = next(p for p in statements if p["text"] == "SELECT name FROM items WHERE id = $1")
     assert extended["params"] == ["2"]
     assert extended["action"] == "allow"
-    result = next(p for k, p in recorder.events if k == "result" and p["statement"] == extended["text"])
+    result = next(p for k, p in events if k == "result" and p["statement"] == extended["text"])
     assert result["rows"] == 1 and result["first_rows"] == [["item 2"]] and result["columns"] == ["name"]
     assert result["duration_ms"] >= 0
-    decision = next(p for k, p in recorder.events if k == "decision")
+    decision = next(p for k, p in events if k == "decision")
     assert decision["action"] == "deny" and decision["rule"] == "no-test-marker"
-    error = next(p for k, p in recorder.events if k == "error")
+    error = next(p for k, p in events if k == "error")
     assert error["code"] == "42501"
-    assert kinds[-1] == "session_end"
+    assert kinds[0] == "session_start" and kinds[-1] == "session_end"
+    assert session.verify().ok
 
 
 def test_a_denied_statement_is_not_seen_by_the_server(gw):
