@@ -20,6 +20,10 @@ import time
 from pathlib import Path
 
 DURATION = int(os.environ.get("AIRLOCK_BENCH_SECONDS", "10"))
+# Profiling: AIRLOCK_BENCH_PROFILE=out.txt runs the gateway under py-spy (raw stack counts)
+# and AIRLOCK_BENCH_ONLY=gateway limits the runs to one target.
+PROFILE = os.environ.get("AIRLOCK_BENCH_PROFILE", "")
+ONLY = os.environ.get("AIRLOCK_BENCH_ONLY", "")
 SCALE = 10
 TARGETS = ("direct", "gateway", "pgbouncer")
 RUNS = [(mode, clients) for mode in ("simple", "prepared") for clients in (1, 8)]
@@ -172,6 +176,20 @@ def main() -> int:
         )  # fmt: skip
         procs.append(gateway)
         _wait_port(gw_port, gateway)
+        if PROFILE:
+            spy = [
+                "py-spy",
+                "record",
+                "--format",
+                "raw",
+                "-r",
+                "1000",
+                "-o",
+                PROFILE,
+                "--pid",
+                str(gateway.pid),
+            ]
+            procs.append(subprocess.Popen([*spy, "-d", str(DURATION * 4)], stdout=subprocess.DEVNULL))
         bouncer, bouncer_port = _start_pgbouncer(root, server.port, password)
         procs.append(bouncer)
         endpoints = {
@@ -181,6 +199,9 @@ def main() -> int:
         }
         for mode, clients in RUNS:
             for target in TARGETS:
+                if ONLY and target != ONLY:
+                    results[(target, mode, clients)] = {"tps": 1.0, "p50_ms": 0.0, "p99_ms": 0.0}
+                    continue
                 results[(target, mode, clients)] = pgbench(*endpoints[target], mode, clients, root)
         from recordings.models import Event, Session
 

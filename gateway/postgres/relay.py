@@ -227,7 +227,10 @@ class Relay:
             if typ == pg.MSG_COPY_DATA:
                 pos = end
                 continue
-            replacement = self._client_message(typ, data[pos + 5 : end])
+            try:
+                replacement = self._client_message(typ, data[pos + 5 : end])
+            except (struct.error, IndexError, ValueError) as exc:
+                raise ProtocolError(f"malformed {chr(typ)!r} message: {exc}") from None
             if replacement is _HOLD:
                 break
             if replacement is not None:
@@ -309,9 +312,6 @@ class Relay:
         # place for batch 2), so a decision waits for earlier batches to be confirmed.
         return bool(self._effects) and self._effects[0].batch < self._batch
 
-    def _session(self) -> dict[str, Any]:
-        return self.state
-
     def _on_query(self, body: bytes) -> bytes | None | object:
         if not body or body[-1] != 0:
             raise ProtocolError("Query text is not NUL-terminated")
@@ -325,7 +325,7 @@ class Relay:
         for index in range(len(held.decisions), len(spans)):
             start, end = spans[index]
             statement = text[start:end]
-            request = self.decider.request(statement, (), self._session())
+            request = self.decider.request(statement, (), self.state)
             decision = held.override or self.decider.decide(request)
             held.override = None
             if decision.action is Action.REVIEW:
@@ -394,7 +394,7 @@ class Relay:
         else:
             statement, params = bound
         held = self._held or _Held()
-        request = self.decider.request(statement, params, self._session())
+        request = self.decider.request(statement, params, self.state)
         decision = held.override or self.decider.decide(request)
         if decision.action is Action.REVIEW:
             self._held = held
@@ -437,7 +437,7 @@ class Relay:
             "text": text,
             "params": list(params),
             "protocol": via,
-            "action": str(decision.action),
+            "action": decision.action.value,
             "rule": decision.rule,
         }
         self.recorder.append("statement", payload)
@@ -536,7 +536,10 @@ class Relay:
                 if length > self.max_message:
                     raise pg.MessageTooLarge(f"server message of {length} bytes exceeds the limit")
                 break
-            replacement = self._server_message(typ, data, pos + 5, end)
+            try:
+                replacement = self._server_message(typ, data, pos + 5, end)
+            except (struct.error, IndexError, ValueError) as exc:
+                raise ProtocolError(f"malformed {chr(typ)!r} message from the server: {exc}") from None
             if replacement is not None:
                 out.append(data[run:pos])
                 out.append(replacement)
@@ -668,7 +671,10 @@ class Relay:
         if status == b"I":
             # Portals live until the end of their transaction (docs 55.2.3).
             self._portals.clear()
-            self._rebuild_tentative()
+            if self._effects:
+                self._rebuild_tentative()
+            elif self.portals:
+                self.portals = {}
 
     def _on_copy_in(self) -> None:
         # The server ignores Sync and Flush during copy-in (docs 55.2.6): Syncs the client

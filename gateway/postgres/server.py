@@ -322,7 +322,8 @@ class Session:
         self.tls = False
         self.agent_name = ""
         self.application_name = ""
-        self._done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._loop = asyncio.get_running_loop()
+        self._done: asyncio.Future[None] = self._loop.create_future()
         self._end_reason = "client disconnected"
         self._end_status = "ended"
         self._timer: asyncio.TimerHandle | None = None
@@ -623,7 +624,7 @@ class Session:
         relay = self.relay
         if not (relay is not None and self.upstream is not None):
             return
-        self.last_activity = asyncio.get_running_loop().time()
+        self.last_activity = self._loop.time()
         try:
             out = relay.from_client(data)
         except ProtocolError as exc:
@@ -640,7 +641,7 @@ class Session:
         relay = self.relay
         if not (relay is not None):
             return
-        self.last_activity = asyncio.get_running_loop().time()
+        self.last_activity = self._loop.time()
         try:
             out = relay.from_server(data)
         except ProtocolError as exc:
