@@ -83,6 +83,7 @@ class Framer:
         n = len(data)
         unpack = _U32.unpack_from
         limit = self.max_message
+        self._need = 5
         while n - pos >= 5:
             length = unpack(data, pos + 1)[0]
             if length < 4:
