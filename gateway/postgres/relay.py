@@ -231,7 +231,7 @@ class Relay:
                 replacement = self._client_message(typ, data[pos + 5 : end])
             except (struct.error, IndexError, ValueError) as exc:
                 raise ProtocolError(f"malformed {chr(typ)!r} message: {exc}") from None
-            if replacement is _HOLD:
+            if isinstance(replacement, _Hold):
                 break
             if replacement is not None:
                 out.append(data[run:pos])
@@ -245,9 +245,10 @@ class Relay:
         out.append(data[run:pos])
         return b"".join(out)
 
-    def _client_message(self, typ: int, body: bytes) -> bytes | None | object:
+    def _client_message(self, typ: int, body: bytes) -> bytes | _Hold | None:
         if typ == pg.MSG_BIND:
-            return self._on_bind(body)
+            self._on_bind(body)
+            return None
         if typ == pg.MSG_EXECUTE:
             return self._on_execute(body)
         if typ == pg.MSG_SYNC:
@@ -312,7 +313,7 @@ class Relay:
         # place for batch 2), so a decision waits for earlier batches to be confirmed.
         return bool(self._effects) and self._effects[0].batch < self._batch
 
-    def _on_query(self, body: bytes) -> bytes | None | object:
+    def _on_query(self, body: bytes) -> bytes | _Hold | None:
         if not body or body[-1] != 0:
             raise ProtocolError("Query text is not NUL-terminated")
         if self._held is None and self._earlier_effects_pending():
@@ -379,7 +380,7 @@ class Relay:
         self.portals[portal] = (text, params)
         return None
 
-    def _on_execute(self, body: bytes) -> bytes | None | object:
+    def _on_execute(self, body: bytes) -> bytes | _Hold | None:
         portal, max_rows = pg.parse_execute(body)
         if self._held is None and self._earlier_effects_pending():
             self.blocked = CONFIRM
@@ -777,7 +778,11 @@ class Relay:
         return row
 
 
-_HOLD = object()
+class _Hold:
+    """Returned by a message handler that must wait (the message stays buffered)."""
+
+
+_HOLD = _Hold()
 # A DataRow larger than this is not kept whole just to record it.
 _SAMPLE_LIMIT = 1 << 20
 
