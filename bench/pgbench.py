@@ -13,13 +13,18 @@ from __future__ import annotations
 
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-DURATION = int(os.environ.get("AIRLOCK_BENCH_SECONDS", "10"))
+DURATION = int(os.environ.get("AIRLOCK_BENCH_SECONDS", "4"))
+# Runs are repeated and interleaved (direct, gateway, pgbouncer, direct, ...) so that a
+# burst of load from elsewhere on the machine hits every target alike; TPS is the median
+# of the rounds, percentiles are over every transaction of every round.
+ROUNDS = int(os.environ.get("AIRLOCK_BENCH_ROUNDS", "3"))
 # Profiling: AIRLOCK_BENCH_PROFILE=out.txt runs the gateway under py-spy (raw stack counts)
 # and AIRLOCK_BENCH_ONLY=gateway limits the runs to one target.
 PROFILE = os.environ.get("AIRLOCK_BENCH_PROFILE", "")
@@ -51,9 +56,16 @@ def _wait_port(port: int, proc: subprocess.Popen[str] | None = None, timeout: fl
             time.sleep(0.1)
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process and its threads (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def pgbench(
     port: int, user: str, dbname: str, password: str, mode: str, clients: int, logdir: Path
-) -> dict[str, float]:
+) -> tuple[float, list[int]]:
+    """(TPS, per-transaction latencies in microseconds) of one pgbench run."""
     for old in logdir.glob("pgbench_log.*"):
         old.unlink()
     cmd = [
@@ -72,12 +84,16 @@ def pgbench(
     for path in logdir.glob("pgbench_log.*"):
         with path.open() as handle:
             latencies.extend(int(line.split()[2]) for line in handle)
-    latencies.sort()
+    return tps, latencies
+
+
+def summarise(runs: list[tuple[float, list[int]]], cpu_seconds: float = 0.0) -> dict[str, float]:
+    latencies = sorted(lat for _, run in runs for lat in run)
     return {
-        "tps": tps,
+        "tps": statistics.median(tps for tps, _ in runs),
         "p50_ms": latencies[len(latencies) // 2] / 1000,
         "p99_ms": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] / 1000,
-        "count": len(latencies),
+        "cpu_us": cpu_seconds / len(latencies) * 1e6 if cpu_seconds else 0.0,
     }
 
 
@@ -106,6 +122,13 @@ def _start_pgbouncer(root: Path, pg_port: int, password: str) -> tuple[subproces
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True)
     _wait_port(port, proc)
     return proc, port
+
+
+def _child_pid(pid: int) -> int:
+    """pgbouncer's own pid when it was started through runuser."""
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    found = children.read_text().split() if children.exists() else []
+    return int(found[0]) if found else pid
 
 
 def _prepare_airlock(pg_port: int) -> str:
@@ -197,12 +220,21 @@ def main() -> int:
             "gateway": (gw_port, "bench-bot", "bench", token),
             "pgbouncer": (bouncer_port, "scram_user", "bench", password),
         }
+        pids = {"gateway": gateway.pid, "pgbouncer": _child_pid(bouncer.pid)}
         for mode, clients in RUNS:
+            runs: dict[str, list[tuple[float, list[int]]]] = {t: [] for t in TARGETS}
+            cpu = dict.fromkeys(TARGETS, 0.0)
+            for _ in range(ROUNDS):
+                for target in TARGETS:
+                    if ONLY and target != ONLY:
+                        runs[target].append((1.0, [0]))
+                        continue
+                    before = _cpu_seconds(pids[target]) if target in pids else 0.0
+                    runs[target].append(pgbench(*endpoints[target], mode, clients, root))
+                    if target in pids:
+                        cpu[target] += _cpu_seconds(pids[target]) - before
             for target in TARGETS:
-                if ONLY and target != ONLY:
-                    results[(target, mode, clients)] = {"tps": 1.0, "p50_ms": 0.0, "p99_ms": 0.0}
-                    continue
-                results[(target, mode, clients)] = pgbench(*endpoints[target], mode, clients, root)
+                results[(target, mode, clients)] = summarise(runs[target], cpu[target])
         from recordings.models import Event, Session
 
         recorded = Event.objects.filter(kind="statement").count()
@@ -218,9 +250,13 @@ def main() -> int:
         shutil.rmtree(root, ignore_errors=True)
         connection.close()
         connection.creation.destroy_test_db(old_name, verbosity=0)
-    print(f"pgbench -S, {DURATION}s per run, scale {SCALE}, {os.cpu_count()} CPUs")
+    print(
+        f"pgbench -S, {ROUNDS} x {DURATION}s per target and case, scale {SCALE}, {os.cpu_count()} CPUs,"
+        f" load average {os.getloadavg()[0]:.1f}"
+    )
     print(
         f"{'target':<10} {'mode':<9} {'clients':>7} {'tps':>9} {'p50 ms':>8} {'p99 ms':>8} {'vs direct':>9}"
+        f" {'cpu us/txn':>10}"
     )
     for mode, clients in RUNS:
         direct = results[("direct", mode, clients)]
@@ -228,7 +264,7 @@ def main() -> int:
             r = results[(target, mode, clients)]
             print(
                 f"{target:<10} {mode:<9} {clients:>7} {r['tps']:>9.0f} {r['p50_ms']:>8.3f} {r['p99_ms']:>8.3f}"
-                f" {r['tps'] / direct['tps']:>9.2f}"
+                f" {r['tps'] / direct['tps']:>9.2f} {r['cpu_us']:>10.1f}"
             )
     for mode in ("simple", "prepared"):
         added = results[("gateway", mode, 1)]["p50_ms"] - results[("direct", mode, 1)]["p50_ms"]

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -17,6 +18,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 log = logging.getLogger("airlock.gateway")
+SWITCH_INTERVAL = 0.0005
 
 
 def parse_address(value: str, option: str) -> tuple[str, int]:
@@ -59,6 +61,10 @@ class Command(BaseCommand):
                 addresses[protocol] = parse_address(value, option)
         if not addresses:
             raise CommandError("no listener enabled")
+        # The recording writer's threads run Python too; with the default 5 ms switch
+        # interval the event loop, woken by a socket, can wait that long for the GIL on
+        # every statement. A short interval bounds that wait.
+        sys.setswitchinterval(SWITCH_INTERVAL)
         try:
             import uvloop
         except ImportError:
