@@ -412,7 +412,12 @@ class Session:
         self.end("client disconnected")
 
     def _upstream_lost(self, exc: Exception | None) -> None:
-        self.end("the server closed the connection", status="terminated")
+        name = self.authorized.connection_name if self.authorized else "?"
+        self.end(
+            "the server closed the connection",
+            status="terminated",
+            error=pg.fatal("08006", f'connection "{name}": the server closed the connection'),
+        )
 
     def recording_failed(self, reason: str) -> None:
         # Strict recording: a session that cannot be recorded does not go on.

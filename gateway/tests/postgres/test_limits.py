@@ -157,3 +157,15 @@ def test_the_gateway_command_serves_and_stops_cleanly_on_sigterm(gw, make_connec
         conn.close()
     finally:
         proc.kill()
+
+
+def test_a_server_side_termination_ends_the_session_with_a_clear_error(gw):
+    with gw.connect(autocommit=True, application_name="to-be-killed") as conn:
+        with gw.pg.admin() as admin:
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'to-be-killed'"
+            )
+        with pytest.raises(psycopg.OperationalError):
+            conn.execute("SELECT 1")
+    session = gw.session()
+    assert session.status == "terminated"
