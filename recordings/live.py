@@ -112,3 +112,39 @@ class Announcer:
             done, _ = await asyncio.wait({task}, timeout=PUBLISH_TIMEOUT)
             if task not in done:
                 task.cancel()
+
+
+def listen_for_termination(session_id: uuid.UUID, on_terminate: Any) -> asyncio.Task[None] | None:
+    """Start listening on ``gateway-session-<id>``; call ``on_terminate(by, reason)`` once.
+
+    For the gateway's protocol sessions: call when the session's recording has started,
+    cancel the returned task when the session ends. None when there is no channel layer.
+    """
+    layer = _channel_layer()
+    if layer is None:
+        return None
+    return asyncio.get_running_loop().create_task(
+        _listen(layer, session_id, on_terminate), name=f"terminate listener {session_id}"
+    )
+
+
+async def _listen(layer: Any, session_id: uuid.UUID, on_terminate: Any) -> None:
+    group = gateway_group(session_id)
+    channel = await layer.new_channel()
+    try:
+        await layer.group_add(group, channel)
+        while True:
+            message = await layer.receive(channel)
+            if message.get("type") == TERMINATE and message.get("session_id") == str(session_id):
+                on_terminate(str(message.get("by", "?"))[:150], str(message.get("reason", ""))[:200])
+                return
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("%s: termination listener stopped", group)
+    finally:
+        try:
+            async with asyncio.timeout(PUBLISH_TIMEOUT):
+                await asyncio.shield(layer.group_discard(group, channel))
+        except Exception:  # noqa: S110 - best effort: the group's membership expires anyway
+            pass

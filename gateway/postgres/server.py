@@ -328,6 +328,7 @@ class Session:
         self._end_status = "ended"
         self._timer: asyncio.TimerHandle | None = None
         self._review_task: asyncio.Task[None] | None = None
+        self._terminate_listener: asyncio.Task[None] | None = None
         self.started = asyncio.get_running_loop().time()
         self.last_activity = self.started
 
@@ -383,6 +384,8 @@ class Session:
             self._timer.cancel()
         if self._review_task is not None:
             self._review_task.cancel()
+        if self._terminate_listener is not None:
+            self._terminate_listener.cancel()
         if self.cancel_key is not None:
             self.gateway.cancel_keys.pop(self.cancel_key, None)
         if self.upstream is not None:
@@ -418,6 +421,16 @@ class Session:
             status="terminated",
             error=pg.fatal("08006", f'connection "{name}": the server closed the connection'),
         )
+
+    def terminated_by(self, by: str, reason: str) -> None:
+        """A person ended the session from the console (``recordings.live``, session.terminate)."""
+        from recordings.live import terminated_reason
+
+        why = terminated_reason(by, reason)
+        message = f"terminating connection: {why}"
+        if self.recorder is not None:
+            self.recorder.append("error", {"code": "57P01", "message": message, "severity": "FATAL"})
+        self.end(why, status="terminated", error=pg.fatal("57P01", message))
 
     def recording_failed(self, reason: str) -> None:
         # Strict recording: a session that cannot be recorded does not go on.
@@ -581,6 +594,11 @@ class Session:
             result_rows=self.limits.result_rows,
         )
         self.relay.parameters.update(upstream.parameters)
+        session_id = getattr(self.recorder, "session_id", None)
+        if session_id is not None:
+            from recordings.live import listen_for_termination
+
+            self._terminate_listener = listen_for_termination(session_id, self.terminated_by)
         self.client.write(b"".join(out))
         return True
 

@@ -59,7 +59,9 @@
       rows.forEach(function (row) {
         html += "<tr>";
         (Array.isArray(row) ? row : [row]).forEach(function (v) {
-          html += v === null ? '<td class="null">NULL</td>' : "<td>" + esc(v) + "</td>";
+          if (v === null) html += '<td class="null">NULL</td>';
+          else if (typeof v === "object") html += '<td class="binary">' + esc(JSON.stringify(v)) + "</td>"; // {"base64": ...}
+          else html += "<td>" + esc(v) + "</td>";
         });
         html += "</tr>";
       });
@@ -77,8 +79,11 @@
   function body(kind, p) {
     switch (kind) {
       case "statement":
+        // The gateway notes the decision on the statement itself; deny and review also get
+        // a decision event of their own, with the policy and message.
         return '<code class="sql">' + esc(p.text) + "</code>" +
-          (Array.isArray(p.params) && p.params.length ? span("params", "params: " + JSON.stringify(p.params)) : "");
+          (Array.isArray(p.params) && p.params.length ? span("params", "params: " + JSON.stringify(p.params)) : "") +
+          (p.action ? span("badge decision " + esc(p.action), p.action) + (p.rule ? span("rule", "rule " + p.rule) : "") : "");
       case "decision":
         return span("badge decision " + esc(p.action), p.action) + span("rule", (p.rule ? "rule " + p.rule : "no rule") +
           (p.policy ? " · policy " + p.policy + (p.policy_version ? " v" + p.policy_version : "") : "") +
