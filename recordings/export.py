@@ -136,7 +136,8 @@ def verify_lines(lines: Iterable[bytes | str], public_keys: Mapping[str, Ed25519
         return ExportCheck(False, "line 1 is not the header of an Airlock recording export")
     if first.get("version") != VERSION:
         return ExportCheck(False, f"unsupported export version {first.get('version')!r}")
-    session = first.get("session") if isinstance(first.get("session"), dict) else {}
+    raw_session = first.get("session")
+    session: dict[str, Any] = raw_session if isinstance(raw_session, dict) else {}
     session_id = str(session.get("id", ""))
     try:
         genesis = chain.genesis_hash(session_id)
