@@ -11,6 +11,13 @@ import pytest
 from playwright.sync_api import expect
 
 from conftest import login
+from gateway.tests.postgres.conftest import (  # noqa: F401 - fixtures
+    billing_bot,
+    gateway_factory,
+    gw,
+    make_connection,
+    private_pg,
+)
 from recordings import live
 from recordings.models import Event
 from recordings.tests.factories import BILLING_BOT, terminal_events
@@ -180,3 +187,42 @@ def test_a_terminal_recording_plays_in_asciinema_player(console_server, page, ca
     terminal.click()  # the player's start overlay
     expect(page.locator("#terminal .ap-term")).to_contain_text("drwxr-xr-x 2 root root 4096 app")
     expect(page.locator("#export-cast")).to_be_visible()
+
+
+def test_a_psql_session_through_the_gateway_replays_with_its_results(console_server, page, carol, gw):  # noqa: F811
+    import subprocess
+
+    done = subprocess.run(
+        [
+            "psql",
+            gw.conninfo(application_name="psql"),
+            "-XAt",
+            "-c",
+            "SELECT name, price FROM items WHERE id = 3",
+            "-c",
+            "SELECT count(*) AS n FROM items",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 0, done.stderr
+    session = gw.session(0)
+    login(page, console_server, "carol")
+    page.goto(f"{console_server}/recordings/{session.pk}/")
+    player = page.locator("#player")
+    expect(player).to_have_attribute("data-loaded", "all")
+    expect(page.locator("#integrity")).to_have_text("chain verified, seal valid")
+    page.evaluate(REVEAL_LOG)
+    page.get_by_role("button", name="Play").click()
+    expect(player).to_have_attribute("data-state", "ended")
+    assert page.evaluate("window.revealed") == list(range(2, session.event_count + 1))
+    timeline = page.locator("#timeline")
+    expect(timeline.locator("li.ev-statement code").first).to_have_text(
+        "SELECT name, price FROM items WHERE id = 3"
+    )
+    expect(timeline.locator("table.rows td", has_text="item 3")).to_be_visible()
+    expect(timeline.locator("table.rows td", has_text="4.5")).to_be_visible()
+    expect(timeline.locator("li.ev-statement code").nth(1)).to_have_text("SELECT count(*) AS n FROM items")
+    expect(timeline.get_by_role("columnheader", name="n", exact=True)).to_be_visible()
+    expect(timeline.locator("li.ev-session_start")).to_contain_text("session started by billing-bot")
