@@ -226,3 +226,35 @@ def test_a_psql_session_through_the_gateway_replays_with_its_results(console_ser
     expect(timeline.locator("li.ev-statement code").nth(1)).to_have_text("SELECT count(*) AS n FROM items")
     expect(timeline.get_by_role("columnheader", name="n", exact=True)).to_be_visible()
     expect(timeline.locator("li.ev-session_start")).to_contain_text("session started by billing-bot")
+
+
+def test_recorded_text_is_shown_as_text_never_as_markup(console_server, page, carol, loop):
+    run, _ = loop
+    hostile = 'SELECT \'<img src=x onerror="document.title=1">\' AS "<b>x</b>"'
+
+    async def record() -> str:
+        recorder = await SessionRecorder.start(**BILLING_BOT)
+        recorder.append("statement", {"text": hostile, "params": ["<script>document.title=2</script>"]})
+        recorder.append(
+            "result",
+            {
+                "rows": 1,
+                "command_tag": "SELECT 1",
+                "columns": ["<b>x</b>"],
+                "first_rows": [["<i>v</i>", None]],
+            },
+        )
+        await recorder.close(reason="client disconnected")
+        return str(recorder.session_id)
+
+    session_id = run(record())
+    login(page, console_server, "carol")
+    page.goto(f"{console_server}/recordings/{session_id}/")
+    expect(page.locator("#player")).to_have_attribute("data-loaded", "all")
+    timeline = page.locator("#timeline")
+    expect(timeline.locator("li.ev-statement code")).to_have_text(hostile)
+    expect(timeline.locator("table.rows th")).to_have_text("<b>x</b>")
+    expect(timeline.locator("table.rows td").first).to_have_text("<i>v</i>")
+    expect(timeline.locator("table.rows td.null")).to_have_text("NULL")
+    assert timeline.locator("img, script, b, i").count() == 0
+    assert page.title() != "1" and page.title() != "2"
