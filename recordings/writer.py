@@ -4,7 +4,10 @@
 Each recorder has a flusher task that hands queued events, in batches, to writer threads
 (started as needed, at most ``WRITER_THREADS``, each with its own database connection),
 which chain them (seq, SHA-256 hash), insert them with one COPY (PostgreSQL; multi-row
-INSERTs elsewhere) and update the session's counters in the same transaction. A batch is written ``RECORDING_FLUSH_SECONDS`` after its
+INSERTs elsewhere) and update the session's counters (and, on PostgreSQL, its search
+document: ``recordings.search``) in the same transaction. After each committed batch the
+recorder announces the new last seq on the channel layer (``recordings.live``), from its
+event loop, without waiting for it. A batch is written ``RECORDING_FLUSH_SECONDS`` after its
 oldest event was appended, or at once when ``FLUSH_AT`` events are waiting; under load the
 writes run back to back, each taking everything queued (up to ``BATCH_ROWS``).
 
