@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+import weakref
 from typing import Any
 
 log = logging.getLogger("airlock.recordings")
@@ -114,37 +115,104 @@ class Announcer:
                 task.cancel()
 
 
-def listen_for_termination(session_id: uuid.UUID, on_terminate: Any) -> asyncio.Task[None] | None:
-    """Start listening on ``gateway-session-<id>``; call ``on_terminate(by, reason)`` once.
+class TerminationListener:
+    """The gateway side of ``session.terminate``: one channel per event loop, every session
+    of that loop's gateway a member of its own ``gateway-session-<id>`` group.
 
-    For the gateway's protocol sessions: call when the session's recording has started,
-    cancel the returned task when the session ends. None when there is no channel layer.
+    One receive loop per process, not one per session: a busy gateway holds no Redis
+    connection per session. Use the module functions ``watch_for_termination``,
+    ``stop_watching`` and ``close_termination_listener``.
     """
-    layer = _channel_layer()
-    if layer is None:
-        return None
-    return asyncio.get_running_loop().create_task(
-        _listen(layer, session_id, on_terminate), name=f"terminate listener {session_id}"
-    )
 
+    def __init__(self, layer: Any) -> None:
+        self.layer = layer
+        self.channel = ""
+        self.callbacks: dict[str, Any] = {}
+        self.task: asyncio.Task[None] | None = None
 
-async def _listen(layer: Any, session_id: uuid.UUID, on_terminate: Any) -> None:
-    group = gateway_group(session_id)
-    channel = await layer.new_channel()
-    try:
-        await layer.group_add(group, channel)
+    async def watch(self, session_id: uuid.UUID, on_terminate: Any) -> None:
+        if not self.channel:
+            self.channel = await self.layer.new_channel()
+        if self.task is None or self.task.done():
+            self.task = asyncio.get_running_loop().create_task(
+                self._receive(), name="session.terminate listener"
+            )
+        self.callbacks[str(session_id)] = on_terminate
+        await self.layer.group_add(gateway_group(session_id), self.channel)
+
+    async def unwatch(self, session_id: uuid.UUID) -> None:
+        if self.callbacks.pop(str(session_id), None) is not None:
+            await self.layer.group_discard(gateway_group(session_id), self.channel)
+
+    async def _receive(self) -> None:
         while True:
-            message = await layer.receive(channel)
-            if message.get("type") == TERMINATE and message.get("session_id") == str(session_id):
-                on_terminate(str(message.get("by", "?"))[:150], str(message.get("reason", ""))[:200])
-                return
-    except asyncio.CancelledError:
-        raise
-    except Exception:
-        log.exception("%s: termination listener stopped", group)
-    finally:
-        try:
-            async with asyncio.timeout(PUBLISH_TIMEOUT):
-                await asyncio.shield(layer.group_discard(group, channel))
-        except Exception:  # noqa: S110 - best effort: the group's membership expires anyway
-            pass
+            try:
+                message = await self.layer.receive(self.channel)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                # Redis restarted or a connection dropped: memberships live in Redis, so
+                # receiving again is enough.
+                log.warning("session.terminate listener: %s; receiving again", type(exc).__name__)
+                await asyncio.sleep(1.0)
+                continue
+            if message.get("type") != TERMINATE:
+                continue
+            callback = self.callbacks.pop(str(message.get("session_id", "")), None)
+            if callback is None:
+                continue
+            try:
+                callback(str(message.get("by", "?"))[:150], str(message.get("reason", ""))[:200])
+            except Exception:
+                log.exception("session %s: terminating failed", message.get("session_id"))
+
+    async def close(self) -> None:
+        task, self.task = self.task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.wait({task}, timeout=PUBLISH_TIMEOUT)
+
+
+_listeners: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, TerminationListener] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+async def watch_for_termination(session_id: uuid.UUID, on_terminate: Any) -> bool:
+    """Call ``on_terminate(by, reason)`` (once, on this loop) when a person terminates the
+    session from the console. For the gateway's protocol sessions, once their recording has
+    started. Bounded and never raises: False when there is no channel layer to listen on."""
+    loop = asyncio.get_running_loop()
+    listener = _listeners.get(loop)
+    if listener is None:
+        layer = _channel_layer()
+        if layer is None:
+            return False
+        listener = _listeners[loop] = TerminationListener(layer)
+    try:
+        async with asyncio.timeout(PUBLISH_TIMEOUT):
+            await listener.watch(session_id, on_terminate)
+    except Exception as exc:
+        log.error("session %s cannot be terminated from the console: %s", session_id, type(exc).__name__)
+        listener.callbacks.pop(str(session_id), None)
+        return False
+    return True
+
+
+async def stop_watching(session_id: uuid.UUID) -> None:
+    """Forget the session (when it ends). Bounded and never raises."""
+    listener = _listeners.get(asyncio.get_running_loop())
+    if listener is None:
+        return
+    try:
+        async with asyncio.timeout(PUBLISH_TIMEOUT):
+            await listener.unwatch(session_id)
+    except Exception as exc:  # the membership expires with the group anyway
+        log.warning("session %s: leaving its terminate group failed: %s", session_id, type(exc).__name__)
+
+
+async def close_termination_listener() -> None:
+    """Stop this loop's listener (when the gateway stops, before its loop does)."""
+    listener = _listeners.pop(asyncio.get_running_loop(), None)
+    if listener is not None:
+        await listener.close()

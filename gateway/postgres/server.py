@@ -290,6 +290,9 @@ class PostgresGateway:
             )
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=grace_seconds)
+        from recordings.live import close_termination_listener
+
+        await close_termination_listener()
         if self._server is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), 1.0)
@@ -328,7 +331,7 @@ class Session:
         self._end_status = "ended"
         self._timer: asyncio.TimerHandle | None = None
         self._review_task: asyncio.Task[None] | None = None
-        self._terminate_listener: asyncio.Task[None] | None = None
+        self._watching_termination = False
         self.started = asyncio.get_running_loop().time()
         self.last_activity = self.started
 
@@ -384,8 +387,6 @@ class Session:
             self._timer.cancel()
         if self._review_task is not None:
             self._review_task.cancel()
-        if self._terminate_listener is not None:
-            self._terminate_listener.cancel()
         if self.cancel_key is not None:
             self.gateway.cancel_keys.pop(self.cancel_key, None)
         if self.upstream is not None:
@@ -393,6 +394,10 @@ class Session:
                 self.upstream.write(pg.message(b"X"))
             self.upstream.close()
         self.client.close()
+        if self._watching_termination:
+            from recordings.live import stop_watching
+
+            await stop_watching(self.recorder.session_id)
         if self.recorder is not None:
             try:
                 await self.recorder.close(reason=self._end_reason, status=self._end_status)
@@ -596,9 +601,9 @@ class Session:
         self.relay.parameters.update(upstream.parameters)
         session_id = getattr(self.recorder, "session_id", None)
         if session_id is not None:
-            from recordings.live import listen_for_termination
+            from recordings.live import watch_for_termination
 
-            self._terminate_listener = listen_for_termination(session_id, self.terminated_by)
+            self._watching_termination = await watch_for_termination(session_id, self.terminated_by)
         self.client.write(b"".join(out))
         return True
 
