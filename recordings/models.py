@@ -24,6 +24,12 @@ class SessionQuerySet(models.QuerySet["Session"]):
         return self.exclude(status=Session.Status.LIVE)
 
 
+class SessionManager(models.Manager.from_queryset(SessionQuerySet)):  # type: ignore[misc]
+    def get_queryset(self) -> SessionQuerySet:
+        # The search document can reach a megabyte and is only ever read by PostgreSQL.
+        return super().get_queryset().defer("search_vector")  # type: ignore[no-any-return]
+
+
 class Session(models.Model):
     """One agent session through the gateway, on any protocol.
 
@@ -75,7 +81,7 @@ class Session(models.Model):
     # UPDATE that moves the counters, so searching costs the hot path no round trip.
     search_vector = SearchVectorField(null=True, blank=True, editable=False)
 
-    objects = SessionQuerySet.as_manager()
+    objects = SessionManager()
 
     class Meta:
         ordering = ["-started_at"]
