@@ -165,3 +165,16 @@ def test_nothing_is_forwarded_without_a_sink(settings, django_capture_on_commit_
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
         record("demo", "user.create", None)
     assert callbacks == []
+
+
+def test_logins_logouts_and_refused_logins_are_audit_records(client, carol):
+    client.post("/accounts/login/", {"login": "carol", "password": "wrong-password"})
+    client.post("/accounts/login/", {"login": "carol", "password": "carol-Pass-1234"})
+    client.post("/accounts/logout/")
+    records = list(AuditRecord.objects.order_by("id").values_list("actor", "action", "detail"))
+    assert records == [
+        ("system", "user.login_failed", {"username": "carol"}),
+        ("carol", "user.login", {}),
+        ("carol", "user.logout", {}),
+    ]
+    assert "wrong-password" not in str(list(AuditRecord.objects.values()))
