@@ -260,6 +260,16 @@ GATEWAY_IDLE_TIMEOUT = env_int("AIRLOCK_IDLE_TIMEOUT_SECONDS", 3600, minimum=1)
 GATEWAY_SESSION_TIMEOUT = env_int("AIRLOCK_SESSION_TIMEOUT_SECONDS", 12 * 3600, minimum=1)
 GATEWAY_MAX_SESSIONS = env_int("AIRLOCK_MAX_SESSIONS", 1000, minimum=1)
 GATEWAY_LOGIN_FAILURES_PER_MINUTE = env_int("AIRLOCK_LOGIN_FAILURES_PER_MINUTE", 10, minimum=1)
+# Masking: the key of the keyed hash (`hash` method), and what a connection without a
+# masking policy gets ("builtin": every built-in entity found by content is redacted; "off").
+AIRLOCK_MASKING_HASH_KEY = env_secret("AIRLOCK_MASKING_HASH_KEY") or persistent_secret(
+    DATA_DIR / "masking-hash-key", lambda: secrets.token_urlsafe(32)
+)
+if len(AIRLOCK_MASKING_HASH_KEY.encode()) < 16:
+    raise ImproperlyConfigured("AIRLOCK_MASKING_HASH_KEY must be at least 16 bytes long")
+AIRLOCK_MASKING_DEFAULT = env_str("AIRLOCK_MASKING_DEFAULT", "builtin")
+if AIRLOCK_MASKING_DEFAULT not in ("builtin", "off"):
+    raise ImproperlyConfigured('AIRLOCK_MASKING_DEFAULT must be "builtin" or "off"')
 
 # --- Recordings -------------------------------------------------------------------
 RECORDING_SIGNING_KEY_FILE = env_str(

@@ -46,6 +46,9 @@ class DecisionPoint:
         self.agent = agent
         self.groups = groups
         self.policy = policy
+        # The session's masking (masking.MaskingPolicy) or None: what an approval card or
+        # notification shows of a statement goes through ``masking.mask_text``.
+        self.masking: Any = None
 
     @classmethod
     def for_connection(cls, connection: Connection, *, agent: str, groups: frozenset[str]) -> DecisionPoint:

@@ -96,6 +96,7 @@ class Authorized:
     connection_name: str
     target: UpstreamTarget
     decision_point: DecisionPoint
+    masking: Any = None  # masking.MaskingPolicy (the agent's view), None when off
 
 
 DecisionPointFactory = Callable[[Any, str, frozenset[str]], DecisionPoint]
@@ -209,6 +210,17 @@ def _authorize(
     except Exception as exc:
         log.error("policy of connection %s cannot be loaded: %s", connection.name, exc)
         raise LoginFailed("XX000", f'the policy of connection "{connection.name}" cannot be loaded') from None
+    from gateway.masking_runtime import MaskingUnavailable, masking_for
+
+    try:
+        masking = masking_for(connection, groups)
+    except MaskingUnavailable as exc:
+        log.error("masking on connection %s for %s: %s", connection.name, agent.name, exc)
+        raise LoginFailed(
+            "XX000", f'masking on connection "{connection.name}" is not available: {exc}'
+        ) from None
+    # Approval cards and notifications mask what they show with it.
+    decision_point.masking = masking
     return Authorized(
         agent_id=agent.pk,
         agent_name=agent.name,
@@ -218,6 +230,7 @@ def _authorize(
         connection_name=connection.name,
         target=target,
         decision_point=decision_point,
+        masking=masking,
     )
 
 
@@ -328,6 +341,8 @@ class Session:
         self._end_status = "ended"
         self._timer: asyncio.TimerHandle | None = None
         self._review_task: asyncio.Task[None] | None = None
+        self._catalog_task: asyncio.Task[None] | None = None
+        self.catalog: Any = None
         self.started = asyncio.get_running_loop().time()
         self.last_activity = self.started
 
@@ -383,6 +398,10 @@ class Session:
             self._timer.cancel()
         if self._review_task is not None:
             self._review_task.cancel()
+        if self._catalog_task is not None:
+            self._catalog_task.cancel()
+        if self.catalog is not None:
+            self.catalog.close()
         if self.cancel_key is not None:
             self.gateway.cancel_keys.pop(self.cancel_key, None)
         if self.upstream is not None:
@@ -579,7 +598,16 @@ class Session:
             self.recorder,
             max_message=self.limits.max_message,
             result_rows=self.limits.result_rows,
+            masking=authorized.masking,
         )
+        if self.relay.uses_identity:
+            from gateway.masking_runtime import CatalogLookup
+
+            self.catalog = CatalogLookup(
+                authorized.target,
+                max_message=self.limits.max_message,
+                wait_seconds=self.limits.connect_timeout,
+            )
         self.relay.parameters.update(upstream.parameters)
         self.client.write(b"".join(out))
         return True
@@ -654,10 +682,32 @@ class Session:
             return
         if out:
             self.client.write(out)
+        if relay.needs_catalog is not None and self._catalog_task is None and self.upstream is not None:
+            self.upstream.pause_reading("catalog")
+            self._catalog_task = self._loop.create_task(self._lookup(relay.needs_catalog))
         if relay.blocked == CONFIRM and relay.can_resume():
             self._resume(relay.resume)
         if relay.ended is not None:
             self.end(relay.ended, status="terminated")
+
+    async def _lookup(self, oids: frozenset[int]) -> None:
+        """Resolve a result's table OIDs, then let the server's output go on."""
+        relay = self.relay
+        found = None
+        try:
+            found = await self.catalog.resolve(oids)
+        except Exception as exc:
+            # Results over these tables are withheld (fail closed); the next statement retries.
+            log.warning("session %s: column identities could not be resolved: %s", self.peer, exc)
+            if self.catalog is not None:
+                self.catalog.close()
+        self._catalog_task = None
+        if self._done.done() or relay is None or self.upstream is None:
+            return
+        relay.supply_catalog(found)
+        self._from_server(b"")
+        if relay.needs_catalog is None and not self.upstream.closed:
+            self.upstream.resume_reading("catalog")
 
     def _protocol_failure(self, exc: ProtocolError, side: str) -> None:
         log.warning("session %s of %s closed: %s (from the %s)", self.peer, self.agent_name, exc, side)
