@@ -206,6 +206,12 @@ def check_references(state: DesiredState, *, prune: bool) -> list[Problem]:
             if username and username not in known_users:
                 problems.append(Problem(f"{agent.path}.{key}", f"no person with username {username!r}"))
 
+    db_connections = set(Connection.objects.values_list("name", flat=True))
+    file_connections = {c.name for c in state.connections}
+    for masking in state.masking:
+        for connection, _group, where in masking.bindings:
+            if connection not in file_connections | db_connections:
+                problems.append(Problem(where, f"no connection named {connection!r}"))
     if pruning_policies and not (prune and "connections" in state.sections):
         # Connections stay that the file does not describe; they must not lose their policy.
         kept = Connection.objects.exclude(policy=None).exclude(policy__name__in=file_policies)
@@ -234,6 +240,7 @@ def plan_changes(state: DesiredState, *, prune: bool) -> list[Change]:
         changes.extend(_plan_connection(conn))
     for agent in state.agents:
         changes.extend(_plan_agent(agent))
+    changes.extend(_plan_masking(state, prune=prune))
     if prune:
         changes.extend(_plan_prune(state))
     return changes
@@ -283,6 +290,49 @@ def _plan_policy(spec: PolicySpec) -> list[Change]:
     if spec.description != policy.description:
         details.append("description changed")
     return [Change("policy", spec.name, "update", details, spec.path, run)] if details else []
+
+
+def _plan_masking(state: Any, *, prune: bool) -> list[Change]:
+    from policies import masking_actions
+    from policies.models import MaskingPolicy
+
+    changes: list[Change] = []
+    if prune and "masking" in state.sections:
+        keep = {m.name for m in state.masking}
+        for policy in MaskingPolicy.objects.exclude(name__in=keep).order_by("name"):
+            changes.append(
+                Change(
+                    "masking",
+                    policy.name,
+                    "delete",
+                    [],
+                    "",
+                    lambda actor, policy=policy: masking_actions.do_delete_masking_policy(actor, policy),
+                )
+            )
+    for spec in state.masking:
+        wanted = sorted(((c, g) for c, g, _ in spec.bindings), key=lambda b: (b[0], b[1] or ""))
+
+        def run(actor: Any, spec: Any = spec, wanted: list[Any] = wanted) -> None:
+            masking_actions.do_save_masking_policy(
+                actor, spec.name, spec.spec, description=spec.description, bindings=wanted
+            )
+
+        policy = MaskingPolicy.objects.filter(name=spec.name).first()
+        if policy is None:
+            changes.append(Change("masking", spec.name, "create", [], spec.path, run))
+            continue
+        details = []
+        if policy_actions.canonical_spec(spec.spec) != policy_actions.canonical_spec(policy.spec):
+            details.append(f"spec changed: new version {policy.version + 1}")
+        if spec.description != policy.description:
+            details.append("description changed")
+        if wanted != masking_actions.bindings_of(policy):
+            details.append("connections or groups changed")
+        if details:
+            changes.append(Change("masking", spec.name, "update", details, spec.path, run))
+    # Bindings move between policies: a policy giving a scope up runs before the one taking it.
+    return sorted(changes, key=lambda c: c.op != "delete")
 
 
 def _diff(label: str, old: Any, new: Any) -> str:
