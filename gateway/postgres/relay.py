@@ -19,6 +19,7 @@ rest of the batch up to Sync is, and an open transaction is aborted in both case
 from __future__ import annotations
 
 import base64
+import re
 import secrets
 import struct
 import time
@@ -38,6 +39,8 @@ if TYPE_CHECKING:
     from masking import MaskingPolicy, ResultMasker
 
 _U32 = struct.Struct("!I")
+# Without a classification: statements that may rename or drop what the catalog cache knows.
+_DDL = re.compile(r"\s*(ALTER|DROP|CREATE|COMMENT|DO|CALL|EXECUTE)\b", re.IGNORECASE)
 
 # FIFO entry kinds: client messages that the server answers, in the order it answers them.
 PARSE, BIND, DESCRIBE, EXECUTE, CLOSE, SYNC, QUERY, COPY_END = range(8)
@@ -495,7 +498,8 @@ class Relay:
         )
 
     def _after_allowed(self, statement: str, decision: Decision) -> None:
-        if self.catalog and "ddl" in decision.classification.get("operations", ("ddl",)):
+        operations = decision.classification.get("operations")
+        if self.catalog and ("ddl" in operations if operations is not None else _DDL.match(statement)):
             # A table or column renamed or dropped: look identities up afresh.
             self.catalog.clear()
             self._maskers.clear()
@@ -1130,11 +1134,20 @@ class Relay:
         return pg.error_response("XX000", f"{MASKING_FAILED}: {reason}")
 
     def _sample_values(self, values: tuple[Any, ...], record: _Statement) -> list[Any]:
-        return (
-            self._sample_row(pg.data_row(values)[5:], record)
-            if any(isinstance(v, bytes) for v in values)
-            else list(values)
-        )
+        columns = record.columns or self._last_columns
+        row: list[Any] = []
+        for i, value in enumerate(values):
+            if value is None or isinstance(value, str):
+                row.append(value)
+                continue
+            if not (columns is not None and i < len(columns) and columns[i][1] == 1):
+                try:
+                    row.append(value.decode())
+                    continue
+                except UnicodeDecodeError:
+                    pass
+            row.append({"base64": base64.b64encode(value).decode()})
+        return row
 
     def _sample_row(self, body: bytes, record: _Statement) -> list[Any]:
         columns = record.columns or self._last_columns
