@@ -816,8 +816,8 @@ class Relay:
         for entity, count in counts.items():
             total[entity] = total.get(entity, 0) + count
         parts = []
-        for body, row, new in zip(bodies, rows, masked, strict=True):
-            if tuple(row) == new:
+        for body, original, new in zip(bodies, rows, masked, strict=True):
+            if tuple(original) == new:
                 parts.append(b"D" + _U32.pack(len(body) + 4) + body)
             else:
                 parts.append(pg.data_row(new))  # type: ignore[arg-type]
@@ -962,13 +962,13 @@ class Relay:
         if typ == 69:  # 'E' ErrorResponse
             return self._on_error(data[start:end])
         if typ == 78:  # 'N' NoticeResponse
-            fields, notice = self._masked_fields(b"N", data[start:end])
+            notice_fields, notice = self._masked_fields(b"N", data[start:end])
             self.recorder.append(
                 "notice",
                 {
-                    "severity": fields.get("V", ""),
-                    "code": fields.get("C", ""),
-                    "message": fields.get("M", ""),
+                    "severity": notice_fields.get("V", ""),
+                    "code": notice_fields.get("C", ""),
+                    "message": notice_fields.get("M", ""),
                 },
             )
             return notice
