@@ -30,7 +30,9 @@ ROUNDS = int(os.environ.get("AIRLOCK_BENCH_ROUNDS", "3"))
 PROFILE = os.environ.get("AIRLOCK_BENCH_PROFILE", "")
 ONLY = os.environ.get("AIRLOCK_BENCH_ONLY", "")
 SCALE = 10
-TARGETS = ("direct", "gateway", "pgbouncer")
+# "gw-norec" is a diagnostic, not a way to deploy: the same gateway code with a recorder
+# that drops events, to show what recording costs (the command has no such switch).
+TARGETS = ("direct", "gateway", "gw-norec", "pgbouncer")
 RUNS = [(mode, clients) for mode in ("simple", "prepared") for clients in (1, 8)]
 
 
@@ -152,6 +154,42 @@ def _prepare_airlock(pg_port: int) -> str:
     return token
 
 
+def serve_without_recording(port: int) -> None:
+    """The gateway with events dropped (diagnostic target "gw-norec"), until SIGTERM."""
+    import asyncio
+    import signal
+
+    import django
+
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "console.settings")
+    django.setup()
+    import uvloop
+
+    from gateway.management.commands.gateway import SWITCH_INTERVAL
+    from gateway.postgres.server import PostgresGateway
+
+    class Dropped:
+        def append(self, kind: str, payload: dict[str, object]) -> None:
+            pass
+
+        async def close(self, **kwargs: object) -> None:
+            pass
+
+    async def recorder(**kwargs: object) -> Dropped:
+        return Dropped()
+
+    async def serve() -> None:
+        stop = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+        gateway = PostgresGateway(recorder_factory=recorder)
+        await gateway.start("127.0.0.1", port)
+        await stop.wait()
+        await gateway.close()
+
+    sys.setswitchinterval(SWITCH_INTERVAL)
+    uvloop.run(serve())
+
+
 def main() -> int:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "console.settings")
     import django
@@ -213,14 +251,23 @@ def main() -> int:
                 str(gateway.pid),
             ]
             procs.append(subprocess.Popen([*spy, "-d", str(DURATION * 4)], stdout=subprocess.DEVNULL))
+        norec_port = _free_port()
+        norec = subprocess.Popen(
+            [sys.executable, "-c", f"from bench.pgbench import serve_without_recording; serve_without_recording({norec_port})"],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            cwd=Path(__file__).resolve().parent.parent,
+        )  # fmt: skip
+        procs.append(norec)
+        _wait_port(norec_port, norec)
         bouncer, bouncer_port = _start_pgbouncer(root, server.port, password)
         procs.append(bouncer)
         endpoints = {
             "direct": (server.port, "scram_user", "bench", password),
             "gateway": (gw_port, "bench-bot", "bench", token),
+            "gw-norec": (norec_port, "bench-bot", "bench", token),
             "pgbouncer": (bouncer_port, "scram_user", "bench", password),
         }
-        pids = {"gateway": gateway.pid, "pgbouncer": _child_pid(bouncer.pid)}
+        pids = {"gateway": gateway.pid, "gw-norec": norec.pid, "pgbouncer": _child_pid(bouncer.pid)}
         for mode, clients in RUNS:
             runs: dict[str, list[tuple[float, list[int]]]] = {t: [] for t in TARGETS}
             cpu = dict.fromkeys(TARGETS, 0.0)
