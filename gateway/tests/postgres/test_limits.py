@@ -169,3 +169,33 @@ def test_a_server_side_termination_ends_the_session_with_a_clear_error(gw):
             conn.execute("SELECT 1")
     session = gw.session()
     assert session.status == "terminated"
+
+
+def test_a_session_whose_recording_cannot_be_persisted_is_ended(gw, settings):
+    """REC-01: in strict mode a session does not go on unrecorded."""
+    from django.db import connection as db
+
+    settings.RECORDING_PERSIST_TIMEOUT = 1
+    settings.RECORDING_STRICT = True
+    conn = gw.connect(autocommit=True)
+    params = db.settings_dict
+    blocker = psycopg.connect(
+        host=params["HOST"] or "127.0.0.1",
+        port=params["PORT"] or 5432,
+        user=params["USER"],
+        dbname=params["NAME"],
+    )
+    try:
+        # Hold the events table so that the writer's inserts wait past the timeout.
+        blocker.execute("LOCK TABLE recordings_event IN ACCESS EXCLUSIVE MODE")
+        conn.execute("SELECT 1")
+        deadline = time.monotonic() + 20
+        with pytest.raises(psycopg.OperationalError, match="can no longer be recorded"):
+            while time.monotonic() < deadline:
+                conn.execute("SELECT 1")
+                time.sleep(0.05)
+    finally:
+        blocker.rollback()
+        blocker.close()
+        conn.close()
+    assert gw.session().end_reason.startswith("recording failed")
