@@ -199,3 +199,17 @@ def test_a_session_whose_recording_cannot_be_persisted_is_ended(gw, settings):
         blocker.close()
         conn.close()
     assert gw.session().end_reason.startswith("recording failed")
+
+
+def test_shutdown_ends_a_session_that_is_still_logging_in(gateway_factory):
+    gw = gateway_factory()
+    raw = RawSession(gw.port)
+    try:
+        raw.send(b"\x00\x00")  # half a startup packet, then nothing
+        wait_until(lambda: len(gw.thread.gateway.sessions) == 1, what="the session to be accepted")
+        started = time.monotonic()
+        gw.thread.call(gw.thread.gateway.close(grace_seconds=20), timeout=30)
+        assert time.monotonic() - started < 5
+        assert _fatal(raw)["C"] == "57P01"
+    finally:
+        raw.close()
