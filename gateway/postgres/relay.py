@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from gateway.postgres import protocol as pg
 from gateway.postgres.protocol import ProtocolError
-from gateway.postgres.sqltext import split_statements, touches_prepared_statements
+from gateway.postgres.sqltext import prepared_names_touched, split_statements
 from gateway.postgres.values import param_text
 from masking import MaskingError
 from policies.sql import apply_session_effects, forget_prepared, remember_prepared
@@ -507,8 +507,15 @@ class Relay:
             # Applied when the statement is sent rather than when it succeeds: the
             # engine's session state only ever grows, so this errs on the strict side.
             apply_session_effects(self.state, decision.session_effects)
-        if touches_prepared_statements(statement):
+        names = prepared_names_touched(statement)
+        if names is None:
             self._forget_statement_names()
+        else:
+            for name in names:
+                raw = name.encode()
+                self.statements.pop(raw, None)
+                self._types.pop(raw, None)
+                self._stmts.pop(raw, None)
 
     def _marker_sql(self) -> str:
         return f"SELECT '{self._marker}'::pg_catalog.int4"

@@ -426,6 +426,10 @@ class Session:
         if status != "ended":
             log.info("session %s of %s ended: %s", self.peer, self.agent_name or "?", reason)
         self._done.set_result(None)
+        if self.relay is None:
+            # Still logging in: closing the socket ends the awaited read (after the
+            # error above is flushed).
+            self.client.close()
 
     def _client_lost(self, exc: Exception | None) -> None:
         self.end("client disconnected")

@@ -172,3 +172,25 @@ def test_denial_survives_psycopg_error_handling_in_a_loop(gw):
                     conn.execute("SELECT %s::text", (DENY_MARKER,))
             else:
                 assert conn.execute("SELECT %s::int", (i,)).fetchone() == (i,)
+
+
+def test_a_statement_name_redefined_in_sql_is_not_judged_by_its_old_text(gw):
+    from gateway.postgres import protocol as pg
+
+    raw = RawSession(gw.port)
+    try:
+        raw.login("billing-bot", gw.token)
+        raw.send(pg.parse_message(b"s", b"SELECT 1") + pg.message(b"S"))
+        raw.until("Z")
+        raw.send(pg.query("DEALLOCATE s") + pg.query("PREPARE s AS SELECT 2"))
+        raw.until("Z")
+        raw.until("Z")
+        bind = pg.message(b"B", b"\x00s\x00\x00\x00\x00\x00\x00\x00")
+        raw.send(bind + pg.message(b"E", b"\x00\x00\x00\x00\x00") + pg.message(b"S"))
+        rows = [body for typ, body in raw.until("Z") if typ == "D"]
+        assert rows and rows[0].endswith(b"2")
+    finally:
+        raw.close()
+    executed = [p["text"] for k, p in gw.events() if k == "statement" and p["protocol"] == "extended"]
+    # Judged (and recorded) as the EXECUTE it is, never as the forgotten "SELECT 1".
+    assert executed == ['EXECUTE "s"']
