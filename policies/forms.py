@@ -68,6 +68,13 @@ def _timeout_value(text: str) -> int | str:
 class ProblemsMixin:
     """Shows spec problems (``(path, message)``) next to the fields they are about."""
 
+    def name_reviewer_groups(self, groups: set[str]) -> None:
+        """Say, under the reviewers field, which groups can review now."""
+        form: forms.Form = self  # type: ignore[assignment]
+        field = form.fields["reviewers"]
+        names = ", ".join(sorted(groups)) if groups else "none: put someone in a group first"
+        field.help_text = f"{field.help_text} Groups that can review: {names}."
+
     # Path step after the prefix -> form field ("match.tables" -> "tables").
     problem_fields: dict[str, str] = {}
     list_fields: tuple[str, ...] = ()
@@ -231,9 +238,9 @@ class RuleForm(ProblemsMixin, VersionedForm):
     agents = list_field("Agents", "Agent names or globs.")
     groups = list_field("Agent groups", "The agent is in one of these groups.")
     operations = _checkboxes("Operations", OPERATIONS)
-    tables = list_field("Tables", "Globs over schema.table (public.*, billing.invoice_*).")
-    functions = list_field("Functions", "Names, globs or sets (@server_files, @backend_control).")
-    settings = list_field("Settings", "Run-time settings the statement changes (role, *_timeout).")
+    tables = list_field("Tables", "Globs over schema.table (public.*, billing.invoice_*).", rows=2)
+    functions = list_field("Functions", "Names, globs or sets (@server_files, @backend_control).", rows=2)
+    settings = list_field("Settings", "Run-time settings the statement changes (role, *_timeout).", rows=2)
     facts = _checkboxes("Facts", FACTS)
     no_where = forms.ChoiceField(
         label="Reaches every row",

@@ -311,6 +311,7 @@ def policy_settings(request: HttpRequest, pk: int) -> HttpResponse:
                 return redirect("policies:detail", pk=policy.pk)
     else:
         form = SettingsForm(initial=SettingsForm.initial_from(policy))
+    form.name_reviewer_groups(reviewer_groups())
     return render(request, "policies/settings.html", {"policy": policy, "form": form})
 
 
@@ -347,6 +348,7 @@ def rule_add(request: HttpRequest, pk: int) -> HttpResponse:
     else:
         form = RuleForm(initial={"version": policy.version, "action": "deny"})
         position = str(len(_rules(policy)))
+    form.name_reviewer_groups(reviewer_groups())
     return render(
         request,
         "policies/rule_form.html",
@@ -377,6 +379,7 @@ def rule_edit(request: HttpRequest, pk: int, index: int) -> HttpResponse:
                 return redirect(reverse("policies:detail", kwargs={"pk": policy.pk}) + f"#rule-{index + 1}")
     else:
         form = RuleForm(initial=RuleForm.initial_from(current, policy.version))
+    form.name_reviewer_groups(reviewer_groups())
     return render(
         request,
         "policies/rule_form.html",
