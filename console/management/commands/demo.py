@@ -19,6 +19,7 @@ from gateway.models import Connection
 from identity import actions as identity_actions
 from identity.models import Agent, User
 from policies.models import Policy
+from policies.packs import HARMLESS_SETTINGS
 
 ACTOR = "demo"
 PEOPLE = (("admin", "admin"), ("reviewer", "reviewer"), ("auditor", "auditor"))
@@ -35,6 +36,13 @@ def demo_policy_spec() -> dict[str, Any]:
         "on_parse_error": "deny",
         "rules": [
             {"name": "reads", "match": {"operations": ["read"]}, "action": "allow"},
+            # The gateway judges the settings clients send at startup (psql's
+            # application_name, client_encoding) like SET: let the harmless ones through.
+            {
+                "name": "harmless-settings",
+                "match": {"operations": ["read", "session", "transaction"], "settings": HARMLESS_SETTINGS},
+                "action": "allow",
+            },
             {
                 "name": "writes",
                 "match": {"operations": ["write"]},
