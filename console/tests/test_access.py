@@ -11,12 +11,13 @@ from urllib.parse import quote
 
 import pytest
 from django.test import Client
-from django.urls import URLPattern, reverse
+from django.urls import URLPattern, URLResolver, reverse
 
 from console import urls as console_urls
 from console.tests.factories import make_agent, make_connection
 from identity import actions as identity_actions
 from identity.models import AgentToken
+from policies import actions as policy_actions
 
 PERSONAS = ("anonymous", "mallory", "carol", "bob", "alice")
 LOGIN = "login"
@@ -75,6 +76,33 @@ ROUTES = [
     Route("person_set_active", "POST", "302 person_edit", data={"active": "0"}),
     Route("group_list", "GET", 200),
     Route("group_list", "POST", 200),
+    # The policy editor (policies/urls.py). Empty POSTs change nothing: forms come back with
+    # their errors, buttons without their version redirect back. Deletion comes last.
+    Route("policies:list", "GET", 200),
+    Route("policies:create", "GET", 200),
+    Route("policies:create", "POST", 200),
+    Route("policies:import", "GET", 200),
+    Route("policies:import", "POST", 200),
+    Route("policies:detail", "GET", 200),
+    Route("policies:settings", "GET", 200),
+    Route("policies:settings", "POST", 200),
+    Route("policies:rule_add", "GET", 200),
+    Route("policies:rule_add", "POST", 200),
+    Route("policies:rule_edit", "GET", 200),
+    Route("policies:rule_edit", "POST", 200),
+    Route("policies:rule_move", "GET", 405),
+    Route("policies:rule_move", "POST", "302 policies:detail"),
+    Route("policies:rule_delete", "GET", 405),
+    Route("policies:rule_delete", "POST", "302 policies:detail"),
+    Route("policies:try", "GET", 405),
+    Route("policies:try", "POST", 400),  # no agent, no connection: the page says so
+    Route("policies:versions", "GET", 200),
+    Route("policies:version", "GET", 200),
+    Route("policies:rollback", "GET", 405),
+    Route("policies:rollback", "POST", "302 policies:version"),
+    Route("policies:export", "GET", 200),
+    Route("policies:delete", "GET", 200),
+    Route("policies:delete", "POST", "302 policies:list"),
 ]
 
 
@@ -84,7 +112,12 @@ def world(db, alice, bob, carol, mallory):  # type: ignore[no-untyped-def]
     agent = make_agent()
     token = identity_actions.do_issue_token(None, agent).token
     dave = identity_actions.do_create_user(None, "dave", password="dave-Pass-1234")
-    return {"connection": connection, "agent": agent, "token": token, "dave": dave}
+    policy = policy_actions.do_save_policy(
+        None,
+        "agents-default",
+        {"rules": [{"name": "reads", "match": {"operations": ["read"]}, "action": "allow"}]},
+    )
+    return {"connection": connection, "agent": agent, "token": token, "dave": dave, "policy": policy}
 
 
 def _kwargs(name: str, world: dict) -> dict[str, object]:  # type: ignore[type-arg]
@@ -98,6 +131,13 @@ def _kwargs(name: str, world: dict) -> dict[str, object]:  # type: ignore[type-a
         return {"pk": world["agent"].pk, "token_pk": world["token"].pk}
     if name in {"person_edit", "person_set_active"}:
         return {"pk": world["dave"].pk}
+    if name.startswith("policies:") and name not in {"policies:list", "policies:create", "policies:import"}:
+        kwargs: dict[str, object] = {"pk": world["policy"].pk}
+        if name in {"policies:rule_edit", "policies:rule_delete", "policies:rule_move"}:
+            kwargs["index"] = 0
+        if name in {"policies:version", "policies:rollback"}:
+            kwargs["number"] = 1
+        return kwargs
     return {}
 
 
@@ -152,9 +192,17 @@ def test_a_refused_persona_changes_nothing(world, request):
 
 
 def _all_console_url_names() -> set[str]:
-    # Included URL sets (allauth, and apps that ship their own urls.py) are walked by their
-    # own tests; the console's own patterns are listed directly in console/urls.py.
-    return {entry.name for entry in console_urls.urlpatterns if isinstance(entry, URLPattern) and entry.name}
+    # The console's own patterns, and those of apps that ship a namespaced urls.py
+    # (policies:...). allauth's URL set (no namespace) is tested by allauth.
+    names = {entry.name for entry in console_urls.urlpatterns if isinstance(entry, URLPattern) and entry.name}
+    for entry in console_urls.urlpatterns:
+        if isinstance(entry, URLResolver) and entry.namespace:
+            names |= {
+                f"{entry.namespace}:{sub.name}"
+                for sub in entry.url_patterns
+                if isinstance(sub, URLPattern) and sub.name
+            }
+    return names
 
 
 def test_every_console_url_is_covered():

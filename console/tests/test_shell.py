@@ -24,7 +24,7 @@ def _nav_labels(client) -> list[str]:
 @pytest.mark.parametrize(
     ("persona", "labels"),
     [
-        ("alice", ["Dashboard", "Connections", "Agents", "People & groups", "Audit log"]),
+        ("alice", ["Dashboard", "Connections", "Agents", "Policies", "People & groups", "Audit log"]),
         ("bob", ["Dashboard"]),
         ("carol", ["Dashboard", "Audit log"]),
         ("mallory", []),

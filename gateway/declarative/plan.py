@@ -63,6 +63,8 @@ class Change:
 class ApplyResult:
     changes: list[Change]
     dry_run: bool
+    # Not errors, but worth knowing (a reviewer group with nobody in it yet).
+    warnings: list[Problem] = field(default_factory=list)
 
     @property
     def changed(self) -> bool:
@@ -118,8 +120,9 @@ def apply_config(
         if problems:
             raise ConfigError(sorted(problems, key=lambda p: (p.line or 10**9, p.path)))
         changes = plan_changes(state, prune=prune)
+        warnings = _with_lines(root, reviewer_warnings(state))
         if dry_run:
-            return ApplyResult(changes=changes, dry_run=True)
+            return ApplyResult(changes=changes, dry_run=True, warnings=warnings)
         for change in changes:
             try:
                 change.run(actor)
@@ -144,7 +147,7 @@ def apply_config(
                 prune=prune,
                 changes=[str(change) for change in changes],
             )
-    return ApplyResult(changes=changes, dry_run=False)
+    return ApplyResult(changes=changes, dry_run=False, warnings=warnings)
 
 
 def _with_lines(root: Any, problems: list[Problem]) -> list[Problem]:
@@ -186,9 +189,8 @@ def check_references(state: DesiredState, *, prune: bool) -> list[Problem]:
     db_policies = set(Policy.objects.values_list("name", flat=True))
     usable_policies = file_policies if pruning_policies else file_policies | db_policies
     for policy in state.policies:
-        for reviewer_group, path in policy.reviewer_groups:
-            if reviewer_group not in known_groups:
-                problems.append(Problem(path, f"unknown reviewer group {reviewer_group!r}"))
+        # The engine's own check (every problem by path), with the groups that will exist.
+        problems.extend(policy.compile_problems(known_groups))
 
     for conn in state.connections:
         group_refs(conn.groups, f"{conn.path}.groups")
@@ -225,6 +227,38 @@ def check_references(state: DesiredState, *, prune: bool) -> list[Problem]:
                     )
                 )
     return problems
+
+
+def reviewer_warnings(state: DesiredState) -> list[Problem]:
+    """Reviewer groups that will exist but have no active person in them.
+
+    Not an error for ``apply``: membership often arrives later (OIDC logins set groups),
+    and the file may be applied before anyone logged in. But until someone is in the
+    group, the gateway and the console refuse the policy (a review nobody can approve).
+    """
+    file_members = {g.name: g.members for g in state.groups if g.members is not None}
+    mentioned = {name for members in file_members.values() for name in members}
+    active = set(
+        User.objects.filter(username__in=mentioned, is_active=True).values_list("username", flat=True)
+    )
+    staffed = {name for name, members in file_members.items() if active & set(members)}
+    db_staffed = set(
+        Group.objects.filter(user__is_active=True)
+        .exclude(name__in=file_members)
+        .values_list("name", flat=True)
+    )
+    warnings = []
+    for policy in state.policies:
+        for group, path in policy.reviewer_groups:
+            if group not in staffed and group not in db_staffed:
+                warnings.append(
+                    Problem(
+                        path,
+                        f"reviewer group {group!r} has no active members yet: the policy is refused "
+                        "until someone is in it",
+                    )
+                )
+    return warnings
 
 
 # --- the plan -----------------------------------------------------------------------

@@ -20,6 +20,7 @@ from typing import Any
 
 from gateway.declarative.loader import Mapping, Problem, line_of, plain
 from gateway.options import KINDS, SECRET_FIELDS, host_problem, option_problems
+from policies.engine import PolicyError, compile_policy
 from policies.spec import SPEC_KEYS, validate_policy_spec
 
 SECTIONS = ("groups", "connections", "agents", "policies", "masking")
@@ -104,8 +105,26 @@ class PolicySpec:
     spec: dict[str, Any]
     path: str
     description: str = ""
-    # Reviewer groups named by review rules, with the path of each mention.
+    # Reviewer groups named by the policy and its review rules, with the path of each mention.
     reviewer_groups: list[tuple[str, str]] = field(default_factory=list)
+    # No structural problem: the spec can be compiled (see ``compile_problems``).
+    well_formed: bool = True
+
+    def compile_problems(self, known_groups: set[str]) -> list[Problem]:
+        """What ``compile_policy`` finds with ``known_groups``, each named by its path."""
+        if not self.well_formed:
+            # The structural problems are reported already; compiling would repeat them.
+            # The reviewer groups are still checked, so that one run lists everything.
+            return [
+                Problem(path, f"reviewer group {group!r} does not exist or has no members")
+                for group, path in self.reviewer_groups
+                if group not in known_groups
+            ]
+        try:
+            compile_policy(self.name, 0, self.spec, known_groups=known_groups, path=self.path)
+        except PolicyError as exc:
+            return [Problem(path, message) for path, message in exc.problems]
+        return []
 
 
 @dataclass
@@ -352,6 +371,12 @@ def _check_policies(check: _Checker, root: dict[Any, Any], state: DesiredState) 
                 )
         _check_nested_duplicates(check, item, path)
         reviewers: list[tuple[str, str]] = []
+        if isinstance(spec.get("reviewers"), list):
+            reviewers.extend(
+                (group, f"{path}.reviewers[{n}]")
+                for n, group in enumerate(spec["reviewers"])
+                if isinstance(group, str)
+            )
         rules = spec.get("rules")
         if isinstance(rules, list):
             for index, rule in enumerate(rules):
@@ -365,7 +390,12 @@ def _check_policies(check: _Checker, root: dict[Any, Any], state: DesiredState) 
         if name:
             state.policies.append(
                 PolicySpec(
-                    name=name, spec=spec, path=path, description=description, reviewer_groups=reviewers
+                    name=name,
+                    spec=spec,
+                    path=path,
+                    description=description,
+                    reviewer_groups=reviewers,
+                    well_formed=not spec_problems,
                 )
             )
 

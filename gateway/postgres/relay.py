@@ -32,7 +32,13 @@ from gateway.postgres.protocol import ProtocolError
 from gateway.postgres.sqltext import prepared_names_touched, split_statements
 from gateway.postgres.values import param_text
 from masking import MaskingError
-from policies.sql import apply_session_effects, forget_prepared, remember_prepared
+from policies.sql import (
+    UnsupportedStartupOption,
+    apply_session_effects,
+    forget_prepared,
+    remember_prepared,
+    startup_statements,
+)
 from policies.types import Action, Decision, Request
 
 if TYPE_CHECKING:
@@ -53,6 +59,10 @@ WRITE_BACK_REFUSED = (
 )
 MASKING_FAILED = "the result was withheld because Airlock could not mask it"
 
+STARTUP_REVIEW_REFUSED = (
+    "this startup setting needs a reviewer's approval, which cannot be asked before the session "
+    "exists: connect without it and SET it in the session"
+)
 FUNCTION_CALL_REFUSED = (
     "the FunctionCall protocol message is not allowed through Airlock (it runs a function with no SQL "
     "text to inspect); call the function in a SELECT instead"
@@ -217,6 +227,50 @@ class Relay:
         self._stmt_fields: dict[bytes, list[tuple[str, int, int, int, int]] | None] = {}
         self._portal_fields: dict[bytes, list[tuple[str, int, int, int, int]] | None] = {}
         self._portal_formats: dict[bytes, tuple[int, ...]] = {}
+        self._startup_effects: list[tuple[str, ...]] = []
+
+    # --- before the first message --------------------------------------------------------
+
+    def judge_startup(self, parameters: dict[str, str]) -> Decision | None:
+        """Decide on the startup packet's settings as the ``SET`` statements they amount to.
+
+        A startup parameter sets a run-time setting before any statement is sent (SQL-10),
+        so each is judged like the ``SET`` it amounts to (``policies.sql.startup_statements``)
+        and recorded. Returns the first decision that is not an allow (the login must be
+        refused: there is no session yet to hold a review in), or None.
+        """
+        try:
+            statements = startup_statements(parameters)
+        except UnsupportedStartupOption as exc:
+            return Decision(action=Action.DENY, rule=None, message=str(exc))
+        scratch: dict[str, Any] = {}
+        for text in statements:
+            decision = self.decider.decide(self.decider.request(text, (), scratch))
+            if decision.action is Action.REVIEW:
+                decision = Decision(
+                    action=Action.DENY,
+                    rule=decision.rule,
+                    message=STARTUP_REVIEW_REFUSED,
+                    policy=decision.policy,
+                    policy_version=decision.policy_version,
+                )
+            self._record_statement(text, (), decision, "startup")
+            if decision.action is not Action.ALLOW:
+                return decision
+            self._startup_effects.extend(decision.session_effects)
+        return None
+
+    def seed_search_path(self, schemas: tuple[str, ...] | None) -> None:
+        """Start the engine's ``search_path`` from the server's own (``current_schemas``).
+
+        The server's path already holds what the startup packet set; the judged startup
+        effects are added as well (the engine's path only grows). ``None``: the server was
+        not asked, the engine starts from its default. An empty path (no schema of it
+        exists) becomes "any schema": unqualified names are then never taken for known ones.
+        """
+        if schemas is not None:
+            self.state["search_path"] = tuple(schemas) or ("*",)
+        apply_session_effects(self.state, self._startup_effects)
 
     # --- client -> server ----------------------------------------------------------------
 
@@ -537,6 +591,9 @@ class Relay:
             "protocol": via,
             "action": decision.action.value,
             "rule": decision.rule,
+            # Which policy version decided (a session keeps the version it logged in with).
+            "policy": decision.policy,
+            "policy_version": decision.policy_version,
         }
         self.recorder.append("statement", payload)
         if decision.action is not Action.ALLOW:
@@ -1084,6 +1141,8 @@ class Relay:
             detail = f'rule "{denial.rule}"' if denial.rule else ""
             if denial.policy:
                 detail += f" of policy {denial.policy}"
+                if denial.policy_version is not None:
+                    detail += f" version {denial.policy_version}"
             replacement = pg.error_response("42501", message, detail=detail.strip())
             fields = {"C": "42501", "M": message, "V": "ERROR"}
         self.recorder.append(

@@ -35,7 +35,14 @@ from gateway.postgres.startup import (
     check_startup,
     parse_startup_packet,
 )
-from gateway.postgres.upstream import UpstreamError, UpstreamTarget, connect_upstream, send_cancel
+from gateway.postgres.upstream import (
+    Upstream,
+    UpstreamError,
+    UpstreamTarget,
+    connect_upstream,
+    current_search_path,
+    send_cancel,
+)
 from gateway.ratelimit import LoginThrottle
 
 log = logging.getLogger("airlock.gateway.postgres")
@@ -574,6 +581,22 @@ class Session:
             self.client.write(pg.fatal("58000", "the session cannot be recorded, so it is refused"))
             self._end_reason = "recording unavailable"
             return False
+        relay = Relay(
+            authorized.decision_point,
+            self.recorder,
+            max_message=self.limits.max_message,
+            result_rows=self.limits.result_rows,
+            masking=authorized.masking,
+        )
+        refusal = relay.judge_startup(startup.upstream_params)
+        if refusal is not None:
+            message = f"a startup setting is not allowed: {refusal.message}"
+            if refusal.rule:
+                message += f' (rule "{refusal.rule}")'
+            self.client.write(pg.fatal("42501", message))
+            self._end_reason = "startup setting refused"
+            return False
+        upstream: Upstream | None = None
         try:
             upstream = await connect_upstream(
                 authorized.target,
@@ -581,6 +604,10 @@ class Session:
                 max_message=self.limits.max_message,
                 wait_seconds=self.limits.connect_timeout,
             )
+            schemas = None
+            # The engine resolves unqualified names on the server's own search_path.
+            if getattr(authorized.decision_point, "policy", None) is not None:
+                schemas = await current_search_path(upstream, wait_seconds=self.limits.connect_timeout)
         except UpstreamError as exc:
             message = f'cannot connect to connection "{authorized.connection_name}": {exc}'
             self.recorder.append("error", {"code": "08006", "message": message, "severity": "FATAL"})
@@ -588,7 +615,10 @@ class Session:
             self._end_reason = "upstream unreachable"
             self._end_status = "terminated"
             log.warning("session of %s: %s", authorized.agent_name, message)
+            if upstream is not None:
+                upstream.link.abort()
             return False
+        relay.seed_search_path(schemas)
         self.upstream = upstream.link
         self.upstream_key = (upstream.pid, upstream.key)
         self.cancel_key = self.gateway.new_cancel_key(self)
@@ -597,13 +627,7 @@ class Session:
         out.extend(upstream.notices)
         out.append(pg.backend_key_data(*self.cancel_key))
         out.append(pg.ready_for_query(upstream.status))
-        self.relay = Relay(
-            authorized.decision_point,
-            self.recorder,
-            max_message=self.limits.max_message,
-            result_rows=self.limits.result_rows,
-            masking=authorized.masking,
-        )
+        self.relay = relay
         if self.relay.uses_identity:
             from gateway.masking_runtime import CatalogLookup
 

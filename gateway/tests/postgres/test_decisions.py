@@ -129,10 +129,13 @@ def test_statements_and_decisions_are_recorded(gw):
     assert session.application_name == "recorder-check"
     assert session.agent_name == "billing-bot" and session.connection_name == "shop"
     assert session.end_reason == "client disconnected"
-    assert (session.statement_count, session.denied_count) == (2, 1)
+    # The startup packet's application_name is judged (and recorded) as the SET it amounts to.
+    assert (session.statement_count, session.denied_count) == (3, 1)
     events = gw.events()
     kinds = [k for k, _ in events]
     statements = [p for k, p in events if k == "statement"]
+    assert statements[0]["text"] == "SET \"application_name\" = 'recorder-check'"
+    assert (statements[0]["protocol"], statements[0]["action"]) == ("startup", "allow")
     extended = next(p for p in statements if p["text"] == "SELECT name FROM items WHERE id = $1")
     assert extended["params"] == ["2"]
     assert extended["action"] == "allow"

@@ -124,6 +124,13 @@ def test_sessions_beyond_the_maximum_are_refused(gateway_factory):
 def test_the_gateway_command_serves_and_stops_cleanly_on_sigterm(gw, make_connection):
     from django.db import connection as db
 
+    from gateway.models import Connection
+    from policies.actions import do_save_policy
+
+    # The command uses the real decision point: a connection without a policy denies everything.
+    allow_all = do_save_policy(None, "allow-all", {"default": "allow", "rules": []})
+    Connection.objects.filter(name="shop").update(policy=allow_all)
+
     port = free_port()
     env = dict(os.environ)
     settings_db = db.settings_dict
