@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     from masking import MaskingPolicy, ResultMasker
 
 _U32 = struct.Struct("!I")
+_U16 = struct.Struct("!H")
 # Without a classification: statements that may rename or drop what the catalog cache knows.
 _DDL = re.compile(r"\s*(ALTER|DROP|CREATE|COMMENT|DO|CALL|EXECUTE)\b", re.IGNORECASE)
 
@@ -812,13 +813,19 @@ class Relay:
         record: _Statement,
         fields: list[tuple[str, int, int, int, int]] | None,
         formats: tuple[int, ...] | None,
+        ncols: int | None = None,
     ) -> None:
         masking = self.masking
         if masking is None or record.masker is not None or record.withheld:
             return
         if fields is None:
-            record.withheld = "the result's columns were not described"
-            return
+            # A portal of a statement the client never described (SQL PREPARE, then Bind by
+            # name): without column rules, content detection needs only the values, as
+            # long as every column is in text format; anything else is withheld.
+            if ncols is None or self.uses_identity or any(formats or ()):
+                record.withheld = "the result's columns were not described"
+                return
+            fields = [("", 0, 0, 0, 0)] * ncols
         identities = self._identities(fields)
         if identities is None:
             record.withheld = "the result's columns could not be identified"
@@ -858,7 +865,10 @@ class Relay:
             raise ProtocolError("data rows out of step with the client's messages")
         if entry.kind == EXECUTE and record.masker is None and not record.withheld:
             portal = record.portal or b""
-            self._build_masker(record, self._portal_fields.get(portal), self._portal_formats.get(portal, ()))
+            ncols = _U16.unpack_from(bodies[0], 0)[0] if bodies else None
+            self._build_masker(
+                record, self._portal_fields.get(portal), self._portal_formats.get(portal, ()), ncols
+            )
         elif record.masker is None and not record.withheld:
             self._build_masker(record, record.fields, None)
         record.rows += len(bodies)

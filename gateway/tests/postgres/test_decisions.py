@@ -197,3 +197,24 @@ def test_a_statement_name_redefined_in_sql_is_not_judged_by_its_old_text(gw):
     executed = [p["text"] for k, p in gw.events() if k == "statement" and p["protocol"] == "extended"]
     # Judged (and recorded) as the EXECUTE it is, never as the forgotten "SELECT 1".
     assert executed == ['EXECUTE "s"']
+
+
+def test_a_portal_of_an_undescribed_sql_prepared_statement_is_still_masked(gw):
+    from gateway.postgres import protocol as pg
+
+    raw = RawSession(gw.port)
+    try:
+        raw.login("billing-bot", gw.token)
+        raw.send(pg.query("PREPARE m AS SELECT 'carol@example.com'::text, 7"))
+        raw.until("Z")
+        bind = pg.message(b"B", b"\x00m\x00\x00\x00\x00\x00\x00\x00")
+        raw.send(bind + pg.message(b"E", b"\x00\x00\x00\x00\x00") + pg.message(b"S"))
+        replies = raw.until("Z")
+    finally:
+        raw.close()
+    rows = [body for typ, body in replies if typ == "D"]
+    assert len(rows) == 1
+    # The column's type is unknown without a Describe, so the value is treated as not
+    # text-like: masked to NULL (length -1), never passed through; the clean one stays.
+    assert b"carol@example.com" not in rows[0]
+    assert rows[0] == b"\x00\x02\xff\xff\xff\xff\x00\x00\x00\x017"
