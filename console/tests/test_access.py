@@ -18,10 +18,12 @@ from console.tests.factories import make_agent, make_connection
 from identity import actions as identity_actions
 from identity.models import AgentToken
 from policies import actions as policy_actions
+from recordings.models import Session
 
 PERSONAS = ("anonymous", "mallory", "carol", "bob", "alice")
 LOGIN = "login"
 ADMIN_ONLY = {"anonymous": LOGIN, "mallory": 403, "carol": 403, "bob": 403}
+RECORDING_VIEWERS = {"anonymous": LOGIN, "mallory": 403, "carol": 200, "bob": 403}
 
 
 @dataclass(frozen=True)
@@ -103,6 +105,46 @@ ROUTES = [
     Route("policies:export", "GET", 200),
     Route("policies:delete", "GET", 200),
     Route("policies:delete", "POST", "302 policies:list"),
+    Route("audit_export", "GET", 200, {"anonymous": LOGIN, "mallory": 403, "carol": 200, "bob": 403}),
+    # Recordings: admins and auditors see every session; bob the reviewer decided nothing in
+    # this one, so it is refused to him like to mallory (REC-03).
+    Route(
+        "recordings:session_list", "GET", 200, {"anonymous": LOGIN, "mallory": 403, "carol": 200, "bob": 200}
+    ),
+    Route("recordings:public_key", "GET", 200, {p: 200 for p in PERSONAS if p != "alice"}),
+    Route("recordings:retention", "GET", 200, {"anonymous": LOGIN, "mallory": 403, "carol": 200, "bob": 403}),
+    Route(
+        "recordings:retention", "POST", 400, {"anonymous": LOGIN, "mallory": 403, "carol": 400, "bob": 403}
+    ),
+    Route("recordings:session_detail", "GET", 200, RECORDING_VIEWERS),
+    Route("recordings:session_events", "GET", 200, RECORDING_VIEWERS),
+    Route("recordings:session_integrity", "GET", 200, RECORDING_VIEWERS),
+    Route("recordings:export_jsonl", "GET", 200, RECORDING_VIEWERS),
+    Route(
+        "recordings:export_cast", "GET", 404, {"anonymous": LOGIN, "mallory": 403, "carol": 404, "bob": 403}
+    ),
+    Route(
+        "recordings:session_terminate",
+        "GET",
+        405,
+        {"anonymous": LOGIN, "mallory": 403, "carol": 403, "bob": 405},
+    ),
+    # No reason given: nothing is sent, the page says why.
+    Route(
+        "recordings:session_terminate",
+        "POST",
+        "302 recordings:session_detail",
+        {"anonymous": LOGIN, "mallory": 403, "carol": 403, "bob": 403},
+    ),
+    Route(
+        "recordings:session_hold", "GET", 405, {"anonymous": LOGIN, "mallory": 403, "carol": 405, "bob": 403}
+    ),
+    Route(
+        "recordings:session_hold",
+        "POST",
+        "302 recordings:session_detail",
+        {"anonymous": LOGIN, "mallory": 403, "carol": "302 recordings:session_detail", "bob": 403},
+    ),
 ]
 
 
@@ -118,6 +160,8 @@ def world(db, alice, bob, carol, mallory):  # type: ignore[no-untyped-def]
         {"rules": [{"name": "reads", "match": {"operations": ["read"]}, "action": "allow"}]},
     )
     return {"connection": connection, "agent": agent, "token": token, "dave": dave, "policy": policy}
+    session = Session.objects.create(protocol="postgres", agent_name="billing-bot", connection_name="shop")
+    return {"connection": connection, "agent": agent, "token": token, "dave": dave, "session": session}
 
 
 def _kwargs(name: str, world: dict) -> dict[str, object]:  # type: ignore[type-arg]
@@ -138,6 +182,14 @@ def _kwargs(name: str, world: dict) -> dict[str, object]:  # type: ignore[type-a
         if name in {"policies:version", "policies:rollback"}:
             kwargs["number"] = 1
         return kwargs
+    if name == "audit_export":
+        return {"fmt": "csv"}
+    if name.startswith("recordings:") and name not in {
+        "recordings:session_list",
+        "recordings:public_key",
+        "recordings:retention",
+    }:
+        return {"pk": world["session"].pk}
     return {}
 
 

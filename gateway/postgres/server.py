@@ -310,6 +310,9 @@ class PostgresGateway:
             )
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=grace_seconds)
+        from recordings.live import close_termination_listener
+
+        await close_termination_listener()
         if self._server is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), 1.0)
@@ -350,6 +353,7 @@ class Session:
         self._review_task: asyncio.Task[None] | None = None
         self._catalog_task: asyncio.Task[None] | None = None
         self.catalog: Any = None
+        self._watching_termination = False
         self.started = asyncio.get_running_loop().time()
         self.last_activity = self.started
 
@@ -416,6 +420,10 @@ class Session:
                 self.upstream.write(pg.message(b"X"))
             self.upstream.close()
         self.client.close()
+        if self._watching_termination:
+            from recordings.live import stop_watching
+
+            await stop_watching(self.recorder.session_id)
         if self.recorder is not None:
             try:
                 await self.recorder.close(reason=self._end_reason, status=self._end_status)
@@ -448,6 +456,16 @@ class Session:
             status="terminated",
             error=pg.fatal("08006", f'connection "{name}": the server closed the connection'),
         )
+
+    def terminated_by(self, by: str, reason: str) -> None:
+        """A person ended the session from the console (``recordings.live``, session.terminate)."""
+        from recordings.live import terminated_reason
+
+        why = terminated_reason(by, reason)
+        message = f"terminating connection: {why}"
+        if self.recorder is not None:
+            self.recorder.append("error", {"code": "57P01", "message": message, "severity": "FATAL"})
+        self.end(why, status="terminated", error=pg.fatal("57P01", message))
 
     def recording_failed(self, reason: str) -> None:
         # Strict recording: a session that cannot be recorded does not go on.
@@ -637,6 +655,11 @@ class Session:
                 wait_seconds=self.limits.connect_timeout,
             )
         self.relay.parameters.update(upstream.parameters)
+        session_id = getattr(self.recorder, "session_id", None)
+        if session_id is not None:
+            from recordings.live import watch_for_termination
+
+            self._watching_termination = await watch_for_termination(session_id, self.terminated_by)
         self.client.write(b"".join(out))
         return True
 
