@@ -159,9 +159,15 @@ def world(db, alice, bob, carol, mallory):  # type: ignore[no-untyped-def]
         "agents-default",
         {"rules": [{"name": "reads", "match": {"operations": ["read"]}, "action": "allow"}]},
     )
-    return {"connection": connection, "agent": agent, "token": token, "dave": dave, "policy": policy}
     session = Session.objects.create(protocol="postgres", agent_name="billing-bot", connection_name="shop")
-    return {"connection": connection, "agent": agent, "token": token, "dave": dave, "session": session}
+    return {
+        "connection": connection,
+        "agent": agent,
+        "token": token,
+        "dave": dave,
+        "policy": policy,
+        "session": session,
+    }
 
 
 def _kwargs(name: str, world: dict) -> dict[str, object]:  # type: ignore[type-arg]
