@@ -24,4 +24,5 @@ urlpatterns = [
     path("people/<int:pk>/active/", people.person_set_active, name="person_set_active"),
     path("groups/", people.group_list, name="group_list"),
     path("audit/", audit.audit_log, name="audit_log"),
+    path("", include("approvals.urls")),
 ]
