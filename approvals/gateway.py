@@ -36,7 +36,7 @@ from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.db import close_old_connections
+from django.db import connections
 from django.utils import timezone
 
 from approvals import actions
@@ -224,13 +224,15 @@ def find_preapproved(
         return None
     now = timezone.now()
     matching = _matching(agent_id, connection_id, binding)
-    for pk in matching.filter(grant_until__gt=now).order_by("-grant_until").values_list("pk", flat=True)[:3]:
-        if actions.do_use_grant(actor, pk, now=now):
-            return Review(Decision(action=Action.ALLOW), pk, granted=True)
+    # An approval nobody has run yet is used first: its run is the approved one, and a
+    # grant it carries then covers the identical statements after it.
     candidates = matching.filter(status=Status.APPROVED, claimed_at__isnull=True, claim_by__gt=now)
     for pk in candidates.order_by("decided_at").values_list("pk", flat=True)[:3]:
         if actions.do_claim(actor, pk, session_id=session_id):
             return Review(Decision(action=Action.ALLOW), pk)
+    for pk in matching.filter(grant_until__gt=now).order_by("-grant_until").values_list("pk", flat=True)[:3]:
+        if actions.do_use_grant(actor, pk, now=now):
+            return Review(Decision(action=Action.ALLOW), pk, granted=True)
     return None
 
 
@@ -396,9 +398,14 @@ def _listener() -> _Listener | None:
 
 
 def _db(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn`` in a worker thread, its database connection closed afterwards (worker threads
+    must not keep connections open between the rare moments a statement is held)."""
+
     def call(*args: Any, **kwargs: Any) -> Any:
-        close_old_connections()
-        return fn(*args, **kwargs)
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            connections.close_all()
 
     return sync_to_async(call, thread_sensitive=False)
 
@@ -503,8 +510,8 @@ class ReviewGate:
             )
             if existing is not None:
                 return Review(self._final(decision, Action.DENY, _deferred_message(existing)), existing.id)
-        try:
-            held = await _db(open_request)(
+        creating = asyncio.ensure_future(
+            _db(open_request)(
                 decision,
                 request,
                 agent_id=self.agent_id,
@@ -514,8 +521,18 @@ class ReviewGate:
                 mask_text=self.mask_text,
                 estimate=self.estimate,
             )
+        )
+        try:
+            held = await asyncio.shield(creating)
         except actions.NoEligibleReviewers as exc:
             return Review(self._final(decision, Action.DENY, str(exc)))
+        except asyncio.CancelledError:
+            # The row is written in a thread that a cancellation cannot stop: once it is,
+            # cancel it, so that a client gone during creation leaves no pending request.
+            with contextlib.suppress(Exception):
+                created = await creating
+                await _db(cancel)(created.id, "the agent disconnected or cancelled the statement")
+            raise
         if notice is not None:
             notice(f"waiting for approval {held.id}: {held.url}")
         if not held.agent_waits:

@@ -121,3 +121,20 @@ def make_request(
         **options,
     )
     return ApprovalRequest.objects.get(pk=held.id)
+
+
+def _closing(fn: Any, *args: Any, **kwargs: Any) -> Any:
+    from django.db import connections
+
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        connections.close_all()
+
+
+async def in_db(fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """Run ORM code from an async test, in a thread whose connection is closed afterwards
+    (pytest-django must be able to flush and drop the test database)."""
+    import asyncio
+
+    return await asyncio.to_thread(_closing, fn, *args, **kwargs)
