@@ -104,8 +104,11 @@ def _check(result: Any, expected: Any) -> None:
         return
     from psycopg.pq import DiagnosticField
 
-    code = result.error_field(DiagnosticField.SQLSTATE)
-    raise EstimateFailed(f"the server refused the EXPLAIN (SQLSTATE {code.decode() if code else '?'})")
+    raw = result.error_field(DiagnosticField.SQLSTATE)
+    code = raw.decode() if raw else "?"
+    if code in ("57014", "55P03"):  # statement_timeout, lock_timeout
+        raise EstimateFailed(f"no estimate within the time allowed (SQLSTATE {code})")
+    raise EstimateFailed(f"the server refused the EXPLAIN (SQLSTATE {code})")
 
 
 def short_reason(exc: BaseException) -> str:
@@ -116,7 +119,7 @@ def short_reason(exc: BaseException) -> str:
     import psycopg
 
     if isinstance(exc, psycopg.OperationalError):
-        return "the target could not be reached in time"
+        return "could not connect to the target"
     if isinstance(exc, ValueError | KeyError | IndexError):
         return "the plan could not be read"
     return f"the estimate failed ({type(exc).__name__})"
