@@ -1,0 +1,60 @@
+"""What a masked value may become, decided from its PostgreSQL type OID and format code.
+
+The rule (MSK-03): a masked value of a text-like type is masked in place; any other type
+becomes NULL, in the binary format (where a placeholder cannot be encoded as an int4 or a
+timestamp) and in the text format alike (where a typed client could not parse
+``[CARD]`` as a bigint). A column that should show placeholders for such a type can be
+described to the client as ``text`` by the gateway, and passed here as text.
+Never does a masked value pass through.
+
+OIDs are PostgreSQL's fixed built-in ones (``pg_type.dat``); extension types such as
+citext have per-database OIDs and are treated as not text-like unless the caller says so.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+NAME = 19
+TEXT = 25
+JSON = 114
+XML = 142
+UNKNOWN = 705
+BPCHAR = 1042
+VARCHAR = 1043
+JSONB = 3802
+TEXT_ARRAYS = frozenset({1003, 1009, 1014, 1015})  # _name, _text, _bpchar, _varchar
+
+TEXT_LIKE_TYPE_OIDS = frozenset({TEXT, VARCHAR, BPCHAR, NAME, UNKNOWN, XML, JSON, JSONB})
+
+TEXT_FORMAT = 0
+BINARY_FORMAT = 1
+
+
+class ValueKind(Enum):
+    TEXT = "text"  # mask in place
+    JSON = "json"  # mask in place, keeping the JSON valid
+    JSONB_BINARY = "jsonb-binary"  # a version byte, then JSON text
+    OPAQUE = "opaque"  # text form scanned; if anything is masked the value becomes NULL
+    OPAQUE_BINARY = "opaque-binary"  # binary form of another type: a masked column gets NULL
+
+
+def is_text_like_type(type_oid: int) -> bool:
+    """Whether a binary-format value of this type is text that can be masked in place."""
+    return type_oid in TEXT_LIKE_TYPE_OIDS
+
+
+def value_kind(type_oid: int | None, format_code: int = TEXT_FORMAT) -> ValueKind:
+    if type_oid is None:
+        return ValueKind.TEXT
+    if type_oid in (JSON, JSONB):
+        if format_code == BINARY_FORMAT and type_oid == JSONB:
+            return ValueKind.JSONB_BINARY
+        return ValueKind.JSON
+    if type_oid in TEXT_LIKE_TYPE_OIDS:
+        return ValueKind.TEXT
+    if format_code == BINARY_FORMAT:
+        return ValueKind.OPAQUE_BINARY
+    if type_oid in TEXT_ARRAYS:
+        return ValueKind.TEXT
+    return ValueKind.OPAQUE

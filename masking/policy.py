@@ -1,0 +1,579 @@
+"""A masking policy compiled from its spec, and the row API for the PostgreSQL data path.
+
+>>> policy = compile_policy({"columns": [{"match": "users.email", "method": "redact",
+...                                       "entity": "email"}]})
+>>> rows, counts = policy.mask_rows([("public.users", "email"), (None, None)],
+...                                 [[b"bob@example.com", b"call +1 555 201 3344"]])
+>>> rows
+[(b'[EMAIL]', b'call [PHONE]')]
+
+Column rules apply by identity: the caller resolves each result column's table OID and
+column number (RowDescription) to ``(table, column)``, which an ``AS`` alias does not
+change. Content detectors apply to every text value, so ``lower(email)`` (no identity) is
+still caught.
+"""
+
+from __future__ import annotations
+
+import codecs
+import fnmatch
+import json
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from functools import wraps
+from operator import itemgetter
+from typing import Any, ParamSpec, TypeVar, overload
+
+from masking.detectors import BUILTIN_ENTITIES, NORMALISERS
+from masking.errors import MaskingError, MaskingSpecError
+from masking.pgtypes import TEXT_FORMAT, ValueKind, value_kind
+from masking.placeholders import Method, Renderer, label_of, placeholder_pattern
+from masking.scanner import Counts, CustomEntity, Scanner, Value
+from masking.spec import COLUMN_ENTITY_DEFAULT, validate_masking_spec
+from masking.validators import VALIDATORS
+
+Identity = tuple[str | None, str | None] | None
+Row = Sequence[Value | None]
+ALL = frozenset({"*"})  # an exemption of every entity
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def fail_closed(function: Callable[P, R]) -> Callable[P, R]:
+    """Any failure becomes one ``MaskingError`` whose message holds no data."""
+
+    @wraps(function)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return function(*args, **kwargs)
+        except MaskingError:
+            raise
+        except Exception as exc:
+            # "from None": the cause's message may quote the value being masked.
+            raise MaskingError(f"masking failed ({type(exc).__name__})") from None
+
+    return wrapper
+
+
+def _glob(part: str) -> re.Pattern[str]:
+    return re.compile(fnmatch.translate(part.casefold()))
+
+
+def _split_table(table: str | None) -> tuple[str | None, str | None]:
+    if table is None:
+        return None, None
+    schema, dot, name = table.rpartition(".")
+    return (schema.casefold() if dot else None), name.casefold()
+
+
+@dataclass(frozen=True)
+class ColumnGlob:
+    """``table.column`` or ``schema.table.column``, each part a glob, matched case-insensitively.
+
+    A column whose table the caller gives without a schema matches a three-part glob on its
+    table and column alone: masking one column too many is the safe mistake.
+    """
+
+    text: str
+    parts: tuple[re.Pattern[str], ...]
+
+    @classmethod
+    def parse(cls, text: str) -> ColumnGlob:
+        return cls(text, tuple(_glob(p) for p in text.split(".")))
+
+    def matches(self, identity: Identity) -> bool:
+        if identity is None or identity[0] is None or identity[1] is None:
+            return False
+        schema, table = _split_table(identity[0])
+        column = identity[1].casefold()
+        if len(self.parts) == 3 and schema is not None and not self.parts[0].fullmatch(schema):
+            return False
+        return bool(self.parts[-2].fullmatch(table or "") and self.parts[-1].fullmatch(column))
+
+
+@dataclass(frozen=True)
+class ColumnRule:
+    glob: ColumnGlob
+    entity: str
+    render: Renderer
+
+
+@dataclass(frozen=True)
+class Exemption:
+    column: ColumnGlob | None
+    group: str | None
+    entities: frozenset[str]  # ALL for every entity
+
+
+def _deny_pattern(values: Sequence[str], ignore_case: bool) -> re.Pattern[str]:
+    literals = sorted({re.escape(v) for v in values}, key=lambda s: (-len(s), s))
+    return re.compile(r"(?<!\w)(?:" + "|".join(literals) + r")(?!\w)", re.IGNORECASE if ignore_case else 0)
+
+
+class MaskingPolicy:
+    """What to mask and how; compiled once from a spec, cheap to use per result.
+
+    Use ``compile_policy(spec, hash_key=...)``. ``for_groups(agent_groups)`` gives the view
+    that applies an agent's group exemptions; the policy itself applies none of them.
+    """
+
+    def __init__(
+        self,
+        *,
+        entities: Mapping[str, Method],
+        custom: Sequence[dict[str, Any]],
+        column_rules: Sequence[dict[str, Any]],
+        exemptions: Sequence[Exemption],
+        default_method: Method,
+        hash_key: bytes | None,
+        groups: frozenset[str] = frozenset(),
+    ) -> None:
+        self._entity_methods = dict(entities)
+        self._custom_specs = list(custom)
+        self._column_rule_specs = list(column_rules)
+        self._all_exemptions = list(exemptions)
+        self._default_method = default_method
+        self._hash_key = hash_key
+        self.groups = groups
+        custom_names = [c["name"] for c in self._custom_specs]
+        rule_entities = [r.get("entity", COLUMN_ENTITY_DEFAULT) for r in self._column_rule_specs]
+        self.labels = frozenset(
+            label_of(e) for e in (*BUILTIN_ENTITIES, *custom_names, *rule_entities, COLUMN_ENTITY_DEFAULT)
+        )
+        self._placeholders = re.compile(placeholder_pattern(self.labels))
+        self._placeholders_bytes = re.compile(self._placeholders.pattern.encode("ascii"))
+
+        applicable = [x for x in self._all_exemptions if x.group is None or x.group in groups]
+        self._global_exempt: frozenset[str] = frozenset().union(
+            *(x.entities for x in applicable if x.column is None)
+        )
+        self._column_exemptions = [x for x in applicable if x.column is not None]
+        self._renderers = {
+            name: Renderer(name, method, hash_key, NORMALISERS.get(name)) for name, method in entities.items()
+        }
+        self._custom = [self._compile_custom(c) for c in self._custom_specs]
+        self._column_rules = [
+            ColumnRule(
+                ColumnGlob.parse(r["match"]),
+                r.get("entity", COLUMN_ENTITY_DEFAULT),
+                Renderer(
+                    r.get("entity", COLUMN_ENTITY_DEFAULT),
+                    Method(r["method"]),
+                    hash_key,
+                    NORMALISERS.get(r.get("entity", "")),
+                ),
+            )
+            for r in self._column_rule_specs
+        ]
+        self._scanners: dict[frozenset[str], Scanner] = {}
+        self._views: dict[frozenset[str], MaskingPolicy] = {}
+
+    def _compile_custom(self, spec: dict[str, Any]) -> CustomEntity:
+        flags = re.IGNORECASE if spec.get("ignore_case") else 0
+        method = Method(spec.get("method", self._default_method))
+        return CustomEntity(
+            name=spec["name"],
+            render=Renderer(spec["name"], method, self._hash_key),
+            pattern=re.compile(spec["pattern"], flags) if "pattern" in spec else None,
+            validator=VALIDATORS[spec["validator"]] if "validator" in spec else None,
+            deny=_deny_pattern(spec["deny_list"], bool(spec.get("ignore_case")))
+            if "deny_list" in spec
+            else None,
+        )
+
+    # -- views -------------------------------------------------------------------------
+
+    @fail_closed
+    def for_groups(self, groups: Iterable[str]) -> MaskingPolicy:
+        """This policy as it applies to an agent in ``groups`` (its group exemptions applied)."""
+        key = frozenset(groups) & frozenset(x.group for x in self._all_exemptions if x.group)
+        if key == self.groups:
+            return self
+        view = self._views.get(key)
+        if view is None:
+            view = MaskingPolicy(
+                entities=self._entity_methods,
+                custom=self._custom_specs,
+                column_rules=self._column_rule_specs,
+                exemptions=self._all_exemptions,
+                default_method=self._default_method,
+                hash_key=self._hash_key,
+                groups=key,
+            )
+            self._views[key] = view
+        return view
+
+    def scanner(self, exempt: frozenset[str] = frozenset()) -> Scanner:
+        exempt = exempt | self._global_exempt
+        scanner = self._scanners.get(exempt)
+        if scanner is None:
+            everything = "*" in exempt
+            renderers = {
+                name: r for name, r in self._renderers.items() if not everything and name not in exempt
+            }
+            custom = [c for c in self._custom if not everything and c.name not in exempt]
+            scanner = Scanner(renderers, custom, self.labels)
+            self._scanners[exempt] = scanner
+        return scanner
+
+    # -- text ----------------------------------------------------------------------------
+
+    @overload
+    def mask_text(self, text: str) -> tuple[str, Counts]: ...
+    @overload
+    def mask_text(self, text: bytes, encoding: str = "utf-8") -> tuple[bytes, Counts]: ...
+
+    @fail_closed
+    def mask_text(self, text: Value, encoding: str = "utf-8") -> tuple[Value, Counts]:
+        """Content masking of free text (a notice, an error message, a COPY line...)."""
+        if isinstance(text, bytes):
+            masked, counts = self.scanner().mask_text(text.decode(encoding, "surrogateescape"))
+            return masked.encode(encoding, "surrogateescape"), counts
+        return self.scanner().mask_text(text)
+
+    @fail_closed
+    def contains_placeholder(self, text: Value) -> bool:
+        """Whether ``text`` holds a placeholder this policy produces (the write-back guard)."""
+        if isinstance(text, bytes):
+            return self._placeholders_bytes.search(text) is not None
+        return self._placeholders.search(text) is not None
+
+    # -- rows ----------------------------------------------------------------------------
+
+    def column_exemptions(self, identity: Identity) -> frozenset[str]:
+        found: frozenset[str] = frozenset()
+        for exemption in self._column_exemptions:
+            if exemption.column is not None and exemption.column.matches(identity):
+                found |= exemption.entities
+        return found
+
+    def column_rule(self, identity: Identity) -> ColumnRule | None:
+        """The first column rule naming this column that no exemption lifts."""
+        exempt = self.column_exemptions(identity) | self._global_exempt
+        for rule in self._column_rules:
+            if rule.glob.matches(identity):
+                if "*" in exempt or rule.entity in exempt:
+                    return None
+                return rule
+        return None
+
+    @fail_closed
+    def result_masker(
+        self,
+        columns: Sequence[Identity],
+        *,
+        type_oids: Sequence[int | None] | None = None,
+        formats: Sequence[int] | None = None,
+        encoding: str = "utf-8",
+    ) -> ResultMasker:
+        """Prepare masking for one result shape (one RowDescription); reuse it for every batch."""
+        return ResultMasker(self, columns, type_oids=type_oids, formats=formats, encoding=encoding)
+
+    def mask_rows(
+        self,
+        columns: Sequence[Identity],
+        rows: Iterable[Row],
+        *,
+        type_oids: Sequence[int | None] | None = None,
+        formats: Sequence[int] | None = None,
+        encoding: str = "utf-8",
+    ) -> tuple[list[tuple[Value | None, ...]], Counts]:
+        masker = self.result_masker(columns, type_oids=type_oids, formats=formats, encoding=encoding)
+        return masker.mask_rows(rows)
+
+
+class _JSONNumber(str):
+    """A JSON number kept as written (no float rounding, no ``Infinity``)."""
+
+
+def _json_dump(value: Any) -> str:
+    if isinstance(value, _JSONNumber):
+        return str.__str__(value)
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{_json_dump(k)}: {_json_dump(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list):
+        return "[" + ", ".join(_json_dump(v) for v in value) + "]"
+    return json.dumps(value)
+
+
+def _mask_json(text: str, scanner: Scanner, counts: Counts) -> str | None:
+    """Mask inside a JSON document, keeping it valid JSON (a masked number becomes a string).
+
+    None when ``text`` is not JSON.
+    """
+    try:
+        document = json.loads(
+            text, parse_int=_JSONNumber, parse_float=_JSONNumber, parse_constant=_JSONNumber
+        )
+    except ValueError:
+        return None
+
+    def walk(value: Any) -> Any:
+        if isinstance(value, str):
+            masked, found = scanner.mask_text(str.__str__(value))
+            if found:
+                for entity, n in found.items():
+                    counts[entity] = counts.get(entity, 0) + n
+                return masked
+            return value
+        if isinstance(value, dict):
+            return {walk(k): walk(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [walk(v) for v in value]
+        return value
+
+    return _json_dump(walk(document))
+
+
+class ResultMasker:
+    """Masks the rows of one result: column rules by identity, content detectors on the rest.
+
+    Columns are ``(table, column)`` pairs (``table`` may be ``schema.table``) or None for a
+    column with no source (an expression). ``type_oids`` and ``formats`` come from the
+    RowDescription; without them every value is treated as text in the text format.
+    Values are ``bytes`` (decoded with ``encoding``), ``str``, or None for NULL; each
+    masked value keeps its input type.
+    """
+
+    def __init__(
+        self,
+        policy: MaskingPolicy,
+        columns: Sequence[Identity],
+        *,
+        type_oids: Sequence[int | None] | None,
+        formats: Sequence[int] | None,
+        encoding: str,
+    ) -> None:
+        count = len(columns)
+        if type_oids is not None and len(type_oids) != count:
+            raise MaskingError("type_oids must have one entry per column")
+        if formats is not None and len(formats) not in (0, 1, count):
+            raise MaskingError("formats must have zero, one or one entry per column")
+        "".encode(encoding)  # an unknown encoding fails here, not on the first row
+        self._encoding = encoding
+        # In these encodings ASCII letters and digits are single bytes that never occur
+        # inside a multi-byte character, so partial masking can work on the bytes.
+        self._ascii_compatible = codecs.lookup(encoding).name in ("utf-8", "ascii", "iso8859-1", "cp1252")
+        self.width = count
+        self.kinds: list[ValueKind] = []
+        self.rules: list[ColumnRule | None] = []
+        scanners: list[Scanner | None] = []
+        for index, identity in enumerate(columns):
+            fmt = TEXT_FORMAT if not formats else formats[0] if len(formats) == 1 else formats[index]
+            kind = value_kind(None if type_oids is None else type_oids[index], fmt)
+            self.kinds.append(kind)
+            rule = policy.column_rule(identity)
+            self.rules.append(rule)
+            scanner = None
+            if rule is None and kind is not ValueKind.OPAQUE_BINARY:
+                scanner = policy.scanner(policy.column_exemptions(identity))
+                if not scanner.active:
+                    scanner = None
+            scanners.append(scanner)
+        # Columns scanned by the same scanner are scanned together, as one batch.
+        self._scan_groups: dict[int, tuple[Scanner, list[int]]] = {}
+        for index, scanner in enumerate(scanners):
+            if scanner is not None:
+                self._scan_groups.setdefault(id(scanner), (scanner, []))[1].append(index)
+
+    @property
+    def masked_columns(self) -> list[bool]:
+        """Which columns a column rule masks whole (the gateway may describe them as text)."""
+        return [rule is not None for rule in self.rules]
+
+    def _decode(self, value: Value) -> str:
+        return value.decode(self._encoding, "surrogateescape") if isinstance(value, bytes) else value
+
+    def _encode(self, text: str, like: Value) -> Value:
+        return text.encode(self._encoding, "surrogateescape") if isinstance(like, bytes) else text
+
+    def _whole(self, rule: ColumnRule, kind: ValueKind, value: Value) -> Value | None:
+        if kind in (ValueKind.OPAQUE, ValueKind.OPAQUE_BINARY):
+            return None
+        if kind is ValueKind.JSONB_BINARY:
+            text = self._decode(value[1:])
+            return b"\x01" + json.dumps(rule.render(text)).encode(self._encoding, "surrogateescape")
+        placeholder = rule.render(self._decode(value))
+        if kind is ValueKind.JSON:
+            placeholder = json.dumps(placeholder)
+        return self._encode(placeholder, value)
+
+    def _content(
+        self,
+        scanner: Scanner,
+        kind: ValueKind,
+        value: Value,
+        counts: Counts,
+        selection: tuple[int, ...] | None = None,
+    ) -> tuple[bool, Value | None]:
+        if kind is ValueKind.JSONB_BINARY:
+            if not isinstance(value, bytes) or value[:1] != b"\x01":
+                raise MaskingError("unexpected jsonb binary version")
+            changed, masked = self._content(scanner, ValueKind.JSON, value[1:], counts)
+            if not changed:
+                return False, value
+            # Masked text goes back behind its version byte; NULL stays NULL.
+            return True, b"\x01" + masked if isinstance(masked, bytes) else None
+        text = value.decode(self._encoding, "surrogateescape") if isinstance(value, bytes) else value
+        if kind is ValueKind.JSON:
+            found: Counts = {}
+            masked_json = _mask_json(text, scanner, found)
+            if masked_json is not None:
+                if not found:
+                    return False, value
+                for entity, n in found.items():
+                    counts[entity] = counts.get(entity, 0) + n
+                return True, self._encode(masked_json, value)
+            kind = ValueKind.OPAQUE  # not JSON after all: mask as text, NULL if anything was found
+        masked = scanner.mask_into(text, counts, selection)
+        if masked is text:
+            return False, value
+        if kind is ValueKind.OPAQUE:
+            return True, None
+        return True, masked.encode(self._encoding, "surrogateescape") if isinstance(value, bytes) else masked
+
+    def _rule_column(
+        self, rule: ColumnRule, kind: ValueKind, column: Sequence[Value | None]
+    ) -> list[Value | None]:
+        if kind in (ValueKind.OPAQUE, ValueKind.OPAQUE_BINARY):
+            return [None] * len(column)
+        render = rule.render
+        if kind is not ValueKind.TEXT:
+            whole = self._whole
+            return [None if v is None else whole(rule, kind, v) for v in column]
+        if render.method is Method.REDACT:
+            as_text = render.redacted
+            as_bytes = as_text.encode(self._encoding)
+            return [None if v is None else as_bytes if isinstance(v, bytes) else as_text for v in column]
+        if render.method is Method.PARTIAL and self._ascii_compatible:
+            partial = render.partial_bytes
+            return [None if v is None else partial(v) if isinstance(v, bytes) else render(v) for v in column]
+        encoding = self._encoding
+        return [
+            None
+            if v is None
+            else render(v.decode(encoding, "surrogateescape")).encode(encoding)
+            if isinstance(v, bytes)
+            else render(v)
+            for v in column
+        ]
+
+    def _mask_dense(
+        self, scanner: Scanner, columns: list[Sequence[Value | None]], index: int, counts: Counts
+    ) -> None:
+        """A column where most values hold something to mask: each value asks for its own
+        detectors, skipping the batch scan that would only flag them all."""
+        column = columns[index]
+        selection_of = scanner.selection
+        content = self._content
+        changed_column: list[Value | None] | None = None
+        for row, value in enumerate(column):
+            if not value:
+                continue
+            selection = selection_of(value)  # type: ignore[arg-type]
+            if not selection:
+                continue
+            changed, masked = content(scanner, ValueKind.TEXT, value, counts, selection)  # type: ignore[arg-type]
+            if changed:
+                if changed_column is None:
+                    changed_column = columns[index] = list(column)
+                changed_column[row] = masked
+
+    @fail_closed
+    def mask_rows(self, rows: Iterable[Row]) -> tuple[list[tuple[Value | None, ...]], Counts]:
+        """The rows (as tuples) with every masked value replaced, and how many of each entity
+        were masked. The rows passed in are not changed."""
+        rows = rows if isinstance(rows, list) else list(rows)
+        counts: Counts = {}
+        if not rows:
+            return [], counts
+        if set(map(len, rows)) != {self.width}:
+            raise MaskingError(f"every row must have {self.width} values")
+        if not self.width:  # SELECT FROM t: rows with no columns
+            return [() for _ in rows], counts
+        # Column by column: per-value work runs in comprehensions, and the transposition
+        # both ways runs in C.
+        columns: list[Sequence[Value | None]] = [list(map(itemgetter(i), rows)) for i in range(self.width)]
+        count = len(rows)
+        for index, kind in enumerate(self.kinds):
+            if kind is ValueKind.JSONB_BINARY and any(
+                v is not None and v[:1] != b"\x01" for v in columns[index]
+            ):
+                # Only version 1 is known; another could hide text from the detectors.
+                raise MaskingError("unknown jsonb binary format version")
+        for index, rule in enumerate(self.rules):
+            if rule is not None:
+                masked = count - columns[index].count(None)
+                columns[index] = self._rule_column(rule, self.kinds[index], columns[index])
+                if masked:
+                    counts[rule.entity] = counts.get(rule.entity, 0) + masked
+        for scanner, group in self._scan_groups.values():
+            indices = []
+            for index in group:
+                if self.kinds[index] is ValueKind.TEXT and scanner.dense(columns[index]):
+                    self._mask_dense(scanner, columns, index, counts)
+                else:
+                    indices.append(index)
+            if not indices:
+                continue
+            first = next((x for i in indices for x in columns[i] if x is not None), b"")
+            empty: Value = b"" if isinstance(first, bytes) else ""
+            items = [empty if x is None else x for i in indices for x in columns[i]]
+            for k in scanner.dirty_indices(items):
+                value = items[k]
+                if not value:
+                    continue
+                c, r = divmod(k, count)
+                index = indices[c]
+                changed, masked_value = self._content(scanner, self.kinds[index], value, counts)
+                if changed:
+                    columns[index][r] = masked_value  # type: ignore[index]
+        return list(zip(*columns, strict=True)), counts
+
+
+def _exemptions(spec: Mapping[str, Any]) -> list[Exemption]:
+    found = []
+    for entry in spec.get("exempt", []):
+        column = ColumnGlob.parse(entry["column"]) if "column" in entry else None
+        entities = frozenset(entry["entities"]) if "entities" in entry else ALL
+        found.append(Exemption(column, entry.get("group"), entities))
+    return found
+
+
+def compile_policy(spec: Mapping[str, Any] | None, *, hash_key: bytes | None = None) -> MaskingPolicy:
+    """Compile a masking spec; raises ``MaskingSpecError`` listing every problem.
+
+    ``hash_key`` (at least 16 bytes) is needed when any entity or column uses ``hash``.
+    An empty spec masks every built-in entity with ``redact``.
+    """
+    spec = dict(spec or {})
+    problems = validate_masking_spec(spec, "masking")
+    if problems:
+        raise MaskingSpecError(problems)
+    default = Method(spec.get("default_method", Method.REDACT))
+    entities_spec = spec.get("entities", "all")
+    if entities_spec == "all":
+        entities = dict.fromkeys(BUILTIN_ENTITIES, default)
+    elif isinstance(entities_spec, list):
+        entities = dict.fromkeys(entities_spec, default)
+    else:
+        entities = {
+            name: Method(value["method"] if isinstance(value, dict) else value)
+            for name, value in entities_spec.items()
+        }
+    methods = [*entities.values(), *(Method(r["method"]) for r in spec.get("columns", []))]
+    methods += [Method(c.get("method", default)) for c in spec.get("custom", [])]
+    if Method.HASH in methods and (hash_key is None or len(hash_key) < 16):
+        raise MaskingSpecError([("masking", "the hash method needs a hash key of at least 16 bytes")])
+    return MaskingPolicy(
+        entities=entities,
+        custom=spec.get("custom", []),
+        column_rules=spec.get("columns", []),
+        exemptions=_exemptions(spec),
+        default_method=default,
+        hash_key=hash_key,
+    )

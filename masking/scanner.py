@@ -1,0 +1,357 @@
+"""Content masking: finds the enabled entities in text and replaces them with placeholders.
+
+``Scanner.mask_text`` masks one value. For a batch of values, ``Scanner.dirty_indices``
+says which need it: the batch is joined into one byte string (NUL between values, which
+PostgreSQL text never holds) and RE2 runs ``TRIGGER`` over it once, at DFA speed, so a
+clean value costs no Python work of its own. In a value to mask, the same shapes run as an
+RE2 set pick the detectors that could match, and only those run.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import re2  # type: ignore[import-untyped]
+
+from masking.detectors import BUILTIN_DETECTORS, TRIGGER, TRIGGER_SHAPES, Detector, Span
+from masking.placeholders import Renderer, placeholder_pattern
+
+Counts = dict[str, int]
+Value = str | bytes
+
+_GROUP_NAME = re.compile(r"\(\?P([<=])(\w+)")
+# Masking a value can give a neighbour new context (a placeholder where a letter was); a
+# few passes reach the fixed point, so masking the output again changes nothing.
+_MAX_PASSES = 4
+# A secret touching one of these may have hidden a neighbour from a detector's boundary
+# check (an email directly followed by digits); only then is another pass worth its cost.
+_GLUE = frozenset("0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ_.%+-@:/")
+
+
+def _prefixed(pattern: str, prefix: str) -> str:
+    return _GROUP_NAME.sub(lambda m: f"(?P{m.group(1)}{prefix}{m.group(2)}", pattern)
+
+
+@dataclass(frozen=True)
+class CustomEntity:
+    """An entity an admin defines: a regular expression (its group ``secret``, if any, is the
+    part masked) with an optional validator, and/or a deny list of literal values."""
+
+    name: str
+    render: Renderer
+    pattern: re.Pattern[str] | None = None
+    validator: Callable[[str], bool] | None = None
+    deny: re.Pattern[str] | None = None
+    _secret_group: bool = field(default=False, init=False)
+
+    def __post_init__(self) -> None:
+        has_secret = self.pattern is not None and "secret" in self.pattern.groupindex
+        object.__setattr__(self, "_secret_group", has_secret)
+
+    def _sub(self, pattern: re.Pattern[str], text: str, counts: Counts, validate: bool) -> str:
+        out: list[str] = []
+        last = 0
+        for match in pattern.finditer(text):
+            start, end = match.span("secret") if self._secret_group and validate else match.span()
+            if start < last or start == end:
+                continue
+            secret = text[start:end]
+            if validate and self.validator is not None and not self.validator(secret):
+                continue
+            out.append(text[last:start])
+            out.append(self.render(secret))
+            last = end
+            counts[self.name] = counts.get(self.name, 0) + 1
+        if not out:
+            return text
+        out.append(text[last:])
+        return "".join(out)
+
+    def mask(self, text: str, counts: Counts, placeholders: re.Pattern[str]) -> str:
+        for pattern, validate in ((self.pattern, True), (self.deny, False)):
+            if pattern is None:
+                continue
+            # Placeholders already in the text are left whole: a custom expression must
+            # not re-mask a part of one (that would break idempotence and the write guard).
+            if "[" in text:
+                pieces: list[str] = []
+                last = 0
+                for ph in placeholders.finditer(text):
+                    pieces.append(self._sub(pattern, text[last : ph.start()], counts, validate))
+                    pieces.append(ph.group())
+                    last = ph.end()
+                pieces.append(self._sub(pattern, text[last:], counts, validate))
+                text = "".join(pieces)
+            else:
+                text = self._sub(pattern, text, counts, validate)
+        return text
+
+
+@dataclass(frozen=True)
+class _Combined:
+    pattern: re.Pattern[str]
+    group_to_detector: list[int]
+    secret_groups: dict[int, tuple[int, ...]]  # detector -> its secret groups, then its whole group
+    selection: tuple[int, ...]
+
+
+class Scanner:
+    """Masks the enabled built-in entities and custom entities in text.
+
+    >>> from masking.placeholders import Method, Renderer
+    >>> scanner = Scanner({"email": Renderer("email", Method.REDACT, None)})
+    >>> scanner.mask_text("write to bob@example.com")
+    ('write to [EMAIL]', {'email': 1})
+    """
+
+    def __init__(
+        self,
+        renderers: Mapping[str, Renderer],
+        custom: Sequence[CustomEntity] = (),
+        labels: Iterable[str] = (),
+    ) -> None:
+        self._detectors: list[Detector] = [d for d in BUILTIN_DETECTORS if d.entity in renderers]
+        self._renderers = [renderers[d.entity] for d in self._detectors]
+        position = {d.name: i for i, d in enumerate(self._detectors)}
+        self._shape_detectors = [
+            tuple(position[name] for name in names if name in position) for _, names in TRIGGER_SHAPES
+        ]
+        self._shapes = re2.Set.SearchSet()
+        for shape, _ in TRIGGER_SHAPES:
+            self._shapes.Add(shape)
+        self._shapes.Compile()
+        # RE2's own entry point, when the wrapper exposes it: the wrapper re-encodes.
+        self._shapes_match = getattr(getattr(self._shapes, "_set", None), "Match", None)
+        self._selections: dict[tuple[int, ...], tuple[int, ...]] = {}
+        self._own = [re.compile(d.pattern) for d in self._detectors]
+        self._entities = [d.entity for d in self._detectors]
+        self._validators = [d.validator for d in self._detectors]
+        self._refines = [d.refine for d in self._detectors]
+        self._custom = tuple(custom)
+        all_labels = {*labels, *(e.upper() for e in renderers), *(c.name.upper() for c in self._custom)}
+        self.placeholders = re.compile(placeholder_pattern(all_labels or {"MASKED"}))
+        self._combined: dict[tuple[int, ...], _Combined] = {}
+        self._trigger = re2.compile(TRIGGER.encode("ascii")) if self._detectors else None
+        regexp = getattr(self._trigger, "_regexp", None)
+        self._trigger_match = getattr(regexp, "Match", None)
+        self._unanchored = getattr(getattr(re2, "_Anchor", None), "UNANCHORED", None)
+        if self._unanchored is None:
+            self._trigger_match = None
+
+    @property
+    def active(self) -> bool:
+        return bool(self._detectors or self._custom)
+
+    def _combined_for(self, selection: tuple[int, ...]) -> _Combined:
+        """One expression for the detectors that may match (the placeholder first)."""
+        found = self._combined.get(selection)
+        if found is None:
+            parts = [f"(?P<ph>{self.placeholders.pattern})"]
+            parts += [f"(?P<d{i}>{_prefixed(self._detectors[i].pattern, f'd{i}_')})" for i in selection]
+            pattern = re.compile("|".join(parts))
+            group_to_detector = [-1] * (pattern.groups + 1)
+            secret_groups: dict[int, tuple[int, ...]] = {}
+            for i in selection:
+                group_to_detector[pattern.groupindex[f"d{i}"]] = i
+                names = [f"d{i}_{g}" for g in self._detectors[i].secret_groups] + [f"d{i}"]
+                secret_groups[i] = tuple(pattern.groupindex[name] for name in names)
+            if len(self._combined) > 512:  # selections are few in practice; bound it anyway
+                self._combined.clear()
+            found = self._combined[selection] = _Combined(
+                pattern, group_to_detector, secret_groups, selection
+            )
+        return found
+
+    def _fallback(self, match: re.Match[str], index: int, combined: _Combined) -> tuple[Span, int] | None:
+        """The first alternative that matched here was not valid (a card failing Luhn); a
+        later detector may still match at the same place."""
+        text, start = match.string, match.start()
+        selection = combined.selection
+        for j in selection[selection.index(index) + 1 :]:
+            other = self._own[j].match(text, start)
+            if other is not None:
+                span = self._detectors[j].secret_span(other)
+                if span is not None:
+                    return span, j
+        return None
+
+    def selection(self, value: Value) -> tuple[int, ...]:
+        """The detectors that could match in ``value`` (empty: nothing to mask in it)."""
+        data = value if isinstance(value, bytes) else value.encode("utf-8", "surrogatepass")
+        shapes = self._shapes_match(data) if self._shapes_match is not None else self._shapes.Match(data)
+        if not shapes:
+            return ()
+        key = tuple(sorted(shapes)) if len(shapes) > 1 else tuple(shapes)
+        selection = self._selections.get(key)
+        if selection is None:
+            chosen = {i for shape in key for i in self._shape_detectors[shape]}
+            selection = self._selections[key] = tuple(sorted(chosen))
+        return selection
+
+    def dense(self, values: Sequence[Value | None], sample: int = 32) -> bool:
+        """Whether most values hold a trigger shape (a column of emails, say): then asking
+        each value for its detectors costs less than a batch scan followed by that."""
+        if self._custom or not self._detectors:
+            return False
+        seen = flagged = 0
+        for value in values:
+            if value:
+                seen += 1
+                flagged += bool(self.selection(value))
+                if seen == sample:
+                    break
+        return seen > 0 and flagged * 2 > seen
+
+    def _mask_builtin(
+        self, text: str, counts: Counts, selection: tuple[int, ...] | None = None
+    ) -> tuple[str, bool]:
+        """The masked text, and whether a masked secret touched a word-like neighbour."""
+        if selection is None:
+            selection = self.selection(text)
+        if not selection:
+            return text, False
+        combined = self._combined_for(selection)
+        group_to_detector = combined.group_to_detector
+        secret_groups = combined.secret_groups
+        search = combined.pattern.search
+        match = search(text)
+        length = len(text)
+        if match is not None and match.end() == length and not match.start():
+            # The common case in a column of data: the whole value is one secret.
+            index = group_to_detector[match.lastindex or 0]
+            if index >= 0:
+                for group in secret_groups[index]:
+                    a, b = match.span(group)
+                    if a >= 0:
+                        break
+                if not a and b == length:
+                    refine = self._refines[index]
+                    validator = self._validators[index]
+                    if (
+                        refine(text, 0, length) == (0, length)
+                        if refine is not None
+                        else validator is None or validator(text)
+                    ):
+                        entity = self._entities[index]
+                        counts[entity] = counts.get(entity, 0) + 1
+                        return self._renderers[index](text), False
+        out: list[str] = []
+        last = 0
+        glued = False
+        while match is not None:
+            start = match.start()
+            index = group_to_detector[match.lastindex or 0]
+            if index < 0:  # a placeholder: leave it whole
+                match = search(text, match.end())
+                continue
+            # The secret: the first of the detector's secret groups that took part.
+            for group in secret_groups[index]:
+                a, b = match.span(group)
+                if a >= 0:
+                    break
+            refine = self._refines[index]
+            validator = self._validators[index]
+            span: Span | None
+            if refine is not None:
+                span = refine(text, a, b)
+            elif a == b or (validator is not None and not validator(text[a:b])):
+                span = None
+            else:
+                span = a, b
+            j = index
+            if span is None:
+                found = self._fallback(match, index, combined)
+                if found is None:
+                    match = search(text, start + 1)
+                    continue
+                span, j = found
+            a, b = span
+            if text[a] == "[" and self.placeholders.fullmatch(text, a, b) is not None:
+                # "password=[PASSWORD]": the secret was masked already.
+                match = search(text, start + 1)
+                continue
+            if (a and text[a - 1] in _GLUE) or (b < len(text) and text[b] in _GLUE):
+                glued = True
+            out.append(text[last:a])
+            out.append(self._renderers[j](text[a:b]))
+            last = b
+            entity = self._entities[j]
+            counts[entity] = counts.get(entity, 0) + 1
+            match = search(text, max(b, start + 1))
+        if not out:
+            return text, False
+        out.append(text[last:])
+        return "".join(out), glued
+
+    def mask_into(self, text: str, counts: Counts, selection: tuple[int, ...] | None = None) -> str:
+        """``text`` masked, adding what was masked to ``counts``; the same object if nothing was.
+
+        ``selection``, when the caller has it already, is ``self.selection(text)``.
+        """
+        original = text
+        for _ in range(_MAX_PASSES):
+            glued = bool(self._custom)
+            masked = text
+            if self._detectors:
+                masked, touched = self._mask_builtin(masked, counts, selection)
+                selection = None  # later passes see new text
+                glued = glued or touched
+            for entity in self._custom:
+                masked = entity.mask(masked, counts, self.placeholders)
+            if masked == text:
+                break
+            text = masked
+            if not glued:
+                break
+        return original if text == original else text
+
+    def mask_text(self, text: str) -> tuple[str, Counts]:
+        """The text with every enabled entity masked, and how many of each were masked."""
+        counts: Counts = {}
+        return self.mask_into(text, counts), counts
+
+    def dirty_indices(self, items: Sequence[Value]) -> list[int]:
+        """Indices of the values that may hold something to mask (a superset of those that do).
+
+        Values are joined with NUL and RE2 scans the whole batch once; a value the trigger
+        flags is not scanned further by it (the detectors will read all of it).
+        """
+        if self._custom:
+            return [i for i, item in enumerate(items) if item]
+        if self._trigger is None or not items:
+            return []
+        try:
+            joined = b"\x00".join(items)  # type: ignore[arg-type]
+        except TypeError:
+            joined = "\x00".join(
+                x.decode("utf-8", "surrogateescape") if isinstance(x, bytes) else x for x in items
+            ).encode("utf-8", "surrogatepass")
+        if joined.count(b"\x00") != len(items) - 1:
+            # A value holds NUL itself: the join cannot tell values apart, scan each one.
+            return [i for i, item in enumerate(items) if item]
+        search = self._search_bytes
+        dirty: list[int] = []
+        index = 0
+        counted_to = 0
+        at = search(joined, 0)
+        while at >= 0:
+            index += joined.count(b"\x00", counted_to, at)
+            counted_to = at
+            dirty.append(index)
+            end = joined.find(b"\x00", at)
+            if end < 0:
+                break
+            at = search(joined, end + 1)
+        return dirty
+
+    def _search_bytes(self, data: bytes, pos: int) -> int:
+        """Where the trigger first matches in ``data`` from ``pos``, or -1."""
+        if self._trigger_match is not None:
+            # RE2's own entry point: the module's wrapper builds a generator and a match
+            # object per call, which costs more than the search on a short span.
+            return int(self._trigger_match(self._unanchored, data, pos, len(data))[0][0])
+        assert self._trigger is not None  # noqa: S101 - only called when there are detectors
+        match = self._trigger.search(data, pos)
+        return -1 if match is None else int(match.start())
