@@ -16,7 +16,9 @@ shows the truth on reload).
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
 
@@ -84,6 +86,14 @@ class CountPayload:
         return asdict(self)
 
 
+def _in_loop_thread() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
 def _group_send(group: str, message: dict[str, Any]) -> None:
     from channels.layers import get_channel_layer
 
@@ -91,7 +101,14 @@ def _group_send(group: str, message: dict[str, Any]) -> None:
     if layer is None:
         return
     try:
-        async_to_sync(layer.group_send)(group, message)
+        if _in_loop_thread():
+            # Called from sync code on a thread that runs an event loop (a test driving a
+            # browser, an embedding application): async_to_sync cannot run here, a helper
+            # thread can.
+            with ThreadPoolExecutor(max_workers=1) as pool:
+                pool.submit(async_to_sync(layer.group_send), group, message).result(timeout=10)
+        else:
+            async_to_sync(layer.group_send)(group, message)
     except Exception:
         # The push is an optimisation: waiters poll the database and pages reload the truth.
         log.warning("approvals: could not publish to %s", group, exc_info=True)

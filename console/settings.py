@@ -120,7 +120,13 @@ if REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {"hosts": [REDIS_URL], "prefix": env_str("AIRLOCK_CHANNEL_PREFIX", "airlock")},
+            # redis-py 8 reads with a 5 s socket timeout by default, which cuts the channel
+            # layer's blocking receive (BZPOPMIN, 5 s server-side) and closes every idle
+            # websocket: the read timeout must outlast it.
+            "CONFIG": {
+                "hosts": [{"address": REDIS_URL, "socket_timeout": 30}],
+                "prefix": env_str("AIRLOCK_CHANNEL_PREFIX", "airlock"),
+            },
         }
     }
     CELERY_BROKER_URL = REDIS_URL

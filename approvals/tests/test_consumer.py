@@ -161,3 +161,13 @@ async def test_a_notification_is_only_for_new_requests_the_person_can_decide(wor
         assert (card["status"], card["notify"]) == ("pending", None)
         assert "You have already decided" in card["html"]
         assert await bobs.receive_json_from(timeout=TIMEOUT) == {"type": "count", "pending": 0}
+
+
+async def test_an_inbox_left_idle_still_receives(world, bob):
+    # The channel layer's blocking read lasts 5 s on the Redis side; a client read timeout
+    # shorter than that (redis-py 8's default) used to close every idle socket.
+    async with inbox(bob) as bobs:
+        await _connected(bobs)
+        assert await bobs.receive_nothing(timeout=7, interval=0.5)
+        req = await in_db(make_request, world)
+        assert (await bobs.receive_json_from(timeout=TIMEOUT))["id"] == req.pk
