@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from concurrent.futures import ThreadPoolExecutor
+import threading
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
 
 from asgiref.sync import async_to_sync
+from channels.layers import InMemoryChannelLayer
 
 log = logging.getLogger("airlock.approvals")
 
@@ -86,32 +87,57 @@ class CountPayload:
         return asdict(self)
 
 
-def _in_loop_thread() -> bool:
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return False
-    return True
+class _Publisher:
+    """One event loop thread per process that sends to the channel layer.
+
+    Actions publish after commit from whatever thread committed (a view's, a gateway
+    database thread, a Celery worker). ``async_to_sync`` there would make a new event loop,
+    and with it a new Redis connection, for every message; this loop keeps one, and the
+    action does not wait for the send.
+    """
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="approvals-publisher", daemon=True)
+        self.thread.start()
+
+    def send(self, layer: Any, group: str, message: dict[str, Any]) -> None:
+        future = asyncio.run_coroutine_threadsafe(layer.group_send(group, message), self.loop)
+        future.add_done_callback(_log_failure(group))
+
+
+def _log_failure(group: str) -> Any:
+    def done(future: Any) -> None:
+        if not future.cancelled() and future.exception() is not None:
+            # The push is an optimisation: waiters poll the database, pages reload the truth.
+            log.warning("approvals: could not publish to %s: %s", group, future.exception())
+
+    return done
+
+
+_publisher: _Publisher | None = None
+_publisher_lock = threading.Lock()
 
 
 def _group_send(group: str, message: dict[str, Any]) -> None:
+    global _publisher
     from channels.layers import get_channel_layer
 
     layer = get_channel_layer()
     if layer is None:
         return
-    try:
-        if _in_loop_thread():
-            # Called from sync code on a thread that runs an event loop (a test driving a
-            # browser, an embedding application): async_to_sync cannot run here, a helper
-            # thread can.
-            with ThreadPoolExecutor(max_workers=1) as pool:
-                pool.submit(async_to_sync(layer.group_send), group, message).result(timeout=10)
-        else:
+    if isinstance(layer, InMemoryChannelLayer):
+        # The in-memory layer lives on the caller's event loop: send there, and wait.
+        try:
             async_to_sync(layer.group_send)(group, message)
-    except Exception:
-        # The push is an optimisation: waiters poll the database and pages reload the truth.
-        log.warning("approvals: could not publish to %s", group, exc_info=True)
+        except Exception:
+            log.warning("approvals: could not publish to %s", group, exc_info=True)
+        return
+    with _publisher_lock:
+        if _publisher is None or not _publisher.thread.is_alive():
+            _publisher = _Publisher()
+        publisher = _publisher
+    publisher.send(layer, group, message)
 
 
 def publish_change(request_id: int, status: str, *, created: bool = False) -> None:

@@ -28,15 +28,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import weakref
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.db import connections
+from django.db import close_old_connections, connections
 from django.utils import timezone
 
 from approvals import actions
@@ -244,8 +245,7 @@ def find_pending(*, agent_id: int | None, connection_id: int | None, binding: st
     return Held(req.pk, req.public_url(), req.expires_at, req.agent_waits) if req else None
 
 
-def outcome_of(request_id: int) -> Outcome:
-    req = ApprovalRequest.objects.get(pk=request_id)
+def _outcome(req: ApprovalRequest) -> Outcome:
     return Outcome(
         request_id=req.pk,
         status=req.status,
@@ -254,6 +254,19 @@ def outcome_of(request_id: int) -> Outcome:
         reason=req.reason,
         grant_until=req.grant_until,
     )
+
+
+def outcome_of(request_id: int) -> Outcome:
+    return _outcome(ApprovalRequest.objects.get(pk=request_id))
+
+
+def _poll(request_id: int) -> tuple[Outcome, datetime]:
+    """Refresh the hold's heartbeat and read where the request stands (one round trip each)."""
+    actions.heartbeat(request_id)
+    req = ApprovalRequest.objects.filter(pk=request_id).first()
+    if req is None:
+        raise actions.ApprovalError(f"approval request {request_id} does not exist")
+    return _outcome(req), req.expires_at
 
 
 def cancel(request_id: int, reason: str, *, actor: Any = "gateway") -> bool:
@@ -397,17 +410,57 @@ def _listener() -> _Listener | None:
     return listener
 
 
-def _db(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """``fn`` in a worker thread, its database connection closed afterwards (worker threads
-    must not keep connections open between the rare moments a statement is held)."""
+# Database work of the gateway's side runs on a few threads of its own whose connections
+# stay open between calls (a new PostgreSQL connection per call would cost more than the
+# work); ``close_db_threads()`` closes them (gateway shutdown, tests).
+DB_THREADS = 4
+_executor: ThreadPoolExecutor | None = None
+_thread_connections: list[Any] = []
+_executor_lock = threading.Lock()
 
-    def call(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            connections.close_all()
 
-    return sync_to_async(call, thread_sensitive=False)
+def _in_db_thread(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    conn = connections["default"]
+    if not getattr(conn, "_airlock_approvals_thread", False):
+        # Closed later from another thread by close_db_threads().
+        conn.inc_thread_sharing()
+        conn._airlock_approvals_thread = True
+        with _executor_lock:
+            _thread_connections.append(conn)
+    close_old_connections()
+    try:
+        return fn(*args, **kwargs)
+    except Exception:
+        close_old_connections()
+        raise
+
+
+def _db(fn: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
+    """``fn`` on one of the approvals database threads."""
+
+    async def call(*args: Any, **kwargs: Any) -> Any:
+        global _executor
+        with _executor_lock:
+            if _executor is None:
+                _executor = ThreadPoolExecutor(max_workers=DB_THREADS, thread_name_prefix="approvals-db")
+            executor = _executor
+        return await asyncio.get_running_loop().run_in_executor(executor, _in_db_thread, fn, args, kwargs)
+
+    return call
+
+
+def close_db_threads() -> None:
+    """Stop the approvals database threads and close their connections."""
+    global _executor
+    with _executor_lock:
+        executor, _executor = _executor, None
+        opened = list(_thread_connections)
+        _thread_connections.clear()
+    if executor is not None:
+        executor.shutdown(wait=True)
+    for conn in opened:
+        with contextlib.suppress(Exception):
+            conn.close()
 
 
 async def wait_for_decision(request_id: int, max_wait: float | None = None) -> Outcome:
@@ -425,16 +478,12 @@ async def wait_for_decision(request_id: int, max_wait: float | None = None) -> O
     # Joined before the first read, so that a decision made in between is not missed.
     event = await listener.watch(request_id) if listener is not None else asyncio.Event()
     try:
-        try:
-            expires_at = await _db(_expires_at)(request_id)
-        except ApprovalRequest.DoesNotExist:
-            raise actions.ApprovalError(f"approval request {request_id} does not exist") from None
         poll = float(settings.APPROVALS_POLL_SECONDS)
         while True:
             event.clear()
-            status = await _db(actions.heartbeat)(request_id)
-            if status != Status.PENDING:
-                return await _db(outcome_of)(request_id)
+            outcome, expires_at = await _db(_poll)(request_id)
+            if outcome.final:
+                return outcome
             left = (expires_at - timezone.now()).total_seconds()
             if left <= 0:
                 await _db(actions.do_expire)(request_id)
@@ -443,17 +492,13 @@ async def wait_for_decision(request_id: int, max_wait: float | None = None) -> O
             if max_wait is not None:
                 remaining = max_wait - (loop.time() - started)
                 if remaining <= 0:
-                    return await _db(outcome_of)(request_id)
+                    return outcome
                 wait = min(wait, remaining)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(event.wait(), wait)
     finally:
         if listener is not None:
             await listener.unwatch(request_id, event)
-
-
-def _expires_at(request_id: int) -> datetime:
-    return ApprovalRequest.objects.values_list("expires_at", flat=True).get(pk=request_id)
 
 
 # --- the gate a protocol handler uses ----------------------------------------------------------

@@ -21,6 +21,15 @@ def fast_passwords(request, settings):  # type: ignore[no-untyped-def]
         settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
+@pytest.fixture(autouse=True)
+def _close_approvals_db_threads():  # type: ignore[no-untyped-def]
+    yield
+    from approvals.gateway import close_db_threads
+
+    # Their connections must be closed before pytest-django flushes or drops the database.
+    close_db_threads()
+
+
 @pytest.fixture
 def world(db, bob):  # type: ignore[no-untyped-def]
     from approvals.tests.factories import make_world

@@ -24,7 +24,7 @@ def _race(*calls: Callable[[], object]) -> list[object]:
 
     def run(index: int, call: Callable[[], object]) -> None:
         try:
-            barrier.wait(timeout=10)
+            barrier.wait(timeout=60)
             results[index] = call()
         except Exception as exc:
             results[index] = exc
