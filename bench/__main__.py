@@ -1,4 +1,5 @@
-"""Run every ``bench/*_bench.py`` module's ``main()`` in turn (``make bench``)."""
+"""Run every ``bench/*_bench.py`` module's ``main()`` in turn, and ``bench/pgbench.py``
+(``make bench``; name modules to run only those)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import bench
 def main() -> None:
     only = set(sys.argv[1:])
     for module in sorted(m.name for m in pkgutil.iter_modules(bench.__path__)):
-        if module.endswith("_bench") and (not only or module in only):
+        if (module.endswith("_bench") or module == "pgbench") and (not only or module in only):
             print(f"== {module}")
             importlib.import_module(f"bench.{module}").main()
 

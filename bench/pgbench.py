@@ -1,0 +1,286 @@
+"""pgbench direct to PostgreSQL, through the Airlock gateway and through pgbouncer.
+
+``python -m bench pgbench`` (part of ``make bench``). Everything runs on this machine:
+a private PostgreSQL instance (initdb, scale 10), the gateway as its own process
+(``manage.py gateway``, recording on, allow-all policy) on a throwaway Django database,
+and pgbouncer (session pooling) started from a generated configuration. Each run is
+select-only (``-S``), simple and ``-M prepared``, with 1 and 8 clients. TPS is pgbench's;
+p50/p99 latencies come from pgbench's per-transaction log (``--log``), so they are
+exact percentiles over every transaction of the run.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+DURATION = int(os.environ.get("AIRLOCK_BENCH_SECONDS", "4"))
+# Runs are repeated and interleaved (direct, gateway, pgbouncer, direct, ...) so that a
+# burst of load from elsewhere on the machine hits every target alike; TPS is the median
+# of the rounds, percentiles are over every transaction of every round.
+ROUNDS = int(os.environ.get("AIRLOCK_BENCH_ROUNDS", "3"))
+# Profiling: AIRLOCK_BENCH_PROFILE=out.txt runs the gateway under py-spy (raw stack counts)
+# and AIRLOCK_BENCH_ONLY=gateway limits the runs to one target.
+PROFILE = os.environ.get("AIRLOCK_BENCH_PROFILE", "")
+ONLY = os.environ.get("AIRLOCK_BENCH_ONLY", "")
+SCALE = 10
+TARGETS = ("direct", "gateway", "pgbouncer")
+RUNS = [(mode, clients) for mode in ("simple", "prepared") for clients in (1, 8)]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait_port(port: int, proc: subprocess.Popen[str] | None = None, timeout: float = 30) -> None:
+    import socket
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            if (proc is not None and proc.poll() is not None) or time.monotonic() > deadline:
+                raise RuntimeError(f"nothing listens on port {port}") from None
+            time.sleep(0.1)
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process and its threads (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def pgbench(
+    port: int, user: str, dbname: str, password: str, mode: str, clients: int, logdir: Path
+) -> tuple[float, list[int]]:
+    """(TPS, per-transaction latencies in microseconds) of one pgbench run."""
+    for old in logdir.glob("pgbench_log.*"):
+        old.unlink()
+    cmd = [
+        "pgbench", "-h", "127.0.0.1", "-p", str(port), "-U", user, "-S", "-M", mode,
+        "-c", str(clients), "-j", str(min(clients, 4)), "-T", str(DURATION), "-n", "--log",
+        f"--log-prefix={logdir}/pgbench_log", dbname,
+    ]  # fmt: skip
+    env = {**os.environ, "PGPASSWORD": password, "PGSSLMODE": "disable"}
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=DURATION + 120, check=False)
+    if out.returncode != 0:
+        raise RuntimeError(f"pgbench failed: {out.stderr[-2000:]}")
+    tps = next(
+        float(line.split("=")[1].split()[0]) for line in out.stdout.splitlines() if line.startswith("tps =")
+    )
+    latencies: list[int] = []
+    for path in logdir.glob("pgbench_log.*"):
+        with path.open() as handle:
+            latencies.extend(int(line.split()[2]) for line in handle)
+    return tps, latencies
+
+
+def summarise(runs: list[tuple[float, list[int]]], cpu_seconds: float = 0.0) -> dict[str, float]:
+    latencies = sorted(lat for _, run in runs for lat in run)
+    return {
+        "tps": statistics.median(tps for tps, _ in runs),
+        "p50_ms": latencies[len(latencies) // 2] / 1000,
+        "p99_ms": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] / 1000,
+        "cpu_us": cpu_seconds / len(latencies) * 1e6 if cpu_seconds else 0.0,
+    }
+
+
+def _start_pgbouncer(root: Path, pg_port: int, password: str) -> tuple[subprocess.Popen[str], int]:
+    port = _free_port()
+    conf = root / "pgbouncer"
+    conf.mkdir()
+    (conf / "users.txt").write_text(f'"scram_user" "{password}"\n')
+    (conf / "pgbouncer.ini").write_text(
+        "[databases]\n"
+        f"bench = host=127.0.0.1 port={pg_port} dbname=bench user=scram_user password={password}\n"
+        "[pgbouncer]\n"
+        f"listen_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\n"
+        f"auth_type = plain\nauth_file = {conf}/users.txt\npool_mode = session\n"
+        "max_client_conn = 100\ndefault_pool_size = 20\n"
+        f"logfile = {conf}/pgbouncer.log\n"
+    )
+    cmd = ["pgbouncer", str(conf / "pgbouncer.ini")]
+    if os.geteuid() == 0:
+        # pgbouncer refuses to run as root: it runs as postgres, which must read its files.
+        shutil.chown(root, "postgres", "postgres")
+        shutil.chown(conf, "postgres", "postgres")
+        for path in conf.iterdir():
+            shutil.chown(path, "postgres", "postgres")
+        cmd = ["runuser", "-u", "postgres", "--", *cmd]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True)
+    _wait_port(port, proc)
+    return proc, port
+
+
+def _child_pid(pid: int) -> int:
+    """pgbouncer's own pid when it was started through runuser."""
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    found = children.read_text().split() if children.exists() else []
+    return int(found[0]) if found else pid
+
+
+def _prepare_airlock(pg_port: int) -> str:
+    """The agent, its token and the connection "bench" in the throwaway database."""
+    from gateway.models import Connection
+    from gateway.secrets import set_secrets
+    from gateway.tests.postgres.pgserver import ROLES
+    from identity.actions import do_create_agent, do_issue_token
+
+    agent = do_create_agent("bench", "bench-bot", groups=["agents"])
+    token = do_issue_token("bench", agent).raw
+    connection = Connection(
+        name="bench", kind="postgres", host="127.0.0.1", port=pg_port, database="bench",
+        username="scram_user", options={"sslmode": "disable"},
+    )  # fmt: skip
+    set_secrets(connection, {"password": ROLES["scram_user"][0]})
+    connection.save()
+    from django.contrib.auth.models import Group
+
+    connection.groups.set([Group.objects.get(name="agents")])
+    return token
+
+
+def main() -> int:
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "console.settings")
+    import django
+
+    django.setup()
+    from django.db import connection
+
+    from gateway.tests.postgres.pgserver import ROLES, start_private_postgres
+
+    if connection.vendor != "postgresql":
+        print("pgbench benchmark: set DATABASE_URL to a PostgreSQL database", file=sys.stderr)
+        return 2
+    if not shutil.which("pgbench") or not shutil.which("pgbouncer"):
+        print("pgbench benchmark: needs pgbench and pgbouncer (make system)", file=sys.stderr)
+        return 2
+    password = ROLES["scram_user"][0]
+    base_name = connection.settings_dict["NAME"]
+    connection.settings_dict["TEST"]["NAME"] = f"{base_name}_bench_pgbench"
+    old_name = connection.creation.create_test_db(verbosity=0, autoclobber=True, serialize=False)
+    server = start_private_postgres(_free_port())
+    root = Path(tempfile.mkdtemp(prefix="airlock-bench-"))
+    procs: list[subprocess.Popen[str]] = []
+    results: dict[tuple[str, str, int], dict[str, float]] = {}
+    try:
+        with server.admin() as admin:
+            admin.execute("CREATE DATABASE bench OWNER scram_user")
+        init = subprocess.run(
+            ["pgbench", "-i", "-q", "-s", str(SCALE), "-h", "127.0.0.1", "-p", str(server.port), "-U", "scram_user", "bench"],
+            capture_output=True, text=True, env={**os.environ, "PGPASSWORD": password}, timeout=600, check=False,
+        )  # fmt: skip
+        if init.returncode != 0:
+            raise RuntimeError(init.stderr)
+        token = _prepare_airlock(server.port)
+        gw_port = _free_port()
+        db = connection.settings_dict
+        env = {
+            **os.environ,
+            "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}",
+            "AIRLOCK_LOG_LEVEL": "WARNING",
+        }
+        gateway = subprocess.Popen(
+            [sys.executable, "manage.py", "gateway", "--postgres-listen", f"127.0.0.1:{gw_port}"],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            cwd=Path(__file__).resolve().parent.parent,
+        )  # fmt: skip
+        procs.append(gateway)
+        _wait_port(gw_port, gateway)
+        if PROFILE:
+            spy = [
+                "py-spy",
+                "record",
+                "--format",
+                "raw",
+                "-r",
+                "1000",
+                "-o",
+                PROFILE,
+                "--pid",
+                str(gateway.pid),
+            ]
+            procs.append(subprocess.Popen([*spy, "-d", str(DURATION * 4)], stdout=subprocess.DEVNULL))
+        bouncer, bouncer_port = _start_pgbouncer(root, server.port, password)
+        procs.append(bouncer)
+        endpoints = {
+            "direct": (server.port, "scram_user", "bench", password),
+            "gateway": (gw_port, "bench-bot", "bench", token),
+            "pgbouncer": (bouncer_port, "scram_user", "bench", password),
+        }
+        pids = {"gateway": gateway.pid, "pgbouncer": _child_pid(bouncer.pid)}
+        for mode, clients in RUNS:
+            runs: dict[str, list[tuple[float, list[int]]]] = {t: [] for t in TARGETS}
+            cpu = dict.fromkeys(TARGETS, 0.0)
+            for _ in range(ROUNDS):
+                for target in TARGETS:
+                    if ONLY and target != ONLY:
+                        runs[target].append((1.0, [0]))
+                        continue
+                    before = _cpu_seconds(pids[target]) if target in pids else 0.0
+                    runs[target].append(pgbench(*endpoints[target], mode, clients, root))
+                    if target in pids:
+                        cpu[target] += _cpu_seconds(pids[target]) - before
+            for target in TARGETS:
+                results[(target, mode, clients)] = summarise(runs[target], cpu[target])
+        from recordings.models import Event, Session
+
+        recorded = Event.objects.filter(kind="statement").count()
+        sessions = Session.objects.count()
+    finally:
+        for proc in procs:
+            proc.terminate()
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        server.stop()
+        shutil.rmtree(root, ignore_errors=True)
+        connection.close()
+        connection.creation.destroy_test_db(old_name, verbosity=0)
+    print(
+        f"pgbench -S, {ROUNDS} x {DURATION}s per target and case, scale {SCALE}, {os.cpu_count()} CPUs,"
+        f" load average {os.getloadavg()[0]:.1f}"
+    )
+    print(
+        f"{'target':<10} {'mode':<9} {'clients':>7} {'tps':>9} {'p50 ms':>8} {'p99 ms':>8} {'vs direct':>9}"
+        f" {'cpu us/txn':>10}"
+    )
+    for mode, clients in RUNS:
+        direct = results[("direct", mode, clients)]
+        for target in TARGETS:
+            r = results[(target, mode, clients)]
+            print(
+                f"{target:<10} {mode:<9} {clients:>7} {r['tps']:>9.0f} {r['p50_ms']:>8.3f} {r['p99_ms']:>8.3f}"
+                f" {r['tps'] / direct['tps']:>9.2f} {r['cpu_us']:>10.1f}"
+            )
+    for mode in ("simple", "prepared"):
+        added = results[("gateway", mode, 1)]["p50_ms"] - results[("direct", mode, 1)]["p50_ms"]
+        print(f"gateway p50 added latency, 1 client, {mode}: {added:.3f} ms")
+    print(f"recorded through the gateway: {sessions} sessions, {recorded} statements")
+    targets_met = (
+        results[("gateway", "simple", 1)]["tps"] / results[("direct", "simple", 1)]["tps"] >= 0.6
+        and results[("gateway", "simple", 8)]["tps"] / results[("direct", "simple", 8)]["tps"] >= 0.35
+        and results[("gateway", "simple", 1)]["p50_ms"] - results[("direct", "simple", 1)]["p50_ms"] < 0.15
+    )
+    print(
+        "targets (>=0.6 x direct at 1 client, >=0.35 at 8, p50 added < 0.15 ms):",
+        "met" if targets_met else "NOT met",
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

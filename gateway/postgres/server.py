@@ -1,0 +1,729 @@
+"""The PostgreSQL listener and its sessions (the asyncio edge around ``relay.Relay``).
+
+A session: startup (TLS, protocol negotiation, parameter filter), agent authentication
+(SCRAM against the agent's token verifiers, or a JWT sent as a password over TLS), the
+connection and group checks, the upstream connection, then the relay. The database is
+touched only at login, from worker threads; nothing on the statement path awaits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import ssl
+import struct
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+
+from gateway.decision import DecisionPoint
+from gateway.postgres import protocol as pg
+from gateway.postgres.link import Link
+from gateway.postgres.protocol import ProtocolError
+from gateway.postgres.relay import CONFIRM, Relay, ReviewNeeded
+from gateway.postgres.scram import MECHANISM, ScramError, ScramServer, fake_salt
+from gateway.postgres.startup import (
+    ClientStartup,
+    Kind,
+    StartupRefused,
+    UnsupportedProtocol,
+    check_startup,
+    parse_startup_packet,
+)
+from gateway.postgres.upstream import UpstreamError, UpstreamTarget, connect_upstream, send_cancel
+from gateway.ratelimit import LoginThrottle
+
+log = logging.getLogger("airlock.gateway.postgres")
+
+_I32 = struct.Struct("!i")
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_message: int
+    idle_timeout: float
+    session_timeout: float
+    max_sessions: int
+    login_failures_per_minute: int
+    result_rows: int
+    connect_timeout: float = 10.0
+    handshake_timeout: float = 60.0
+
+    @classmethod
+    def from_settings(cls) -> Limits:
+        return cls(
+            max_message=settings.GATEWAY_MAX_MESSAGE_BYTES,
+            idle_timeout=settings.GATEWAY_IDLE_TIMEOUT,
+            session_timeout=settings.GATEWAY_SESSION_TIMEOUT,
+            max_sessions=settings.GATEWAY_MAX_SESSIONS,
+            login_failures_per_minute=settings.GATEWAY_LOGIN_FAILURES_PER_MINUTE,
+            result_rows=settings.RECORDING_RESULT_ROWS,
+        )
+
+
+class LoginFailed(Exception):
+    def __init__(self, code: str, message: str, *, counts_as_failure: bool = False) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.counts_as_failure = counts_as_failure
+
+
+@dataclass
+class AgentCredentials:
+    """What SCRAM needs before the client proves anything."""
+
+    agent_id: int | None
+    salt: bytes
+    verifiers: list[Any]  # ScramVerifier
+    tokens: dict[int, Any] = field(default_factory=dict)  # id(verifier) -> AgentToken
+
+
+@dataclass
+class Authorized:
+    """The result of login: who, where, with what policy."""
+
+    agent_id: int | None
+    agent_name: str
+    groups: frozenset[str]
+    on_behalf_of: str
+    connection_id: int
+    connection_name: str
+    target: UpstreamTarget
+    decision_point: DecisionPoint
+
+
+DecisionPointFactory = Callable[[Any, str, frozenset[str]], DecisionPoint]
+RecorderFactory = Callable[..., Awaitable[Any]]
+
+
+def default_decision_point(connection: Any, agent: str, groups: frozenset[str]) -> DecisionPoint:
+    return DecisionPoint.for_connection(connection, agent=agent, groups=groups)
+
+
+async def default_recorder(**kwargs: Any) -> Any:
+    from recordings.writer import SessionRecorder
+
+    return await SessionRecorder.start(**kwargs)
+
+
+# --- database work at login (runs in worker threads) -------------------------------------------
+
+
+def _in_db_thread(fn: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
+    """Run ``fn`` in a worker thread, closing its database connection afterwards.
+
+    Logins are rare next to statements; a connection per login keeps worker threads from
+    holding database connections open between logins.
+    """
+
+    def call(*args: Any) -> Any:
+        from django.db import connections
+
+        try:
+            return fn(*args)
+        finally:
+            connections.close_all()
+
+    return sync_to_async(call, thread_sensitive=False)
+
+
+def _agent_credentials(agent_name: str, server_secret: bytes) -> AgentCredentials:
+    from identity.actions import scram_verifiers_for
+
+    agent, pairs = scram_verifiers_for(agent_name)
+    if agent is None:
+        return AgentCredentials(None, fake_salt(server_secret, agent_name), [])
+    salt = bytes(agent.scram_salt) or fake_salt(server_secret, agent_name)
+    verifiers = [verifier for _, verifier in pairs]
+    return AgentCredentials(agent.pk, salt, verifiers, {id(v): t for t, v in pairs})
+
+
+def _jwt_identity(raw: str) -> tuple[int, str, frozenset[str]]:
+    """SEAM for agent JWTs: ``identity.jwt.verify_agent_jwt`` when that module exists.
+
+    Until it does, a cleartext password (a JWT) is refused like a bad credential.
+    """
+    try:
+        from identity.jwt import verify_agent_jwt
+    except ImportError:
+        raise LoginFailed("28P01", "JWT login is not available", counts_as_failure=True) from None
+    try:
+        identity = verify_agent_jwt(raw)
+    except Exception:
+        raise LoginFailed("28P01", "the JWT was refused", counts_as_failure=True) from None
+    return identity.agent.pk, identity.name, identity.groups
+
+
+def _authorize(
+    agent_id: int,
+    token: Any,
+    connection_name: str,
+    make_decision_point: DecisionPointFactory,
+    jwt_groups: frozenset[str] | None = None,
+) -> Authorized:
+    from gateway.models import Connection
+    from gateway.secrets import SecretDecryptionError, get_secrets
+    from identity.actions import note_token_used
+    from identity.models import Agent
+
+    agent = Agent.objects.enabled().select_related("on_behalf_of").filter(pk=agent_id).first()
+    if agent is None:
+        raise LoginFailed("28P01", "agent disabled", counts_as_failure=True)
+    if token is not None:
+        note_token_used(token)
+    connection = (
+        Connection.objects.filter(name=connection_name, kind=Connection.Kind.POSTGRES, enabled=True)
+        .select_related("policy")
+        .first()
+    )
+    if connection is None:
+        raise LoginFailed("3D000", f'no PostgreSQL connection named "{connection_name}"')
+    # A JWT's groups are the agent's own plus those its claim maps to.
+    groups = jwt_groups if jwt_groups is not None else frozenset(agent.group_names())
+    if not connection.groups.filter(name__in=groups).exists():
+        raise LoginFailed("42501", f'agent "{agent.name}" may not use connection "{connection.name}"')
+    try:
+        secret = get_secrets(connection)
+    except SecretDecryptionError:
+        raise LoginFailed(
+            "08006", f'the secret of connection "{connection.name}" cannot be decrypted; ask an administrator'
+        ) from None
+    target = UpstreamTarget(
+        connection=connection.name,
+        host=connection.host,
+        port=connection.effective_port(),
+        database=connection.database or connection.name,
+        user=connection.username,
+        password=secret.get("password", ""),
+        sslmode=str((connection.options or {}).get("sslmode", "prefer")),
+        ca_cert=secret.get("ca_cert", ""),
+    )
+    try:
+        decision_point = make_decision_point(connection, agent.name, groups)
+    except Exception as exc:
+        log.error("policy of connection %s cannot be loaded: %s", connection.name, exc)
+        raise LoginFailed("XX000", f'the policy of connection "{connection.name}" cannot be loaded') from None
+    return Authorized(
+        agent_id=agent.pk,
+        agent_name=agent.name,
+        groups=groups,
+        on_behalf_of=agent.on_behalf_of.get_username() if agent.on_behalf_of else "",
+        connection_id=connection.pk,
+        connection_name=connection.name,
+        target=target,
+        decision_point=decision_point,
+    )
+
+
+# --- the listener -----------------------------------------------------------------------------
+
+
+class PostgresGateway:
+    """The PostgreSQL listener: one ``Session`` per client connection.
+
+    >>> gateway = PostgresGateway()                                # doctest: +SKIP
+    >>> host, port = await gateway.start("127.0.0.1", 15432)       # doctest: +SKIP
+    >>> await gateway.close()                                      # doctest: +SKIP
+    """
+
+    protocol_name = "postgres"
+
+    def __init__(
+        self,
+        *,
+        limits: Limits | None = None,
+        tls_context: ssl.SSLContext | None = None,
+        decision_point_factory: DecisionPointFactory = default_decision_point,
+        recorder_factory: RecorderFactory = default_recorder,
+        server_secret: bytes | None = None,
+    ) -> None:
+        self.limits = limits or Limits.from_settings()
+        self.tls_context = tls_context
+        self.decision_point_factory = decision_point_factory
+        self.recorder_factory = recorder_factory
+        self.server_secret = server_secret or settings.SECRET_KEY.encode()
+        self.throttle = LoginThrottle(self.limits.login_failures_per_minute)
+        self.sessions: set[Session] = set()
+        self.cancel_keys: dict[tuple[int, int], Session] = {}
+        self._server: asyncio.AbstractServer | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._closing = False
+
+    async def start(self, host: str, port: int) -> tuple[str, int]:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(self._accept, host, port, reuse_address=True, backlog=1024)
+        sock = self._server.sockets[0].getsockname()
+        log.info("PostgreSQL gateway listening on %s:%s", sock[0], sock[1])
+        return sock[0], sock[1]
+
+    def _accept(self) -> Link:
+        link = Link(self.limits.max_message)
+        original = link.connection_made
+
+        def connection_made(transport: asyncio.BaseTransport) -> None:
+            original(transport)
+            if self._closing:
+                transport.close()
+                return
+            session = Session(self, link)
+            task = asyncio.get_running_loop().create_task(session.run())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+        link.connection_made = connection_made  # type: ignore[method-assign]
+        return link
+
+    async def close(self, reason: str = "the gateway is shutting down", grace_seconds: float = 15.0) -> None:
+        """Stop listening, end every session with a FATAL error, wait for recordings to close."""
+        self._closing = True
+        if self._server is not None:
+            self._server.close()
+        for session in list(self.sessions):
+            session.end(
+                reason, status="terminated", error=pg.fatal("57P01", f"terminating connection: {reason}")
+            )
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=grace_seconds)
+        if self._server is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._server.wait_closed(), 1.0)
+
+    def new_cancel_key(self, session: Session) -> tuple[int, int]:
+        while True:
+            pid = secrets.randbits(31) or 1
+            key = secrets.randbits(32) - (1 << 31)
+            if (pid, key) not in self.cancel_keys:
+                self.cancel_keys[(pid, key)] = session
+                return pid, key
+
+
+class Session:
+    """One client connection through the gateway."""
+
+    def __init__(self, gateway: PostgresGateway, client: Link) -> None:
+        self.gateway = gateway
+        self.limits = gateway.limits
+        self.client = client
+        self.upstream: Link | None = None
+        self.relay: Relay | None = None
+        self.recorder: Any = None
+        self.authorized: Authorized | None = None
+        self.cancel_key: tuple[int, int] | None = None
+        self.upstream_key = (0, 0)
+        peer = client.transport.get_extra_info("peername") if client.transport else None
+        self.address = str(peer[0]) if peer else ""
+        self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
+        self.tls = False
+        self.agent_name = ""
+        self.application_name = ""
+        self._loop = asyncio.get_running_loop()
+        self._done: asyncio.Future[None] = self._loop.create_future()
+        self._end_reason = "client disconnected"
+        self._end_status = "ended"
+        self._timer: asyncio.TimerHandle | None = None
+        self._review_task: asyncio.Task[None] | None = None
+        self.started = asyncio.get_running_loop().time()
+        self.last_activity = self.started
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        gateway = self.gateway
+        counted = False
+        try:
+            if len(gateway.sessions) >= self.limits.max_sessions:
+                self.client.write(pg.fatal("53300", "sorry, too many clients already"))
+                return
+            gateway.sessions.add(self)
+            counted = True
+            self.client.on_lost = self._client_lost
+            try:
+                ready = await asyncio.wait_for(self._handshake(), self.limits.handshake_timeout)
+            except TimeoutError:
+                self.client.write(pg.fatal("08006", "the startup did not complete in time"))
+                self._end_reason = "startup timed out"
+                return
+            if not ready:
+                return
+            self._start_relay()
+            await self._done
+        except ProtocolError as exc:
+            log.warning("session from %s closed: %s", self.peer, exc)
+            self._send_fatal_for(exc)
+            self._end_reason = f"protocol error: {exc}"
+            self._end_status = "terminated"
+        except (ConnectionError, asyncio.IncompleteReadError):
+            self._end_reason = "client disconnected"
+        except Exception:
+            log.exception("session from %s failed", self.peer)
+            self.client.write(pg.fatal("XX000", "internal error in the gateway"))
+            self._end_reason = "internal error"
+            self._end_status = "terminated"
+        finally:
+            if counted:
+                gateway.sessions.discard(self)
+            await self._cleanup()
+
+    def _send_fatal_for(self, exc: ProtocolError) -> None:
+        if isinstance(exc, pg.MessageTooLarge):
+            self.client.write(pg.fatal("54000", f"{exc}"))
+        elif isinstance(exc, UnsupportedProtocol):
+            self.client.write(pg.fatal("0A000", str(exc)))
+        else:
+            self.client.write(pg.fatal("08P01", f"protocol violation: {exc}"))
+
+    async def _cleanup(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._review_task is not None:
+            self._review_task.cancel()
+        if self.cancel_key is not None:
+            self.gateway.cancel_keys.pop(self.cancel_key, None)
+        if self.upstream is not None:
+            if not self.upstream.closed:
+                self.upstream.write(pg.message(b"X"))
+            self.upstream.close()
+        self.client.close()
+        if self.recorder is not None:
+            try:
+                await self.recorder.close(reason=self._end_reason, status=self._end_status)
+            except Exception:
+                log.exception("session %s: the recording could not be closed", self.peer)
+
+    def end(self, reason: str, *, status: str = "ended", error: bytes | None = None) -> None:
+        """End the session (idempotent): optionally tell the client why, close both sides."""
+        if self._done.done():
+            return
+        self._end_reason = reason
+        self._end_status = status
+        if error is not None:
+            self.client.write(error)
+        if status != "ended":
+            log.info("session %s of %s ended: %s", self.peer, self.agent_name or "?", reason)
+        self._done.set_result(None)
+
+    def _client_lost(self, exc: Exception | None) -> None:
+        self.end("client disconnected")
+
+    def _upstream_lost(self, exc: Exception | None) -> None:
+        name = self.authorized.connection_name if self.authorized else "?"
+        self.end(
+            "the server closed the connection",
+            status="terminated",
+            error=pg.fatal("08006", f'connection "{name}": the server closed the connection'),
+        )
+
+    def recording_failed(self, reason: str) -> None:
+        # Strict recording: a session that cannot be recorded does not go on.
+        self.end(
+            f"recording failed: {reason}",
+            status="terminated",
+            error=pg.fatal("58000", "terminating connection: the session can no longer be recorded"),
+        )
+
+    # -- startup and login -------------------------------------------------------------------
+
+    async def _handshake(self) -> bool:
+        client = self.client
+        while True:
+            body = await client.read_startup()
+            packet = parse_startup_packet(body)
+            if packet.kind is Kind.SSL:
+                if self.tls:
+                    raise ProtocolError("SSLRequest inside TLS")
+                if client.has_buffered():
+                    # CVE-2021-23214: bytes sent before the TLS handshake must not be
+                    # taken as if they had come encrypted.
+                    raise ProtocolError("received unencrypted data after SSL request")
+                if self.gateway.tls_context is None:
+                    client.write(b"N")
+                    continue
+                client.write(b"S")
+                await client.start_tls(self.gateway.tls_context, server_side=True)
+                self.tls = True
+                continue
+            if packet.kind is Kind.GSSENC:
+                client.write(b"N")
+                continue
+            if packet.kind is Kind.CANCEL:
+                await self._forward_cancel(packet.cancel_pid, packet.cancel_key)
+                self._end_reason = "cancel request"
+                return False
+            break
+        try:
+            startup = check_startup(packet)
+        except StartupRefused as exc:
+            client.write(pg.fatal(exc.code, exc.message))
+            self._end_reason = f"startup refused: {exc.message}"
+            return False
+        self.agent_name = startup.agent
+        self.application_name = startup.upstream_params.get("application_name", "")
+        if startup.negotiate is not None:
+            client.write(pg.negotiate_protocol_version(*startup.negotiate))
+        try:
+            authorized = await self._login(startup)
+        except LoginFailed as exc:
+            if exc.counts_as_failure:
+                self.gateway.throttle.failed(self.address, startup.agent)
+            client.write(pg.fatal(exc.code, exc.message))
+            self._end_reason = f"login refused: {exc.message}"
+            log.info("login of %r from %s refused: %s", startup.agent, self.address, exc.message)
+            return False
+        self.authorized = authorized
+        return await self._open_session(startup, authorized)
+
+    async def _login(self, startup: ClientStartup) -> Authorized:
+        gateway = self.gateway
+        if gateway.throttle.blocked(self.address, startup.agent):
+            raise LoginFailed("28000", "too many failed logins; try again in a minute")
+        credentials = await _in_db_thread(_agent_credentials)(startup.agent, gateway.server_secret)
+        use_password = self.tls and bool(settings.AIRLOCK_JWT_ISSUERS) and not credentials.verifiers
+        token = None
+        jwt_groups = None
+        if use_password:
+            # Cleartext only inside TLS, for JWTs (which have no SCRAM verifier).
+            self.client.write(pg.AUTH_CLEARTEXT)
+            typ, body = await self.client.read_message()
+            if typ != pg.MSG_PASSWORD:
+                raise ProtocolError("expected a password message")
+            raw = body[:-1].decode("utf-8", "replace")
+            agent_id, name, jwt_groups = await _in_db_thread(_jwt_identity)(raw)
+            if name != startup.agent:
+                raise LoginFailed(
+                    "28P01", f'the JWT is not for agent "{startup.agent}"', counts_as_failure=True
+                )
+        else:
+            token = await self._scram(startup, credentials)
+            agent_id = credentials.agent_id
+        if agent_id is None:
+            raise LoginFailed("28P01", f'password authentication failed for user "{startup.agent}"')
+        return await _in_db_thread(_authorize)(
+            agent_id, token, startup.connection, gateway.decision_point_factory, jwt_groups
+        )
+
+    async def _scram(self, startup: ClientStartup, credentials: AgentCredentials) -> Any:
+        bad = LoginFailed(
+            "28P01", f'password authentication failed for user "{startup.agent}"', counts_as_failure=True
+        )
+        client = self.client
+        client.write(pg.auth_sasl([MECHANISM]))
+        typ, body = await client.read_message()
+        if typ != pg.MSG_PASSWORD:
+            raise ProtocolError("expected SASLInitialResponse")
+        mechanism, data = pg.parse_sasl_initial(body)
+        if mechanism != MECHANISM:
+            raise bad
+        server = ScramServer(salt=credentials.salt, verifiers=credentials.verifiers)
+        try:
+            client.write(pg.auth_sasl_continue(server.first(data)))
+            typ, body = await client.read_message()
+            if typ != pg.MSG_PASSWORD:
+                raise ProtocolError("expected SASLResponse")
+            matched, final = server.final(body)
+        except ScramError:
+            raise bad from None
+        if matched is None or credentials.agent_id is None:
+            raise bad
+        client.write(pg.auth_sasl_final(final))
+        return credentials.tokens.get(id(matched))
+
+    async def _open_session(self, startup: ClientStartup, authorized: Authorized) -> bool:
+        try:
+            self.recorder = await self.gateway.recorder_factory(
+                protocol="postgres",
+                agent_name=authorized.agent_name,
+                connection_name=authorized.connection_name,
+                agent_id=authorized.agent_id,
+                connection_id=authorized.connection_id,
+                on_behalf_of_name=authorized.on_behalf_of,
+                client_address=self.address,
+                application_name=self.application_name,
+                on_failure=self.recording_failed,
+            )
+        except Exception as exc:
+            log.error("session of %s refused: recording unavailable: %s", authorized.agent_name, exc)
+            self.client.write(pg.fatal("58000", "the session cannot be recorded, so it is refused"))
+            self._end_reason = "recording unavailable"
+            return False
+        try:
+            upstream = await connect_upstream(
+                authorized.target,
+                startup.upstream_params,
+                max_message=self.limits.max_message,
+                wait_seconds=self.limits.connect_timeout,
+            )
+        except UpstreamError as exc:
+            message = f'cannot connect to connection "{authorized.connection_name}": {exc}'
+            self.recorder.append("error", {"code": "08006", "message": message, "severity": "FATAL"})
+            self.client.write(pg.fatal("08006", message))
+            self._end_reason = "upstream unreachable"
+            self._end_status = "terminated"
+            log.warning("session of %s: %s", authorized.agent_name, message)
+            return False
+        self.upstream = upstream.link
+        self.upstream_key = (upstream.pid, upstream.key)
+        self.cancel_key = self.gateway.new_cancel_key(self)
+        out = [pg.AUTH_OK]
+        out.extend(pg.parameter_status(name, value) for name, value in upstream.parameters)
+        out.extend(upstream.notices)
+        out.append(pg.backend_key_data(*self.cancel_key))
+        out.append(pg.ready_for_query(upstream.status))
+        self.relay = Relay(
+            authorized.decision_point,
+            self.recorder,
+            max_message=self.limits.max_message,
+            result_rows=self.limits.result_rows,
+        )
+        self.relay.parameters.update(upstream.parameters)
+        self.client.write(b"".join(out))
+        return True
+
+    async def _forward_cancel(self, pid: int, key: int) -> None:
+        session = self.gateway.cancel_keys.get((pid, key))
+        if session is None or session.authorized is None:
+            log.info("cancel request from %s for an unknown session", self.address)
+            return
+        upstream_pid, upstream_key = session.upstream_key
+        try:
+            await send_cancel(
+                session.authorized.target,
+                upstream_pid,
+                upstream_key,
+                wait_seconds=self.limits.connect_timeout,
+            )
+        except (UpstreamError, OSError, TimeoutError) as exc:
+            log.warning("cancel for session %s could not be sent: %s", session.peer, exc)
+        else:
+            if session.recorder is not None:
+                session.recorder.append("notice", {"severity": "INFO", "message": "cancel request forwarded"})
+
+    # -- relay ------------------------------------------------------------------------------------
+
+    def _start_relay(self) -> None:
+        client, upstream = self.client, self.upstream
+        if upstream is None:
+            raise RuntimeError("relay started without an upstream")
+        client.peer = upstream
+        upstream.peer = client
+        upstream.on_lost = self._upstream_lost
+        client.on_data = self._from_client
+        upstream.on_data = self._from_server
+        if upstream.closed:
+            self._upstream_lost(None)
+            return
+        pending_client = client.take_buffer()
+        pending_server = upstream.take_buffer()
+        if pending_server:
+            self._from_server(pending_server)
+        if pending_client:
+            self._from_client(pending_client)
+        self._schedule_timer()
+
+    def _from_client(self, data: bytes) -> None:
+        relay = self.relay
+        if not (relay is not None and self.upstream is not None):
+            return
+        self.last_activity = self._loop.time()
+        try:
+            out = relay.from_client(data)
+        except ProtocolError as exc:
+            self._protocol_failure(exc, "client")
+            return
+        if out:
+            self.upstream.write(out)
+        if relay.blocked is not None:
+            self._blocked()
+        if relay.ended is not None:
+            self.end(relay.ended)
+
+    def _from_server(self, data: bytes) -> None:
+        relay = self.relay
+        if not (relay is not None):
+            return
+        self.last_activity = self._loop.time()
+        try:
+            out = relay.from_server(data)
+        except ProtocolError as exc:
+            self._protocol_failure(exc, "server")
+            return
+        if out:
+            self.client.write(out)
+        if relay.blocked == CONFIRM and relay.can_resume():
+            self._resume(relay.resume)
+        if relay.ended is not None:
+            self.end(relay.ended, status="terminated")
+
+    def _protocol_failure(self, exc: ProtocolError, side: str) -> None:
+        log.warning("session %s of %s closed: %s (from the %s)", self.peer, self.agent_name, exc, side)
+        if side == "client":
+            self._send_fatal_for(exc)
+        else:
+            self.client.write(pg.fatal("08P01", "the gateway lost track of the server's messages"))
+        self.end(f"protocol error: {exc}", status="terminated")
+
+    def _blocked(self) -> None:
+        relay = self.relay
+        if not (relay is not None):
+            return
+        self.client.pause_reading("relay")
+        if isinstance(relay.blocked, ReviewNeeded) and self._review_task is None:
+            self._review_task = asyncio.get_running_loop().create_task(self._review(relay.blocked))
+
+    async def _review(self, held: ReviewNeeded) -> None:
+        if not (self.authorized is not None and self.relay is not None):
+            return
+        decision = await self.authorized.decision_point.wait_review(held.request, held.decision)
+        self._review_task = None
+        if self._done.done():
+            return
+        self._resume(lambda: self.relay.resume_review(decision))  # type: ignore[union-attr]
+
+    def _resume(self, step: Callable[[], bytes]) -> None:
+        relay = self.relay
+        if not (relay is not None and self.upstream is not None):
+            return
+        try:
+            out = step()
+        except ProtocolError as exc:
+            self._protocol_failure(exc, "client")
+            return
+        if out:
+            self.upstream.write(out)
+        if relay.blocked is not None:
+            self._blocked()
+        else:
+            self.client.resume_reading("relay")
+        if relay.ended is not None:
+            self.end(relay.ended)
+
+    def _schedule_timer(self) -> None:
+        interval = max(0.05, min(self.limits.idle_timeout, self.limits.session_timeout, 10.0) / 4)
+        self._timer = asyncio.get_running_loop().call_later(interval, self._tick, interval)
+
+    def _tick(self, interval: float) -> None:
+        if self._done.done():
+            return
+        now = asyncio.get_running_loop().time()
+        if now - self.started >= self.limits.session_timeout:
+            self.end(
+                "session time limit reached",
+                status="terminated",
+                error=pg.fatal("57P01", "terminating connection: the session time limit was reached"),
+            )
+            return
+        relay = self.relay
+        idle = relay is not None and not relay.busy()
+        if idle and now - self.last_activity >= self.limits.idle_timeout:
+            self.end(
+                "idle timeout",
+                status="terminated",
+                error=pg.fatal("57P05", "terminating connection due to idle-session timeout"),
+            )
+            return
+        self._timer = asyncio.get_running_loop().call_later(interval, self._tick, interval)

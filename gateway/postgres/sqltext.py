@@ -1,0 +1,67 @@
+"""Splitting a simple Query's text into statements, and spotting statements that change
+the prepared-statement namespace (pure).
+
+PostgreSQL runs every statement of a simple Query string (docs 55.2.2.1 "Multiple
+Statements in a Simple Query"); each one must be decided on, so a statement the splitter
+missed would run undecided. ``pglast.split`` with the scanner silently drops fragments it
+cannot classify, so the split here is on the scanner's top-level ``;`` tokens (which
+already knows quotes, dollar quotes and comments), preferring the parser's split when the
+text parses (it keeps ``BEGIN ATOMIC ... END`` bodies whole).
+"""
+
+from __future__ import annotations
+
+import re
+
+import pglast
+from pglast import parser as pg_parser
+
+Span = tuple[int, int]
+
+
+def split_statements(text: str) -> list[Span]:
+    """(start, end) character spans of the statements of ``text``; empty ones are dropped."""
+    stripped_end = len(text.rstrip().rstrip(";").rstrip())
+    if ";" not in text[:stripped_end]:
+        # The common case: one statement, perhaps with a trailing semicolon.
+        start = len(text) - len(text.lstrip())
+        return [(start, stripped_end)] if stripped_end > start else []
+    try:
+        slices = pglast.split(text, with_parser=True, only_slices=True)
+        spans = [(s.start, s.stop) for s in slices]
+    except Exception:
+        spans = _scanner_split(text)
+    return [(a, b) for a, b in spans if text[a:b].strip()]
+
+
+def _scanner_split(text: str) -> list[Span]:
+    try:
+        tokens = pg_parser.scan(text)
+    except Exception:
+        return [(0, len(text))]
+    spans: list[Span] = []
+    start = 0
+    for token in tokens:
+        if token.name == "ASCII_59":
+            spans.append((start, token.start))
+            start = token.end + 1
+    spans.append((start, len(text)))
+    out = []
+    for a, b in spans:
+        piece = text[a:b]
+        lead = len(piece) - len(piece.lstrip())
+        out.append((a + lead, a + len(piece.rstrip())))
+    return out
+
+
+_NAMESPACE_WORDS = re.compile(r"(?i)\b(prepare|deallocate|discard)\b")
+
+
+def touches_prepared_statements(statement: str) -> bool:
+    """True when the statement may create or drop SQL-level prepared statements.
+
+    Protocol-level (Parse) and SQL-level (PREPARE) statements share one namespace, so the
+    gateway forgets what it knows about statement names after such a statement. A false
+    positive only costs a re-lookup, so a word match is enough.
+    """
+    return _NAMESPACE_WORDS.search(statement) is not None

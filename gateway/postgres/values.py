@@ -1,0 +1,70 @@
+"""Bound parameter values as text, for the policy and the recording (pure).
+
+Parameters sent in text format are text already. Binary ones are decoded for the common
+types whose type the client named in Parse (psycopg sends numbers this way); anything
+else is shown as ``\\x`` and hex, like a bytea, so nothing is hidden or guessed.
+"""
+
+from __future__ import annotations
+
+import struct
+import uuid
+
+
+def _int(fmt: str) -> object:
+    size = struct.calcsize(fmt)
+
+    def decode(raw: bytes) -> str | None:
+        return str(struct.unpack(fmt, raw)[0]) if len(raw) == size else None
+
+    return decode
+
+
+def _text(raw: bytes) -> str | None:
+    try:
+        return raw.decode()
+    except UnicodeDecodeError:
+        return None
+
+
+def _bool(raw: bytes) -> str | None:
+    return {b"\x01": "true", b"\x00": "false"}.get(raw)
+
+
+def _jsonb(raw: bytes) -> str | None:
+    return _text(raw[1:]) if raw[:1] == b"\x01" else None
+
+
+def _uuid(raw: bytes) -> str | None:
+    return str(uuid.UUID(bytes=raw)) if len(raw) == 16 else None
+
+
+_DECODERS = {
+    16: _bool,
+    20: _int("!q"),
+    21: _int("!h"),
+    23: _int("!i"),
+    26: _int("!I"),
+    700: _int("!f"),
+    701: _int("!d"),
+    25: _text,
+    1043: _text,
+    1042: _text,
+    19: _text,
+    114: _text,
+    3802: _jsonb,
+    2950: _uuid,
+}
+
+
+def param_text(raw: bytes | None, binary: bool, type_oid: int) -> str | None:
+    if raw is None:
+        return None
+    if not binary:
+        try:
+            return raw.decode()
+        except UnicodeDecodeError:
+            return "\\x" + raw.hex()
+    decoder = _DECODERS.get(type_oid)
+    value = decoder(raw) if decoder is not None else None  # type: ignore[operator]
+    return value if value is not None else "\\x" + raw.hex()

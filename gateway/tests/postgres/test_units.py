@@ -1,0 +1,326 @@
+"""The sans-I/O parts, without sockets: framing, SCRAM, startup checks, splitting, the
+relay's bookkeeping, the login throttle, parameter decoding."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+import scramp
+from hypothesis import given
+from hypothesis import strategies as st
+
+from gateway.decision import DecisionPoint
+from gateway.postgres import protocol as pg
+from gateway.postgres.relay import CONFIRM, Relay, ReviewNeeded
+from gateway.postgres.scram import ScramError, ScramServer, fake_salt
+from gateway.postgres.sqltext import split_statements
+from gateway.postgres.startup import Kind, StartupRefused, check_startup, parse_startup_packet
+from gateway.postgres.values import param_text
+from gateway.ratelimit import LoginThrottle
+from identity.tokens import generate_token, make_verifier, new_salt
+from policies.types import Action, Decision
+
+# --- framing --------------------------------------------------------------------------
+
+
+@given(st.lists(st.binary(max_size=300), max_size=20), st.lists(st.integers(1, 50), max_size=40))
+def test_the_framer_returns_the_same_messages_whatever_the_chunking(bodies, cuts):
+    stream = b"".join(pg.message(b"d", body) for body in bodies)
+    framer = pg.Framer(max_message=1 << 20)
+    got = []
+    pos = 0
+    for cut in cuts:
+        got += framer.feed(stream[pos : pos + cut])
+        pos += cut
+    got += framer.feed(stream[pos:])
+    assert got == [(ord("d"), body) for body in bodies]
+
+
+def test_the_framer_refuses_impossible_and_oversized_lengths():
+    with pytest.raises(pg.ProtocolError):
+        pg.Framer(1024).feed(b"Q\x00\x00\x00\x03")
+    with pytest.raises(pg.MessageTooLarge):
+        pg.Framer(1024).feed(b"Q\x00\x10\x00\x00")
+
+
+def test_bind_parsing_applies_one_format_code_to_every_parameter():
+    body = b"p\x00s\x00" + struct.pack("!hh", 1, 1) + struct.pack("!h", 2)
+    body += struct.pack("!i", 4) + b"\x00\x00\x00\x07" + struct.pack("!i", -1) + struct.pack("!h", 0)
+    assert pg.parse_bind(body) == (b"p", b"s", (b"\x00\x00\x00\x07", None), (1, 1))
+
+
+def test_a_bind_parameter_running_past_the_message_is_refused():
+    body = b"\x00\x00" + struct.pack("!hh", 0, 1) + struct.pack("!i", 100) + b"short"
+    with pytest.raises(pg.ProtocolError):
+        pg.parse_bind(body)
+
+
+# --- SCRAM --------------------------------------------------------------------------------
+
+
+def _exchange(server: ScramServer, token: str, username: str = "billing-bot") -> tuple[object, bytes]:
+    client = scramp.ScramClient(["SCRAM-SHA-256"], username, token)
+    first = server.first(client.get_client_first().encode())
+    client.set_server_first(first.decode())
+    matched, final = server.final(client.get_client_final().encode())
+    if matched is not None:
+        client.set_server_final(final.decode())  # the client checks our signature
+    return matched, final
+
+
+def test_scram_accepts_any_of_the_agents_tokens_and_proves_itself_to_the_client():
+    salt = new_salt()
+    old, new = generate_token(), generate_token()
+    verifiers = [make_verifier(old, salt), make_verifier(new, salt)]
+    assert _exchange(ScramServer(salt=salt, verifiers=verifiers), new)[0] == verifiers[1]
+    assert _exchange(ScramServer(salt=salt, verifiers=verifiers), old)[0] == verifiers[0]
+
+
+def test_scram_refuses_a_wrong_token():
+    salt = new_salt()
+    server = ScramServer(salt=salt, verifiers=[make_verifier(generate_token(), salt)])
+    assert _exchange(server, generate_token()) == (None, b"")
+
+
+def test_scram_ignores_the_user_name_in_the_scram_message():
+    # libpq sends "n=" (empty); scramp sends a name; neither matters.
+    salt = new_salt()
+    token = generate_token()
+    raw_first = b"n,,n=,r=abcdefghijklmnop"
+    server = ScramServer(salt=salt, verifiers=[make_verifier(token, salt)])
+    assert server.first(raw_first).startswith(b"r=abcdefghijklmnop")
+    assert _exchange(ScramServer(salt=salt, verifiers=[make_verifier(token, salt)]), token, "x")[0]
+
+
+def test_scram_refuses_channel_binding_it_did_not_offer():
+    with pytest.raises(ScramError):
+        ScramServer(salt=new_salt(), verifiers=[]).first(b"p=tls-server-end-point,,n=,r=abc")
+
+
+def test_an_unknown_agent_gets_a_stable_salt_that_reveals_nothing():
+    assert fake_salt(b"secret", "ghost") == fake_salt(b"secret", "ghost")
+    assert fake_salt(b"secret", "ghost") != fake_salt(b"secret", "ghost2")
+    assert fake_salt(b"secret", "ghost") != fake_salt(b"other", "ghost")
+    server = ScramServer(salt=fake_salt(b"secret", "ghost"), verifiers=[])
+    assert _exchange(server, generate_token())[0] is None
+
+
+# --- startup ------------------------------------------------------------------------------
+
+
+def _startup(**params: str):  # type: ignore[no-untyped-def]
+    return parse_startup_packet(pg.startup_packet(params)[4:])
+
+
+def test_startup_parameters_are_filtered_to_the_safe_list():
+    checked = check_startup(
+        _startup(user="bot", database="shop", application_name="a", work_mem="1GB", datestyle="ISO")
+    )
+    assert checked.upstream_params == {"application_name": "a", "DateStyle": "ISO"}
+    assert (checked.agent, checked.connection, checked.negotiate) == ("bot", "shop", None)
+
+
+@pytest.mark.parametrize("name", ["options", "replication", "OPTIONS"])
+def test_options_and_replication_are_refused(name):
+    with pytest.raises(StartupRefused) as caught:
+        check_startup(_startup(user="bot", **{name: "x"}))
+    assert caught.value.code == "42501"
+
+
+def test_an_encoding_that_can_hide_quotes_is_refused():
+    with pytest.raises(StartupRefused):
+        check_startup(_startup(user="bot", client_encoding="SJIS"))
+
+
+def test_pq_options_and_newer_minors_are_negotiated_down():
+    packet = parse_startup_packet(pg.startup_packet({"user": "bot", "_pq_.x": "1"}, (3 << 16) | 1)[4:])
+    assert check_startup(packet).negotiate == (0, ["_pq_.x"])
+
+
+def test_special_startup_codes_are_recognised():
+    assert parse_startup_packet(pg.ssl_request()[4:]).kind is Kind.SSL
+    cancel = parse_startup_packet(pg.cancel_request(7, -9)[4:])
+    assert (cancel.kind, cancel.cancel_pid, cancel.cancel_key) == (Kind.CANCEL, 7, -9)
+
+
+# --- statement splitting ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("SELECT 1", ["SELECT 1"]),
+        ("SELECT 1;", ["SELECT 1"]),
+        ("SELECT 1; DROP TABLE t", ["SELECT 1", "DROP TABLE t"]),
+        ("SELECT ';'; SELECT $$;$$", ["SELECT ';'", "SELECT $$;$$"]),
+        ("SELECT 1; garbage that does not parse ((", ["SELECT 1", "garbage that does not parse (("]),
+        ("a b c; d e f", ["a b c", "d e f"]),
+        (";;", []),
+        ("/* only ; a comment */", []),
+    ],
+)
+def test_every_statement_of_a_query_string_is_found(text, expected):
+    assert [text[a:b].strip() for a, b in split_statements(text)] == expected
+
+
+# --- the relay ----------------------------------------------------------------------------
+
+
+class Denier(DecisionPoint):
+    def decide(self, request):  # type: ignore[no-untyped-def]
+        if "forbidden" in request.statement:
+            return Decision(action=Action.DENY, rule="r", message="no")
+        if "ask" in request.statement:
+            return Decision(action=Action.REVIEW, rule="q")
+        return super().decide(request)
+
+
+class Events:
+    def __init__(self) -> None:
+        self.events: list[tuple[str, dict]] = []
+
+    def append(self, kind, payload):  # type: ignore[no-untyped-def]
+        self.events.append((kind, payload))
+
+
+def _relay() -> tuple[Relay, Events]:
+    events = Events()
+    point = Denier(protocol="postgres", connection="c", agent="a", groups=frozenset())
+    return Relay(point, events, max_message=1 << 20, result_rows=5), events
+
+
+def _parse(name: bytes, text: bytes) -> bytes:
+    return pg.message(b"P", name + b"\x00" + text + b"\x00\x00\x00")
+
+
+def _bind(portal: bytes, stmt: bytes) -> bytes:
+    return pg.message(b"B", portal + b"\x00" + stmt + b"\x00\x00\x00\x00\x00\x00\x00")
+
+
+def _execute(portal: bytes = b"") -> bytes:
+    return pg.message(b"E", portal + b"\x00\x00\x00\x00\x00")
+
+
+SYNC = pg.message(b"S")
+READY = pg.ready_for_query(b"I")
+
+
+def test_allowed_traffic_passes_byte_for_byte():
+    relay, _ = _relay()
+    data = pg.query("SELECT 1") + _parse(b"", b"SELECT 2") + _bind(b"", b"") + _execute() + SYNC
+    assert relay.from_client(data) == data
+
+
+def test_a_denied_statement_is_replaced_and_its_error_rewritten():
+    relay, events = _relay()
+    out = relay.from_client(pg.query("SELECT 1; SELECT forbidden; SELECT 3"))
+    assert relay.nonce.encode() in out and b"forbidden" not in out and b"SELECT 3" not in out
+    server_error = pg.error_response(
+        "22P02", f'invalid input syntax for type integer: "airlock_denied_{relay.nonce}"'
+    )
+    answer = pg.message(b"C", b"SELECT 1\x00") + server_error + READY
+    rewritten = relay.from_server(answer)
+    fields = pg.parse_fields(pg.Framer(1 << 20).feed(rewritten)[1][1])
+    assert (fields["C"], fields["M"]) == ("42501", "no")
+    assert (
+        "decision",
+        {
+            "action": "deny",
+            "rule": "r",
+            "policy": None,
+            "policy_version": None,
+            "message": "no",
+            "statement": "SELECT forbidden",
+        },
+    ) in events.events
+
+
+def test_an_error_that_merely_mentions_a_marker_is_not_rewritten_without_a_denial():
+    relay, _ = _relay()
+    relay.from_client(pg.query("SELECT 1"))
+    error = pg.error_response("42601", f"airlock_denied_{relay.nonce}")
+    assert relay.from_server(error + READY) == error + READY
+
+
+def test_a_failed_named_parse_in_an_earlier_batch_holds_the_next_decision():
+    # Batch 1 defines "s" as something harmless that fails on the server; batch 2
+    # redefines it; batch 3 executes it. Deciding batch 3 before the server has answered
+    # batch 1 could judge the wrong text, so the relay waits.
+    relay, _ = _relay()
+    out = relay.from_client(_parse(b"s", b"SELECT 1 FROM missing") + SYNC)
+    out += relay.from_client(_parse(b"s", b"SELECT forbidden") + SYNC)
+    out += relay.from_client(_bind(b"", b"s") + _execute() + SYNC)
+    assert relay.blocked == CONFIRM
+    assert _execute() not in out
+    relay.from_server(pg.error_response("42P01", "relation missing does not exist") + READY)
+    assert not relay.can_resume()  # batch 2's Parse is still unconfirmed
+    relay.from_server(pg.message(b"1") + READY)
+    assert relay.can_resume()
+    resumed = relay.resume()
+    assert relay.nonce.encode() in resumed  # judged on "SELECT forbidden": denied
+
+
+def test_a_review_holds_the_message_until_decided():
+    relay, _ = _relay()
+    assert relay.from_client(pg.query("SELECT ask")) == b""
+    assert isinstance(relay.blocked, ReviewNeeded)
+    assert relay.from_client(pg.query("SELECT 2")) == b""
+    out = relay.resume_review(Decision(action=Action.ALLOW))
+    assert out == pg.query("SELECT ask") + pg.query("SELECT 2")
+
+
+def test_results_are_summarised_with_their_first_rows():
+    relay, events = _relay()
+    relay.from_client(pg.query("SELECT x"))
+    columns = b"\x00\x01x\x00" + b"\x00" * 6 + struct.pack("!ihih", 25, -1, -1, 0)
+    rows = b"".join(pg.message(b"D", b"\x00\x01" + struct.pack("!i", 1) + bytes([48 + i])) for i in range(9))
+    relay.from_server(pg.message(b"T", columns) + rows + pg.message(b"C", b"SELECT 9\x00") + READY)
+    result = next(p for k, p in events.events if k == "result")
+    assert result["rows"] == 9 and result["columns"] == ["x"]
+    assert result["first_rows"] == [[str(i)] for i in range(5)]
+
+
+def test_a_data_row_split_across_chunks_is_relayed_intact():
+    relay, _ = _relay()
+    relay.from_client(pg.query("SELECT big"))
+    big = pg.message(b"D", b"\x00\x01" + struct.pack("!i", 3_000_000) + b"x" * 3_000_000)
+    stream = big + pg.message(b"C", b"SELECT 1\x00") + READY
+    out = b"".join(relay.from_server(stream[i : i + 65536]) for i in range(0, len(stream), 65536))
+    assert out == stream
+
+
+def test_the_upstream_backend_key_never_reaches_the_client():
+    relay, _ = _relay()
+    assert relay.from_server(pg.backend_key_data(1, 2)) == b""
+
+
+# --- throttle and values -------------------------------------------------------------------
+
+
+def test_the_throttle_forgets_failures_after_a_minute():
+    now = [0.0]
+    throttle = LoginThrottle(per_minute=2, clock=lambda: now[0])
+    throttle.failed("10.0.0.1", "bot")
+    throttle.failed("10.0.0.9", "bot")
+    assert throttle.blocked("10.0.0.5", "bot") and not throttle.blocked("10.0.0.5", "other")
+    now[0] = 61.0
+    assert not throttle.blocked("10.0.0.5", "bot")
+
+
+@pytest.mark.parametrize(
+    ("raw", "binary", "oid", "text"),
+    [
+        (b"42", False, 0, "42"),
+        (b"\x00\x00\x00\x2a", True, 23, "42"),
+        (b"\x00\x2a", True, 21, "42"),
+        (b"\x01", True, 16, "true"),
+        (b"caf\xc3\xa9", True, 25, "café"),
+        (b"\x01{}", True, 3802, "{}"),
+        (b"\xde\xad", True, 17, "\\xdead"),
+        (b"\x00\x00\x00\x2a", True, 0, "\\x0000002a"),
+        (None, True, 23, None),
+    ],
+)
+def test_parameters_are_shown_as_text(raw, binary, oid, text):
+    assert param_text(raw, binary, oid) == text
