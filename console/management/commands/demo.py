@@ -128,7 +128,9 @@ class Command(BaseCommand):
             do_save_policy(
                 ACTOR, POLICY, spec, description="Reads run, writes wait for a reviewer.", comment="demo"
             )
-        return f"policy    {POLICY:10} created: reads and transactions allowed, writes reviewed, the rest denied"
+        return (
+            f"policy    {POLICY:10} created: reads and transactions allowed, writes reviewed, the rest denied"
+        )
 
     def _agent(self, *, new_token: bool) -> list[str]:
         agent = Agent.objects.filter(name=AGENT).first()

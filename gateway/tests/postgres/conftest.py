@@ -228,6 +228,9 @@ def gateway_factory(private_pg, billing_bot, make_connection):  # type: ignore[n
         thread.stop()
     # The writer's threads hold database connections: end them before the test database goes.
     shutdown_writer()
+    from approvals.gateway import close_db_threads
+
+    close_db_threads()
 
 
 @pytest.fixture
