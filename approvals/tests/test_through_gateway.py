@@ -52,6 +52,7 @@ def held_gw(gateway_factory, private_pg, bob, settings):  # noqa: F811
         conn.execute("TRUNCATE orders")
         conn.execute("INSERT INTO orders SELECT g, 'order ' || g FROM generate_series(1, 20) g")
         conn.execute("GRANT ALL ON orders TO scram_user")
+        conn.execute("ANALYZE orders")
     from gateway.postgres.server import default_decision_point
 
     env = gateway_factory(decision_point_factory=default_decision_point)

@@ -83,7 +83,11 @@ class GatewayThread:
         finally:
             self.loop.call_soon_threadsafe(self.loop.stop)
             self.thread.join(10)
-            self.loop.close()
+            # Closed from a thread of its own: the channel layer flushes on close by running
+            # the loop, which cannot happen on a thread that runs another loop (Playwright's).
+            closer = threading.Thread(target=self.loop.close)
+            closer.start()
+            closer.join(10)
 
 
 @pytest.fixture(scope="session")
