@@ -2,6 +2,14 @@ from __future__ import annotations
 
 import pytest
 
+# The PostgreSQL gateway's fixtures, for the tests that go through it.
+from gateway.tests.postgres.conftest import (  # noqa: F401
+    billing_bot,
+    gateway_factory,
+    make_connection,
+    private_pg,
+)
+
 
 @pytest.fixture(autouse=True)
 def eager_celery():  # type: ignore[no-untyped-def]
@@ -35,3 +43,31 @@ def world(db, bob):  # type: ignore[no-untyped-def]
     from approvals.tests.factories import make_world
 
     return make_world()
+
+
+@pytest.fixture
+def held_gw(gateway_factory, private_pg, bob, settings):  # noqa: F811 (fixtures imported above)
+    """The gateway on connection "shop" whose policy sends writes to the dba reviewers."""
+    from approvals.tests.factories import reviewer
+    from gateway.models import Connection
+    from policies.actions import do_save_policy
+
+    settings.APPROVALS_POLL_SECONDS = 0.5
+    reviewer("erin")
+    from approvals.tests.gateway_world import SPEC
+
+    policy = do_save_policy("test", "agents", SPEC)
+    Connection.objects.filter(name="shop").update(policy=policy)
+    with private_pg.admin("shop") as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS orders (id int PRIMARY KEY, note text)")
+        conn.execute("TRUNCATE orders")
+        conn.execute("INSERT INTO orders SELECT g, 'order ' || g FROM generate_series(1, 20) g")
+        conn.execute("GRANT ALL ON orders TO scram_user")
+        conn.execute("ANALYZE orders")
+    from gateway.postgres.server import default_decision_point
+
+    env = gateway_factory(decision_point_factory=default_decision_point)
+    yield env
+    from approvals.gateway import close_db_threads
+
+    close_db_threads()

@@ -3,7 +3,6 @@ policy engine, and approvals decided the way the console decides them."""
 
 from __future__ import annotations
 
-import subprocess
 import threading
 import time
 
@@ -12,111 +11,49 @@ from psycopg import errors
 
 from approvals import actions
 from approvals.models import ApprovalRequest, Status
-from approvals.tests.factories import reviewer
-from gateway.tests.postgres.conftest import (  # noqa: F401 (fixtures)
-    billing_bot,
-    gateway_factory,
-    make_connection,
-    private_pg,
-    wait_until,
-)
+from approvals.tests.gateway_world import SPEC, count_orders, newest_pending, psql
+from gateway.tests.postgres.conftest import wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-SPEC = {
-    "default": "allow",
-    "rules": [
-        {
-            "name": "deletes",
-            "match": {"operations": ["write"]},
-            "action": "review",
-            "reviewers": ["dba"],
-            "timeout": "30s",
-        }
-    ],
-}
 
-
-@pytest.fixture
-def held_gw(gateway_factory, private_pg, bob, settings):  # noqa: F811
-    """The gateway on connection "shop" whose policy sends writes to the dba reviewers."""
-    from gateway.models import Connection
-    from policies.actions import do_save_policy
-
-    settings.APPROVALS_POLL_SECONDS = 0.5
-    reviewer("erin")
-    policy = do_save_policy("test", "agents", SPEC)
-    Connection.objects.filter(name="shop").update(policy=policy)
-    with private_pg.admin("shop") as conn:
-        conn.execute("CREATE TABLE IF NOT EXISTS orders (id int PRIMARY KEY, note text)")
-        conn.execute("TRUNCATE orders")
-        conn.execute("INSERT INTO orders SELECT g, 'order ' || g FROM generate_series(1, 20) g")
-        conn.execute("GRANT ALL ON orders TO scram_user")
-        conn.execute("ANALYZE orders")
-    from gateway.postgres.server import default_decision_point
-
-    env = gateway_factory(decision_point_factory=default_decision_point)
-    yield env
-    from approvals.gateway import close_db_threads
-
-    close_db_threads()
-
-
-def _count(private_pg) -> int:  # noqa: F811
-    with private_pg.admin("shop") as conn:
-        return conn.execute("SELECT count(*) FROM orders").fetchone()[0]
-
-
-def _newest_pending() -> ApprovalRequest | None:
-    return ApprovalRequest.objects.pending().order_by("-id").first()
-
-
-def _psql(env, sql: str) -> subprocess.Popen:
-    return subprocess.Popen(
-        ["psql", env.conninfo(), "-v", "ON_ERROR_STOP=1", "-c", sql],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-def test_psql_is_told_at_once_and_gets_the_result_once_approved(held_gw, bob, private_pg):  # noqa: F811
-    psql = _psql(held_gw, "DELETE FROM orders WHERE id <= 3")
+def test_psql_is_told_at_once_and_gets_the_result_once_approved(held_gw, bob, private_pg):
+    client = psql(held_gw, "DELETE FROM orders WHERE id <= 3")
     try:
-        wait_until(lambda: _newest_pending() is not None, what="the approval request")
-        req = _newest_pending()
+        wait_until(lambda: newest_pending() is not None, what="the approval request")
+        req = newest_pending()
         assert req.statement == "DELETE FROM orders WHERE id <= 3" and req.rule == "deletes"
         assert req.agent_name == "billing-bot" and req.connection_name == "shop"
-        assert _count(private_pg) == 20  # held: nothing ran yet
+        assert count_orders(private_pg) == 20  # held: nothing ran yet
         actions.do_approve(bob, req.pk, comment="three old orders")
-        out, err = psql.communicate(timeout=30)
+        out, err = client.communicate(timeout=30)
     finally:
-        psql.kill()
-    assert psql.returncode == 0, err
+        client.kill()
+    assert client.returncode == 0, err
     assert f"NOTICE:  waiting for approval {req.pk}: http://127.0.0.1:8000/approvals/{req.pk}/" in err
     assert "DELETE 3" in out
-    assert _count(private_pg) == 17
+    assert count_orders(private_pg) == 17
     wait_until(lambda: ApprovalRequest.objects.get(pk=req.pk).status == Status.EXECUTED, what="executed")
     assert ApprovalRequest.objects.get(pk=req.pk).result == "DELETE 3"
     events = [kind for kind, _ in held_gw.events()]
     assert "approval" in events
 
 
-def test_psql_gets_the_rejection_with_the_reviewer_and_the_reason(held_gw, bob, private_pg):  # noqa: F811
-    psql = _psql(held_gw, "DELETE FROM orders")
+def test_psql_gets_the_rejection_with_the_reviewer_and_the_reason(held_gw, bob, private_pg):
+    client = psql(held_gw, "DELETE FROM orders")
     try:
-        wait_until(lambda: _newest_pending() is not None, what="the approval request")
-        req = _newest_pending()
+        wait_until(lambda: newest_pending() is not None, what="the approval request")
+        req = newest_pending()
         actions.do_reject(bob, req.pk, reason="use the archive job")
-        out, err = psql.communicate(timeout=30)
+        out, err = client.communicate(timeout=30)
     finally:
-        psql.kill()
-    assert psql.returncode != 0
+        client.kill()
+    assert client.returncode != 0
     assert f"approval request {req.pk} was rejected by bob: use the archive job" in err
-    assert _count(private_pg) == 20
+    assert count_orders(private_pg) == 20
 
 
-def test_an_expired_request_fails_the_statement_and_the_session_goes_on(held_gw, private_pg, settings):  # noqa: F811
+def test_an_expired_request_fails_the_statement_and_the_session_goes_on(held_gw, private_pg, settings):
     from gateway.models import Connection
     from policies.actions import do_save_policy
 
@@ -129,7 +66,7 @@ def test_an_expired_request_fails_the_statement_and_the_session_goes_on(held_gw,
     assert ApprovalRequest.objects.get().status == Status.EXPIRED
 
 
-def test_only_the_approved_parameters_run(held_gw, bob, private_pg):  # noqa: F811
+def test_only_the_approved_parameters_run(held_gw, bob, private_pg):
     result: dict = {}
 
     def run():
@@ -145,37 +82,37 @@ def test_only_the_approved_parameters_run(held_gw, bob, private_pg):  # noqa: F8
     worker = threading.Thread(target=run)
     worker.start()
     try:
-        wait_until(lambda: _newest_pending() is not None, what="the first request")
-        first = _newest_pending()
+        wait_until(lambda: newest_pending() is not None, what="the first request")
+        first = newest_pending()
         assert first.params == ["5"]
         actions.do_approve(bob, first.pk)
         wait_until(
-            lambda: (p := _newest_pending()) is not None and p.pk != first.pk, what="the second request"
+            lambda: (p := newest_pending()) is not None and p.pk != first.pk, what="the second request"
         )
-        second = _newest_pending()
+        second = newest_pending()
         assert second.params == ["6"]
         actions.do_reject(bob, second.pk, reason="one at a time")
     finally:
         worker.join(30)
     assert result["rows"] == 1
     assert "rejected by bob: one at a time" in result["second"]
-    assert _count(private_pg) == 19
+    assert count_orders(private_pg) == 19
 
 
-def test_a_client_that_disconnects_cancels_its_request(held_gw, private_pg):  # noqa: F811
-    psql = _psql(held_gw, "DELETE FROM orders")
+def test_a_client_that_disconnects_cancels_its_request(held_gw, private_pg):
+    client = psql(held_gw, "DELETE FROM orders")
     try:
-        wait_until(lambda: _newest_pending() is not None, what="the approval request")
-        req = _newest_pending()
+        wait_until(lambda: newest_pending() is not None, what="the approval request")
+        req = newest_pending()
     finally:
-        psql.kill()
-        psql.communicate(timeout=10)
+        client.kill()
+        client.communicate(timeout=10)
     wait_until(lambda: ApprovalRequest.objects.get(pk=req.pk).status == Status.CANCELLED, what="cancelled")
     assert "disconnected" in ApprovalRequest.objects.get(pk=req.pk).reason
-    assert _count(private_pg) == 20
+    assert count_orders(private_pg) == 20
 
 
-def test_a_cancel_request_cancels_the_held_statement_and_the_session_goes_on(held_gw, private_pg):  # noqa: F811
+def test_a_cancel_request_cancels_the_held_statement_and_the_session_goes_on(held_gw, private_pg):
     with held_gw.connect(autocommit=True) as conn:
         errors_seen: list[Exception] = []
 
@@ -187,8 +124,8 @@ def test_a_cancel_request_cancels_the_held_statement_and_the_session_goes_on(hel
 
         worker = threading.Thread(target=run)
         worker.start()
-        wait_until(lambda: _newest_pending() is not None, what="the approval request")
-        req = _newest_pending()
+        wait_until(lambda: newest_pending() is not None, what="the approval request")
+        req = newest_pending()
         conn.cancel_safe(timeout=10)
         worker.join(30)
         assert errors_seen and "canceling statement due to user request" in str(errors_seen[0])
@@ -199,7 +136,7 @@ def test_a_cancel_request_cancels_the_held_statement_and_the_session_goes_on(hel
 def test_an_agent_that_cannot_wait_gets_the_request_at_once_and_runs_it_once_approved(
     held_gw,
     bob,
-    private_pg,  # noqa: F811
+    private_pg,
 ):
     from gateway.models import Connection
 
@@ -215,11 +152,11 @@ def test_an_agent_that_cannot_wait_gets_the_request_at_once_and_runs_it_once_app
         assert conn.execute("DELETE FROM orders WHERE id = 7").rowcount == 1
         with pytest.raises(errors.InsufficientPrivilege, match=r"waiting for approval \d+"):
             conn.execute("DELETE FROM orders WHERE id = 7")
-    assert _count(private_pg) == 19
+    assert count_orders(private_pg) == 19
     wait_until(lambda: ApprovalRequest.objects.get(pk=req.pk).status == Status.EXECUTED, what="executed")
 
 
-def test_a_review_nobody_can_approve_is_refused(held_gw, private_pg):  # noqa: F811
+def test_a_review_nobody_can_approve_is_refused(held_gw, private_pg):
     from django.contrib.auth.models import Group
 
     Group.objects.get(name="dba").user_set.clear()
