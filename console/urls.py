@@ -27,4 +27,5 @@ urlpatterns = [
     path("policies/", include("policies.urls")),
     path("audit/export.<str:fmt>", audit.audit_export, name="audit_export"),
     path("recordings/", include("recordings.urls")),
+    path("", include("approvals.urls")),
 ]

@@ -7,6 +7,7 @@ otherwise), so no page can ship without its role check being tested.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from urllib.parse import quote
 
 import pytest
@@ -24,6 +25,8 @@ PERSONAS = ("anonymous", "mallory", "carol", "bob", "alice")
 LOGIN = "login"
 ADMIN_ONLY = {"anonymous": LOGIN, "mallory": 403, "carol": 403, "bob": 403}
 RECORDING_VIEWERS = {"anonymous": LOGIN, "mallory": 403, "carol": 200, "bob": 403}
+REVIEWER_ONLY = {"anonymous": LOGIN, "mallory": 403, "carol": 403, "bob": 403}
+REVIEWER_API = {"anonymous": 401, "mallory": 403, "carol": 403, "bob": 403}
 
 
 @dataclass(frozen=True)
@@ -145,6 +148,22 @@ ROUTES = [
         "302 recordings:session_detail",
         {"anonymous": LOGIN, "mallory": 403, "carol": "302 recordings:session_detail", "bob": 403},
     ),
+    # Approvals (approvals/urls.py): the inbox and deciding are for reviewers of the
+    # request's groups; admins and auditors read. The API answers JSON 401/403.
+    Route("approvals:inbox", "GET", 403, dict(REVIEWER_ONLY, bob=200)),
+    Route("approvals:detail", "GET", 200, {"anonymous": LOGIN, "mallory": 403, "carol": 200, "bob": 200}),
+    Route("approvals:approve", "GET", 405, {p: 405 for p in PERSONAS if p != "alice"}),
+    Route("approvals:reject", "GET", 405, {p: 405 for p in PERSONAS if p != "alice"}),
+    Route("approvals:api_list", "GET", 200, {"anonymous": 401, "mallory": 403, "carol": 200, "bob": 200}),
+    Route("approvals:api_detail", "GET", 200, {"anonymous": 401, "mallory": 403, "carol": 200, "bob": 200}),
+    Route("approvals:api_approve", "GET", 405, {p: 405 for p in PERSONAS if p != "alice"}),
+    Route("approvals:api_reject", "GET", 405, {p: 405 for p in PERSONAS if p != "alice"}),
+    # bob decides: no reason is refused (400), a form without a reason is shown the error,
+    # then the approvals go through; alice is an admin, not a reviewer.
+    Route("approvals:api_reject", "POST", 403, dict(REVIEWER_API, bob=400)),
+    Route("approvals:reject", "POST", 403, dict(REVIEWER_ONLY, bob="302 approvals:detail")),
+    Route("approvals:api_approve", "POST", 403, dict(REVIEWER_API, bob=200)),
+    Route("approvals:approve", "POST", 403, dict(REVIEWER_ONLY, bob="302 approvals:detail")),
 ]
 
 
@@ -160,6 +179,10 @@ def world(db, alice, bob, carol, mallory):  # type: ignore[no-untyped-def]
         {"rules": [{"name": "reads", "match": {"operations": ["read"]}, "action": "allow"}]},
     )
     session = Session.objects.create(protocol="postgres", agent_name="billing-bot", connection_name="shop")
+    from approvals.tests.factories import make_request, reviewer
+
+    reviewer("erin")  # a second reviewer in dba: with bob, someone who may approve
+    approval = make_request(SimpleNamespace(agent=agent, connection=connection))
     return {
         "connection": connection,
         "agent": agent,
@@ -167,6 +190,7 @@ def world(db, alice, bob, carol, mallory):  # type: ignore[no-untyped-def]
         "dave": dave,
         "policy": policy,
         "session": session,
+        "approval": approval,
     }
 
 
@@ -196,6 +220,8 @@ def _kwargs(name: str, world: dict) -> dict[str, object]:  # type: ignore[type-a
         "recordings:retention",
     }:
         return {"pk": world["session"].pk}
+    if name.startswith("approvals:") and name not in {"approvals:inbox", "approvals:api_list"}:
+        return {"pk": world["approval"].pk}
     return {}
 
 

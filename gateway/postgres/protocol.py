@@ -243,6 +243,12 @@ def fatal(code: str, text: str, **kwargs: str) -> bytes:
     return error_response(code, text, severity="FATAL", **kwargs)
 
 
+def notice_response(text: str, *, code: str = "00000", severity: str = "NOTICE") -> bytes:
+    """A NoticeResponse (docs 55.7): psql prints it as ``NOTICE:  <text>``."""
+    body = b"S" + cstring(severity) + b"V" + cstring(severity) + b"C" + cstring(code)
+    return message(b"N", body + b"M" + cstring(text.replace("\x00", "")) + b"\x00")
+
+
 def parse_fields(body: bytes) -> dict[str, str]:
     """Fields of an ErrorResponse or NoticeResponse body, keyed by their one-letter code."""
     fields: dict[str, str] = {}

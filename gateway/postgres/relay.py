@@ -229,6 +229,9 @@ class Relay:
         self._portal_fields: dict[bytes, list[tuple[str, int, int, int, int]] | None] = {}
         self._portal_formats: dict[bytes, tuple[int, ...]] = {}
         self._startup_effects: list[tuple[str, ...]] = []
+        # Told when a statement's outcome is known: (its decision, succeeded, command tag or
+        # "ERROR <SQLSTATE>"). The approvals machinery reports the run of an approved one.
+        self.on_statement_done: Callable[[Decision, bool, str], None] | None = None
 
     # --- before the first message --------------------------------------------------------
 
@@ -290,6 +293,11 @@ class Relay:
 
     def buffered_client_bytes(self) -> int:
         return len(self._cbuf)
+
+    def client_at_message_boundary(self) -> bool:
+        """False while part of a large server message has been passed to the client and the
+        rest has not: nothing else may be written to the client until it has."""
+        return self._skip == 0
 
     def can_resume(self) -> bool:
         return self.blocked == CONFIRM and not self._earlier_effects_pending()
@@ -1164,6 +1172,9 @@ class Relay:
                 "statement": statement.text if statement is not None else None,
             },
         )
+        if statement is not None and self.on_statement_done is not None:
+            # Only the SQLSTATE: an error's message can quote the data (MSK-02).
+            self.on_statement_done(statement.decision, False, f"ERROR {fields.get('C', '')}")
         if fields.get("V") in ("FATAL", "PANIC"):
             self.ended = "server ended the session: " + fields.get("M", "")
         return replacement
@@ -1191,6 +1202,8 @@ class Relay:
             record.sample = []
         self.recorder.append("result", payload)
         record.rows = 0
+        if self.on_statement_done is not None and not suspended:
+            self.on_statement_done(record.decision, True, tag)
 
     def _withheld_error(self, record: _Statement | None) -> bytes | None:
         if record is None or not record.withheld:

@@ -15,7 +15,7 @@ import secrets
 import ssl
 import struct
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from asgiref.sync import sync_to_async
@@ -44,6 +44,7 @@ from gateway.postgres.upstream import (
     send_cancel,
 )
 from gateway.ratelimit import LoginThrottle
+from policies.types import Action, Decision
 
 log = logging.getLogger("airlock.gateway.postgres")
 
@@ -104,6 +105,9 @@ class Authorized:
     target: UpstreamTarget
     decision_point: DecisionPoint
     masking: Any = None  # masking.MaskingPolicy (the agent's view), None when off
+    # The connection's ``approval_mode`` option: "wait" holds a reviewed statement,
+    # "return" refuses it at once naming the approval request (docs/approvals.md).
+    approval_mode: str = "wait"
 
 
 DecisionPointFactory = Callable[[Any, str, frozenset[str]], DecisionPoint]
@@ -112,6 +116,18 @@ RecorderFactory = Callable[..., Awaitable[Any]]
 
 def default_decision_point(connection: Any, agent: str, groups: frozenset[str]) -> DecisionPoint:
     return DecisionPoint.for_connection(connection, agent=agent, groups=groups)
+
+
+def make_review_gate(authorized: Authorized, session_id: Any) -> Any:
+    """The approvals gate of a session (``approvals.gateway.ReviewGate``)."""
+    from approvals.gateway import ReviewGate
+
+    return ReviewGate(
+        agent_id=authorized.agent_id,
+        connection_id=authorized.connection_id,
+        session_id=session_id,
+        agent_waits=authorized.approval_mode != "return",
+    )
 
 
 async def default_recorder(**kwargs: Any) -> Any:
@@ -238,6 +254,7 @@ def _authorize(
         target=target,
         decision_point=decision_point,
         masking=masking,
+        approval_mode=str((connection.options or {}).get("approval_mode", "wait")),
     )
 
 
@@ -354,6 +371,11 @@ class Session:
         self._catalog_task: asyncio.Task[None] | None = None
         self.catalog: Any = None
         self._watching_termination = False
+        # Approvals: the gate of this session, the approved statement whose run is to be
+        # reported, and a notice waiting for the client stream to reach a message boundary.
+        self.review_gate: Any = None
+        self._approved: Any = None
+        self._pending_notice = b""
         self.started = asyncio.get_running_loop().time()
         self.last_activity = self.started
 
@@ -413,6 +435,15 @@ class Session:
             self._catalog_task.cancel()
         if self.catalog is not None:
             self.catalog.close()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                # Let the review cancel its request before the session's records close.
+                await asyncio.wait_for(self._review_task, 10)
+        if self._approved is not None and self.review_gate is not None:
+            approved, self._approved = self._approved, None
+            with contextlib.suppress(Exception):
+                await self.review_gate.finished(
+                    approved, ok=False, detail="the session ended before the statement's result was known"
+                )
         if self.cancel_key is not None:
             self.gateway.cancel_keys.pop(self.cancel_key, None)
         if self.upstream is not None:
@@ -660,6 +691,8 @@ class Session:
             from recordings.live import watch_for_termination
 
             self._watching_termination = await watch_for_termination(session_id, self.terminated_by)
+        self.relay.on_statement_done = self._statement_done
+        self.review_gate = make_review_gate(authorized, getattr(self.recorder, "session_id", None))
         self.client.write(b"".join(out))
         return True
 
@@ -667,6 +700,8 @@ class Session:
         session = self.gateway.cancel_keys.get((pid, key))
         if session is None or session.authorized is None:
             log.info("cancel request from %s for an unknown session", self.address)
+            return
+        if session.cancel_review():
             return
         upstream_pid, upstream_key = session.upstream_key
         try:
@@ -736,6 +771,9 @@ class Session:
         if relay.needs_catalog is not None and self._catalog_task is None and self.upstream is not None:
             self.upstream.pause_reading("catalog")
             self._catalog_task = self._loop.create_task(self._lookup(relay.needs_catalog))
+        if self._pending_notice and relay.client_at_message_boundary():
+            notice, self._pending_notice = self._pending_notice, b""
+            self.client.write(notice)
         if relay.blocked == CONFIRM and relay.can_resume():
             self._resume(relay.resume)
         if relay.ended is not None:
@@ -772,18 +810,79 @@ class Session:
         relay = self.relay
         if not (relay is not None):
             return
+        if isinstance(relay.blocked, ReviewNeeded):
+            # Reading goes on while a statement waits for reviewers, so that a client that
+            # goes away is noticed and its request cancelled (WF-05); what it sends meanwhile
+            # is buffered by the relay, up to one message's worth.
+            if relay.buffered_client_bytes() > self.limits.max_message:
+                self.client.pause_reading("relay")
+            else:
+                self.client.resume_reading("relay")
+            if self._review_task is None:
+                self._review_task = asyncio.get_running_loop().create_task(self._review(relay.blocked))
+            return
         self.client.pause_reading("relay")
-        if isinstance(relay.blocked, ReviewNeeded) and self._review_task is None:
-            self._review_task = asyncio.get_running_loop().create_task(self._review(relay.blocked))
 
     async def _review(self, held: ReviewNeeded) -> None:
         if not (self.authorized is not None and self.relay is not None):
             return
-        decision = await self.authorized.decision_point.wait_review(held.request, held.decision)
+        if self.review_gate is None:
+            decision = await self.authorized.decision_point.wait_review(held.request, held.decision)
+        else:
+            self._inner_review = asyncio.get_running_loop().create_task(
+                self.review_gate.review(held.request, held.decision, notice=self._notice)
+            )
+            try:
+                review = await asyncio.shield(self._inner_review)
+            except asyncio.CancelledError:
+                if self._done.done() or not self._inner_review.cancelled():
+                    # The session is ending: the inner review cancels its request (WF-05).
+                    self._inner_review.cancel()
+                    with contextlib.suppress(BaseException):
+                        await self._inner_review
+                    raise
+                # A CancelRequest while the statement waited (docs 55.2.7): the request
+                # is cancelled, and the statement fails as a cancelled one would.
+                decision = replace(
+                    held.decision,
+                    action=Action.DENY,
+                    message="canceling statement due to user request: the approval request was cancelled",
+                )
+            else:
+                decision = review.decision
+                if decision.action is Action.ALLOW and review.request_id is not None and not review.granted:
+                    self._approved = review
+            if self.recorder is not None:
+                self.recorder.append(
+                    "approval",
+                    {"action": decision.action.value, "rule": decision.rule, "message": decision.message},
+                )
         self._review_task = None
         if self._done.done():
             return
         self._resume(lambda: self.relay.resume_review(decision))  # type: ignore[union-attr]
+
+    def cancel_review(self) -> bool:
+        """Cancel the review of a held statement (a CancelRequest); False if none waits."""
+        inner = getattr(self, "_inner_review", None)
+        if self._review_task is None or inner is None or inner.done():
+            return False
+        inner.cancel()
+        return True
+
+    def _notice(self, text: str) -> None:
+        notice = pg.notice_response(text)
+        if self.relay is not None and not self.relay.client_at_message_boundary():
+            self._pending_notice += notice
+        else:
+            self.client.write(notice)
+
+    def _statement_done(self, decision: Decision, ok: bool, detail: str) -> None:
+        approved = self._approved
+        if approved is None or decision is not approved.decision or self.review_gate is None:
+            return
+        self._approved = None
+        self._loop.create_task(self.review_gate.finished(approved, ok=ok, detail=detail))
 
     def _resume(self, step: Callable[[], bytes]) -> None:
         relay = self.relay

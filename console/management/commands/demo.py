@@ -19,7 +19,6 @@ from gateway.models import Connection
 from identity import actions as identity_actions
 from identity.models import Agent, User
 from policies.models import Policy
-from policies.packs import HARMLESS_SETTINGS
 
 ACTOR = "demo"
 PEOPLE = (("admin", "admin"), ("reviewer", "reviewer"), ("auditor", "auditor"))
@@ -35,14 +34,7 @@ def demo_policy_spec() -> dict[str, Any]:
         "default": "deny",
         "on_parse_error": "deny",
         "rules": [
-            {"name": "reads", "match": {"operations": ["read"]}, "action": "allow"},
-            # The gateway judges the settings clients send at startup (psql's
-            # application_name, client_encoding) like SET: let the harmless ones through.
-            {
-                "name": "harmless-settings",
-                "match": {"operations": ["read", "session", "transaction"], "settings": HARMLESS_SETTINGS},
-                "action": "allow",
-            },
+            {"name": "reads", "match": {"operations": ["read", "transaction"]}, "action": "allow"},
             {
                 "name": "writes",
                 "match": {"operations": ["write"]},
@@ -136,7 +128,9 @@ class Command(BaseCommand):
             do_save_policy(
                 ACTOR, POLICY, spec, description="Reads run, writes wait for a reviewer.", comment="demo"
             )
-        return f"policy    {POLICY:10} created: reads allowed, writes reviewed, the rest denied"
+        return (
+            f"policy    {POLICY:10} created: reads and transactions allowed, writes reviewed, the rest denied"
+        )
 
     def _agent(self, *, new_token: bool) -> list[str]:
         agent = Agent.objects.filter(name=AGENT).first()

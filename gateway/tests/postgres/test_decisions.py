@@ -93,9 +93,10 @@ def test_a_denial_inside_a_pipeline_skips_the_rest_of_the_batch_as_an_error_woul
     assert through_gateway == directly
 
 
-def test_review_is_refused_until_approvals_exist(gw):
+def test_a_review_nobody_can_approve_is_refused(gw):
+    # The marker rule names no reviewer group: never allowed (WF-01, docs/approvals.md).
     with gw.connect(autocommit=True) as conn:
-        with pytest.raises(errors.InsufficientPrivilege, match="approval"):
+        with pytest.raises(errors.InsufficientPrivilege, match="nobody can approve"):
             conn.execute(f"SELECT '{REVIEW_MARKER}'")
         assert conn.execute("SELECT 2").fetchone() == (2,)
 
