@@ -30,7 +30,7 @@ def navigation_for(roles: set[str], path: str = "") -> list[dict[str, Any]]:
         except NoReverseMatch:
             continue
         active = path == url if url == "/" else path.startswith(url)
-        items.append({"url": url, "label": label, "active": active})
+        items.append({"url": url, "label": label, "active": active, "name": url_name})
     return items
 
 

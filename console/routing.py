@@ -6,3 +6,7 @@ from recordings.routing import websocket_urlpatterns as recordings_websockets
 
 websocket_urlpatterns: list = []
 websocket_urlpatterns += recordings_websockets
+
+from approvals.routing import websocket_urlpatterns as approvals_routes  # noqa: E402
+
+websocket_urlpatterns += approvals_routes

@@ -120,7 +120,13 @@ if REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {"hosts": [REDIS_URL], "prefix": env_str("AIRLOCK_CHANNEL_PREFIX", "airlock")},
+            # redis-py 8 reads with a 5 s socket timeout by default, which cuts the channel
+            # layer's blocking receive (BZPOPMIN, 5 s server-side) and closes every idle
+            # websocket: the read timeout must outlast it.
+            "CONFIG": {
+                "hosts": [{"address": REDIS_URL, "socket_timeout": 30}],
+                "prefix": env_str("AIRLOCK_CHANNEL_PREFIX", "airlock"),
+            },
         }
     }
     CELERY_BROKER_URL = REDIS_URL
@@ -260,6 +266,16 @@ GATEWAY_IDLE_TIMEOUT = env_int("AIRLOCK_IDLE_TIMEOUT_SECONDS", 3600, minimum=1)
 GATEWAY_SESSION_TIMEOUT = env_int("AIRLOCK_SESSION_TIMEOUT_SECONDS", 12 * 3600, minimum=1)
 GATEWAY_MAX_SESSIONS = env_int("AIRLOCK_MAX_SESSIONS", 1000, minimum=1)
 GATEWAY_LOGIN_FAILURES_PER_MINUTE = env_int("AIRLOCK_LOGIN_FAILURES_PER_MINUTE", 10, minimum=1)
+# Masking: the key of the keyed hash (`hash` method), and what a connection without a
+# masking policy gets ("builtin": every built-in entity found by content is redacted; "off").
+AIRLOCK_MASKING_HASH_KEY = env_secret("AIRLOCK_MASKING_HASH_KEY") or persistent_secret(
+    DATA_DIR / "masking-hash-key", lambda: secrets.token_urlsafe(32)
+)
+if len(AIRLOCK_MASKING_HASH_KEY.encode()) < 16:
+    raise ImproperlyConfigured("AIRLOCK_MASKING_HASH_KEY must be at least 16 bytes long")
+AIRLOCK_MASKING_DEFAULT = env_str("AIRLOCK_MASKING_DEFAULT", "builtin")
+if AIRLOCK_MASKING_DEFAULT not in ("builtin", "off"):
+    raise ImproperlyConfigured('AIRLOCK_MASKING_DEFAULT must be "builtin" or "off"')
 
 # --- Recordings -------------------------------------------------------------------
 RECORDING_SIGNING_KEY_FILE = env_str(
@@ -333,3 +349,27 @@ HTTP_LISTEN = env_str("AIRLOCK_HTTP_LISTEN", "127.0.0.1:8000")
 if not REDIS_URL:
     # kombu's filesystem transport keeps its exchange tables in ./control unless told where.
     CELERY_BROKER_TRANSPORT_OPTIONS["control_folder"] = str(_celery_dir / "control")
+
+# --- Approvals (docs/approvals.md) ------------------------------------------------------------
+# A held statement waits the rule's timeout, or this default, and never longer than the cap.
+APPROVALS_DEFAULT_TIMEOUT = env_int("AIRLOCK_APPROVAL_TIMEOUT_SECONDS", 600, minimum=1)
+APPROVALS_MAX_TIMEOUT = env_int("AIRLOCK_APPROVAL_MAX_TIMEOUT_SECONDS", 3600, minimum=1)
+# How often a waiting gateway reads the database besides listening on the channel layer.
+APPROVALS_POLL_SECONDS = (
+    env_int("AIRLOCK_APPROVAL_POLL_MS", 1000 if not REDIS_URL else 2000, minimum=50) / 1000
+)
+# A hold whose gateway has not been heard of for this long is cancelled by the sweep.
+APPROVALS_WAITER_STALE = env_int("AIRLOCK_APPROVAL_WAITER_STALE_SECONDS", 60, minimum=5)
+# An approved statement must start running within this time (an agent that cannot wait
+# sends it again within it).
+APPROVALS_CLAIM_SECONDS = env_int("AIRLOCK_APPROVAL_CLAIM_SECONDS", 3600, minimum=10)
+# A run whose outcome the gateway never reports is marked failed after this long.
+APPROVALS_REPORT_SECONDS = env_int("AIRLOCK_APPROVAL_REPORT_SECONDS", 24 * 3600, minimum=60)
+APPROVALS_MAX_GRANT_MINUTES = env_int("AIRLOCK_APPROVAL_MAX_GRANT_MINUTES", 60, minimum=0)
+APPROVALS_ESTIMATE_TIMEOUT = env_int("AIRLOCK_APPROVAL_ESTIMATE_TIMEOUT_MS", 3000, minimum=100) / 1000
+APPROVALS_SWEEP_SECONDS = env_int("AIRLOCK_APPROVAL_SWEEP_SECONDS", 30, minimum=1)
+# Slack-compatible incoming webhook: a secret (the URL carries the token).
+APPROVALS_WEBHOOK_URL = env_secret("AIRLOCK_APPROVAL_WEBHOOK_URL")
+APPROVALS_WEBHOOK_TIMEOUT = env_int("AIRLOCK_APPROVAL_WEBHOOK_TIMEOUT_SECONDS", 10, minimum=1)
+CELERY_BEAT_SCHEDULE["approvals-sweep"] = {"task": "approvals.sweep", "schedule": APPROVALS_SWEEP_SECONDS}
+TEMPLATES[0]["OPTIONS"]["context_processors"].append("approvals.context_processors.pending_approvals")

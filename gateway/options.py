@@ -63,12 +63,24 @@ def _namespace(value: Any) -> str | None:
     return None
 
 
+# How the gateway answers a statement held for review (docs/approvals.md): "wait" holds it
+# until reviewers decide; "return" refuses it at once naming the approval request, and the
+# identical statement sent again once approved runs (for agents that cannot wait).
+APPROVAL_MODES = ("wait", "return")
+
+
+def _approval_mode(value: Any) -> str | None:
+    if value not in APPROVAL_MODES:
+        return f"must be one of {', '.join(APPROVAL_MODES)}"
+    return None
+
+
 Check = Callable[[Any], str | None]
 
 OPTIONS: dict[str, dict[str, Check]] = {
-    "postgres": {"sslmode": _sslmode, "connect_timeout": _timeout},
-    "ssh": {"host_key": _host_key, "connect_timeout": _timeout},
-    "kubernetes": {"namespace": _namespace, "connect_timeout": _timeout},
+    "postgres": {"sslmode": _sslmode, "connect_timeout": _timeout, "approval_mode": _approval_mode},
+    "ssh": {"host_key": _host_key, "connect_timeout": _timeout, "approval_mode": _approval_mode},
+    "kubernetes": {"namespace": _namespace, "connect_timeout": _timeout, "approval_mode": _approval_mode},
 }
 
 

@@ -15,7 +15,7 @@ import secrets
 import ssl
 import struct
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from asgiref.sync import sync_to_async
@@ -35,8 +35,16 @@ from gateway.postgres.startup import (
     check_startup,
     parse_startup_packet,
 )
-from gateway.postgres.upstream import UpstreamError, UpstreamTarget, connect_upstream, send_cancel
+from gateway.postgres.upstream import (
+    Upstream,
+    UpstreamError,
+    UpstreamTarget,
+    connect_upstream,
+    current_search_path,
+    send_cancel,
+)
 from gateway.ratelimit import LoginThrottle
+from policies.types import Action, Decision
 
 log = logging.getLogger("airlock.gateway.postgres")
 
@@ -96,6 +104,10 @@ class Authorized:
     connection_name: str
     target: UpstreamTarget
     decision_point: DecisionPoint
+    masking: Any = None  # masking.MaskingPolicy (the agent's view), None when off
+    # The connection's ``approval_mode`` option: "wait" holds a reviewed statement,
+    # "return" refuses it at once naming the approval request (docs/approvals.md).
+    approval_mode: str = "wait"
 
 
 DecisionPointFactory = Callable[[Any, str, frozenset[str]], DecisionPoint]
@@ -104,6 +116,18 @@ RecorderFactory = Callable[..., Awaitable[Any]]
 
 def default_decision_point(connection: Any, agent: str, groups: frozenset[str]) -> DecisionPoint:
     return DecisionPoint.for_connection(connection, agent=agent, groups=groups)
+
+
+def make_review_gate(authorized: Authorized, session_id: Any) -> Any:
+    """The approvals gate of a session (``approvals.gateway.ReviewGate``)."""
+    from approvals.gateway import ReviewGate
+
+    return ReviewGate(
+        agent_id=authorized.agent_id,
+        connection_id=authorized.connection_id,
+        session_id=session_id,
+        agent_waits=authorized.approval_mode != "return",
+    )
 
 
 async def default_recorder(**kwargs: Any) -> Any:
@@ -209,6 +233,17 @@ def _authorize(
     except Exception as exc:
         log.error("policy of connection %s cannot be loaded: %s", connection.name, exc)
         raise LoginFailed("XX000", f'the policy of connection "{connection.name}" cannot be loaded') from None
+    from gateway.masking_runtime import MaskingUnavailable, masking_for
+
+    try:
+        masking = masking_for(connection, groups)
+    except MaskingUnavailable as exc:
+        log.error("masking on connection %s for %s: %s", connection.name, agent.name, exc)
+        raise LoginFailed(
+            "XX000", f'masking on connection "{connection.name}" is not available: {exc}'
+        ) from None
+    # Approval cards and notifications mask what they show with it.
+    decision_point.masking = masking
     return Authorized(
         agent_id=agent.pk,
         agent_name=agent.name,
@@ -218,6 +253,8 @@ def _authorize(
         connection_name=connection.name,
         target=target,
         decision_point=decision_point,
+        masking=masking,
+        approval_mode=str((connection.options or {}).get("approval_mode", "wait")),
     )
 
 
@@ -331,7 +368,14 @@ class Session:
         self._end_status = "ended"
         self._timer: asyncio.TimerHandle | None = None
         self._review_task: asyncio.Task[None] | None = None
+        self._catalog_task: asyncio.Task[None] | None = None
+        self.catalog: Any = None
         self._watching_termination = False
+        # Approvals: the gate of this session, the approved statement whose run is to be
+        # reported, and a notice waiting for the client stream to reach a message boundary.
+        self.review_gate: Any = None
+        self._approved: Any = None
+        self._pending_notice = b""
         self.started = asyncio.get_running_loop().time()
         self.last_activity = self.started
 
@@ -387,6 +431,19 @@ class Session:
             self._timer.cancel()
         if self._review_task is not None:
             self._review_task.cancel()
+        if self._catalog_task is not None:
+            self._catalog_task.cancel()
+        if self.catalog is not None:
+            self.catalog.close()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                # Let the review cancel its request before the session's records close.
+                await asyncio.wait_for(self._review_task, 10)
+        if self._approved is not None and self.review_gate is not None:
+            approved, self._approved = self._approved, None
+            with contextlib.suppress(Exception):
+                await self.review_gate.finished(
+                    approved, ok=False, detail="the session ended before the statement's result was known"
+                )
         if self.cancel_key is not None:
             self.gateway.cancel_keys.pop(self.cancel_key, None)
         if self.upstream is not None:
@@ -415,6 +472,10 @@ class Session:
         if status != "ended":
             log.info("session %s of %s ended: %s", self.peer, self.agent_name or "?", reason)
         self._done.set_result(None)
+        if self.relay is None:
+            # Still logging in: closing the socket ends the awaited read (after the
+            # error above is flushed).
+            self.client.close()
 
     def _client_lost(self, exc: Exception | None) -> None:
         self.end("client disconnected")
@@ -569,6 +630,22 @@ class Session:
             self.client.write(pg.fatal("58000", "the session cannot be recorded, so it is refused"))
             self._end_reason = "recording unavailable"
             return False
+        relay = Relay(
+            authorized.decision_point,
+            self.recorder,
+            max_message=self.limits.max_message,
+            result_rows=self.limits.result_rows,
+            masking=authorized.masking,
+        )
+        refusal = relay.judge_startup(startup.upstream_params)
+        if refusal is not None:
+            message = f"a startup setting is not allowed: {refusal.message}"
+            if refusal.rule:
+                message += f' (rule "{refusal.rule}")'
+            self.client.write(pg.fatal("42501", message))
+            self._end_reason = "startup setting refused"
+            return False
+        upstream: Upstream | None = None
         try:
             upstream = await connect_upstream(
                 authorized.target,
@@ -576,6 +653,10 @@ class Session:
                 max_message=self.limits.max_message,
                 wait_seconds=self.limits.connect_timeout,
             )
+            schemas = None
+            # The engine resolves unqualified names on the server's own search_path.
+            if getattr(authorized.decision_point, "policy", None) is not None:
+                schemas = await current_search_path(upstream, wait_seconds=self.limits.connect_timeout)
         except UpstreamError as exc:
             message = f'cannot connect to connection "{authorized.connection_name}": {exc}'
             self.recorder.append("error", {"code": "08006", "message": message, "severity": "FATAL"})
@@ -583,7 +664,10 @@ class Session:
             self._end_reason = "upstream unreachable"
             self._end_status = "terminated"
             log.warning("session of %s: %s", authorized.agent_name, message)
+            if upstream is not None:
+                upstream.link.abort()
             return False
+        relay.seed_search_path(schemas)
         self.upstream = upstream.link
         self.upstream_key = (upstream.pid, upstream.key)
         self.cancel_key = self.gateway.new_cancel_key(self)
@@ -592,18 +676,23 @@ class Session:
         out.extend(upstream.notices)
         out.append(pg.backend_key_data(*self.cancel_key))
         out.append(pg.ready_for_query(upstream.status))
-        self.relay = Relay(
-            authorized.decision_point,
-            self.recorder,
-            max_message=self.limits.max_message,
-            result_rows=self.limits.result_rows,
-        )
+        self.relay = relay
+        if self.relay.uses_identity:
+            from gateway.masking_runtime import CatalogLookup
+
+            self.catalog = CatalogLookup(
+                authorized.target,
+                max_message=self.limits.max_message,
+                wait_seconds=self.limits.connect_timeout,
+            )
         self.relay.parameters.update(upstream.parameters)
         session_id = getattr(self.recorder, "session_id", None)
         if session_id is not None:
             from recordings.live import watch_for_termination
 
             self._watching_termination = await watch_for_termination(session_id, self.terminated_by)
+        self.relay.on_statement_done = self._statement_done
+        self.review_gate = make_review_gate(authorized, getattr(self.recorder, "session_id", None))
         self.client.write(b"".join(out))
         return True
 
@@ -611,6 +700,8 @@ class Session:
         session = self.gateway.cancel_keys.get((pid, key))
         if session is None or session.authorized is None:
             log.info("cancel request from %s for an unknown session", self.address)
+            return
+        if session.cancel_review():
             return
         upstream_pid, upstream_key = session.upstream_key
         try:
@@ -677,10 +768,35 @@ class Session:
             return
         if out:
             self.client.write(out)
+        if relay.needs_catalog is not None and self._catalog_task is None and self.upstream is not None:
+            self.upstream.pause_reading("catalog")
+            self._catalog_task = self._loop.create_task(self._lookup(relay.needs_catalog))
+        if self._pending_notice and relay.client_at_message_boundary():
+            notice, self._pending_notice = self._pending_notice, b""
+            self.client.write(notice)
         if relay.blocked == CONFIRM and relay.can_resume():
             self._resume(relay.resume)
         if relay.ended is not None:
             self.end(relay.ended, status="terminated")
+
+    async def _lookup(self, oids: frozenset[int]) -> None:
+        """Resolve a result's table OIDs, then let the server's output go on."""
+        relay = self.relay
+        found = None
+        try:
+            found = await self.catalog.resolve(oids)
+        except Exception as exc:
+            # Results over these tables are withheld (fail closed); the next statement retries.
+            log.warning("session %s: column identities could not be resolved: %s", self.peer, exc)
+            if self.catalog is not None:
+                self.catalog.close()
+        self._catalog_task = None
+        if self._done.done() or relay is None or self.upstream is None:
+            return
+        relay.supply_catalog(found)
+        self._from_server(b"")
+        if relay.needs_catalog is None and not self.upstream.closed:
+            self.upstream.resume_reading("catalog")
 
     def _protocol_failure(self, exc: ProtocolError, side: str) -> None:
         log.warning("session %s of %s closed: %s (from the %s)", self.peer, self.agent_name, exc, side)
@@ -694,18 +810,79 @@ class Session:
         relay = self.relay
         if not (relay is not None):
             return
+        if isinstance(relay.blocked, ReviewNeeded):
+            # Reading goes on while a statement waits for reviewers, so that a client that
+            # goes away is noticed and its request cancelled (WF-05); what it sends meanwhile
+            # is buffered by the relay, up to one message's worth.
+            if relay.buffered_client_bytes() > self.limits.max_message:
+                self.client.pause_reading("relay")
+            else:
+                self.client.resume_reading("relay")
+            if self._review_task is None:
+                self._review_task = asyncio.get_running_loop().create_task(self._review(relay.blocked))
+            return
         self.client.pause_reading("relay")
-        if isinstance(relay.blocked, ReviewNeeded) and self._review_task is None:
-            self._review_task = asyncio.get_running_loop().create_task(self._review(relay.blocked))
 
     async def _review(self, held: ReviewNeeded) -> None:
         if not (self.authorized is not None and self.relay is not None):
             return
-        decision = await self.authorized.decision_point.wait_review(held.request, held.decision)
+        if self.review_gate is None:
+            decision = await self.authorized.decision_point.wait_review(held.request, held.decision)
+        else:
+            self._inner_review = asyncio.get_running_loop().create_task(
+                self.review_gate.review(held.request, held.decision, notice=self._notice)
+            )
+            try:
+                review = await asyncio.shield(self._inner_review)
+            except asyncio.CancelledError:
+                if self._done.done() or not self._inner_review.cancelled():
+                    # The session is ending: the inner review cancels its request (WF-05).
+                    self._inner_review.cancel()
+                    with contextlib.suppress(BaseException):
+                        await self._inner_review
+                    raise
+                # A CancelRequest while the statement waited (docs 55.2.7): the request
+                # is cancelled, and the statement fails as a cancelled one would.
+                decision = replace(
+                    held.decision,
+                    action=Action.DENY,
+                    message="canceling statement due to user request: the approval request was cancelled",
+                )
+            else:
+                decision = review.decision
+                if decision.action is Action.ALLOW and review.request_id is not None and not review.granted:
+                    self._approved = review
+            if self.recorder is not None:
+                self.recorder.append(
+                    "approval",
+                    {"action": decision.action.value, "rule": decision.rule, "message": decision.message},
+                )
         self._review_task = None
         if self._done.done():
             return
         self._resume(lambda: self.relay.resume_review(decision))  # type: ignore[union-attr]
+
+    def cancel_review(self) -> bool:
+        """Cancel the review of a held statement (a CancelRequest); False if none waits."""
+        inner = getattr(self, "_inner_review", None)
+        if self._review_task is None or inner is None or inner.done():
+            return False
+        inner.cancel()
+        return True
+
+    def _notice(self, text: str) -> None:
+        notice = pg.notice_response(text)
+        if self.relay is not None and not self.relay.client_at_message_boundary():
+            self._pending_notice += notice
+        else:
+            self.client.write(notice)
+
+    def _statement_done(self, decision: Decision, ok: bool, detail: str) -> None:
+        approved = self._approved
+        if approved is None or decision is not approved.decision or self.review_gate is None:
+            return
+        self._approved = None
+        self._loop.create_task(self.review_gate.finished(approved, ok=ok, detail=detail))
 
     def _resume(self, step: Callable[[], bytes]) -> None:
         relay = self.relay

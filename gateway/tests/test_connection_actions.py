@@ -115,7 +115,7 @@ def test_bad_fields_are_refused_with_their_names(alice, key_a):
     errors = caught.value.message_dict
     assert set(errors) >= {"name", "host", "port", "options"}
     assert (
-        "sslmdoe: unknown option for a postgres connection (known: connect_timeout, sslmode)"
+        "sslmdoe: unknown option for a postgres connection (known: approval_mode, connect_timeout, sslmode)"
         in errors["options"]
     )
     assert not Connection.objects.exists()

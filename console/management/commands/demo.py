@@ -34,7 +34,7 @@ def demo_policy_spec() -> dict[str, Any]:
         "default": "deny",
         "on_parse_error": "deny",
         "rules": [
-            {"name": "reads", "match": {"operations": ["read"]}, "action": "allow"},
+            {"name": "reads", "match": {"operations": ["read", "transaction"]}, "action": "allow"},
             {
                 "name": "writes",
                 "match": {"operations": ["write"]},
@@ -128,7 +128,9 @@ class Command(BaseCommand):
             do_save_policy(
                 ACTOR, POLICY, spec, description="Reads run, writes wait for a reviewer.", comment="demo"
             )
-        return f"policy    {POLICY:10} created: reads allowed, writes reviewed, the rest denied"
+        return (
+            f"policy    {POLICY:10} created: reads and transactions allowed, writes reviewed, the rest denied"
+        )
 
     def _agent(self, *, new_token: bool) -> list[str]:
         agent = Agent.objects.filter(name=AGENT).first()

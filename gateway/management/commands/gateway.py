@@ -21,6 +21,18 @@ log = logging.getLogger("airlock.gateway")
 SWITCH_INTERVAL = 0.0005
 
 
+def _closing(fn: Any) -> Any:
+    def call() -> Any:
+        from django.db import connections
+
+        try:
+            return fn()
+        finally:
+            connections.close_all()
+
+    return call
+
+
 def parse_address(value: str, option: str) -> tuple[str, int]:
     host, sep, port = value.rpartition(":")
     if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
@@ -79,6 +91,14 @@ class Command(BaseCommand):
             loop.add_signal_handler(sig, stop.set)
         listeners = []
         try:
+            # Holds left by an earlier run of a gateway (a crash, a restart) are cancelled
+            # once no heartbeat comes from them; overdue requests are expired.
+            try:
+                from approvals.gateway import sweep
+
+                await asyncio.to_thread(_closing(sweep))
+            except Exception as exc:
+                self.stderr.write(f"approvals: the start-up sweep failed: {exc}")
             for protocol, (host, port) in addresses.items():
                 listener = LISTENERS[protocol][2]()
                 bound = await listener.start(host, port)
@@ -95,3 +115,7 @@ class Command(BaseCommand):
                 from recordings.writer import shutdown_writer
 
                 await asyncio.to_thread(shutdown_writer)
+            with contextlib.suppress(ImportError):
+                from approvals.gateway import close_db_threads
+
+                await asyncio.to_thread(close_db_threads)

@@ -89,6 +89,11 @@ class GatewayThread:
         finally:
             self.loop.call_soon_threadsafe(self.loop.stop)
             self.thread.join(10)
+            # Closed from a thread of its own: the channel layer flushes on close by running
+            # the loop, which cannot happen on a thread that runs another loop (Playwright's).
+            closer = threading.Thread(target=self.loop.close)
+            closer.start()
+            closer.join(10)
 
 
 @pytest.fixture(scope="session")
@@ -233,6 +238,9 @@ def gateway_factory(private_pg, billing_bot, make_connection):  # type: ignore[n
         thread.stop()
     # The writer's threads hold database connections: end them before the test database goes.
     shutdown_writer()
+    from approvals.gateway import close_db_threads
+
+    close_db_threads()
 
 
 @pytest.fixture

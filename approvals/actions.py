@@ -1,0 +1,497 @@
+"""Every change to approval requests: one function per transition.
+
+Each function locks the request row (``select_for_update``) or makes a conditional
+``update()`` and checks the count, writes the audit record, and only after commit
+publishes the change on the channel layer and enqueues Celery work. An illegal transition
+raises ``IllegalTransition`` and changes nothing; two reviewers deciding at once are
+serialised by the row lock, so the request ends in one consistent state (WF-04).
+
+    pending -> approved | rejected | expired | cancelled      do_approve (quorum), do_reject,
+                                                              do_expire, do_cancel
+    approved -> executed | failed                             do_mark_executed, do_mark_failed
+
+``do_create_request`` makes a pending request; ``do_claim`` marks the one run of an
+approved request (so that it runs once, WF-03); ``do_use_grant`` counts a run under a
+grant; ``do_record_estimate`` stores the planner's estimate of rows.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth.models import Group
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from approvals.events import publish_change
+from approvals.models import (
+    TRANSITIONS,
+    ApprovalDecision,
+    ApprovalRequest,
+    Status,
+    reviewer_role_filter,
+)
+from audit.actions import record
+
+log = logging.getLogger("airlock.approvals")
+
+MAX_COMMENT = 2000
+
+
+class ApprovalError(Exception):
+    """A change to an approval request that was refused; the message says why."""
+
+
+class IllegalTransition(ApprovalError):
+    """The request is not in a state that allows this change."""
+
+
+class NotAllowed(ApprovalError):
+    """This person may not decide this request."""
+
+
+class InvalidInput(ApprovalError):
+    """A required value is missing or malformed (a rejection without a reason...)."""
+
+
+class NoEligibleReviewers(ApprovalError):
+    """Nobody could ever approve the request: it must be refused, never allowed (WF-01)."""
+
+
+RequestRef = ApprovalRequest | int
+
+
+def _pk(request: RequestRef) -> int:
+    return request.pk if isinstance(request, ApprovalRequest) else int(request)
+
+
+def _lock(request: RequestRef) -> ApprovalRequest:
+    try:
+        return ApprovalRequest.objects.select_for_update().get(pk=_pk(request))
+    except ApprovalRequest.DoesNotExist:
+        raise ApprovalError(f"approval request {_pk(request)} does not exist") from None
+
+
+def _check(req: ApprovalRequest, to: str) -> None:
+    if to not in TRANSITIONS.get(req.status, frozenset()):
+        raise IllegalTransition(f"approval request {req.pk} is {req.status}: it cannot become {to}")
+
+
+def _after_commit(
+    req_id: int, status: str, *, created: bool = False, work: Iterable[Callable[[], Any]] = ()
+) -> None:
+    def publish() -> None:
+        publish_change(req_id, status, created=created)
+
+    transaction.on_commit(publish)
+    for job in work:
+        transaction.on_commit(_safe(job))
+
+
+def _safe(job: Callable[[], Any]) -> Callable[[], None]:
+    def run() -> None:
+        try:
+            job()
+        except Exception:
+            # A broker that is down must never undo or block a decision: the periodic sweep
+            # catches what a lost task missed, and notifications are best effort.
+            log.warning("approvals: could not enqueue follow-up work", exc_info=True)
+
+    return run
+
+
+def _tasks() -> Any:
+    from approvals import tasks
+
+    return tasks
+
+
+# --- creation ------------------------------------------------------------------------------
+
+
+def eligible_reviewers(groups: Iterable[Group], exclude: Iterable[int]) -> Any:
+    """Active people with the reviewer role in any of ``groups``, minus ``exclude``."""
+    from identity.models import User
+
+    return (
+        User.objects.filter(is_active=True, groups__in=list(groups))
+        .filter(reviewer_role_filter())
+        .exclude(pk__in=[pk for pk in exclude if pk is not None])
+        .distinct()
+    )
+
+
+def capped_timeout(seconds: int | None) -> int:
+    """The hold of a request: the rule's timeout (or the default), capped by the setting."""
+    wanted = seconds or settings.APPROVALS_DEFAULT_TIMEOUT
+    return max(1, min(int(wanted), settings.APPROVALS_MAX_TIMEOUT))
+
+
+@transaction.atomic
+def do_create_request(
+    *,
+    agent: Any,
+    agent_name: str,
+    connection: Any,
+    connection_name: str,
+    protocol: str,
+    statement: str,
+    statement_pretty: str,
+    params: list[str | None],
+    classification: dict[str, Any],
+    rule: str,
+    rule_message: str,
+    policy_name: str,
+    policy_version: int | None,
+    reviewer_groups: Iterable[str],
+    approvals_needed: int,
+    timeout_seconds: int | None,
+    binding_hash: str,
+    session_id: Any = None,
+    agent_waits: bool = True,
+    estimate_status: str = "none",
+    now: datetime | None = None,
+) -> ApprovalRequest:
+    """A new pending request. ``statement``, ``statement_pretty`` and ``params`` must be
+    masked already; ``binding_hash`` covers the unmasked values (``approvals.binding``).
+
+    Raises ``NoEligibleReviewers`` when the reviewer groups are empty, unknown, or hold
+    fewer people who may approve it than it needs: such a request is refused, never
+    allowed (WF-01).
+    """
+    names = sorted({name for name in reviewer_groups if name})
+    needed = max(1, int(approvals_needed or 1))
+    if not names:
+        raise NoEligibleReviewers("the rule names no reviewer group, so nobody can approve this statement")
+    groups = list(Group.objects.filter(name__in=names))
+    on_behalf_of = getattr(agent, "on_behalf_of", None)
+    owner = getattr(agent, "owner", None)
+    requesting_side = [getattr(on_behalf_of, "pk", None), getattr(owner, "pk", None)]
+    available = eligible_reviewers(groups, requesting_side).count() if groups else 0
+    if available < needed:
+        raise NoEligibleReviewers(
+            f"the reviewer groups {', '.join(names)} have {available} member(s) who may approve this "
+            f"statement and it needs {needed}: nobody can approve it, so it is refused"
+        )
+    now = now or timezone.now()
+    req = ApprovalRequest.objects.create(
+        status=Status.PENDING,
+        agent_waits=agent_waits,
+        protocol=protocol,
+        session_id=session_id,
+        agent=agent if getattr(agent, "pk", None) else None,
+        agent_name=agent_name,
+        on_behalf_of=on_behalf_of,
+        on_behalf_of_name=on_behalf_of.get_username() if on_behalf_of else "",
+        agent_owner=owner,
+        agent_owner_name=owner.get_username() if owner else "",
+        connection=connection if getattr(connection, "pk", None) else None,
+        connection_name=connection_name,
+        statement=statement,
+        statement_pretty=statement_pretty,
+        params=list(params),
+        classification=classification,
+        rule=rule or "",
+        rule_message=rule_message or "",
+        policy_name=policy_name or "",
+        policy_version=policy_version,
+        reviewer_group_names=names,
+        approvals_needed=needed,
+        binding_hash=binding_hash,
+        created_at=now,
+        expires_at=now + timedelta(seconds=capped_timeout(timeout_seconds)),
+        waiter_seen_at=now if agent_waits else None,
+        estimate_status=estimate_status,
+    )
+    req.reviewer_groups.set(groups)
+    record(
+        agent if getattr(agent, "pk", None) else agent_name,
+        "approval.requested",
+        req,
+        after=req.audit_snapshot(),
+        statement=statement,
+    )
+    tasks = _tasks()
+    _after_commit(
+        req.pk,
+        req.status,
+        created=True,
+        work=[
+            lambda: tasks.expire_request.apply_async((req.pk,), eta=req.expires_at),
+            lambda: tasks.notify_reviewers.delay(req.pk),
+        ],
+    )
+    return req
+
+
+# --- reviewers' decisions --------------------------------------------------------------------
+
+
+def _clean_text(value: Any, what: str) -> str:
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise InvalidInput(f"the {what} must be text")
+    value = value.strip()
+    if len(value) > MAX_COMMENT:
+        raise InvalidInput(f"the {what} is longer than {MAX_COMMENT} characters")
+    return value
+
+
+def _clean_grant(value: Any) -> int | None:
+    if value in (None, "", 0, "0"):
+        return None
+    try:
+        minutes = int(value)
+    except (TypeError, ValueError):
+        raise InvalidInput("the grant must be a whole number of minutes") from None
+    if isinstance(value, bool) or minutes < 0:
+        raise InvalidInput("the grant must be a whole number of minutes")
+    if minutes > settings.APPROVALS_MAX_GRANT_MINUTES:
+        raise InvalidInput(f"a grant lasts at most {settings.APPROVALS_MAX_GRANT_MINUTES} minutes")
+    return minutes or None
+
+
+def _decide_checks(req: ApprovalRequest, user: Any, now: datetime) -> None:
+    if req.status != Status.PENDING:
+        raise IllegalTransition(f"approval request {req.pk} is {req.status}: it can no longer be decided")
+    if req.expires_at <= now:
+        raise IllegalTransition(f"approval request {req.pk} has expired")
+    allowed, why = req.may_decide(user)
+    if not allowed:
+        raise NotAllowed(why)
+
+
+def _add_decision(
+    req: ApprovalRequest, user: Any, verdict: str, comment: str, grant: int | None, now: datetime
+) -> None:
+    try:
+        with transaction.atomic():
+            ApprovalDecision.objects.create(
+                request=req,
+                reviewer=user,
+                reviewer_name=user.get_username(),
+                verdict=verdict,
+                comment=comment,
+                grant_minutes=grant,
+                at=now,
+            )
+    except IntegrityError:
+        raise NotAllowed("you have already decided this request") from None
+
+
+@transaction.atomic
+def do_approve(
+    user: Any, request: RequestRef, *, comment: str = "", grant_minutes: Any = None
+) -> ApprovalRequest:
+    """Record ``user``'s approval; with enough approvals (quorum) the request is approved.
+
+    ``grant_minutes`` asks for "allow identical statements from this agent for N minutes";
+    the grant is given when every approval asks for one (the shortest wins).
+    """
+    comment = _clean_text(comment, "comment")
+    grant = _clean_grant(grant_minutes)
+    now = timezone.now()
+    req = _lock(request)
+    _decide_checks(req, user, now)
+    before = req.audit_snapshot()
+    _add_decision(req, user, ApprovalDecision.Verdict.APPROVE, comment, grant, now)
+    approvals = list(req.decisions.filter(verdict=ApprovalDecision.Verdict.APPROVE))
+    if len(approvals) < req.approvals_needed:
+        record(
+            user,
+            "approval.approved_partly",
+            req,
+            before=before,
+            after=req.audit_snapshot(),
+            approvals=len(approvals),
+            needed=req.approvals_needed,
+            comment=comment,
+        )
+        _after_commit(req.pk, req.status)
+        return req
+    _check(req, Status.APPROVED)
+    grants = [a.grant_minutes for a in approvals]
+    req.status = Status.APPROVED
+    req.decided_at = now
+    req.decided_by = user
+    req.decided_by_name = user.get_username()
+    req.claim_by = now + timedelta(seconds=settings.APPROVALS_CLAIM_SECONDS)
+    if all(grants):
+        req.grant_until = now + timedelta(minutes=min(g for g in grants if g))
+    req.save(
+        update_fields=["status", "decided_at", "decided_by", "decided_by_name", "claim_by", "grant_until"]
+    )
+    record(
+        user,
+        "approval.approved",
+        req,
+        before=before,
+        after=req.audit_snapshot(),
+        comment=comment,
+        approvers=[a.reviewer_name for a in approvals],
+    )
+    tasks = _tasks()
+    _after_commit(req.pk, req.status, work=[lambda: tasks.notify_decision.delay(req.pk)])
+    return req
+
+
+@transaction.atomic
+def do_reject(user: Any, request: RequestRef, *, reason: str) -> ApprovalRequest:
+    """Reject (a reason is required): any one rejection rejects the request."""
+    reason = _clean_text(reason, "reason")
+    if not reason:
+        raise InvalidInput("a rejection needs a reason")
+    now = timezone.now()
+    req = _lock(request)
+    _decide_checks(req, user, now)
+    _check(req, Status.REJECTED)
+    before = req.audit_snapshot()
+    _add_decision(req, user, ApprovalDecision.Verdict.REJECT, reason, None, now)
+    req.status = Status.REJECTED
+    req.decided_at = now
+    req.decided_by = user
+    req.decided_by_name = user.get_username()
+    req.reason = reason
+    req.save(update_fields=["status", "decided_at", "decided_by", "decided_by_name", "reason"])
+    record(user, "approval.rejected", req, before=before, after=req.audit_snapshot(), reason=reason)
+    tasks = _tasks()
+    _after_commit(req.pk, req.status, work=[lambda: tasks.notify_decision.delay(req.pk)])
+    return req
+
+
+# --- the clock and the agent's side ----------------------------------------------------------
+
+
+@transaction.atomic
+def do_expire(request: RequestRef, *, now: datetime | None = None) -> bool:
+    """Expire the request if it is still pending and its deadline has passed (idempotent).
+
+    Returns whether it changed: the expiry task, the periodic sweep and the waiting gateway
+    may all try, and exactly one of them does it.
+    """
+    now = now or timezone.now()
+    req = _lock(request)
+    if req.status != Status.PENDING or req.expires_at > now:
+        return False
+    before = req.audit_snapshot()
+    req.status = Status.EXPIRED
+    req.decided_at = now
+    approvals = req.approvals_count()
+    req.reason = (
+        f"no decision within the time allowed ({approvals} of {req.approvals_needed} approvals)"
+        if approvals
+        else "no reviewer decided within the time allowed"
+    )
+    req.save(update_fields=["status", "decided_at", "reason"])
+    record(None, "approval.expired", req, before=before, after=req.audit_snapshot())
+    tasks = _tasks()
+    _after_commit(req.pk, req.status, work=[lambda: tasks.notify_decision.delay(req.pk)])
+    return True
+
+
+@transaction.atomic
+def do_cancel(actor: Any, request: RequestRef, *, reason: str) -> bool:
+    """Cancel a pending request (the agent went away or cancelled). Idempotent: returns
+    whether it changed; a request already decided is left as it is."""
+    req = _lock(request)
+    if req.status != Status.PENDING:
+        return False
+    before = req.audit_snapshot()
+    req.status = Status.CANCELLED
+    req.decided_at = timezone.now()
+    req.reason = reason[:MAX_COMMENT]
+    req.save(update_fields=["status", "decided_at", "reason"])
+    record(actor, "approval.cancelled", req, before=before, after=req.audit_snapshot())
+    _after_commit(req.pk, req.status)
+    return True
+
+
+@transaction.atomic
+def do_claim(actor: Any, request: RequestRef, *, session_id: Any = None) -> bool:
+    """Take the one run of an approved request. True for exactly one caller, ever (WF-03):
+    a conditional update on ``claimed_at``, so two gateways (or a resend racing the
+    waiting session) cannot both run it."""
+    now = timezone.now()
+    changed = (
+        ApprovalRequest.objects.filter(pk=_pk(request), status=Status.APPROVED, claimed_at__isnull=True)
+        .filter(claim_by__gt=now)
+        .update(claimed_at=now)
+    )
+    if changed:
+        req = ApprovalRequest.objects.get(pk=_pk(request))
+        record(actor, "approval.claimed", req, session=str(session_id) if session_id else "")
+    return bool(changed)
+
+
+@transaction.atomic
+def do_mark_executed(actor: Any, request: RequestRef, *, result: str = "") -> ApprovalRequest:
+    """The approved statement ran (``result``: its command tag or a short summary)."""
+    req = _lock(request)
+    _check(req, Status.EXECUTED)
+    if req.claimed_at is None:
+        raise IllegalTransition(f"approval request {req.pk} was not claimed by a run")
+    before = req.audit_snapshot()
+    req.status = Status.EXECUTED
+    req.finished_at = timezone.now()
+    req.result = result[:MAX_COMMENT]
+    req.save(update_fields=["status", "finished_at", "result"])
+    record(actor, "approval.executed", req, before=before, after=req.audit_snapshot(), result=req.result)
+    _after_commit(req.pk, req.status)
+    return req
+
+
+@transaction.atomic
+def do_mark_failed(actor: Any, request: RequestRef, *, error: str) -> ApprovalRequest:
+    """The approved statement failed, or could not run (never claimed in time...)."""
+    req = _lock(request)
+    _check(req, Status.FAILED)
+    before = req.audit_snapshot()
+    req.status = Status.FAILED
+    req.finished_at = timezone.now()
+    req.reason = error[:MAX_COMMENT]
+    req.save(update_fields=["status", "finished_at", "reason"])
+    record(actor, "approval.failed", req, before=before, after=req.audit_snapshot())
+    _after_commit(req.pk, req.status)
+    return req
+
+
+@transaction.atomic
+def do_use_grant(actor: Any, request: RequestRef, *, now: datetime | None = None) -> bool:
+    """Count one run of an identical statement under the request's grant, if it still holds."""
+    now = now or timezone.now()
+    from django.db.models import F
+
+    changed = ApprovalRequest.objects.filter(
+        pk=_pk(request), status__in=[Status.APPROVED, Status.EXECUTED], grant_until__gt=now
+    ).update(grant_uses=F("grant_uses") + 1)
+    if changed:
+        req = ApprovalRequest.objects.get(pk=_pk(request))
+        record(actor, "approval.grant_used", req, uses=req.grant_uses)
+    return bool(changed)
+
+
+@transaction.atomic
+def do_record_estimate(request: RequestRef, *, rows: int | None, note: str = "") -> None:
+    """Store the planner's estimate of rows (``rows=None``: unknown, ``note`` says why)."""
+    req = _lock(request)
+    req.estimated_rows = rows
+    req.estimate_status = "ok" if rows is not None else "unknown"
+    req.estimate_note = note[:255]
+    req.save(update_fields=["estimated_rows", "estimate_status", "estimate_note"])
+    record("gateway", "approval.estimated", req, rows=rows, note=req.estimate_note)
+    _after_commit(req.pk, req.status)
+
+
+def heartbeat(request: RequestRef, *, now: datetime | None = None) -> str | None:
+    """The waiting gateway is still there: refresh ``waiter_seen_at``; return the status.
+
+    Not an audited change: it only keeps a live hold from being swept as abandoned.
+    """
+    now = now or timezone.now()
+    ApprovalRequest.objects.filter(pk=_pk(request), status=Status.PENDING).update(waiter_seen_at=now)
+    return ApprovalRequest.objects.filter(pk=_pk(request)).values_list("status", flat=True).first()

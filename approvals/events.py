@@ -1,0 +1,146 @@
+"""What approvals put on the channel layer, and what the inbox websocket sends browsers.
+
+Two kinds of message, kept apart on purpose:
+
+* Channel-layer messages (``RequestChanged`` to the inbox group, ``Outcome`` to the
+  request's own group) carry only an id and a status, never a statement: each inbox
+  consumer loads the request itself and re-checks that its person may see it, so nothing
+  leaks to a socket that should not have it.
+* Websocket payloads (``CardPayload``, ``CountPayload``) are what a
+  browser receives, built per person by the consumer.
+
+``publish_change`` is called by the action functions after commit; a channel layer that is
+down loses the push, never the request (the gateway polls the database, the inbox page
+shows the truth on reload).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from dataclasses import asdict, dataclass, field
+from typing import Any, ClassVar
+
+from asgiref.sync import async_to_sync
+from channels.layers import InMemoryChannelLayer
+
+log = logging.getLogger("airlock.approvals")
+
+INBOX_GROUP = "approvals.inbox"
+
+
+def request_group(request_id: int) -> str:
+    """The group a gateway waiting on ``request_id`` listens to."""
+    return f"approvals.request.{request_id}"
+
+
+@dataclass(frozen=True)
+class RequestChanged:
+    """Channel layer -> inbox consumers: request ``id`` was created or changed."""
+
+    type: ClassVar[str] = "approvals.changed"
+    id: int
+    status: str
+    created: bool = False
+
+    def message(self) -> dict[str, Any]:
+        return {"type": self.type, **asdict(self)}
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """Channel layer -> the waiting gateway: request ``id`` left ``pending`` (or ran)."""
+
+    type: ClassVar[str] = "approvals.outcome"
+    id: int
+    status: str
+
+    def message(self) -> dict[str, Any]:
+        return {"type": self.type, **asdict(self)}
+
+
+@dataclass(frozen=True)
+class CardPayload:
+    """Websocket -> browser: a request's card, to put in ``section`` (pending or history)."""
+
+    id: int
+    status: str
+    section: str
+    html: str
+    # Shown as a browser notification for a new request the person can decide.
+    notify: dict[str, str] | None = None
+    type: str = field(default="request", init=False)
+
+    def json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class CountPayload:
+    """Websocket -> browser: how many pending requests this person can decide."""
+
+    pending: int
+    type: str = field(default="count", init=False)
+
+    def json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class _Publisher:
+    """One event loop thread per process that sends to the channel layer.
+
+    Actions publish after commit from whatever thread committed (a view's, a gateway
+    database thread, a Celery worker). ``async_to_sync`` there would make a new event loop,
+    and with it a new Redis connection, for every message; this loop keeps one, and the
+    action does not wait for the send.
+    """
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="approvals-publisher", daemon=True)
+        self.thread.start()
+
+    def send(self, layer: Any, group: str, message: dict[str, Any]) -> None:
+        future = asyncio.run_coroutine_threadsafe(layer.group_send(group, message), self.loop)
+        future.add_done_callback(_log_failure(group))
+
+
+def _log_failure(group: str) -> Any:
+    def done(future: Any) -> None:
+        if not future.cancelled() and future.exception() is not None:
+            # The push is an optimisation: waiters poll the database, pages reload the truth.
+            log.warning("approvals: could not publish to %s: %s", group, future.exception())
+
+    return done
+
+
+_publisher: _Publisher | None = None
+_publisher_lock = threading.Lock()
+
+
+def _group_send(group: str, message: dict[str, Any]) -> None:
+    global _publisher
+    from channels.layers import get_channel_layer
+
+    layer = get_channel_layer()
+    if layer is None:
+        return
+    if isinstance(layer, InMemoryChannelLayer):
+        # The in-memory layer lives on the caller's event loop: send there, and wait.
+        try:
+            async_to_sync(layer.group_send)(group, message)
+        except Exception:
+            log.warning("approvals: could not publish to %s", group, exc_info=True)
+        return
+    with _publisher_lock:
+        if _publisher is None or not _publisher.thread.is_alive():
+            _publisher = _Publisher()
+        publisher = _publisher
+    publisher.send(layer, group, message)
+
+
+def publish_change(request_id: int, status: str, *, created: bool = False) -> None:
+    """Tell inbox consumers and the waiting gateway that a request changed (after commit)."""
+    _group_send(INBOX_GROUP, RequestChanged(request_id, status, created).message())
+    _group_send(request_group(request_id), Outcome(request_id, status).message())

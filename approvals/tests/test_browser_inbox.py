@@ -1,0 +1,120 @@
+"""The inbox in real Chromium against the real console (daphne), Redis as the channel layer:
+requests made elsewhere (here, by the test process, as the gateway does) appear and move in
+every open browser at once, without a reload."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from playwright.sync_api import expect
+
+from approvals import tasks
+from approvals.models import ApprovalRequest, Status
+from approvals.tests.factories import make_request, review_decision
+from conftest import login
+
+pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
+
+# Records what the page asks the browser to show as notifications (headless Chromium shows
+# none), with the permission granted as a person who clicked "allow" would have.
+NOTIFICATIONS = """
+window.__notifications = [];
+window.Notification = function (title, options) { window.__notifications.push(title); return {}; };
+window.Notification.permission = "granted";
+window.Notification.requestPermission = function () { return Promise.resolve("granted"); };
+"""
+
+
+def _inbox(browser, base: str, username: str):
+    context = browser.new_context()
+    context.add_init_script(NOTIFICATIONS)
+    page = context.new_page()
+    page.set_default_timeout(10_000)
+    login(page, base, username)
+    page.goto(base + "/approvals/")
+    expect(page.locator("#live-status")).to_have_text("live")
+    return context, page
+
+
+def test_a_request_appears_in_every_open_inbox_and_an_approval_moves_it_to_history(
+    console_server, browser, world, bob
+):
+    (bob_ctx, bobs), (erin_ctx, erins) = (
+        _inbox(browser, console_server, "bob"),
+        _inbox(browser, console_server, "erin"),
+    )
+    try:
+        req = make_request(world)
+        for page in (bobs, erins):
+            card = page.locator(f"#approvals-pending #approval-{req.pk}")
+            expect(card).to_be_visible()
+            expect(card.locator("pre.statement")).to_have_text("DELETE FROM orders\nWHERE id = $1")
+            expect(card.locator(".on-behalf-of")).to_have_text("dave")
+            expect(card.locator(".time-left")).to_contain_text("s left")
+            expect(page.locator("#approvals-count")).to_have_text("1")
+            assert page.evaluate("window.__notifications") == ["Approval needed: billing-bot on shop"]
+        bobs.locator(f"#approval-{req.pk} form.approve input[name=comment]").fill("checked the WHERE clause")
+        bobs.locator(f"#approval-{req.pk} form.approve button").click()
+        for page in (bobs, erins):
+            card = page.locator(f"#approvals-history #approval-{req.pk}")
+            expect(card.locator(".outcome")).to_contain_text("Approved by bob")
+            expect(card).to_contain_text("checked the WHERE clause")
+            expect(page.locator(f"#approvals-pending #approval-{req.pk}")).to_have_count(0)
+            expect(page.locator("#approvals-count")).to_have_text("0")
+        assert ApprovalRequest.objects.get(pk=req.pk).status == Status.APPROVED
+    finally:
+        bob_ctx.close()
+        erin_ctx.close()
+
+
+def test_a_rejection_needs_a_reason_and_shows_it(console_server, browser, world, bob):
+    context, page = _inbox(browser, console_server, "bob")
+    try:
+        req = make_request(world)
+        card = page.locator(f"#approval-{req.pk}")
+        expect(card).to_be_visible()
+        card.locator("form.reject button").click()
+        # The browser's own check: the reason is required.
+        assert card.locator("form.reject input[name=reason]").evaluate("el => !el.validity.valid")
+        assert ApprovalRequest.objects.get(pk=req.pk).status == Status.PENDING
+        card.locator("form.reject input[name=reason]").fill("use the archive job instead")
+        card.locator("form.reject button").click()
+        done = page.locator(f"#approvals-history #approval-{req.pk}")
+        expect(done.locator(".reason")).to_have_text("use the archive job instead")
+        expect(done.locator(".decided-by")).to_have_text("bob")
+    finally:
+        context.close()
+
+
+def test_an_expired_request_leaves_the_pending_list_by_itself(console_server, browser, world, bob):
+    context, page = _inbox(browser, console_server, "bob")
+    try:
+        req = make_request(world, decision=review_decision(timeout=1))
+        expect(page.locator(f"#approvals-pending #approval-{req.pk}")).to_be_visible()
+        deadline = time.monotonic() + 10
+        while not tasks.expire_request(req.pk):  # what the worker runs at the deadline
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        expect(page.locator(f"#approvals-history #approval-{req.pk} .outcome")).to_contain_text("Expired")
+        expect(page.locator("#approvals-pending-empty")).to_be_visible()
+    finally:
+        context.close()
+
+
+def test_the_badge_updates_on_any_page_and_the_requester_sees_nothing(console_server, browser, world, bob):
+    context, page = _inbox(browser, console_server, "bob")
+    dave_ctx, daves = _inbox(browser, console_server, "dave")
+    try:
+        page.goto(console_server + "/")
+        expect(page.locator("#approvals-count")).to_have_text("0")
+        make_request(world)
+        make_request(world, params=("43",))
+        expect(page.locator("#approvals-count")).to_have_text("2")
+        # dave is a reviewer in dba, but billing-bot acts for him.
+        expect(daves.locator("#approvals-count")).to_have_text("0")
+        expect(daves.locator(".card.approval")).to_have_count(0)
+        assert daves.evaluate("window.__notifications") == []
+    finally:
+        context.close()
+        dave_ctx.close()

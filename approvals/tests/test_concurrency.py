@@ -1,0 +1,123 @@
+"""Two reviewers deciding at the same moment, on separate database connections (WF-04)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from functools import partial
+
+import pytest
+from django.db import connection
+
+from approvals import actions
+from approvals.models import ApprovalRequest, Status
+from approvals.tests.factories import make_request, review_decision
+from audit.models import AuditRecord
+
+ROUNDS = 8
+
+
+def _race(*calls: Callable[[], object]) -> list[object]:
+    """Run ``calls`` at once, each in its own thread with its own database connection."""
+    barrier = threading.Barrier(len(calls))
+    results: list[object] = [None] * len(calls)
+
+    def run(index: int, call: Callable[[], object]) -> None:
+        try:
+            barrier.wait(timeout=60)
+            results[index] = call()
+        except Exception as exc:
+            results[index] = exc
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=run, args=(i, call)) for i, call in enumerate(calls)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+        assert not thread.is_alive(), "a decision hung"
+    return results
+
+
+def _audits(req: ApprovalRequest, action: str) -> int:
+    return AuditRecord.objects.filter(target_id=str(req.pk), action=action).count()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_approvals_of_a_one_approval_request_approve_it_once(world, bob):
+    for _ in range(ROUNDS):
+        req = make_request(world)
+        results = _race(
+            partial(actions.do_approve, bob, req.pk), partial(actions.do_approve, world.erin, req.pk)
+        )
+        failures = [r for r in results if isinstance(r, Exception)]
+        assert len(failures) == 1 and isinstance(failures[0], actions.IllegalTransition), results
+        req.refresh_from_db()
+        assert req.status == Status.APPROVED
+        assert req.decisions.count() == 1
+        assert req.decided_by_name == req.decisions.get().reviewer_name
+        assert _audits(req, "approval.approved") == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_approval_and_a_rejection_at_once_end_in_one_of_them(world, bob):
+    outcomes = set()
+    for _ in range(ROUNDS):
+        req = make_request(world)
+        results = _race(
+            partial(actions.do_approve, bob, req.pk),
+            partial(actions.do_reject, world.erin, req.pk, reason="no"),
+        )
+        assert sum(isinstance(r, Exception) for r in results) == 1, results
+        req.refresh_from_db()
+        assert req.status in (Status.APPROVED, Status.REJECTED)
+        winner = req.decisions.get()
+        assert winner.verdict == ("approve" if req.status == Status.APPROVED else "reject")
+        assert _audits(req, "approval.approved") + _audits(req, "approval.rejected") == 1
+        outcomes.add(req.status)
+    assert outcomes  # either order is fine; what matters is one consistent end
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_approvals_that_complete_a_quorum_of_two_both_count(world, bob):
+    for _ in range(ROUNDS):
+        req = make_request(world, decision=review_decision(approvals=2))
+        results = _race(
+            partial(actions.do_approve, bob, req.pk), partial(actions.do_approve, world.erin, req.pk)
+        )
+        assert not any(isinstance(r, Exception) for r in results), results
+        req.refresh_from_db()
+        assert req.status == Status.APPROVED
+        assert req.decisions.count() == 2
+        assert _audits(req, "approval.approved") == 1 and _audits(req, "approval.approved_partly") == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_approval_racing_the_expiry_ends_in_one_state(world, bob):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    for _ in range(ROUNDS):
+        req = make_request(world)
+        soon = timezone.now() + timedelta(milliseconds=50)
+        ApprovalRequest.objects.filter(pk=req.pk).update(expires_at=soon)
+        results = _race(
+            partial(actions.do_approve, bob, req.pk), partial(actions.do_expire, req.pk, now=soon)
+        )
+        req.refresh_from_db()
+        if req.status == Status.APPROVED:
+            assert results[1] is False
+        else:
+            assert req.status == Status.EXPIRED and isinstance(results[0], actions.IllegalTransition)
+            assert not req.decisions.exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_runs_of_one_approval_claim_it_once(world, bob):
+    for _ in range(ROUNDS):
+        req = make_request(world)
+        actions.do_approve(bob, req.pk)
+        results = _race(partial(actions.do_claim, "a", req.pk), partial(actions.do_claim, "b", req.pk))
+        assert sorted(results) == [False, True]

@@ -1,0 +1,173 @@
+"""The inbox websocket: only the right reviewers receive, and nothing leaks to anyone else."""
+
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+
+import pytest
+from channels.db import database_sync_to_async
+from channels.testing import WebsocketCommunicator
+from django.conf import settings
+from django.contrib.auth.models import Group
+from django.db import connections
+from django.test import Client
+
+from approvals import actions
+from approvals.tests.factories import in_db, make_request, review_decision, reviewer
+from console.asgi import application
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+TIMEOUT = 5
+ORIGIN = (b"origin", b"http://127.0.0.1:8000")
+
+
+@pytest.fixture(autouse=True)
+async def _close_consumer_connections():
+    yield
+    # The consumer's database work runs in asgiref's shared thread; its connection must be
+    # closed before pytest-django can flush the test database.
+    await database_sync_to_async(connections.close_all)()
+
+
+def _session_cookie(user) -> bytes:
+    client = Client()
+    client.force_login(user)
+    return f"sessionid={client.cookies['sessionid'].value}".encode()
+
+
+@asynccontextmanager
+async def inbox(user=None, origin=ORIGIN):
+    headers = [origin] if origin else []
+    if user is not None:
+        headers.append((b"cookie", await in_db(_session_cookie, user)))
+    communicator = WebsocketCommunicator(application, "/ws/approvals/", headers=headers)
+    try:
+        yield communicator
+    finally:
+        await communicator.disconnect(timeout=TIMEOUT)
+
+
+async def _connected(communicator) -> dict:
+    connected, _ = await communicator.connect(timeout=TIMEOUT)
+    assert connected
+    return await communicator.receive_json_from(timeout=TIMEOUT)
+
+
+async def _refused(communicator) -> None:
+    connected, _ = await communicator.connect(timeout=TIMEOUT)
+    assert not connected
+
+
+async def test_anonymous_visitors_and_people_without_the_reviewer_role_are_refused(
+    world, alice, carol, mallory
+):
+    async with inbox() as anonymous:
+        await _refused(anonymous)
+    for person in (alice, carol, mallory):
+        async with inbox(person) as communicator:
+            await _refused(communicator)
+
+
+async def test_a_page_of_another_origin_is_refused(world, bob):
+    async with inbox(bob, origin=(b"origin", b"https://evil.example")) as communicator:
+        await _refused(communicator)
+    async with inbox(bob, origin=None) as communicator:
+        await _refused(communicator)
+
+
+async def test_a_new_request_reaches_its_reviewers_and_nobody_else(world, bob):
+    finance = await in_db(reviewer, "frank", "finance")
+    async with inbox(bob) as bobs, inbox(world.dave) as daves, inbox(finance) as franks:
+        assert await _connected(bobs) == {"type": "count", "pending": 0}
+        assert await _connected(daves) == {"type": "count", "pending": 0}
+        assert await _connected(franks) == {"type": "count", "pending": 0}
+        req = await in_db(make_request, world)
+        card = await bobs.receive_json_from(timeout=TIMEOUT)
+        assert card["type"] == "request" and card["id"] == req.pk and card["section"] == "pending"
+        assert "DELETE FROM orders" in card["html"] and 'data-verb="approve"' in card["html"]
+        assert "billing-bot" in card["html"] and "dave" in card["html"]
+        assert card["notify"]["title"] == "Approval needed: billing-bot on shop"
+        assert "DELETE" not in str(card["notify"])
+        assert await bobs.receive_json_from(timeout=TIMEOUT) == {"type": "count", "pending": 1}
+        # dave is a reviewer in dba but billing-bot acts for him; frank reviews finance.
+        assert await daves.receive_nothing(timeout=0.5)
+        assert await franks.receive_nothing(timeout=0.2)
+
+
+async def test_a_decided_request_moves_to_history_in_every_open_inbox(world, bob):
+    async with inbox(bob) as bobs, inbox(world.erin) as erins:
+        await _connected(bobs), await _connected(erins)
+        req = await in_db(make_request, world)
+        for communicator in (bobs, erins):
+            assert (await communicator.receive_json_from(timeout=TIMEOUT))["section"] == "pending"
+            assert (await communicator.receive_json_from(timeout=TIMEOUT))["pending"] == 1
+        await in_db(actions.do_reject, world.erin, req.pk, reason="wrong shard")
+        for communicator in (bobs, erins):
+            card = await communicator.receive_json_from(timeout=TIMEOUT)
+            assert (card["id"], card["status"], card["section"]) == (req.pk, "rejected", "history")
+            assert card["notify"] is None
+            assert "wrong shard" in card["html"] and "erin" in card["html"]
+            assert 'data-verb="approve"' not in card["html"]
+            assert await communicator.receive_json_from(timeout=TIMEOUT) == {"type": "count", "pending": 0}
+
+
+async def test_permission_is_checked_again_on_every_event(world, bob):
+    async with inbox(bob) as bobs:
+        await _connected(bobs)
+        role = await in_db(Group.objects.get, name=settings.AIRLOCK_ROLE_GROUPS["reviewer"])
+        await in_db(bob.groups.remove, role)
+        await in_db(make_request, world)
+        # No card: the socket is closed instead.
+        output = await bobs.receive_output(timeout=TIMEOUT)
+        assert output == {"type": "websocket.close", "code": 4403}
+
+
+async def test_a_logged_out_session_stops_receiving(world, bob):
+    from django.contrib.sessions.models import Session
+
+    async with inbox(bob) as bobs:
+        await _connected(bobs)
+        await in_db(Session.objects.all().delete)
+        await in_db(make_request, world)
+        output = await bobs.receive_output(timeout=TIMEOUT)
+        assert output == {"type": "websocket.close", "code": 4403}
+
+
+async def test_leaving_the_reviewer_group_stops_the_cards_of_that_group(world, bob):
+    async with inbox(bob) as bobs:
+        await _connected(bobs)
+        await in_db(bob.groups.remove, await in_db(Group.objects.get, name="dba"))
+        await in_db(make_request, world)
+        assert await bobs.receive_nothing(timeout=0.5)
+
+
+async def test_what_the_browser_sends_is_ignored(world, bob):
+    async with inbox(bob) as bobs:
+        await _connected(bobs)
+        await bobs.send_json_to({"type": "approve", "id": 1})
+        assert await bobs.receive_nothing(timeout=0.2)
+
+
+async def test_a_notification_is_only_for_new_requests_the_person_can_decide(world, bob):
+    async with inbox(bob) as bobs:
+        await _connected(bobs)
+        req = await in_db(make_request, world, decision=review_decision(approvals=2))
+        assert (await bobs.receive_json_from(timeout=TIMEOUT))["notify"] is not None
+        await bobs.receive_json_from(timeout=TIMEOUT)
+        await in_db(actions.do_approve, bob, req.pk)
+        card = await bobs.receive_json_from(timeout=TIMEOUT)
+        # Still pending (one of two approvals), no longer bob's to decide, no new notification.
+        assert (card["status"], card["notify"]) == ("pending", None)
+        assert "You have already decided" in card["html"]
+        assert await bobs.receive_json_from(timeout=TIMEOUT) == {"type": "count", "pending": 0}
+
+
+async def test_an_inbox_left_idle_still_receives(world, bob):
+    # The channel layer's blocking read lasts 5 s on the Redis side; a client read timeout
+    # shorter than that (redis-py 8's default) used to close every idle socket.
+    async with inbox(bob) as bobs:
+        await _connected(bobs)
+        assert await bobs.receive_nothing(timeout=7, interval=0.5)
+        req = await in_db(make_request, world)
+        assert (await bobs.receive_json_from(timeout=TIMEOUT))["id"] == req.pk

@@ -1,0 +1,139 @@
+// Live approvals for reviewers, on every page: the count badge in the navigation, and on
+// the inbox page the cards themselves. One websocket per page (/ws/approvals/); the server
+// sends only what this person may decide. Decisions go through the JSON API with the CSRF
+// token of the page.
+(function () {
+  "use strict";
+
+  var inbox = document.getElementById("approvals-inbox");
+  var detail = document.getElementById("approval-detail");
+  var statusBadge = document.getElementById("live-status");
+  var notifyButton = document.getElementById("enable-notifications");
+  var retry = 500;
+  var socket = null;
+
+  function setState(state, text) {
+    if (!statusBadge) return;
+    statusBadge.dataset.state = state;
+    statusBadge.textContent = text;
+  }
+
+  function setCount(n) {
+    document.querySelectorAll("[data-approvals-count]").forEach(function (el) {
+      el.textContent = String(n);
+    });
+  }
+
+  function fragment(html) {
+    var template = document.createElement("template");
+    template.innerHTML = html.trim();
+    return template.content.firstElementChild;
+  }
+
+  function updateEmptyNote() {
+    var empty = document.getElementById("approvals-pending-empty");
+    var pending = document.getElementById("approvals-pending");
+    if (empty && pending) empty.hidden = pending.children.length > 0;
+  }
+
+  function placeCard(msg) {
+    var card = fragment(msg.html);
+    if (!card) return;
+    var old = document.getElementById("approval-" + msg.id);
+    if (detail && String(msg.id) === detail.dataset.id && old) {
+      old.replaceWith(card);
+      return;
+    }
+    if (!inbox) return;
+    var target = document.getElementById(msg.section === "pending" ? "approvals-pending" : "approvals-history");
+    if (old && old.parentElement === target) {
+      old.replaceWith(card);
+    } else {
+      if (old) old.remove();
+      if (msg.section === "pending") target.appendChild(card);
+      else target.insertBefore(card, target.firstChild);
+    }
+    updateEmptyNote();
+    tick();
+  }
+
+  function notify(info) {
+    if (!info || !("Notification" in window) || Notification.permission !== "granted") return;
+    try {
+      var n = new Notification(info.title, { body: info.body, tag: "airlock-approval-" + info.url });
+      n.onclick = function () { window.focus(); window.location.href = info.url; };
+    } catch (e) { /* some browsers only notify from a service worker */ }
+  }
+
+  function connect() {
+    var scheme = window.location.protocol === "https:" ? "wss://" : "ws://";
+    socket = new WebSocket(scheme + window.location.host + "/ws/approvals/");
+    socket.onopen = function () { retry = 500; setState("live", "live"); };
+    socket.onmessage = function (event) {
+      var msg;
+      try { msg = JSON.parse(event.data); } catch (e) { return; }
+      if (msg.type === "count") setCount(msg.pending);
+      else if (msg.type === "request") { placeCard(msg); notify(msg.notify); }
+    };
+    socket.onclose = function (event) {
+      if (event.code === 4401 || event.code === 4403) { setState("offline", "not allowed"); return; }
+      setState("offline", "reconnecting…");
+      window.setTimeout(connect, retry);
+      retry = Math.min(retry * 2, 15000);
+    };
+  }
+
+  // Time left on pending cards.
+  function tick() {
+    var now = Date.now();
+    document.querySelectorAll(".time-left[data-expires]").forEach(function (el) {
+      var left = Math.max(0, Math.round((Date.parse(el.dataset.expires) - now) / 1000));
+      var m = Math.floor(left / 60), s = left % 60;
+      el.textContent = left > 0 ? (m ? m + " min " : "") + s + " s left" : "expiring";
+    });
+  }
+
+  function csrfToken() {
+    var input = document.querySelector("input[name=csrfmiddlewaretoken]");
+    return input ? input.value : "";
+  }
+
+  // Approve / reject through the API; the websocket then moves the card in every browser.
+  document.addEventListener("submit", function (event) {
+    var form = event.target;
+    if (!form.classList || !form.classList.contains("approval-form")) return;
+    event.preventDefault();
+    var data = {};
+    new FormData(form).forEach(function (value, key) { if (key !== "csrfmiddlewaretoken") data[key] = value; });
+    var errorBox = form.parentElement.querySelector(".form-error");
+    var buttons = form.parentElement.querySelectorAll("button");
+    buttons.forEach(function (b) { b.disabled = true; });
+    fetch("/api/approvals/" + form.dataset.id + "/" + form.dataset.verb + "/", {
+      method: "POST",
+      credentials: "same-origin",
+      headers: { "Content-Type": "application/json", "X-CSRFToken": csrfToken() },
+      body: JSON.stringify(data)
+    }).then(function (response) {
+      return response.json().then(function (body) { return { ok: response.ok, body: body }; });
+    }).then(function (result) {
+      if (!result.ok) {
+        if (errorBox) { errorBox.textContent = result.body.error || "refused"; errorBox.hidden = false; }
+        buttons.forEach(function (b) { b.disabled = false; });
+      }
+    }).catch(function () {
+      if (errorBox) { errorBox.textContent = "the console could not be reached"; errorBox.hidden = false; }
+      buttons.forEach(function (b) { b.disabled = false; });
+    });
+  });
+
+  if (notifyButton && "Notification" in window && Notification.permission === "default") {
+    notifyButton.hidden = false;
+    notifyButton.addEventListener("click", function () {
+      Notification.requestPermission().then(function () { notifyButton.hidden = true; });
+    });
+  }
+
+  tick();
+  window.setInterval(tick, 1000);
+  connect();
+})();
