@@ -95,8 +95,10 @@
       case "notice":
         return span("message muted", (p.severity || "NOTICE") + ": " + (p.message || ""));
       case "approval":
-        return span("badge role", "approval " + (p.state || "")) + span("message", (p.by ? "by " + p.by : "") +
-          (p.reason ? ": " + p.reason : "") + (p.request_id ? " (request " + p.request_id + ")" : ""));
+        // The gateway records the outcome ({action, rule, message}); who decided and why is
+        // listed under "Approval requests" above the player.
+        return span("badge role", "approval " + (p.state || p.action || "")) + span("message", (p.by ? "by " + p.by : "") +
+          (p.reason ? ": " + p.reason : "") + (p.message ? p.message : "") + (p.request_id ? " (request " + p.request_id + ")" : ""));
       case "output":
       case "input":
         return '<pre class="tty ' + kind + '">' + esc(p.data) + "</pre>";
