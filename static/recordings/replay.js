@@ -132,6 +132,9 @@
     // blocks on screen (content-visibility), so a timeline of 100,000 entries stays cheap.
     var block = document.createElement("ol");
     block.className = "block";
+    // Its height until first laid out (then the browser remembers the real one): an
+    // estimate, so the scroll bar is about right before the block is ever seen.
+    block.style.containIntrinsicSize = "auto " + fresh.length * 40 + "px";
     block.innerHTML = html;
     timeline.appendChild(block);
     var nodes = block.children;
