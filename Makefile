@@ -24,6 +24,7 @@ $(STAMP): requirements.txt requirements-dev.txt
 	@rm -f $(VENV)/.installed-* && touch $@
 
 $(VENDOR_STAMP): package.json package-lock.json
+	@command -v npm >/dev/null || scripts/ensure-system.sh
 	@command -v npm >/dev/null || { echo "npm is needed to install the console's front-end packages (apt-get install npm)"; exit 1; }
 	npm ci --no-audit --no-fund --ignore-scripts --loglevel=error
 	rm -rf $(VENDOR) && mkdir -p $(VENDOR)/asciinema-player

@@ -1,10 +1,10 @@
 """Who may see which recordings. Every page, export, API and websocket asks here.
 
 - Admins and auditors see every session.
-- Reviewers see the sessions in which they decided a held statement: those whose recording
-  holds an ``approval`` event with ``by`` equal to their username, and, once the approvals
-  app defines ``approvals.ApprovalRequest`` with a ``session`` foreign key and a
-  ``decided_by`` user, the sessions of the requests they decided.
+- Reviewers see the sessions in which they decided a held statement: the sessions of the
+  ``approvals.ApprovalRequest`` rows (``session_id``) they decided (``decided_by``) or took
+  part in deciding (``ApprovalDecision.reviewer``), and those whose recording holds an
+  ``approval`` event with ``by`` equal to their username.
 - Nobody else sees any. Admins and reviewers who can see a live session may terminate it;
   admins and auditors set and clear legal holds.
 """
@@ -14,7 +14,6 @@ from __future__ import annotations
 from typing import Any
 
 from django.apps import apps
-from django.core.exceptions import FieldDoesNotExist
 from django.db.models import Q, QuerySet
 from django.db.models.fields.json import KeyTextTransform
 
@@ -38,17 +37,30 @@ def may_list_sessions(user: Any) -> bool:
     return bool(_roles(user) & {"admin", "auditor", "reviewer"})
 
 
-def _decided_by_approval_requests(user: Any) -> QuerySet[Any] | None:
+def _approval_model(name: str) -> Any:
     try:
-        model = apps.get_model("approvals", "ApprovalRequest")
+        return apps.get_model("approvals", name)
     except LookupError:
         return None
-    try:
-        model._meta.get_field("session")
-        model._meta.get_field("decided_by")
-    except FieldDoesNotExist:
+
+
+def _decided_by_approval_requests(user: Any) -> QuerySet[Any] | None:
+    """Session ids of the approval requests ``user`` decided (alone, or as one of several
+    reviewers), from the approvals app when it is installed."""
+    requests = _approval_model("ApprovalRequest")
+    if requests is None:
         return None
-    return model.objects.filter(decided_by=user, session__isnull=False).values("session_id")
+    fields = {field.name for field in requests._meta.get_fields()}
+    if not fields & {"session", "session_id"}:
+        return None
+    decided = Q()
+    if "decided_by" in fields:
+        decided |= Q(decided_by=user)
+    if "decisions" in fields:  # approvals.ApprovalDecision, one per reviewer
+        decided |= Q(decisions__reviewer=user)
+    if not decided:
+        return None
+    return requests.objects.filter(decided, session_id__isnull=False).values("session_id")
 
 
 def sessions_decided_by(user: Any) -> Q:

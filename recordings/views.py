@@ -171,6 +171,20 @@ def is_terminal(session: Session) -> bool:
     return session.events.filter(seq__lte=1000, kind__in=TERMINAL_KINDS).exists()
 
 
+def approval_requests_for(session: Session) -> list[Any]:
+    """The approval requests made in ``session``, with who decided and why (the approvals
+    app's rows; the recording holds the outcome as ``approval`` events)."""
+    from django.apps import apps
+
+    try:
+        model = apps.get_model("approvals", "ApprovalRequest")
+    except LookupError:
+        return []
+    return list(
+        model.objects.filter(session_id=session.pk).order_by("created_at").prefetch_related("decisions")
+    )
+
+
 @viewer_required
 @require_GET
 def session_detail(request: HttpRequest, pk: uuid.UUID) -> HttpResponse:
@@ -184,6 +198,7 @@ def session_detail(request: HttpRequest, pk: uuid.UUID) -> HttpResponse:
         "can_terminate": access.can_terminate_session(request.user, session),
         "can_hold": access.can_set_legal_hold(request.user),
         "connection_rule": rule,
+        "approval_requests": approval_requests_for(session),
         "player": {
             "sessionId": str(session.pk),
             "eventsUrl": reverse("recordings:session_events", args=[session.pk]),

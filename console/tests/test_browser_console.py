@@ -79,7 +79,7 @@ def test_a_reviewer_and_an_auditor_see_only_their_navigation(console_server, pag
 
     login(page, console_server, "carol")
     expect(page.locator("h1")).to_have_text("Dashboard")
-    assert _nav(page) == ["Dashboard", "Audit log"]
+    assert _nav(page) == ["Dashboard", "Sessions", "Audit log"]
     page.get_by_role("link", name="Audit log").click()
     expect(page.locator("h1")).to_have_text("Audit log")
 

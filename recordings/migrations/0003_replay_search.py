@@ -7,21 +7,25 @@ from django.db import migrations, models
 
 
 # PostgreSQL only: the search document's index, and the function the writer folds each
-# batch's words in with (CREATE OR REPLACE: a later migration may refine it). A session whose words outgrow a tsvector (1 MB) keeps the words it
-# has: the error is caught here so that it can never fail the recording's write.
+# batch's words in with (CREATE OR REPLACE: a later migration may refine it). A session
+# whose words outgrow a tsvector (1 MB) keeps the words it has: the error is caught here so
+# that it can never fail the recording's write.
 POSTGRES_FORWARD = [
     "CREATE INDEX recordings_session_search ON recordings_session USING gin (search_vector)",
     """
     CREATE OR REPLACE FUNCTION recordings_search_append(doc tsvector, words text) RETURNS tsvector
     LANGUAGE plpgsql AS $$
     BEGIN
-        -- Also the words between punctuation, so "srv" finds "/srv" and "mail" finds
-        -- "ops@mail.example" (the parser keeps paths, hosts and emails whole).
-        RETURN strip(
-            coalesce(doc, ''::tsvector)
-            || to_tsvector('simple', words)
-            || to_tsvector('simple', regexp_replace(words, '[^[:alnum:]_]+', ' ', 'g'))
-        );
+        -- Bounded work per batch: a session keeps its first 20,000 distinct words (merging
+        -- into a larger document would cost every later batch more).
+        IF doc IS NOT NULL AND length(doc) >= 20000 THEN
+            RETURN doc;
+        END IF;
+        -- The words as the parser sees them, and the words between punctuation too, so "srv"
+        -- finds "/srv" and "mail" finds "ops@mail.example" (the parser keeps paths, hosts
+        -- and e-mail addresses whole).
+        RETURN strip(coalesce(doc, ''::tsvector) || to_tsvector(
+            'simple', words || ' ' || regexp_replace(words, '[^[:alnum:]_]+', ' ', 'g')));
     EXCEPTION WHEN program_limit_exceeded THEN
         RETURN doc;
     END

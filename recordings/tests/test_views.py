@@ -408,3 +408,43 @@ def test_every_recordings_url_is_in_the_console_access_table():
 
     names = {f"recordings:{p.name}" for p in urls.urlpatterns}
     assert names - {route.name for route in ROUTES} == set()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_reviewer_who_decided_a_request_of_the_session_sees_it_with_who_decided_and_why(bob, carol):
+    from django.utils import timezone
+
+    from approvals.models import ApprovalDecision, ApprovalRequest
+
+    session = recorded(statement_events(1))
+    other = recorded(statement_events(1))
+    request = ApprovalRequest.objects.create(
+        status="approved",
+        protocol="postgres",
+        session_id=session.pk,
+        agent_name="billing-bot",
+        connection_name="shop",
+        statement="DELETE FROM invoices WHERE id = 7",
+        rule="writes",
+        binding_hash="0" * 64,
+        expires_at=timezone.now() + timedelta(minutes=5),
+        decided_by=bob,
+        decided_by_name="bob",
+    )
+    ApprovalDecision.objects.create(
+        request=request, reviewer=bob, reviewer_name="bob", verdict="approve", comment="ticket OPS-12"
+    )
+    client = Client()
+    client.force_login(bob)
+    assert listed(client) == [str(session.pk)]
+    assert client.get(reverse("recordings:session_detail", args=[other.pk])).status_code == 403
+    html = client.get(reverse("recordings:session_detail", args=[session.pk])).content.decode()
+    section = html[html.index('id="approval-requests"') :]
+    assert "DELETE FROM invoices WHERE id = 7" in section
+    assert "bob (approve)" in section and "bob: ticket OPS-12" in section
+    # The auditor sees the same list; a session without requests shows none.
+    client.force_login(carol)
+    assert (
+        'id="approval-requests"'
+        not in client.get(reverse("recordings:session_detail", args=[other.pk])).content.decode()
+    )

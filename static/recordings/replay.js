@@ -95,8 +95,10 @@
       case "notice":
         return span("message muted", (p.severity || "NOTICE") + ": " + (p.message || ""));
       case "approval":
-        return span("badge role", "approval " + (p.state || "")) + span("message", (p.by ? "by " + p.by : "") +
-          (p.reason ? ": " + p.reason : "") + (p.request_id ? " (request " + p.request_id + ")" : ""));
+        // The gateway records the outcome ({action, rule, message}); who decided and why is
+        // listed under "Approval requests" above the player.
+        return span("badge role", "approval " + (p.state || p.action || "")) + span("message", (p.by ? "by " + p.by : "") +
+          (p.reason ? ": " + p.reason : "") + (p.message ? p.message : "") + (p.request_id ? " (request " + p.request_id + ")" : ""));
       case "output":
       case "input":
         return '<pre class="tty ' + kind + '">' + esc(p.data) + "</pre>";
@@ -130,6 +132,9 @@
     // blocks on screen (content-visibility), so a timeline of 100,000 entries stays cheap.
     var block = document.createElement("ol");
     block.className = "block";
+    // Its height until first laid out (then the browser remembers the real one): an
+    // estimate, so the scroll bar is about right before the block is ever seen.
+    block.style.containIntrinsicSize = "auto " + fresh.length * 40 + "px";
     block.innerHTML = html;
     timeline.appendChild(block);
     var nodes = block.children;
