@@ -5,11 +5,16 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt | sha1sum | cut -c1-12)
 
+# Front-end packages (package.json, package-lock.json) are installed with npm and their
+# prebuilt bundles copied into static/vendor/ (gitignored), once per lockfile.
+VENDOR := static/vendor
+VENDOR_STAMP := $(VENDOR)/.installed-$(shell cat package-lock.json | sha1sum | cut -c1-12)
+
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/airlock
 TEST_REDIS_URL ?= redis://127.0.0.1:6379/14
 TEST_ENV := DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) AIRLOCK_DATA_DIR=$(CURDIR)/var/test
 
-.PHONY: run test lint typecheck migrations-check unit browser bench venv system clean
+.PHONY: run test lint typecheck migrations-check unit browser bench venv vendor system clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "Python 3.11 or newer is needed"; exit 1; }
@@ -18,7 +23,18 @@ $(STAMP): requirements.txt requirements-dev.txt
 	$(PY) -m pip install -q --disable-pip-version-check -r requirements-dev.txt
 	@rm -f $(VENV)/.installed-* && touch $@
 
-venv: $(STAMP)
+$(VENDOR_STAMP): package.json package-lock.json
+	@command -v npm >/dev/null || { echo "npm is needed to install the console's front-end packages (apt-get install npm)"; exit 1; }
+	npm ci --no-audit --no-fund --ignore-scripts --loglevel=error
+	rm -rf $(VENDOR) && mkdir -p $(VENDOR)/asciinema-player
+	cp node_modules/asciinema-player/dist/bundle/asciinema-player.min.js \
+	   node_modules/asciinema-player/dist/bundle/asciinema-player.css $(VENDOR)/asciinema-player/
+	cp node_modules/asciinema-player/LICENSE $(VENDOR)/asciinema-player/ 2>/dev/null || true
+	@touch $@
+
+vendor: $(VENDOR_STAMP)
+
+venv: $(STAMP) $(VENDOR_STAMP)
 
 run: venv
 	$(PY) manage.py migrate --noinput -v 0
@@ -50,4 +66,4 @@ bench: venv system
 	$(TEST_ENV) $(PY) -m bench
 
 clean:
-	rm -rf $(VENV) var
+	rm -rf $(VENV) var node_modules $(VENDOR)

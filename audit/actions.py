@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
-from django.db import models
+from django.conf import settings
+from django.db import models, transaction
 
 from audit.models import AuditRecord
 
 SYSTEM = "system"
+log = logging.getLogger("airlock.audit")
 
 
 def _actor_fields(actor: Any) -> dict[str, Any]:
@@ -51,7 +54,7 @@ def record(
             target_id=str(target.pk),
             target_repr=str(target)[:255],
         )
-    return AuditRecord.objects.create(
+    created = AuditRecord.objects.create(
         action=action,
         before=before,
         after=after,
@@ -59,3 +62,17 @@ def record(
         source_address=source_address,
         **fields,
     )
+    if getattr(settings, "AUDIT_FORWARD_URL", ""):
+        record_id = created.pk
+        transaction.on_commit(lambda: _queue_forward(record_id), robust=True)
+    return created
+
+
+def _queue_forward(record_id: int) -> None:
+    """Hand the record to the forwarding task; a broker that is down costs a log line only."""
+    from audit.tasks import forward_record
+
+    try:
+        forward_record.apply_async((record_id,), retry=False)
+    except Exception as exc:
+        log.error("audit record %s not queued for forwarding: %s", record_id, type(exc).__name__)

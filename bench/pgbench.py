@@ -30,7 +30,10 @@ ROUNDS = int(os.environ.get("AIRLOCK_BENCH_ROUNDS", "3"))
 PROFILE = os.environ.get("AIRLOCK_BENCH_PROFILE", "")
 ONLY = os.environ.get("AIRLOCK_BENCH_ONLY", "")
 SCALE = 10
-TARGETS = ("direct", "gateway", "pgbouncer")
+# Two diagnostics, not ways to deploy: "gw-norec" is the same gateway code with a recorder
+# that drops events (what recording costs; the command has no such switch), "tcp-relay" a
+# plain uvloop byte relay that parses nothing (the floor for any asyncio relay here).
+TARGETS = ("direct", "gateway", "gw-norec", "tcp-relay", "pgbouncer")
 RUNS = [(mode, clients) for mode in ("simple", "prepared") for clients in (1, 8)]
 
 
@@ -137,12 +140,15 @@ def _prepare_airlock(pg_port: int) -> str:
     from gateway.secrets import set_secrets
     from gateway.tests.postgres.pgserver import ROLES
     from identity.actions import do_create_agent, do_issue_token
+    from policies.actions import do_save_policy
 
     agent = do_create_agent("bench", "bench-bot", groups=["agents"])
     token = do_issue_token("bench", agent).raw
+    # A connection without a policy denies everything: the baseline is an explicit allow-all.
+    allow_all = do_save_policy("bench", "allow-all", {"default": "allow", "rules": []})
     connection = Connection(
         name="bench", kind="postgres", host="127.0.0.1", port=pg_port, database="bench",
-        username="scram_user", options={"sslmode": "disable"},
+        username="scram_user", options={"sslmode": "disable"}, policy=allow_all,
     )  # fmt: skip
     set_secrets(connection, {"password": ROLES["scram_user"][0]})
     connection.save()
@@ -150,6 +156,87 @@ def _prepare_airlock(pg_port: int) -> str:
 
     connection.groups.set([Group.objects.get(name="agents")])
     return token
+
+
+def serve_without_recording(port: int) -> None:
+    """The gateway with events dropped (diagnostic target "gw-norec"), until SIGTERM."""
+    import asyncio
+    import signal
+
+    import django
+
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "console.settings")
+    django.setup()
+    import uvloop
+
+    from gateway.management.commands.gateway import SWITCH_INTERVAL
+    from gateway.postgres.server import PostgresGateway
+
+    class Dropped:
+        def append(self, kind: str, payload: dict[str, object]) -> None:
+            pass
+
+        async def close(self, **kwargs: object) -> None:
+            pass
+
+    async def recorder(**kwargs: object) -> Dropped:
+        return Dropped()
+
+    async def serve() -> None:
+        stop = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+        gateway = PostgresGateway(recorder_factory=recorder)
+        await gateway.start("127.0.0.1", port)
+        await stop.wait()
+        await gateway.close()
+
+    sys.setswitchinterval(SWITCH_INTERVAL)
+    uvloop.run(serve())
+
+
+def serve_tcp_relay(port: int, upstream: int) -> None:
+    """A plain uvloop TCP relay that reads nothing (diagnostic target "tcp-relay")."""
+    import asyncio
+
+    import uvloop
+
+    class Side(asyncio.Protocol):
+        def __init__(self, peer: Side | None = None) -> None:
+            self.peer = peer
+            self.transport: asyncio.Transport | None = None
+            self.early = b""
+
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            self.transport = transport  # type: ignore[assignment]
+
+        def data_received(self, data: bytes) -> None:
+            if self.peer is None or self.peer.transport is None:
+                self.early += data  # uvloop delivers data even before the upstream is up
+                return
+            self.peer.transport.write(data)
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if self.peer is not None and self.peer.transport is not None:
+                self.peer.transport.close()
+
+    async def serve() -> None:
+        loop = asyncio.get_running_loop()
+
+        class Client(Side):
+            def connection_made(self, transport: asyncio.BaseTransport) -> None:
+                super().connection_made(transport)
+                self.task = loop.create_task(self.link())
+
+            async def link(self) -> None:
+                _, side = await loop.create_connection(lambda: Side(self), "127.0.0.1", upstream)
+                self.peer = side
+                if self.early and side.transport is not None:
+                    side.transport.write(self.early)
+
+        await loop.create_server(Client, "127.0.0.1", port)
+        await asyncio.Event().wait()
+
+    uvloop.run(serve())
 
 
 def main() -> int:
@@ -213,14 +300,36 @@ def main() -> int:
                 str(gateway.pid),
             ]
             procs.append(subprocess.Popen([*spy, "-d", str(DURATION * 4)], stdout=subprocess.DEVNULL))
+        norec_port = _free_port()
+        norec = subprocess.Popen(
+            [sys.executable, "-c", f"from bench.pgbench import serve_without_recording; serve_without_recording({norec_port})"],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            cwd=Path(__file__).resolve().parent.parent,
+        )  # fmt: skip
+        procs.append(norec)
+        _wait_port(norec_port, norec)
+        relay_port = _free_port()
+        relay = subprocess.Popen(
+            [sys.executable, "-c", f"from bench.pgbench import serve_tcp_relay; serve_tcp_relay({relay_port}, {server.port})"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parent.parent,
+        )  # fmt: skip
+        procs.append(relay)
+        _wait_port(relay_port, relay)
         bouncer, bouncer_port = _start_pgbouncer(root, server.port, password)
         procs.append(bouncer)
         endpoints = {
             "direct": (server.port, "scram_user", "bench", password),
             "gateway": (gw_port, "bench-bot", "bench", token),
+            "gw-norec": (norec_port, "bench-bot", "bench", token),
+            "tcp-relay": (relay_port, "scram_user", "bench", password),
             "pgbouncer": (bouncer_port, "scram_user", "bench", password),
         }
-        pids = {"gateway": gateway.pid, "pgbouncer": _child_pid(bouncer.pid)}
+        pids = {
+            "gateway": gateway.pid,
+            "gw-norec": norec.pid,
+            "tcp-relay": relay.pid,
+            "pgbouncer": _child_pid(bouncer.pid),
+        }
         for mode, clients in RUNS:
             runs: dict[str, list[tuple[float, list[int]]]] = {t: [] for t in TARGETS}
             cpu = dict.fromkeys(TARGETS, 0.0)

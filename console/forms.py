@@ -444,3 +444,18 @@ class AuditFilterForm(forms.Form):
     actor = forms.CharField(required=False, max_length=150)
     action = forms.CharField(required=False, max_length=64)
     target = forms.CharField(required=False, max_length=255)
+    actor_kind = forms.ChoiceField(
+        required=False,
+        label="Actor kind",
+        choices=(("", "any"), ("person", "person"), ("agent", "agent"), ("system", "system")),
+    )
+    since = forms.DateTimeField(
+        required=False,
+        label="From (UTC)",
+        widget=forms.DateTimeInput(attrs={"type": "datetime-local"}, format="%Y-%m-%dT%H:%M"),
+    )
+    until = forms.DateTimeField(
+        required=False,
+        label="Until (UTC)",
+        widget=forms.DateTimeInput(attrs={"type": "datetime-local"}, format="%Y-%m-%dT%H:%M"),
+    )

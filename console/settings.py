@@ -266,6 +266,16 @@ GATEWAY_IDLE_TIMEOUT = env_int("AIRLOCK_IDLE_TIMEOUT_SECONDS", 3600, minimum=1)
 GATEWAY_SESSION_TIMEOUT = env_int("AIRLOCK_SESSION_TIMEOUT_SECONDS", 12 * 3600, minimum=1)
 GATEWAY_MAX_SESSIONS = env_int("AIRLOCK_MAX_SESSIONS", 1000, minimum=1)
 GATEWAY_LOGIN_FAILURES_PER_MINUTE = env_int("AIRLOCK_LOGIN_FAILURES_PER_MINUTE", 10, minimum=1)
+# Masking: the key of the keyed hash (`hash` method), and what a connection without a
+# masking policy gets ("builtin": every built-in entity found by content is redacted; "off").
+AIRLOCK_MASKING_HASH_KEY = env_secret("AIRLOCK_MASKING_HASH_KEY") or persistent_secret(
+    DATA_DIR / "masking-hash-key", lambda: secrets.token_urlsafe(32)
+)
+if len(AIRLOCK_MASKING_HASH_KEY.encode()) < 16:
+    raise ImproperlyConfigured("AIRLOCK_MASKING_HASH_KEY must be at least 16 bytes long")
+AIRLOCK_MASKING_DEFAULT = env_str("AIRLOCK_MASKING_DEFAULT", "builtin")
+if AIRLOCK_MASKING_DEFAULT not in ("builtin", "off"):
+    raise ImproperlyConfigured('AIRLOCK_MASKING_DEFAULT must be "builtin" or "off"')
 
 # --- Recordings -------------------------------------------------------------------
 RECORDING_SIGNING_KEY_FILE = env_str(
@@ -277,6 +287,24 @@ RECORDING_FLUSH_SECONDS = env_int("AIRLOCK_RECORDING_FLUSH_MS", 200, minimum=1) 
 RECORDING_PERSIST_TIMEOUT = env_int("AIRLOCK_RECORDING_PERSIST_TIMEOUT_SECONDS", 10, minimum=1)
 # Public keys (PEM files) of earlier signing keys, so recordings they sealed still verify.
 RECORDING_VERIFY_KEY_FILES = env_list("AIRLOCK_RECORDING_VERIFY_KEY_FILES", [])
+# Days a recording is kept after its session ends (0: for ever); a connection may have its
+# own (recordings.ConnectionRule). Legal holds on a session or a connection stop deletion.
+RECORDING_RETENTION_DAYS = env_int("AIRLOCK_RECORDING_RETENTION_DAYS", 0, minimum=0)
+RECORDING_RETENTION_INTERVAL = env_int("AIRLOCK_RECORDING_RETENTION_INTERVAL_SECONDS", 3600, minimum=60)
+CELERY_BEAT_SCHEDULE["recordings-retention"] = {
+    "task": "recordings.tasks.apply_retention",
+    "schedule": RECORDING_RETENTION_INTERVAL,
+}
+# A live session's page also polls the database this often, in case a channel-layer
+# message is lost (or the gateway runs in another process without Redis).
+RECORDING_LIVE_POLL_SECONDS = env_int("AIRLOCK_RECORDING_LIVE_POLL_MS", 2000, minimum=100) / 1000
+
+# --- Audit forwarding ----------------------------------------------------------------------
+# Every audit record, as one JSON line, to a SIEM: http(s)://... (POST), syslog+udp://host:port
+# or syslog+tcp://host:port. Sent by a Celery task after commit; never delays an action.
+AUDIT_FORWARD_URL = env_url("AIRLOCK_AUDIT_FORWARD_URL", ("http", "https", "syslog+udp", "syslog+tcp"))
+AUDIT_FORWARD_TOKEN = env_secret("AIRLOCK_AUDIT_FORWARD_TOKEN")  # sent as a Bearer token over HTTP
+AUDIT_FORWARD_TIMEOUT = env_int("AIRLOCK_AUDIT_FORWARD_TIMEOUT_SECONDS", 5, minimum=1)
 
 # --- Email ---------------------------------------------------------------------------
 EMAIL_BACKEND = env_str("AIRLOCK_EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")

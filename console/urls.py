@@ -24,5 +24,8 @@ urlpatterns = [
     path("people/<int:pk>/active/", people.person_set_active, name="person_set_active"),
     path("groups/", people.group_list, name="group_list"),
     path("audit/", audit.audit_log, name="audit_log"),
+    path("policies/", include("policies.urls")),
+    path("audit/export.<str:fmt>", audit.audit_export, name="audit_export"),
+    path("recordings/", include("recordings.urls")),
     path("", include("approvals.urls")),
 ]

@@ -46,6 +46,9 @@ class DecisionPoint:
         self.agent = agent
         self.groups = groups
         self.policy = policy
+        # The session's masking (masking.MaskingPolicy) or None: what an approval card or
+        # notification shows of a statement goes through ``masking.mask_text``.
+        self.masking: Any = None
 
     @classmethod
     def for_connection(cls, connection: Connection, *, agent: str, groups: frozenset[str]) -> DecisionPoint:
@@ -72,6 +75,8 @@ class DecisionPoint:
         )
 
     def decide(self, request: Request) -> Decision:
+        # A point made without a policy (tests, benchmarks) allows everything; a connection
+        # without a policy gets ``NoPolicy`` from ``for_connection`` and allows nothing.
         if self.policy is None:
             return ALLOW_ALL
         try:
@@ -97,19 +102,33 @@ class DecisionPoint:
         )
 
 
-def load_policy(connection: Connection) -> CompiledPolicy | None:
-    """The compiled policy of ``connection``.
+class NoPolicy:
+    """A connection without a policy: every statement is denied (fail closed), as the
+    console says on the connection's page."""
 
-    SEAM for the policy engine (issue 4): once ``policies.engine`` exists this compiles
-    the connection's policy (a faulty policy raises, and the login is refused). Until the
-    engine lands there is nothing to load and every statement is allowed.
+    def __init__(self, connection: str) -> None:
+        self.decision = Decision(
+            action=Action.DENY,
+            rule=None,
+            message=f'connection "{connection}" has no policy: every statement is denied',
+        )
+
+    def evaluate(self, request: Request) -> Decision:
+        return self.decision
+
+
+def load_policy(connection: Connection) -> CompiledPolicy:
+    """The compiled policy of ``connection`` (its current version).
+
+    Compiled exactly as the console's "Try it" and ``manage.py policy check`` compile it
+    (``policies.stored``): a review naming a group nobody in which can approve is a
+    configuration error, so ``PolicyError`` is raised and the login is refused, never a
+    session whose reviews could not be answered. A connection without a policy denies
+    everything.
     """
-    try:
-        from policies.engine import compile_policy
-    except ImportError:
-        return None
+    from policies.stored import compile_stored
+
     policy = connection.policy
     if policy is None:
-        return None
-    compiled: CompiledPolicy = compile_policy(policy.name, policy.version, policy.spec)
-    return compiled
+        return NoPolicy(connection.name)
+    return compile_stored(policy)

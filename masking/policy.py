@@ -183,6 +183,12 @@ class MaskingPolicy:
             else None,
         )
 
+    @property
+    def uses_column_identity(self) -> bool:
+        """Whether any column rule or column exemption applies: if not, a result's column
+        identities do not matter and the caller need not look them up."""
+        return bool(self._column_rules or self._column_exemptions)
+
     # -- views -------------------------------------------------------------------------
 
     @fail_closed

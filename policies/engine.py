@@ -482,27 +482,29 @@ def compile_policy(
     spec: Any,
     known_groups: Iterable[str] | None = None,
     cache_size: int = DEFAULT_CACHE_SIZE,
+    *,
+    path: str = "policy",
 ) -> CompiledPolicy:
     """Check ``spec`` completely and compile it; raise ``PolicyError`` listing every problem.
 
     ``known_groups``: the groups that exist and have members. When given, a review (rule or
     default) naming any other group is a problem: a review nobody can approve must be fixed
     in the policy, not discovered when a statement waits for it.
+
+    ``path`` prefixes the path of every problem (``policies[2]`` in an ``apply`` file).
     """
-    problems = validate_policy_spec(spec, "policy")
+    problems = validate_policy_spec(spec, path)
     if problems:
         raise PolicyError(name, problems)
     if known_groups is not None:
         known = set(known_groups)
-        reviewed = [("policy", spec)] + [
-            (f"policy.rules[{i}]", r) for i, r in enumerate(spec.get("rules", []))
-        ]
-        for path, item in reviewed:
+        reviewed = [(path, spec)] + [(f"{path}.rules[{i}]", r) for i, r in enumerate(spec.get("rules", []))]
+        for where, item in reviewed:
             for index, group in enumerate(item.get("reviewers") or []):
                 if group not in known:
                     problems.append(
                         (
-                            f"{path}.reviewers[{index}]",
+                            f"{where}.reviewers[{index}]",
                             f"reviewer group {group!r} does not exist or has no members",
                         )
                     )

@@ -5,7 +5,9 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from django.conf import settings
+from django.contrib.postgres.search import SearchVectorField
 from django.db import models
+from django.db.models.fields.json import KeyTextTransform
 from django.utils import timezone
 
 if TYPE_CHECKING:
@@ -17,6 +19,15 @@ if TYPE_CHECKING:
 class SessionQuerySet(models.QuerySet["Session"]):
     def live(self) -> SessionQuerySet:
         return self.filter(status=Session.Status.LIVE)
+
+    def ended(self) -> SessionQuerySet:
+        return self.exclude(status=Session.Status.LIVE)
+
+
+class SessionManager(models.Manager.from_queryset(SessionQuerySet)):  # type: ignore[misc]
+    def get_queryset(self) -> SessionQuerySet:
+        # The search document can reach a megabyte and is only ever read by PostgreSQL.
+        return super().get_queryset().defer("search_vector")  # type: ignore[no-any-return]
 
 
 class Session(models.Model):
@@ -65,14 +76,23 @@ class Session(models.Model):
     sealed_at = models.DateTimeField(null=True, blank=True)
     signing_key_id = models.CharField(max_length=64, blank=True)
     legal_hold = models.BooleanField(default=False)
+    # The distinct words of the session's statements and typed input, without positions
+    # (PostgreSQL only; see recordings.search). Kept up to date by the writer in the same
+    # UPDATE that moves the counters, so searching costs the hot path no round trip.
+    search_vector = SearchVectorField(null=True, blank=True, editable=False)
 
-    objects = SessionQuerySet.as_manager()
+    objects = SessionManager()
 
     class Meta:
         ordering = ["-started_at"]
         indexes = [
             models.Index(fields=["agent_name", "-started_at"]),
             models.Index(fields=["connection_name", "-started_at"]),
+            # The sessions page pages by (started_at, id): keyset pagination needs both.
+            models.Index(fields=["-started_at", "-id"], name="recordings_session_page"),
+            models.Index(fields=["on_behalf_of_name", "-started_at"], name="recordings_session_person"),
+            # Retention looks for ended sessions by end time.
+            models.Index(fields=["ended_at"], name="recordings_session_ended"),
         ]
 
     def __str__(self) -> str:
@@ -191,6 +211,15 @@ class Event(models.Model):
     class Meta:
         ordering = ["session", "seq"]
         constraints = [models.UniqueConstraint(fields=["session", "seq"], name="event_seq_unique")]
+        indexes = [
+            # Who decided a held statement: reviewers may see the sessions they decided in.
+            models.Index(
+                KeyTextTransform("by", "payload"),
+                "session",
+                condition=models.Q(kind="approval"),
+                name="recordings_event_approval_by",
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"{self.session_id}#{self.seq} {self.kind}"
@@ -204,3 +233,33 @@ _START_FIELDS = {
     "client_address": "client_address",
     "application_name": "application_name",
 }
+
+
+class ConnectionRule(models.Model):
+    """Retention and legal hold for the recordings of one connection.
+
+    Keyed by the connection's name, as sessions are, so the rule outlives the connection.
+    ``retention_days`` None follows ``RECORDING_RETENTION_DAYS``; 0 keeps them for ever. A
+    legal hold stops retention from deleting any of them.
+    """
+
+    connection_name = models.CharField(max_length=63, unique=True)
+    retention_days = models.PositiveIntegerField(null=True, blank=True)
+    legal_hold = models.BooleanField(default=False)
+    hold_reason = models.CharField(max_length=255, blank=True)
+    updated_by = models.CharField(max_length=150, blank=True)
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["connection_name"]
+
+    def __str__(self) -> str:
+        return f"recordings of {self.connection_name}"
+
+    def audit_snapshot(self) -> dict[str, object]:
+        return {
+            "connection": self.connection_name,
+            "retention_days": self.retention_days,
+            "legal_hold": self.legal_hold,
+            "hold_reason": self.hold_reason,
+        }

@@ -4,7 +4,10 @@
 Each recorder has a flusher task that hands queued events, in batches, to writer threads
 (started as needed, at most ``WRITER_THREADS``, each with its own database connection),
 which chain them (seq, SHA-256 hash), insert them with one COPY (PostgreSQL; multi-row
-INSERTs elsewhere) and update the session's counters in the same transaction. A batch is written ``RECORDING_FLUSH_SECONDS`` after its
+INSERTs elsewhere) and update the session's counters (and, on PostgreSQL, its search
+document: ``recordings.search``) in the same transaction. After each committed batch the
+recorder announces the new last seq on the channel layer (``recordings.live``), from its
+event loop, without waiting for it. A batch is written ``RECORDING_FLUSH_SECONDS`` after its
 oldest event was appended, or at once when ``FLUSH_AT`` events are waiting; under load the
 writes run back to back, each taking everything queued (up to ``BATCH_ROWS``).
 
@@ -47,8 +50,9 @@ from typing import Any, ClassVar, NamedTuple
 import orjson
 from django.conf import settings
 from django.db import close_old_connections, connection, connections, transaction
+from django.db.models.expressions import RawSQL
 
-from recordings import chain, keys
+from recordings import chain, keys, live, search
 from recordings.models import Event, Session
 
 log = logging.getLogger("airlock.recordings")
@@ -269,14 +273,20 @@ def _describe(exc: BaseException) -> str:
 
 
 def _chain_rows(
-    session_id: uuid.UUID, base: _ChainState, items: list[_Queued]
+    session_id: uuid.UUID,
+    base: _ChainState,
+    items: list[_Queued],
+    searched: list[tuple[str, Any]] | None = None,
 ) -> tuple[list[tuple[int, datetime, float, str, str, str]], _ChainState]:
+    """Chain ``items`` after ``base``; the searchable events are added to ``searched``."""
     prev = base.last_hash
     tally = replace(base.tally)
     seq = base.seq
     rows = []
     for item in items:
         payload = _load_snapshot(item.payload)
+        if searched is not None and item.kind in search.SEARCHED_KINDS:
+            searched.append((item.kind, payload))
         text = chain.canonical_decoded_payload(payload)
         at = item.at
         seq += 1
@@ -374,11 +384,17 @@ def _persist(
                 if committed.seq == would_be.seq and committed.last_hash == would_be.last_hash:
                     return would_be  # the earlier attempt did commit this very batch
                 base = committed
-        rows, state = _chain_rows(session_id, base, items)
+        searched: list[tuple[str, Any]] = []
+        rows, state = _chain_rows(session_id, base, items, searched)
         if rows:
             _insert_events(session_id, rows)
+        extra: dict[str, Any] = {}
+        words = search.batch_words(searched) if connection.vendor == "postgresql" else ""
+        if words:
+            # Folded into the session's search document in the same UPDATE (no round trip).
+            extra["search_vector"] = RawSQL("recordings_search_append(search_vector, %s)", [words])
         Session.objects.filter(pk=session_id).update(
-            last_hash=state.last_hash, dropped_events=dropped, **state.tally.fields()
+            last_hash=state.last_hash, dropped_events=dropped, **state.tally.fields(), **extra
         )
     return state
 
@@ -440,6 +456,8 @@ class SessionRecorder:
         self._strict = bool(settings.RECORDING_STRICT)
         self._flush_seconds = float(settings.RECORDING_FLUSH_SECONDS)
         self._timeout = float(settings.RECORDING_PERSIST_TIMEOUT)
+        # Before the clock starts: the first call loads the channel layer.
+        self._announcer = live.Announcer(self.session_id)
         self._t0 = time.monotonic()
         self._queue: collections.deque[_Queued] = collections.deque()
         self._wake = asyncio.Event()
@@ -709,6 +727,8 @@ class SessionRecorder:
             self._uncertain = False
             self._attempt = 0
             self._last_error = ""
+            # One announcement per committed batch, for live watchers.
+            self._announcer.announce(live.events_message(self.session_id, self._state.seq))
             return
         self._uncertain = True
         self._last_error = f"recording write failed: {_describe(exc)}"
@@ -800,8 +820,11 @@ class SessionRecorder:
             if future not in done or future.exception() is not None:
                 why = "timed out" if future not in done else _describe(future.exception())  # type: ignore[arg-type]
                 log.error("session %s: recording could not be sealed: %s", self.session_id, why)
+            else:
+                self._announcer.announce(live.ended_message(self.session_id, status, end_reason[:255]))
         finally:
             self._live.discard(self)
+            await self._announcer.drain()
 
 
 async def close_all(reason: str = "gateway shutting down") -> None:

@@ -12,16 +12,19 @@ from urllib.parse import quote
 
 import pytest
 from django.test import Client
-from django.urls import URLPattern, reverse
+from django.urls import URLPattern, URLResolver, reverse
 
 from console import urls as console_urls
 from console.tests.factories import make_agent, make_connection
 from identity import actions as identity_actions
 from identity.models import AgentToken
+from policies import actions as policy_actions
+from recordings.models import Session
 
 PERSONAS = ("anonymous", "mallory", "carol", "bob", "alice")
 LOGIN = "login"
 ADMIN_ONLY = {"anonymous": LOGIN, "mallory": 403, "carol": 403, "bob": 403}
+RECORDING_VIEWERS = {"anonymous": LOGIN, "mallory": 403, "carol": 200, "bob": 403}
 REVIEWER_ONLY = {"anonymous": LOGIN, "mallory": 403, "carol": 403, "bob": 403}
 REVIEWER_API = {"anonymous": 401, "mallory": 403, "carol": 403, "bob": 403}
 
@@ -78,6 +81,73 @@ ROUTES = [
     Route("person_set_active", "POST", "302 person_edit", data={"active": "0"}),
     Route("group_list", "GET", 200),
     Route("group_list", "POST", 200),
+    # The policy editor (policies/urls.py). Empty POSTs change nothing: forms come back with
+    # their errors, buttons without their version redirect back. Deletion comes last.
+    Route("policies:list", "GET", 200),
+    Route("policies:create", "GET", 200),
+    Route("policies:create", "POST", 200),
+    Route("policies:import", "GET", 200),
+    Route("policies:import", "POST", 200),
+    Route("policies:detail", "GET", 200),
+    Route("policies:settings", "GET", 200),
+    Route("policies:settings", "POST", 200),
+    Route("policies:rule_add", "GET", 200),
+    Route("policies:rule_add", "POST", 200),
+    Route("policies:rule_edit", "GET", 200),
+    Route("policies:rule_edit", "POST", 200),
+    Route("policies:rule_move", "GET", 405),
+    Route("policies:rule_move", "POST", "302 policies:detail"),
+    Route("policies:rule_delete", "GET", 405),
+    Route("policies:rule_delete", "POST", "302 policies:detail"),
+    Route("policies:try", "GET", 405),
+    Route("policies:try", "POST", 400),  # no agent, no connection: the page says so
+    Route("policies:versions", "GET", 200),
+    Route("policies:version", "GET", 200),
+    Route("policies:rollback", "GET", 405),
+    Route("policies:rollback", "POST", "302 policies:version"),
+    Route("policies:export", "GET", 200),
+    Route("policies:delete", "GET", 200),
+    Route("policies:delete", "POST", "302 policies:list"),
+    Route("audit_export", "GET", 200, {"anonymous": LOGIN, "mallory": 403, "carol": 200, "bob": 403}),
+    # Recordings: admins and auditors see every session; bob the reviewer decided nothing in
+    # this one, so it is refused to him like to mallory (REC-03).
+    Route(
+        "recordings:session_list", "GET", 200, {"anonymous": LOGIN, "mallory": 403, "carol": 200, "bob": 200}
+    ),
+    Route("recordings:public_key", "GET", 200, {p: 200 for p in PERSONAS if p != "alice"}),
+    Route("recordings:retention", "GET", 200, {"anonymous": LOGIN, "mallory": 403, "carol": 200, "bob": 403}),
+    Route(
+        "recordings:retention", "POST", 400, {"anonymous": LOGIN, "mallory": 403, "carol": 400, "bob": 403}
+    ),
+    Route("recordings:session_detail", "GET", 200, RECORDING_VIEWERS),
+    Route("recordings:session_events", "GET", 200, RECORDING_VIEWERS),
+    Route("recordings:session_integrity", "GET", 200, RECORDING_VIEWERS),
+    Route("recordings:export_jsonl", "GET", 200, RECORDING_VIEWERS),
+    Route(
+        "recordings:export_cast", "GET", 404, {"anonymous": LOGIN, "mallory": 403, "carol": 404, "bob": 403}
+    ),
+    Route(
+        "recordings:session_terminate",
+        "GET",
+        405,
+        {"anonymous": LOGIN, "mallory": 403, "carol": 403, "bob": 405},
+    ),
+    # No reason given: nothing is sent, the page says why.
+    Route(
+        "recordings:session_terminate",
+        "POST",
+        "302 recordings:session_detail",
+        {"anonymous": LOGIN, "mallory": 403, "carol": 403, "bob": 403},
+    ),
+    Route(
+        "recordings:session_hold", "GET", 405, {"anonymous": LOGIN, "mallory": 403, "carol": 405, "bob": 403}
+    ),
+    Route(
+        "recordings:session_hold",
+        "POST",
+        "302 recordings:session_detail",
+        {"anonymous": LOGIN, "mallory": 403, "carol": "302 recordings:session_detail", "bob": 403},
+    ),
     # Approvals (approvals/urls.py): the inbox and deciding are for reviewers of the
     # request's groups; admins and auditors read. The API answers JSON 401/403.
     Route("approvals:inbox", "GET", 403, dict(REVIEWER_ONLY, bob=200)),
@@ -103,11 +173,25 @@ def world(db, alice, bob, carol, mallory):  # type: ignore[no-untyped-def]
     agent = make_agent()
     token = identity_actions.do_issue_token(None, agent).token
     dave = identity_actions.do_create_user(None, "dave", password="dave-Pass-1234")
+    policy = policy_actions.do_save_policy(
+        None,
+        "agents-default",
+        {"rules": [{"name": "reads", "match": {"operations": ["read"]}, "action": "allow"}]},
+    )
+    session = Session.objects.create(protocol="postgres", agent_name="billing-bot", connection_name="shop")
     from approvals.tests.factories import make_request, reviewer
 
     reviewer("erin")  # a second reviewer in dba: with bob, someone who may approve
     approval = make_request(SimpleNamespace(agent=agent, connection=connection))
-    return {"connection": connection, "agent": agent, "token": token, "dave": dave, "approval": approval}
+    return {
+        "connection": connection,
+        "agent": agent,
+        "token": token,
+        "dave": dave,
+        "policy": policy,
+        "session": session,
+        "approval": approval,
+    }
 
 
 def _kwargs(name: str, world: dict) -> dict[str, object]:  # type: ignore[type-arg]
@@ -121,6 +205,21 @@ def _kwargs(name: str, world: dict) -> dict[str, object]:  # type: ignore[type-a
         return {"pk": world["agent"].pk, "token_pk": world["token"].pk}
     if name in {"person_edit", "person_set_active"}:
         return {"pk": world["dave"].pk}
+    if name.startswith("policies:") and name not in {"policies:list", "policies:create", "policies:import"}:
+        kwargs: dict[str, object] = {"pk": world["policy"].pk}
+        if name in {"policies:rule_edit", "policies:rule_delete", "policies:rule_move"}:
+            kwargs["index"] = 0
+        if name in {"policies:version", "policies:rollback"}:
+            kwargs["number"] = 1
+        return kwargs
+    if name == "audit_export":
+        return {"fmt": "csv"}
+    if name.startswith("recordings:") and name not in {
+        "recordings:session_list",
+        "recordings:public_key",
+        "recordings:retention",
+    }:
+        return {"pk": world["session"].pk}
     if name.startswith("approvals:") and name not in {"approvals:inbox", "approvals:api_list"}:
         return {"pk": world["approval"].pk}
     return {}
@@ -177,9 +276,17 @@ def test_a_refused_persona_changes_nothing(world, request):
 
 
 def _all_console_url_names() -> set[str]:
-    # Included URL sets (allauth, and apps that ship their own urls.py) are walked by their
-    # own tests; the console's own patterns are listed directly in console/urls.py.
-    return {entry.name for entry in console_urls.urlpatterns if isinstance(entry, URLPattern) and entry.name}
+    # The console's own patterns, and those of apps that ship a namespaced urls.py
+    # (policies:...). allauth's URL set (no namespace) is tested by allauth.
+    names = {entry.name for entry in console_urls.urlpatterns if isinstance(entry, URLPattern) and entry.name}
+    for entry in console_urls.urlpatterns:
+        if isinstance(entry, URLResolver) and entry.namespace:
+            names |= {
+                f"{entry.namespace}:{sub.name}"
+                for sub in entry.url_patterns
+                if isinstance(sub, URLPattern) and sub.name
+            }
+    return names
 
 
 def test_every_console_url_is_covered():

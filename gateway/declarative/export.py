@@ -107,7 +107,34 @@ def export_state(*, members: bool = True) -> tuple[dict[str, Any], list[str]]:
         entry.update(policy.spec)
         policies.append(entry)
 
-    state = {"groups": groups, "connections": connections, "agents": agents, "policies": policies}
+    from policies.masking_actions import bindings_of
+    from policies.models import MaskingPolicy
+
+    masking = []
+    for masking_policy in MaskingPolicy.objects.order_by("name"):
+        entry = {"name": masking_policy.name}
+        if masking_policy.description:
+            entry["description"] = masking_policy.description
+        bound = bindings_of(masking_policy)
+        defaults = [c for c, g in bound if g is None]
+        if defaults:
+            entry["connections"] = defaults
+        by_group: dict[str, list[str]] = {}
+        for connection, group in bound:
+            if group is not None:
+                by_group.setdefault(group, []).append(connection)
+        if by_group:
+            entry["groups"] = [{"group": g, "connections": c} for g, c in sorted(by_group.items())]
+        entry.update(masking_policy.spec)
+        masking.append(entry)
+
+    state = {
+        "groups": groups,
+        "connections": connections,
+        "agents": agents,
+        "policies": policies,
+        "masking": masking,
+    }
     return state, variables
 
 

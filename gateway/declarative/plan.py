@@ -63,6 +63,8 @@ class Change:
 class ApplyResult:
     changes: list[Change]
     dry_run: bool
+    # Not errors, but worth knowing (a reviewer group with nobody in it yet).
+    warnings: list[Problem] = field(default_factory=list)
 
     @property
     def changed(self) -> bool:
@@ -118,8 +120,9 @@ def apply_config(
         if problems:
             raise ConfigError(sorted(problems, key=lambda p: (p.line or 10**9, p.path)))
         changes = plan_changes(state, prune=prune)
+        warnings = _with_lines(root, reviewer_warnings(state))
         if dry_run:
-            return ApplyResult(changes=changes, dry_run=True)
+            return ApplyResult(changes=changes, dry_run=True, warnings=warnings)
         for change in changes:
             try:
                 change.run(actor)
@@ -144,7 +147,7 @@ def apply_config(
                 prune=prune,
                 changes=[str(change) for change in changes],
             )
-    return ApplyResult(changes=changes, dry_run=False)
+    return ApplyResult(changes=changes, dry_run=False, warnings=warnings)
 
 
 def _with_lines(root: Any, problems: list[Problem]) -> list[Problem]:
@@ -186,9 +189,8 @@ def check_references(state: DesiredState, *, prune: bool) -> list[Problem]:
     db_policies = set(Policy.objects.values_list("name", flat=True))
     usable_policies = file_policies if pruning_policies else file_policies | db_policies
     for policy in state.policies:
-        for reviewer_group, path in policy.reviewer_groups:
-            if reviewer_group not in known_groups:
-                problems.append(Problem(path, f"unknown reviewer group {reviewer_group!r}"))
+        # The engine's own check (every problem by path), with the groups that will exist.
+        problems.extend(policy.compile_problems(known_groups))
 
     for conn in state.connections:
         group_refs(conn.groups, f"{conn.path}.groups")
@@ -206,6 +208,12 @@ def check_references(state: DesiredState, *, prune: bool) -> list[Problem]:
             if username and username not in known_users:
                 problems.append(Problem(f"{agent.path}.{key}", f"no person with username {username!r}"))
 
+    db_connections = set(Connection.objects.values_list("name", flat=True))
+    file_connections = {c.name for c in state.connections}
+    for masking in state.masking:
+        for connection, _group, where in masking.bindings:
+            if connection not in file_connections | db_connections:
+                problems.append(Problem(where, f"no connection named {connection!r}"))
     if pruning_policies and not (prune and "connections" in state.sections):
         # Connections stay that the file does not describe; they must not lose their policy.
         kept = Connection.objects.exclude(policy=None).exclude(policy__name__in=file_policies)
@@ -221,6 +229,38 @@ def check_references(state: DesiredState, *, prune: bool) -> list[Problem]:
     return problems
 
 
+def reviewer_warnings(state: DesiredState) -> list[Problem]:
+    """Reviewer groups that will exist but have no active person in them.
+
+    Not an error for ``apply``: membership often arrives later (OIDC logins set groups),
+    and the file may be applied before anyone logged in. But until someone is in the
+    group, the gateway and the console refuse the policy (a review nobody can approve).
+    """
+    file_members = {g.name: g.members for g in state.groups if g.members is not None}
+    mentioned = {name for members in file_members.values() for name in members}
+    active = set(
+        User.objects.filter(username__in=mentioned, is_active=True).values_list("username", flat=True)
+    )
+    staffed = {name for name, members in file_members.items() if active & set(members)}
+    db_staffed = set(
+        Group.objects.filter(user__is_active=True)
+        .exclude(name__in=file_members)
+        .values_list("name", flat=True)
+    )
+    warnings = []
+    for policy in state.policies:
+        for group, path in policy.reviewer_groups:
+            if group not in staffed and group not in db_staffed:
+                warnings.append(
+                    Problem(
+                        path,
+                        f"reviewer group {group!r} has no active members yet: the policy is refused "
+                        "until someone is in it",
+                    )
+                )
+    return warnings
+
+
 # --- the plan -----------------------------------------------------------------------
 
 
@@ -234,6 +274,7 @@ def plan_changes(state: DesiredState, *, prune: bool) -> list[Change]:
         changes.extend(_plan_connection(conn))
     for agent in state.agents:
         changes.extend(_plan_agent(agent))
+    changes.extend(_plan_masking(state, prune=prune))
     if prune:
         changes.extend(_plan_prune(state))
     return changes
@@ -283,6 +324,49 @@ def _plan_policy(spec: PolicySpec) -> list[Change]:
     if spec.description != policy.description:
         details.append("description changed")
     return [Change("policy", spec.name, "update", details, spec.path, run)] if details else []
+
+
+def _plan_masking(state: Any, *, prune: bool) -> list[Change]:
+    from policies import masking_actions
+    from policies.models import MaskingPolicy
+
+    changes: list[Change] = []
+    if prune and "masking" in state.sections:
+        keep = {m.name for m in state.masking}
+        for policy in MaskingPolicy.objects.exclude(name__in=keep).order_by("name"):
+            changes.append(
+                Change(
+                    "masking",
+                    policy.name,
+                    "delete",
+                    [],
+                    "",
+                    lambda actor, policy=policy: masking_actions.do_delete_masking_policy(actor, policy),
+                )
+            )
+    for spec in state.masking:
+        wanted = sorted(((c, g) for c, g, _ in spec.bindings), key=lambda b: (b[0], b[1] or ""))
+
+        def run(actor: Any, spec: Any = spec, wanted: list[Any] = wanted) -> None:
+            masking_actions.do_save_masking_policy(
+                actor, spec.name, spec.spec, description=spec.description, bindings=wanted
+            )
+
+        policy = MaskingPolicy.objects.filter(name=spec.name).first()
+        if policy is None:
+            changes.append(Change("masking", spec.name, "create", [], spec.path, run))
+            continue
+        details = []
+        if policy_actions.canonical_spec(spec.spec) != policy_actions.canonical_spec(policy.spec):
+            details.append(f"spec changed: new version {policy.version + 1}")
+        if spec.description != policy.description:
+            details.append("description changed")
+        if wanted != masking_actions.bindings_of(policy):
+            details.append("connections or groups changed")
+        if details:
+            changes.append(Change("masking", spec.name, "update", details, spec.path, run))
+    # Bindings move between policies: a policy giving a scope up runs before the one taking it.
+    return sorted(changes, key=lambda c: c.op != "delete")
 
 
 def _diff(label: str, old: Any, new: Any) -> str:

@@ -20,9 +20,10 @@ from typing import Any
 
 from gateway.declarative.loader import Mapping, Problem, line_of, plain
 from gateway.options import KINDS, SECRET_FIELDS, host_problem, option_problems
+from policies.engine import PolicyError, compile_policy
 from policies.spec import SPEC_KEYS, validate_policy_spec
 
-SECTIONS = ("groups", "connections", "agents", "policies")
+SECTIONS = ("groups", "connections", "agents", "policies", "masking")
 
 GROUP_KEYS = ("name", "members")
 CONNECTION_KEYS = (
@@ -104,8 +105,39 @@ class PolicySpec:
     spec: dict[str, Any]
     path: str
     description: str = ""
-    # Reviewer groups named by review rules, with the path of each mention.
+    # Reviewer groups named by the policy and its review rules, with the path of each mention.
     reviewer_groups: list[tuple[str, str]] = field(default_factory=list)
+    # No structural problem: the spec can be compiled (see ``compile_problems``).
+    well_formed: bool = True
+
+    def compile_problems(self, known_groups: set[str]) -> list[Problem]:
+        """What ``compile_policy`` finds with ``known_groups``, each named by its path."""
+        if not self.well_formed:
+            # The structural problems are reported already; compiling would repeat them.
+            # The reviewer groups are still checked, so that one run lists everything.
+            return [
+                Problem(path, f"reviewer group {group!r} does not exist or has no members")
+                for group, path in self.reviewer_groups
+                if group not in known_groups
+            ]
+        try:
+            compile_policy(self.name, 0, self.spec, known_groups=known_groups, path=self.path)
+        except PolicyError as exc:
+            return [Problem(path, message) for path, message in exc.problems]
+        return []
+
+
+@dataclass
+class MaskingSpec:
+    name: str
+    spec: dict[str, Any]
+    path: str
+    description: str = ""
+    # (connection, group or None), each with its path in the file.
+    bindings: list[tuple[str, str | None, str]] = field(default_factory=list)
+
+
+MASKING_KEYS = ("name", "description", "connections", "groups")
 
 
 @dataclass
@@ -117,6 +149,7 @@ class DesiredState:
     connections: list[ConnectionSpec] = field(default_factory=list)
     agents: list[AgentSpec] = field(default_factory=list)
     policies: list[PolicySpec] = field(default_factory=list)
+    masking: list[MaskingSpec] = field(default_factory=list)
 
 
 class _Checker:
@@ -290,6 +323,7 @@ def check_document(root: Any, resolve: Resolve) -> tuple[DesiredState, list[Prob
     _check_policies(check, root, state)
     _check_connections(check, root, state)
     _check_agents(check, root, state)
+    _check_masking(check, root, state)
     return state, sorted(check.problems, key=lambda p: (p.line or 10**9, p.path))
 
 
@@ -337,6 +371,12 @@ def _check_policies(check: _Checker, root: dict[Any, Any], state: DesiredState) 
                 )
         _check_nested_duplicates(check, item, path)
         reviewers: list[tuple[str, str]] = []
+        if isinstance(spec.get("reviewers"), list):
+            reviewers.extend(
+                (group, f"{path}.reviewers[{n}]")
+                for n, group in enumerate(spec["reviewers"])
+                if isinstance(group, str)
+            )
         rules = spec.get("rules")
         if isinstance(rules, list):
             for index, rule in enumerate(rules):
@@ -350,7 +390,12 @@ def _check_policies(check: _Checker, root: dict[Any, Any], state: DesiredState) 
         if name:
             state.policies.append(
                 PolicySpec(
-                    name=name, spec=spec, path=path, description=description, reviewer_groups=reviewers
+                    name=name,
+                    spec=spec,
+                    path=path,
+                    description=description,
+                    reviewer_groups=reviewers,
+                    well_formed=not spec_problems,
                 )
             )
 
@@ -488,3 +533,47 @@ def _check_agents(check: _Checker, root: dict[Any, Any], state: DesiredState) ->
         )
         if name:
             state.agents.append(spec)
+
+
+def _check_masking(check: _Checker, root: dict[Any, Any], state: DesiredState) -> None:
+    """``masking:`` entries: a name, the connections it is the default of, the
+    ``groups: [{group, connections}]`` it overrides the default for, and the spec keys of
+    ``masking.validate_masking_spec`` (validated by their path in the file)."""
+    from masking import validate_masking_spec
+
+    seen: dict[str, str] = {}
+    scopes: dict[tuple[str, str | None], str] = {}
+    for path, item in check.entries(root, "masking"):
+        name = check.object_name(item, path, _POLICY_NAME, seen)
+        description = item.get("description", "")
+        if not isinstance(description, str):
+            check.add(f"{path}.description", "must be a string")
+            description = ""
+        spec = {k: v for k, v in item.items() if k not in MASKING_KEYS}
+        for problem_path, message in validate_masking_spec(spec, path):
+            check.add(problem_path, message)
+        bindings: list[tuple[str, str | None, str]] = []
+        for connection in check.name_list(item, "connections", path):
+            bindings.append((connection, None, f"{path}.connections"))
+        groups = item.get("groups", [])
+        if not isinstance(groups, list):
+            check.add(f"{path}.groups", "must be a list of {group, connections}")
+            groups = []
+        for index, entry in enumerate(groups):
+            entry_path = f"{path}.groups[{index}]"
+            if not isinstance(entry, dict) or not isinstance(entry.get("group"), str) or not entry["group"]:
+                check.add(entry_path, "must be a mapping with a group name and connections")
+                continue
+            check.keys(entry, entry_path, ("group", "connections"))
+            for connection in check.name_list(entry, "connections", entry_path):
+                bindings.append((connection, entry["group"], f"{entry_path}.connections"))
+        for connection, group, where in bindings:
+            other = scopes.get((connection, group))
+            if other is not None:
+                scope = f"group {group!r}" if group else "every agent"
+                check.add(
+                    where, f"connection {connection!r} already has a masking policy for {scope} ({other})"
+                )
+            scopes[(connection, group)] = where
+        if name:
+            state.masking.append(MaskingSpec(name, spec, path, description, bindings))

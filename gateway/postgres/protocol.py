@@ -373,3 +373,71 @@ def command_rows(tag: str) -> int | None:
     """Rows returned or affected, from a CommandComplete tag ("SELECT 5", "INSERT 0 3")."""
     last = tag.rpartition(" ")[2]
     return int(last) if last.isdigit() else None
+
+
+# --- masking support ---------------------------------------------------------------------
+
+_ROW_FIELD = struct.Struct("!IhIhih")
+
+
+def parse_row_fields(body: bytes) -> list[tuple[str, int, int, int, int]]:
+    """Every field of a RowDescription: (name, table OID, column number, type OID, format)."""
+    count = _I16.unpack_from(body, 0)[0]
+    pos = 2
+    fields = []
+    for _ in range(count):
+        name, pos = read_cstring(body, pos)
+        table, attnum, type_oid, _size, _mod, fmt = _ROW_FIELD.unpack_from(body, pos)
+        pos += 18
+        fields.append((name.decode("utf-8", "replace"), table, attnum, type_oid, fmt))
+    return fields
+
+
+def bind_result_formats(body: bytes) -> tuple[int, ...]:
+    """The result-column format codes of a Bind message, as sent (none, one, or one per column)."""
+    _, pos = read_cstring(body, 0)
+    _, pos = read_cstring(body, pos)
+    nformats = _I16.unpack_from(body, pos)[0]
+    pos += 2 + 2 * nformats
+    nparams = _I16.unpack_from(body, pos)[0]
+    pos += 2
+    for _ in range(nparams):
+        length = _I32.unpack_from(body, pos)[0]
+        pos += 4 + max(length, 0)
+    count = _I16.unpack_from(body, pos)[0]
+    if count < 0:
+        raise ProtocolError("Bind result format count is negative")
+    return tuple(struct.unpack_from(f"!{count}h", body, pos + 2)) if count else ()
+
+
+def data_row(values: Iterable[bytes | None]) -> bytes:
+    parts = []
+    count = 0
+    for value in values:
+        count += 1
+        if value is None:
+            parts.append(b"\xff\xff\xff\xff")
+        else:
+            parts.append(_I32.pack(len(value)))
+            parts.append(value)
+    body = _I16.pack(count) + b"".join(parts)
+    return _HEADER.pack(b"D", len(body) + 4) + body
+
+
+def parse_field_list(body: bytes) -> list[tuple[int, bytes]]:
+    """The fields of an ErrorResponse or NoticeResponse as raw ``(code, value)`` pairs, in order."""
+    fields: list[tuple[int, bytes]] = []
+    pos = 0
+    n = len(body)
+    while pos < n and body[pos] != 0:
+        end = body.find(b"\x00", pos + 1)
+        if end < 0:
+            raise ProtocolError("unterminated error or notice field")
+        fields.append((body[pos], body[pos + 1 : end]))
+        pos = end + 1
+    return fields
+
+
+def field_list_message(typ: bytes, fields: Iterable[tuple[int, bytes]]) -> bytes:
+    body = b"".join(bytes((code,)) + value.replace(b"\x00", b"") + b"\x00" for code, value in fields)
+    return message(typ, body + b"\x00")

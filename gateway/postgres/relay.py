@@ -19,26 +19,51 @@ rest of the batch up to Sync is, and an open transaction is aborted in both case
 from __future__ import annotations
 
 import base64
+import re
 import secrets
 import struct
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from gateway.postgres import protocol as pg
 from gateway.postgres.protocol import ProtocolError
-from gateway.postgres.sqltext import split_statements, touches_prepared_statements
+from gateway.postgres.sqltext import prepared_names_touched, split_statements
 from gateway.postgres.values import param_text
-from policies.sql import apply_session_effects, forget_prepared, remember_prepared
+from masking import MaskingError
+from policies.sql import (
+    UnsupportedStartupOption,
+    apply_session_effects,
+    forget_prepared,
+    remember_prepared,
+    startup_statements,
+)
 from policies.types import Action, Decision, Request
 
+if TYPE_CHECKING:
+    from masking import MaskingPolicy, ResultMasker
+
 _U32 = struct.Struct("!I")
+_U16 = struct.Struct("!H")
+# Without a classification: statements that may rename or drop what the catalog cache knows.
+_DDL = re.compile(r"\s*(ALTER|DROP|CREATE|COMMENT|DO|CALL|EXECUTE)\b", re.IGNORECASE)
 
 # FIFO entry kinds: client messages that the server answers, in the order it answers them.
 PARSE, BIND, DESCRIBE, EXECUTE, CLOSE, SYNC, QUERY, COPY_END = range(8)
 _EFFECTS = (PARSE, BIND, CLOSE)
 
+WRITE_OPERATIONS = frozenset({"write", "ddl", "dcl", "admin", "procedural"})
+WRITE_BACK_REFUSED = (
+    "this statement would write a masked placeholder (such as [EMAIL]) back into the database; "
+    "Airlock refuses it so that masked values never replace real data"
+)
+MASKING_FAILED = "the result was withheld because Airlock could not mask it"
+
+STARTUP_REVIEW_REFUSED = (
+    "this startup setting needs a reviewer's approval, which cannot be asked before the session "
+    "exists: connect without it and SET it in the session"
+)
 FUNCTION_CALL_REFUSED = (
     "the FunctionCall protocol message is not allowed through Airlock (it runs a function with no SQL "
     "text to inspect); call the function in a SELECT instead"
@@ -64,7 +89,20 @@ class SessionEnded(Exception):
 class _Statement:
     """One decided statement, followed until its result is known."""
 
-    __slots__ = ("columns", "decision", "rows", "sample", "started", "text")
+    __slots__ = (
+        "columns",
+        "copy",
+        "decision",
+        "fields",
+        "masked",
+        "masker",
+        "portal",
+        "rows",
+        "sample",
+        "started",
+        "text",
+        "withheld",
+    )
 
     def __init__(self, text: str, decision: Decision, started: float) -> None:
         self.text = text
@@ -73,10 +111,19 @@ class _Statement:
         self.rows = 0
         self.columns: list[tuple[str, int]] | None = None
         self.sample: list[list[Any]] = []
+        # Masking: the RowDescription fields of a simple Query's result, the portal an
+        # Execute runs, the result's masker, the values masked per entity, and why the
+        # result is withheld (a masking failure: the agent gets an error, not the rows).
+        self.fields: list[tuple[str, int, int, int, int]] | None = None
+        self.portal: bytes | None = None
+        self.masker: ResultMasker | None = None
+        self.masked: dict[str, int] = {}
+        self.withheld: str | None = None
+        self.copy = False
 
 
 class _Entry:
-    __slots__ = ("batch", "denial", "index", "kind", "name", "statements", "target", "value")
+    __slots__ = ("batch", "denial", "extra", "index", "kind", "name", "statements", "target", "value")
 
     def __init__(self, kind: int, batch: int) -> None:
         self.kind = kind
@@ -87,6 +134,7 @@ class _Entry:
         self.statements: list[_Statement] = []
         self.index = 0  # which statement of a Query the server is answering
         self.denial: Decision | None = None
+        self.extra: Any = None
 
 
 class ReviewNeeded:
@@ -134,6 +182,7 @@ class Relay:
         result_rows: int,
         session_state: dict[str, Any] | None = None,
         clock: Callable[[], float] = time.perf_counter,
+        masking: MaskingPolicy | None = None,
     ) -> None:
         self.decider = decider
         self.recorder = recorder
@@ -167,9 +216,65 @@ class Relay:
         self.blocked: str | ReviewNeeded | None = None
         self.ended: str | None = None
         self.parameters: dict[str, str] = {}
+        # Masking (None: off). Column identities come from a catalog of table OIDs that
+        # the session fills on request: ``needs_catalog`` holds the OIDs to look up while
+        # server output waits; ``supply_catalog`` answers.
+        self.masking = masking
+        self.uses_identity = masking is not None and masking.uses_column_identity
+        self.catalog: dict[int, tuple[str, dict[int, str]]] = {}
+        self._unresolved: set[int] = set()
+        self.needs_catalog: frozenset[int] | None = None
+        self._maskers: dict[Any, ResultMasker] = {}
+        self._stmt_fields: dict[bytes, list[tuple[str, int, int, int, int]] | None] = {}
+        self._portal_fields: dict[bytes, list[tuple[str, int, int, int, int]] | None] = {}
+        self._portal_formats: dict[bytes, tuple[int, ...]] = {}
+        self._startup_effects: list[tuple[str, ...]] = []
         # Told when a statement's outcome is known: (its decision, succeeded, command tag or
         # "ERROR <SQLSTATE>"). The approvals machinery reports the run of an approved one.
         self.on_statement_done: Callable[[Decision, bool, str], None] | None = None
+
+    # --- before the first message --------------------------------------------------------
+
+    def judge_startup(self, parameters: dict[str, str]) -> Decision | None:
+        """Decide on the startup packet's settings as the ``SET`` statements they amount to.
+
+        A startup parameter sets a run-time setting before any statement is sent (SQL-10),
+        so each is judged like the ``SET`` it amounts to (``policies.sql.startup_statements``)
+        and recorded. Returns the first decision that is not an allow (the login must be
+        refused: there is no session yet to hold a review in), or None.
+        """
+        try:
+            statements = startup_statements(parameters)
+        except UnsupportedStartupOption as exc:
+            return Decision(action=Action.DENY, rule=None, message=str(exc))
+        scratch: dict[str, Any] = {}
+        for text in statements:
+            decision = self.decider.decide(self.decider.request(text, (), scratch))
+            if decision.action is Action.REVIEW:
+                decision = Decision(
+                    action=Action.DENY,
+                    rule=decision.rule,
+                    message=STARTUP_REVIEW_REFUSED,
+                    policy=decision.policy,
+                    policy_version=decision.policy_version,
+                )
+            self._record_statement(text, (), decision, "startup")
+            if decision.action is not Action.ALLOW:
+                return decision
+            self._startup_effects.extend(decision.session_effects)
+        return None
+
+    def seed_search_path(self, schemas: tuple[str, ...] | None) -> None:
+        """Start the engine's ``search_path`` from the server's own (``current_schemas``).
+
+        The server's path already holds what the startup packet set; the judged startup
+        effects are added as well (the engine's path only grows). ``None``: the server was
+        not asked, the engine starts from its default. An empty path (no schema of it
+        exists) becomes "any schema": unqualified names are then never taken for known ones.
+        """
+        if schemas is not None:
+            self.state["search_path"] = tuple(schemas) or ("*",)
+        apply_session_effects(self.state, self._startup_effects)
 
     # --- client -> server ----------------------------------------------------------------
 
@@ -280,8 +385,10 @@ class Relay:
             remember_prepared(self.state, name.decode("utf-8", "replace"), text)
             return None
         if typ == pg.MSG_DESCRIBE:
-            pg.parse_name_after_kind(body)
-            self._push(DESCRIBE)
+            kind, name = pg.parse_name_after_kind(body)
+            entry = self._push(DESCRIBE)
+            entry.target = kind
+            entry.name = name
             return None
         if typ == pg.MSG_CLOSE:
             kind, name = pg.parse_name_after_kind(body)
@@ -335,7 +442,7 @@ class Relay:
             start, end = spans[index]
             statement = text[start:end]
             request = self.decider.request(statement, (), self.state)
-            decision = held.override or self.decider.decide(request)
+            decision = self._guard_write_back(held.override or self.decider.decide(request), statement, ())
             held.override = None
             if decision.action is Action.REVIEW:
                 self._held = held
@@ -384,6 +491,8 @@ class Relay:
         entry = self._push(BIND)
         entry.name = portal
         entry.value = (text, params)
+        if self.masking is not None:
+            entry.extra = (statement, pg.bind_result_formats(body))
         self._effects.append(entry)
         self.portals[portal] = (text, params)
         return None
@@ -404,14 +513,16 @@ class Relay:
             statement, params = bound
         held = self._held or _Held()
         request = self.decider.request(statement, params, self.state)
-        decision = held.override or self.decider.decide(request)
+        decision = self._guard_write_back(held.override or self.decider.decide(request), statement, params)
         if decision.action is Action.REVIEW:
             self._held = held
             self.blocked = ReviewNeeded(request, decision)
             return _HOLD
         self._held = None
         record = self._record_statement(statement, params, decision, "extended")
+        record.portal = portal
         entry = self._push(EXECUTE)
+        entry.name = portal
         entry.statements = [record]
         if decision.action is not Action.ALLOW:
             entry.denial = decision
@@ -421,13 +532,53 @@ class Relay:
         self._after_allowed(statement, decision)
         return None
 
+    def _guard_write_back(
+        self, decision: Decision, statement: str, params: tuple[str | None, ...]
+    ) -> Decision:
+        """Deny a statement that would write a masked placeholder back into the database."""
+        masking = self.masking
+        if masking is None or decision.action is Action.DENY:
+            return decision
+        try:
+            found = masking.contains_placeholder(statement) or any(
+                p is not None and masking.contains_placeholder(p) for p in params
+            )
+        except MaskingError:
+            found = True  # cannot tell: treat as holding one
+        if not found:
+            return decision
+        operations = decision.classification.get("operations")
+        # Without a classification (no policy engine) the statement may write: fail closed.
+        if operations is not None and not WRITE_OPERATIONS.intersection(operations):
+            return decision
+        return Decision(
+            action=Action.DENY,
+            rule="masking-write-back",
+            message=WRITE_BACK_REFUSED,
+            policy=decision.policy,
+            policy_version=decision.policy_version,
+            classification=decision.classification,
+        )
+
     def _after_allowed(self, statement: str, decision: Decision) -> None:
+        operations = decision.classification.get("operations")
+        if self.catalog and ("ddl" in operations if operations is not None else _DDL.match(statement)):
+            # A table or column renamed or dropped: look identities up afresh.
+            self.catalog.clear()
+            self._maskers.clear()
         if decision.session_effects:
             # Applied when the statement is sent rather than when it succeeds: the
             # engine's session state only ever grows, so this errs on the strict side.
             apply_session_effects(self.state, decision.session_effects)
-        if touches_prepared_statements(statement):
+        names = prepared_names_touched(statement)
+        if names is None:
             self._forget_statement_names()
+        else:
+            for name in names:
+                raw = name.encode()
+                self.statements.pop(raw, None)
+                self._types.pop(raw, None)
+                self._stmts.pop(raw, None)
 
     def _marker_sql(self) -> str:
         return f"SELECT '{self._marker}'::pg_catalog.int4"
@@ -442,12 +593,16 @@ class Relay:
     def _record_statement(
         self, text: str, params: tuple[str | None, ...], decision: Decision, via: str
     ) -> _Statement:
+        shown_text, shown_params = self._mask_for_record(text, params)
         payload: dict[str, Any] = {
-            "text": text,
-            "params": list(params),
+            "text": shown_text,
+            "params": shown_params,
             "protocol": via,
             "action": decision.action.value,
             "rule": decision.rule,
+            # Which policy version decided (a session keeps the version it logged in with).
+            "policy": decision.policy,
+            "policy_version": decision.policy_version,
         }
         self.recorder.append("statement", payload)
         if decision.action is not Action.ALLOW:
@@ -459,10 +614,30 @@ class Relay:
                     "policy": decision.policy,
                     "policy_version": decision.policy_version,
                     "message": decision.message,
-                    "statement": text,
+                    "statement": shown_text,
                 },
             )
-        return _Statement(text, decision, self.clock())
+        return _Statement(shown_text, decision, self.clock())
+
+    def _mask_for_record(self, text: str, params: tuple[str | None, ...]) -> tuple[str, list[str | None]]:
+        masking = self.masking
+        if masking is None:
+            return text, list(params)
+        try:
+            shown = masking.mask_text(text)[0]
+            return shown, [None if p is None else masking.mask_text(p)[0] for p in params]
+        except MaskingError:
+            return "<statement withheld: it could not be masked>", ["<withheld>" for _ in params]
+
+    def _mask_text(self, text: str) -> str:
+        """Free text headed for the agent or the recording, masked (withheld if that fails)."""
+        masking = self.masking
+        if masking is None or not text:
+            return text
+        try:
+            return masking.mask_text(text)[0]
+        except MaskingError:
+            return "<withheld: it could not be masked>"
 
     @staticmethod
     def _apply_close(
@@ -491,6 +666,10 @@ class Relay:
     # --- server -> client ----------------------------------------------------------------
 
     def from_server(self, data: bytes) -> bytes:
+        if self.needs_catalog is not None:
+            # Output waits while column identities are looked up.
+            self._sbuf += data
+            return b""
         if self._skip:
             # The rest of a large DataRow/CopyData passes through unread.
             if len(data) <= self._skip:
@@ -517,6 +696,31 @@ class Relay:
             if length < 4:
                 raise ProtocolError(f"server sent an invalid message length {length}")
             end = pos + 1 + length
+            if self.masking is not None and typ in (68, 100, 84):
+                # Masking reads every row (and COPY line) whole before any of it goes on.
+                if end > n:
+                    if length > self.max_message:
+                        raise pg.MessageTooLarge(f"server message of {length} bytes exceeds the limit")
+                    break
+                if typ == 84 and self.uses_identity and self._needs_lookup(data[pos + 5 : end]):
+                    break
+                if typ != 84:
+                    try:
+                        stop, replacement = (
+                            self._mask_data_rows(data, pos, n)
+                            if typ == 68
+                            else self._mask_copy(data, pos, end)
+                        )
+                    except (struct.error, IndexError, ValueError) as exc:
+                        raise ProtocolError(
+                            f"malformed {chr(typ)!r} message from the server: {exc}"
+                        ) from None
+                    if replacement is not None:
+                        out.append(data[run:pos])
+                        out.append(replacement)
+                        run = stop
+                    pos = stop
+                    continue
             if typ == 68:  # 'D' DataRow: the bulk of any result
                 record = _current(self._fifo[0] if self._fifo else None)
                 if record is not None:
@@ -557,10 +761,200 @@ class Relay:
         if pos < n:
             self._sbuf += data[pos:]
             self._sneed = 5 if n - pos < 5 else 1 + unpack(data, pos + 1)[0]
+            if self.needs_catalog is not None:
+                self._sneed = 0
         if run == 0 and pos == n:
             return data
         out.append(data[run:pos])
         return b"".join(out)
+
+    # --- masking ---------------------------------------------------------------------------
+
+    def _needs_lookup(self, body: bytes) -> bool:
+        """Whether a RowDescription names tables whose identity is not known yet (if so,
+        output stops here until ``supply_catalog``)."""
+        missing = {
+            table
+            for _, table, _, _, _ in pg.parse_row_fields(body)
+            if table and table not in self.catalog and table not in self._unresolved
+        }
+        if not missing:
+            return False
+        self.needs_catalog = frozenset(missing)
+        return True
+
+    def supply_catalog(self, found: dict[int, tuple[str, dict[int, str]]] | None) -> None:
+        """Answer ``needs_catalog``: table OID -> (schema.table, {column number: name}); None
+        when the lookup failed (results over those tables are then withheld). Then call
+        ``from_server(b"")`` to go on."""
+        wanted = self.needs_catalog or frozenset()
+        self.needs_catalog = None
+        if found is None:
+            self._unresolved |= wanted
+            return
+        self.catalog.update(found)
+        for table in wanted - found.keys():
+            # Not a table any more (dropped): its columns have no identity.
+            self.catalog[table] = ("", {})
+
+    def _identities(
+        self, fields: list[tuple[str, int, int, int, int]]
+    ) -> list[tuple[str, str] | None] | None:
+        """Column identities of a result; None when one cannot be resolved (fail closed)."""
+        if not self.uses_identity:
+            return [None] * len(fields)
+        identities: list[tuple[str, str] | None] = []
+        for _, table, attnum, _, _ in fields:
+            if not table:
+                identities.append(None)
+                continue
+            entry = self.catalog.get(table)
+            if entry is None:
+                return None
+            name, columns = entry
+            column = columns.get(attnum) if name else None
+            identities.append((name, column) if column is not None else None)
+        return identities
+
+    def _build_masker(
+        self,
+        record: _Statement,
+        fields: list[tuple[str, int, int, int, int]] | None,
+        formats: tuple[int, ...] | None,
+        ncols: int | None = None,
+    ) -> None:
+        masking = self.masking
+        if masking is None or record.masker is not None or record.withheld:
+            return
+        if fields is None:
+            # A portal of a statement the client never described (SQL PREPARE, then Bind by
+            # name): without column rules, content detection needs only the values, as
+            # long as every column is in text format; anything else is withheld.
+            if ncols is None or self.uses_identity or any(formats or ()):
+                record.withheld = "the result's columns were not described"
+                return
+            fields = [("", 0, 0, 0, 0)] * ncols
+        identities = self._identities(fields)
+        if identities is None:
+            record.withheld = "the result's columns could not be identified"
+            return
+        types = tuple(f[3] for f in fields)
+        fmts = tuple(f[4] for f in fields) if formats is None else formats
+        key = (tuple(identities), types, fmts)
+        masker = self._maskers.get(key)
+        if masker is None:
+            try:
+                masker = masking.result_masker(identities, type_oids=types, formats=fmts)
+            except MaskingError:
+                record.withheld = "the result could not be masked"
+                return
+            if len(self._maskers) > 256:
+                self._maskers.clear()
+            self._maskers[key] = masker
+        record.masker = masker
+
+    def _record_for_rows(self) -> tuple[_Statement | None, _Entry | None]:
+        entry = self._fifo[0] if self._fifo else None
+        return _current(entry), entry
+
+    def _mask_data_rows(self, data: bytes, pos: int, n: int) -> tuple[int, bytes | None]:
+        """Mask the run of whole DataRows starting at ``pos``: (where the run ends, the
+        bytes to send instead, or None when nothing changed)."""
+        unpack = _U32.unpack_from
+        bodies = []
+        while n - pos >= 5 and data[pos] == 68:
+            end = pos + 1 + unpack(data, pos + 1)[0]
+            if end > n:
+                break
+            bodies.append(data[pos + 5 : end])
+            pos = end
+        record, entry = self._record_for_rows()
+        if record is None or entry is None:
+            raise ProtocolError("data rows out of step with the client's messages")
+        if entry.kind == EXECUTE and record.masker is None and not record.withheld:
+            portal = record.portal or b""
+            ncols = _U16.unpack_from(bodies[0], 0)[0] if bodies else None
+            self._build_masker(
+                record, self._portal_fields.get(portal), self._portal_formats.get(portal, ()), ncols
+            )
+        elif record.masker is None and not record.withheld:
+            self._build_masker(record, record.fields, None)
+        record.rows += len(bodies)
+        masker = record.masker
+        if masker is None:
+            return pos, b""  # withheld: no row goes on
+        rows = [pg.parse_data_row(body) for body in bodies]
+        try:
+            masked, counts = masker.mask_rows(rows)
+        except MaskingError:
+            record.withheld = "the result could not be masked"
+            return pos, b""
+        if len(record.sample) < self.result_rows:
+            for row in masked[: self.result_rows - len(record.sample)]:
+                record.sample.append(self._sample_values(row, record))
+        if not counts:
+            return pos, None
+        total = record.masked
+        for entity, count in counts.items():
+            total[entity] = total.get(entity, 0) + count
+        parts = []
+        for body, original, new in zip(bodies, rows, masked, strict=True):
+            if tuple(original) == new:
+                parts.append(b"D" + _U32.pack(len(body) + 4) + body)
+            else:
+                parts.append(pg.data_row(new))  # type: ignore[arg-type]
+        return pos, b"".join(parts)
+
+    def _mask_copy(self, data: bytes, pos: int, end: int) -> tuple[int, bytes | None]:
+        """One CopyData line of COPY TO STDOUT, masked as free text."""
+        record, _ = self._record_for_rows()
+        if record is None or record.withheld or self.masking is None:
+            return end, b""
+        try:
+            masked, counts = self.masking.mask_text(data[pos + 5 : end])
+        except MaskingError:
+            record.withheld = "the copied data could not be masked"
+            return end, b""
+        if not counts:
+            return end, None
+        for entity, count in counts.items():
+            record.masked[entity] = record.masked.get(entity, 0) + count
+        return end, pg.message(b"d", masked)
+
+    def _on_copy_out(self, body: bytes) -> bytes | None:
+        record, _ = self._record_for_rows()
+        if record is None or self.masking is None:
+            return None
+        record.copy = True
+        if body[:1] != b"\x00":
+            record.withheld = "binary COPY output cannot be masked; use the text format"
+        elif self.uses_identity:
+            # COPY output carries no column identities, so column rules could not apply.
+            record.withheld = (
+                "COPY TO STDOUT is not available under a masking policy with column rules; use SELECT"
+            )
+        return b"" if record.withheld else None
+
+    def _masked_fields(self, typ: bytes, body: bytes) -> tuple[dict[str, str], bytes | None]:
+        """An ErrorResponse or NoticeResponse with its text fields masked (MSK-02: a value
+        echoed in an error message): its fields for the recording, and the message to send
+        instead (None when nothing changed)."""
+        masking = self.masking
+        raw = pg.parse_field_list(body)
+        changed = False
+        out: list[tuple[int, bytes]] = []
+        for code, value in raw:
+            if masking is not None and code not in _PLAIN_FIELDS and value:
+                try:
+                    masked, counts = masking.mask_text(value)
+                except MaskingError:
+                    masked, counts = b"<withheld: it could not be masked>", {"error": 1}
+                if counts:
+                    changed = True
+                    value = masked
+            out.append((code, value))
+        fields = {chr(code): value.decode("utf-8", "replace") for code, value in out}
+        return fields, pg.field_list_message(typ, out) if changed else None
 
     def _front(self) -> _Entry | None:
         fifo = self._fifo
@@ -581,41 +975,68 @@ class Relay:
             if front is None:
                 return None
             tag = data[start : end - 1].decode("utf-8", "replace") if typ == 67 else ""
+            record: _Statement | None = None
             if front.kind == QUERY:
                 if front.index < len(front.statements):
-                    self._record_result(front.statements[front.index], tag)
+                    record = front.statements[front.index]
+                    self._record_result(record, tag)
                 front.index += 1
             elif front.kind == EXECUTE:
-                self._record_result(front.statements[0], tag)
+                record = front.statements[0]
+                self._record_result(record, tag)
                 self._pop()
-            return None
+            return self._withheld_error(record)
         if typ == 90:  # 'Z' ReadyForQuery
             self._on_ready(data[start : start + 1])
             return None
         if typ == 49:  # '1' ParseComplete
             entry = self._expect(PARSE)
             self._stmts[entry.name] = entry.value
+            self._stmt_fields.pop(entry.name, None)
             return None
         if typ == 50:  # '2' BindComplete
             entry = self._expect(BIND)
             self._portals[entry.name] = entry.value
+            if entry.extra is not None:
+                statement, formats = entry.extra
+                self._portal_fields[entry.name] = self._stmt_fields.get(statement)
+                self._portal_formats[entry.name] = formats
             return None
         if typ == 84:  # 'T' RowDescription
             front = self._front()
             columns = pg.parse_row_description(data[start:end]) if self.result_rows else None
+            fields = pg.parse_row_fields(data[start:end]) if self.masking is not None else None
             if front is not None and front.kind == DESCRIBE:
                 self._last_columns = columns
+                if fields is not None:
+                    # A statement's description has no formats yet; the Bind gives them.
+                    target = self._portal_fields if front.target == ord("P") else self._stmt_fields
+                    target[front.name] = fields
                 self._pop()
             elif front is not None and front.kind == QUERY and front.index < len(front.statements):
-                front.statements[front.index].columns = columns
+                record = front.statements[front.index]
+                record.columns = columns
+                if fields is not None:
+                    record.fields = fields
+                    self._build_masker(record, fields, None)
+                    if record.withheld:
+                        return b""  # the error comes in place of the command tag
             return None
         if typ == 110:  # 'n' NoData
-            self._expect(DESCRIBE)
+            entry = self._expect(DESCRIBE)
+            if self.masking is not None:
+                target = self._portal_fields if entry.target == ord("P") else self._stmt_fields
+                target[entry.name] = []
             return None
         if typ == 115:  # 's' PortalSuspended
             entry = self._expect(EXECUTE)
             self._record_result(entry.statements[0], "", suspended=True)
-            return None
+            return self._withheld_error(entry.statements[0])
+        if typ == 72:  # 'H' CopyOutResponse
+            return self._on_copy_out(data[start:end])
+        if typ == 99:  # 'c' CopyDone (COPY TO STDOUT)
+            record, _ = self._record_for_rows()
+            return b"" if record is not None and record.withheld else None
         if typ == 51:  # '3' CloseComplete
             entry = self._expect(CLOSE)
             self._apply_close(self._stmts, self._portals, entry.target, entry.name)
@@ -623,24 +1044,27 @@ class Relay:
         if typ == 69:  # 'E' ErrorResponse
             return self._on_error(data[start:end])
         if typ == 78:  # 'N' NoticeResponse
-            fields = pg.parse_fields(data[start:end])
+            notice_fields, notice = self._masked_fields(b"N", data[start:end])
             self.recorder.append(
                 "notice",
                 {
-                    "severity": fields.get("V", ""),
-                    "code": fields.get("C", ""),
-                    "message": fields.get("M", ""),
+                    "severity": notice_fields.get("V", ""),
+                    "code": notice_fields.get("C", ""),
+                    "message": notice_fields.get("M", ""),
                 },
             )
-            return None
+            return notice
         if typ == 65:  # 'A' NotificationResponse
             body = data[start:end]
             channel, pos = pg.read_cstring(body, 4)
             payload, _ = pg.read_cstring(body, pos)
+            shown = self._mask_text(_decode(payload))
             self.recorder.append(
                 "notice",
-                {"notification": True, "channel": _decode(channel), "payload": _decode(payload)},
+                {"notification": True, "channel": _decode(channel), "payload": shown},
             )
+            if shown != _decode(payload):
+                return pg.message(b"A", body[:4] + pg.cstring(channel) + pg.cstring(shown))
             return None
         if typ == 83:  # 'S' ParameterStatus
             body = data[start:end]
@@ -677,6 +1101,8 @@ class Relay:
             raise ProtocolError("ReadyForQuery out of step with the client's messages")
         self._pop()
         self.state["transaction"] = {b"I": "idle", b"T": "in", b"E": "failed"}.get(status, "idle")
+        # A lookup that failed is tried again for the next statement.
+        self._unresolved.clear()
         if status == b"I":
             # Portals live until the end of their transaction (docs 55.2.3).
             self._portals.clear()
@@ -708,9 +1134,8 @@ class Relay:
             self._ignore_syncs = True
 
     def _on_error(self, body: bytes) -> bytes | None:
-        fields = pg.parse_fields(body)
+        fields, replacement = self._masked_fields(b"E", body)
         front = self._front()
-        replacement: bytes | None = None
         statement: _Statement | None = None
         denial: Decision | None = None
         if front is None or front.kind == SYNC:
@@ -734,6 +1159,8 @@ class Relay:
             detail = f'rule "{denial.rule}"' if denial.rule else ""
             if denial.policy:
                 detail += f" of policy {denial.policy}"
+                if denial.policy_version is not None:
+                    detail += f" version {denial.policy_version}"
             replacement = pg.error_response("42501", message, detail=detail.strip())
             fields = {"C": "42501", "M": message, "V": "ERROR"}
         self.recorder.append(
@@ -762,6 +1189,12 @@ class Relay:
         }
         if suspended:
             payload["suspended"] = True
+        if record.masked:
+            payload["masked"] = sum(record.masked.values())
+            payload["masked_entities"] = dict(sorted(record.masked.items()))
+            record.masked = {}
+        if record.withheld:
+            payload["withheld"] = record.withheld
         if record.sample:
             columns = record.columns or self._last_columns
             payload["columns"] = [c[0] for c in columns] if columns else []
@@ -771,6 +1204,39 @@ class Relay:
         record.rows = 0
         if self.on_statement_done is not None and not suspended:
             self.on_statement_done(record.decision, True, tag)
+
+    def _withheld_error(self, record: _Statement | None) -> bytes | None:
+        if record is None or not record.withheld:
+            return None
+        reason = record.withheld
+        record.withheld = None
+        record.masker = None
+        self.recorder.append(
+            "error",
+            {
+                "code": "XX000",
+                "message": f"{MASKING_FAILED}: {reason}",
+                "severity": "ERROR",
+                "statement": record.text,
+            },
+        )
+        return pg.error_response("XX000", f"{MASKING_FAILED}: {reason}")
+
+    def _sample_values(self, values: tuple[Any, ...], record: _Statement) -> list[Any]:
+        columns = record.columns or self._last_columns
+        row: list[Any] = []
+        for i, value in enumerate(values):
+            if value is None or isinstance(value, str):
+                row.append(value)
+                continue
+            if not (columns is not None and i < len(columns) and columns[i][1] == 1):
+                try:
+                    row.append(value.decode())
+                    continue
+                except UnicodeDecodeError:
+                    pass
+            row.append({"base64": base64.b64encode(value).decode()})
+        return row
 
     def _sample_row(self, body: bytes, record: _Statement) -> list[Any]:
         columns = record.columns or self._last_columns
@@ -796,6 +1262,8 @@ class _Hold:
 
 
 _HOLD = _Hold()
+# ErrorResponse/NoticeResponse fields that are never data: severity, code, positions, source.
+_PLAIN_FIELDS = frozenset(b"SVCPpFLR")
 # A DataRow larger than this is not kept whole just to record it.
 _SAMPLE_LIMIT = 1 << 20
 

@@ -35,7 +35,14 @@ from gateway.postgres.startup import (
     check_startup,
     parse_startup_packet,
 )
-from gateway.postgres.upstream import UpstreamError, UpstreamTarget, connect_upstream, send_cancel
+from gateway.postgres.upstream import (
+    Upstream,
+    UpstreamError,
+    UpstreamTarget,
+    connect_upstream,
+    current_search_path,
+    send_cancel,
+)
 from gateway.ratelimit import LoginThrottle
 from policies.types import Action, Decision
 
@@ -97,6 +104,7 @@ class Authorized:
     connection_name: str
     target: UpstreamTarget
     decision_point: DecisionPoint
+    masking: Any = None  # masking.MaskingPolicy (the agent's view), None when off
     # The connection's ``approval_mode`` option: "wait" holds a reviewed statement,
     # "return" refuses it at once naming the approval request (docs/approvals.md).
     approval_mode: str = "wait"
@@ -225,6 +233,17 @@ def _authorize(
     except Exception as exc:
         log.error("policy of connection %s cannot be loaded: %s", connection.name, exc)
         raise LoginFailed("XX000", f'the policy of connection "{connection.name}" cannot be loaded') from None
+    from gateway.masking_runtime import MaskingUnavailable, masking_for
+
+    try:
+        masking = masking_for(connection, groups)
+    except MaskingUnavailable as exc:
+        log.error("masking on connection %s for %s: %s", connection.name, agent.name, exc)
+        raise LoginFailed(
+            "XX000", f'masking on connection "{connection.name}" is not available: {exc}'
+        ) from None
+    # Approval cards and notifications mask what they show with it.
+    decision_point.masking = masking
     return Authorized(
         agent_id=agent.pk,
         agent_name=agent.name,
@@ -234,6 +253,7 @@ def _authorize(
         connection_name=connection.name,
         target=target,
         decision_point=decision_point,
+        masking=masking,
         approval_mode=str((connection.options or {}).get("approval_mode", "wait")),
     )
 
@@ -307,6 +327,9 @@ class PostgresGateway:
             )
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=grace_seconds)
+        from recordings.live import close_termination_listener
+
+        await close_termination_listener()
         if self._server is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), 1.0)
@@ -345,6 +368,9 @@ class Session:
         self._end_status = "ended"
         self._timer: asyncio.TimerHandle | None = None
         self._review_task: asyncio.Task[None] | None = None
+        self._catalog_task: asyncio.Task[None] | None = None
+        self.catalog: Any = None
+        self._watching_termination = False
         # Approvals: the gate of this session, the approved statement whose run is to be
         # reported, and a notice waiting for the client stream to reach a message boundary.
         self.review_gate: Any = None
@@ -405,6 +431,10 @@ class Session:
             self._timer.cancel()
         if self._review_task is not None:
             self._review_task.cancel()
+        if self._catalog_task is not None:
+            self._catalog_task.cancel()
+        if self.catalog is not None:
+            self.catalog.close()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 # Let the review cancel its request before the session's records close.
                 await asyncio.wait_for(self._review_task, 10)
@@ -421,6 +451,10 @@ class Session:
                 self.upstream.write(pg.message(b"X"))
             self.upstream.close()
         self.client.close()
+        if self._watching_termination:
+            from recordings.live import stop_watching
+
+            await stop_watching(self.recorder.session_id)
         if self.recorder is not None:
             try:
                 await self.recorder.close(reason=self._end_reason, status=self._end_status)
@@ -438,6 +472,10 @@ class Session:
         if status != "ended":
             log.info("session %s of %s ended: %s", self.peer, self.agent_name or "?", reason)
         self._done.set_result(None)
+        if self.relay is None:
+            # Still logging in: closing the socket ends the awaited read (after the
+            # error above is flushed).
+            self.client.close()
 
     def _client_lost(self, exc: Exception | None) -> None:
         self.end("client disconnected")
@@ -449,6 +487,16 @@ class Session:
             status="terminated",
             error=pg.fatal("08006", f'connection "{name}": the server closed the connection'),
         )
+
+    def terminated_by(self, by: str, reason: str) -> None:
+        """A person ended the session from the console (``recordings.live``, session.terminate)."""
+        from recordings.live import terminated_reason
+
+        why = terminated_reason(by, reason)
+        message = f"terminating connection: {why}"
+        if self.recorder is not None:
+            self.recorder.append("error", {"code": "57P01", "message": message, "severity": "FATAL"})
+        self.end(why, status="terminated", error=pg.fatal("57P01", message))
 
     def recording_failed(self, reason: str) -> None:
         # Strict recording: a session that cannot be recorded does not go on.
@@ -582,6 +630,22 @@ class Session:
             self.client.write(pg.fatal("58000", "the session cannot be recorded, so it is refused"))
             self._end_reason = "recording unavailable"
             return False
+        relay = Relay(
+            authorized.decision_point,
+            self.recorder,
+            max_message=self.limits.max_message,
+            result_rows=self.limits.result_rows,
+            masking=authorized.masking,
+        )
+        refusal = relay.judge_startup(startup.upstream_params)
+        if refusal is not None:
+            message = f"a startup setting is not allowed: {refusal.message}"
+            if refusal.rule:
+                message += f' (rule "{refusal.rule}")'
+            self.client.write(pg.fatal("42501", message))
+            self._end_reason = "startup setting refused"
+            return False
+        upstream: Upstream | None = None
         try:
             upstream = await connect_upstream(
                 authorized.target,
@@ -589,6 +653,10 @@ class Session:
                 max_message=self.limits.max_message,
                 wait_seconds=self.limits.connect_timeout,
             )
+            schemas = None
+            # The engine resolves unqualified names on the server's own search_path.
+            if getattr(authorized.decision_point, "policy", None) is not None:
+                schemas = await current_search_path(upstream, wait_seconds=self.limits.connect_timeout)
         except UpstreamError as exc:
             message = f'cannot connect to connection "{authorized.connection_name}": {exc}'
             self.recorder.append("error", {"code": "08006", "message": message, "severity": "FATAL"})
@@ -596,7 +664,10 @@ class Session:
             self._end_reason = "upstream unreachable"
             self._end_status = "terminated"
             log.warning("session of %s: %s", authorized.agent_name, message)
+            if upstream is not None:
+                upstream.link.abort()
             return False
+        relay.seed_search_path(schemas)
         self.upstream = upstream.link
         self.upstream_key = (upstream.pid, upstream.key)
         self.cancel_key = self.gateway.new_cancel_key(self)
@@ -605,13 +676,21 @@ class Session:
         out.extend(upstream.notices)
         out.append(pg.backend_key_data(*self.cancel_key))
         out.append(pg.ready_for_query(upstream.status))
-        self.relay = Relay(
-            authorized.decision_point,
-            self.recorder,
-            max_message=self.limits.max_message,
-            result_rows=self.limits.result_rows,
-        )
+        self.relay = relay
+        if self.relay.uses_identity:
+            from gateway.masking_runtime import CatalogLookup
+
+            self.catalog = CatalogLookup(
+                authorized.target,
+                max_message=self.limits.max_message,
+                wait_seconds=self.limits.connect_timeout,
+            )
         self.relay.parameters.update(upstream.parameters)
+        session_id = getattr(self.recorder, "session_id", None)
+        if session_id is not None:
+            from recordings.live import watch_for_termination
+
+            self._watching_termination = await watch_for_termination(session_id, self.terminated_by)
         self.relay.on_statement_done = self._statement_done
         self.review_gate = make_review_gate(authorized, getattr(self.recorder, "session_id", None))
         self.client.write(b"".join(out))
@@ -689,6 +768,9 @@ class Session:
             return
         if out:
             self.client.write(out)
+        if relay.needs_catalog is not None and self._catalog_task is None and self.upstream is not None:
+            self.upstream.pause_reading("catalog")
+            self._catalog_task = self._loop.create_task(self._lookup(relay.needs_catalog))
         if self._pending_notice and relay.client_at_message_boundary():
             notice, self._pending_notice = self._pending_notice, b""
             self.client.write(notice)
@@ -696,6 +778,25 @@ class Session:
             self._resume(relay.resume)
         if relay.ended is not None:
             self.end(relay.ended, status="terminated")
+
+    async def _lookup(self, oids: frozenset[int]) -> None:
+        """Resolve a result's table OIDs, then let the server's output go on."""
+        relay = self.relay
+        found = None
+        try:
+            found = await self.catalog.resolve(oids)
+        except Exception as exc:
+            # Results over these tables are withheld (fail closed); the next statement retries.
+            log.warning("session %s: column identities could not be resolved: %s", self.peer, exc)
+            if self.catalog is not None:
+                self.catalog.close()
+        self._catalog_task = None
+        if self._done.done() or relay is None or self.upstream is None:
+            return
+        relay.supply_catalog(found)
+        self._from_server(b"")
+        if relay.needs_catalog is None and not self.upstream.closed:
+            self.upstream.resume_reading("catalog")
 
     def _protocol_failure(self, exc: ProtocolError, side: str) -> None:
         log.warning("session %s of %s closed: %s (from the %s)", self.peer, self.agent_name, exc, side)

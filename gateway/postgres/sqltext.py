@@ -55,13 +55,40 @@ def _scanner_split(text: str) -> list[Span]:
 
 
 _NAMESPACE_WORDS = re.compile(r"(?i)\b(prepare|deallocate|discard)\b")
+_COMMENTS = ("C_COMMENT", "SQL_COMMENT")
 
 
-def touches_prepared_statements(statement: str) -> bool:
-    """True when the statement may create or drop SQL-level prepared statements.
+def prepared_names_touched(statement: str) -> frozenset[str] | None:
+    """Names of prepared statements that ``statement`` may create or drop.
 
-    Protocol-level (Parse) and SQL-level (PREPARE) statements share one namespace, so the
-    gateway forgets what it knows about statement names after such a statement. A false
-    positive only costs a re-lookup, so a word match is enough.
+    Protocol-level (Parse) and SQL-level (PREPARE) statements share one namespace. Returns
+    an empty set for a statement that touches none, the names for ``PREPARE name`` and
+    ``DEALLOCATE [PREPARE] name``, and None ("any of them") for ``DEALLOCATE ALL``,
+    ``DISCARD ALL`` and anything else that mentions those words (dynamic SQL in a DO block,
+    say): the caller then forgets every name it knew.
     """
-    return _NAMESPACE_WORDS.search(statement) is not None
+    if _NAMESPACE_WORDS.search(statement) is None:
+        return frozenset()
+    try:
+        tokens = [t for t in pg_parser.scan(statement) if t.name not in _COMMENTS]
+    except Exception:
+        return None
+    words = [t.name for t in tokens]
+    if words[:1] == ["DISCARD"]:
+        return None if words[1:2] == ["ALL"] else frozenset()
+    if words[:1] == ["PREPARE"] and words[1:2] == ["TRANSACTION"]:
+        return frozenset()
+    if words[:1] in (["PREPARE"], ["DEALLOCATE"]):
+        index = 2 if words[1:2] == ["PREPARE"] and words[0] == "DEALLOCATE" else 1
+        if index >= len(tokens) or words[index] == "ALL":
+            return None
+        token = tokens[index]
+        return frozenset({_identifier(statement[token.start : token.end + 1])})
+    return None
+
+
+def _identifier(text: str) -> str:
+    # Docs 4.1.1: quoted identifiers are exact, unquoted ones fold to lower case.
+    if text.startswith('"') and text.endswith('"') and len(text) >= 2:
+        return text[1:-1].replace('""', '"')
+    return text.lower()

@@ -126,6 +126,49 @@ async def _connect(
         raise
 
 
+# The schemas an unqualified name resolves in, in order, as the server resolves them
+# ("$user" expanded, schemas that do not exist left out, the database's and role's own
+# settings and the startup packet's search_path applied).
+SEARCH_PATH_QUERY = "SELECT pg_catalog.unnest(pg_catalog.current_schemas(false))"
+
+
+async def current_search_path(upstream: Upstream, *, wait_seconds: float) -> tuple[str, ...]:
+    """Ask the freshly connected server for its effective ``search_path`` (before relaying).
+
+    The policy engine resolves unqualified table names with it: its default (``public``)
+    is wrong for a database or role whose ``search_path`` puts another schema first.
+    """
+    link = upstream.link
+    link.write(pg.query(SEARCH_PATH_QUERY))
+    schemas: list[str] = []
+    error: UpstreamError | None = None
+
+    async def read() -> None:
+        nonlocal error
+        while True:
+            typ, body = await link.read_message()
+            if typ == ord("D"):
+                (length,) = struct.unpack_from("!i", body, 2)
+                if length >= 0:
+                    schemas.append(body[6 : 6 + length].decode("utf-8", "replace"))
+            elif typ == ord("E"):
+                error = _server_error(body)
+            elif typ == ord("Z"):
+                upstream.status = body[:1]
+                return
+            # RowDescription, CommandComplete, notices: nothing to keep.
+
+    try:
+        await asyncio.wait_for(read(), wait_seconds)
+    except TimeoutError:
+        raise UpstreamError("the server did not say its search_path in time") from None
+    except (ConnectionError, pg.ProtocolError) as exc:
+        raise UpstreamError(f"reading the server's search_path: {exc}") from None
+    if error is not None:
+        raise UpstreamError(f"reading the server's search_path: {error}")
+    return tuple(schemas)
+
+
 def _server_error(body: bytes) -> UpstreamError:
     fields = pg.parse_fields(body)
     return UpstreamError(

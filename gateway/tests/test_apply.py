@@ -234,7 +234,7 @@ def test_unknown_top_level_sections_are_reported(alice):
     with pytest.raises(ConfigError) as caught:
         apply("connection: []\npolicies: []\n")
     assert [str(p) for p in caught.value.problems] == [
-        "connection: unknown key (expected one of: groups, connections, agents, policies) (line 1)"
+        "connection: unknown key (expected one of: groups, connections, agents, policies, masking) (line 1)"
     ]
 
 

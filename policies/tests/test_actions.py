@@ -109,3 +109,117 @@ def test_deleting_a_policy_removes_its_versions_and_keeps_an_audit_record(alice)
     assert not Policy.objects.exists() and not PolicyVersion.objects.exists()
     record = AuditRecord.objects.get(action="policy.delete")
     assert record.before["spec"] == WRITES and record.before["version"] == 2
+
+
+# --- the editor's guards: the version a change was made against, and reviewer groups -----
+
+
+def test_a_save_against_an_older_version_is_refused_and_writes_nothing(alice):
+    from policies.actions import PolicyChanged
+
+    do_save_policy(alice, "p", READS)
+    do_save_policy(alice, "p", WRITES)
+    audit = AuditRecord.objects.count()
+
+    with pytest.raises(PolicyChanged, match="now at version 2, you edited version 1"):
+        do_save_policy(alice, "p", {"default": "allow"}, expected_version=1)
+
+    policy = Policy.objects.get(name="p")
+    assert (policy.version, policy.spec) == (2, WRITES)
+    assert AuditRecord.objects.count() == audit
+    assert do_save_policy(alice, "p", READS, expected_version=2).version == 3
+
+
+def test_expected_version_zero_means_the_policy_must_not_exist_yet(alice):
+    from policies.actions import PolicyChanged
+
+    assert do_save_policy(alice, "p", READS, expected_version=0).version == 1
+    with pytest.raises(PolicyChanged, match="a policy named 'p' already exists"):
+        do_save_policy(alice, "p", WRITES, expected_version=0)
+    with pytest.raises(PolicyChanged, match="no longer exists"):
+        do_save_policy(alice, "gone", WRITES, expected_version=4)
+    assert not Policy.objects.filter(name="gone").exists()
+
+
+def test_with_known_groups_a_review_nobody_can_approve_is_refused(alice):
+    with pytest.raises(ValidationError) as caught:
+        do_save_policy(alice, "p", WRITES, known_groups={"agents"})
+
+    assert caught.value.messages == [
+        "spec.rules[1].reviewers[0]: reviewer group 'dba' does not exist or has no members"
+    ]
+    assert not Policy.objects.exists()
+    assert do_save_policy(alice, "p", WRITES, known_groups={"dba"}).version == 1
+
+
+def test_a_rollback_checks_the_version_and_the_reviewer_groups(alice):
+    from policies.actions import PolicyChanged
+
+    policy = do_save_policy(alice, "p", WRITES)
+    do_save_policy(alice, "p", READS)
+
+    with pytest.raises(PolicyChanged):
+        do_rollback_policy(alice, policy, 1, expected_version=1)
+    with pytest.raises(ValidationError, match="reviewer group 'dba'"):
+        do_rollback_policy(alice, policy, 1, expected_version=2, known_groups=set())
+    restored = do_rollback_policy(alice, policy, 1, expected_version=2, known_groups={"dba"})
+    assert (restored.version, restored.spec) == (3, WRITES)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_people_creating_the_same_policy_at_once_get_one_policy_and_a_clear_refusal():
+    """The second insert waits on the first one's row; when it commits, the second is refused."""
+    import threading
+    import time
+
+    from django.db import connection, connections, transaction
+
+    from policies.actions import PolicyChanged
+
+    first_inserted = threading.Event()
+    release_first = threading.Event()
+    outcome = {}
+
+    def first():
+        try:
+            with transaction.atomic():
+                do_save_policy(None, "p", READS, expected_version=0)
+                first_inserted.set()
+                assert release_first.wait(30)
+        finally:
+            connections.close_all()
+
+    def second():
+        try:
+            do_save_policy(None, "p", WRITES, expected_version=0)
+            outcome["second"] = "saved"
+        except PolicyChanged as exc:
+            outcome["second"] = str(exc)
+        finally:
+            connections.close_all()
+
+    a = threading.Thread(target=first)
+    a.start()
+    assert first_inserted.wait(30)
+    b = threading.Thread(target=second)
+    b.start()
+    # Wait until the second insert is blocked on the first one's uncommitted row.
+    deadline = time.monotonic() + 30
+    with connection.cursor() as cursor:
+        while True:
+            cursor.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND wait_event_type = 'Lock' AND query LIKE 'INSERT INTO \"policies_policy\"%%'"
+            )
+            if cursor.fetchone()[0] == 1:
+                break
+            assert time.monotonic() < deadline, "the second insert never waited for the first"
+            time.sleep(0.02)
+    release_first.set()
+    a.join(30)
+    b.join(30)
+
+    assert outcome["second"] == "a policy named 'p' already exists"
+    policy = Policy.objects.get(name="p")
+    assert (policy.version, policy.spec) == (1, READS)
+    assert PolicyVersion.objects.count() == 1

@@ -16,39 +16,37 @@ from policies.sql import UnsupportedStartupOption, remember_prepared, startup_st
 from policies.types import Action, Decision, Request
 
 READ_ONLY = compile_policy("read-only-agent", 1, pack("read-only-agent"))
-GUARDED = compile_policy(
-    "guarded",
-    1,
-    {
-        "default": "allow",
-        "on_parse_error": "deny",
-        "rules": [
-            {"name": "no-catalog-secrets", "match": {"facts": ["catalog_secrets"]}, "action": "deny"},
-            *pack("no-server-files")["rules"],
-            *pack("no-role-changes")["rules"],
-            {"name": "stay-read-only", "match": {"facts": ["read_only_off"]}, "action": "deny"},
-            {
-                "name": "no-backend-control",
-                "match": {"functions": ["@backend_control", "@replication", "@backup"]},
-                "action": "deny",
-            },
-            {"name": "no-fastpath", "match": {"facts": ["fastpath"]}, "action": "deny"},
-            {
-                "name": "code",
-                "match": {"operations": ["procedural"]},
-                "action": "review",
-                "reviewers": ["dba"],
-            },
-            {
-                "name": "destructive",
-                "match": {"facts": ["destructive"]},
-                "action": "review",
-                "reviewers": ["dba"],
-            },
-            {"name": "whole-table", "match": {"no_where": True}, "action": "review", "reviewers": ["dba"]},
-        ],
-    },
-)
+# A permissive policy for a writing agent: guardrails on, review for the risky, else allow.
+GUARDED_SPEC = {
+    "default": "allow",
+    "on_parse_error": "deny",
+    "rules": [
+        {"name": "no-catalog-secrets", "match": {"facts": ["catalog_secrets"]}, "action": "deny"},
+        *pack("no-server-files")["rules"],
+        *pack("no-role-changes")["rules"],
+        {"name": "stay-read-only", "match": {"facts": ["read_only_off"]}, "action": "deny"},
+        {
+            "name": "no-backend-control",
+            "match": {"functions": ["@backend_control", "@replication", "@backup"]},
+            "action": "deny",
+        },
+        {"name": "no-fastpath", "match": {"facts": ["fastpath"]}, "action": "deny"},
+        {
+            "name": "code",
+            "match": {"operations": ["procedural"]},
+            "action": "review",
+            "reviewers": ["dba"],
+        },
+        {
+            "name": "destructive",
+            "match": {"facts": ["destructive"]},
+            "action": "review",
+            "reviewers": ["dba"],
+        },
+        {"name": "whole-table", "match": {"no_where": True}, "action": "review", "reviewers": ["dba"]},
+    ],
+}
+GUARDED = compile_policy("guarded", 1, GUARDED_SPEC)
 
 DELETE_ALL = {"prepared": {"p": ["PREPARE p AS DELETE FROM t"]}}
 

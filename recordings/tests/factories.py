@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
-from recordings.models import Event
+from recordings.models import Event, Session
 from recordings.writer import SessionRecorder
 
 BILLING_BOT = {"protocol": "postgres", "agent_name": "billing-bot", "connection_name": "shop"}
@@ -50,3 +51,36 @@ def statement_events(count: int) -> list[tuple[str, dict[str, Any]]]:
             ),
         ]
     return events
+
+
+def recorded(events: list[tuple[str, dict[str, Any]]] | None = None, **start: Any) -> Session:
+    """A closed, sealed session recorded through the real writer (call from sync tests)."""
+    recorder = asyncio.run(asyncio.wait_for(record_session(events, **start), 30))
+    return Session.objects.get(pk=recorder.session_id)
+
+
+def terminal_events() -> list[tuple[str, dict[str, Any]]]:
+    """What an SSH shell records: a prompt, typed keys, the command's output."""
+    return [
+        (Event.Kind.OUTPUT, {"data": "deploy@web-1:~$ "}),
+        (Event.Kind.INPUT, {"data": "l"}),
+        (Event.Kind.INPUT, {"data": "s -la /srv\r"}),
+        (Event.Kind.OUTPUT, {"data": "ls -la /srv\r\ntotal 8\r\ndrwxr-xr-x 2 root root 4096 app\r\n"}),
+        (Event.Kind.OUTPUT, {"data": "deploy@web-1:~$ "}),
+    ]
+
+
+def approval_events(by: str) -> list[tuple[str, dict[str, Any]]]:
+    """A held DELETE, approved by ``by``, then run."""
+    return [
+        (Event.Kind.STATEMENT, {"text": "DELETE FROM invoices WHERE id = 7", "params": []}),
+        (
+            Event.Kind.DECISION,
+            {"action": "review", "rule": "writes", "policy": "default", "policy_version": 2, "message": ""},
+        ),
+        (Event.Kind.APPROVAL, {"request_id": 41, "state": "approved", "by": by, "reason": "ticket OPS-12"}),
+        (
+            Event.Kind.RESULT,
+            {"rows": 1, "command_tag": "DELETE 1", "columns": [], "first_rows": [], "duration_ms": 1.2},
+        ),
+    ]

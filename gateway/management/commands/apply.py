@@ -56,6 +56,8 @@ class Command(BaseCommand):
             lines.extend(f"  {problem}" for problem in exc.problems)
             raise CommandError("\n".join(lines)) from None
 
+        for warning in result.warnings:
+            self.stderr.write(f"warning: {warning}")
         for change in result.changes:
             self.stdout.write(str(change))
         n = result.counts()

@@ -68,8 +68,14 @@ class GatewayThread:
     port: int = 0
 
     def __post_init__(self) -> None:
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True, name="gateway-loop")
+        self.thread = threading.Thread(target=self._serve, daemon=True, name="gateway-loop")
         self.thread.start()
+
+    def _serve(self) -> None:
+        self.loop.run_forever()
+        # Closed on its own thread: channels_redis (the session.terminate listener) closes
+        # its connections in loop.close(), which cannot run where another loop is running.
+        self.loop.close()
 
     def call(self, coro: Coroutine[Any, Any, Any], timeout: float = 30) -> Any:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)

@@ -130,10 +130,13 @@ def test_statements_and_decisions_are_recorded(gw):
     assert session.application_name == "recorder-check"
     assert session.agent_name == "billing-bot" and session.connection_name == "shop"
     assert session.end_reason == "client disconnected"
-    assert (session.statement_count, session.denied_count) == (2, 1)
+    # The startup packet's application_name is judged (and recorded) as the SET it amounts to.
+    assert (session.statement_count, session.denied_count) == (3, 1)
     events = gw.events()
     kinds = [k for k, _ in events]
     statements = [p for k, p in events if k == "statement"]
+    assert statements[0]["text"] == "SET \"application_name\" = 'recorder-check'"
+    assert (statements[0]["protocol"], statements[0]["action"]) == ("startup", "allow")
     extended = next(p for p in statements if p["text"] == "SELECT name FROM items WHERE id = $1")
     assert extended["params"] == ["2"]
     assert extended["action"] == "allow"
@@ -173,3 +176,46 @@ def test_denial_survives_psycopg_error_handling_in_a_loop(gw):
                     conn.execute("SELECT %s::text", (DENY_MARKER,))
             else:
                 assert conn.execute("SELECT %s::int", (i,)).fetchone() == (i,)
+
+
+def test_a_statement_name_redefined_in_sql_is_not_judged_by_its_old_text(gw):
+    from gateway.postgres import protocol as pg
+
+    raw = RawSession(gw.port)
+    try:
+        raw.login("billing-bot", gw.token)
+        raw.send(pg.parse_message(b"s", b"SELECT 1") + pg.message(b"S"))
+        raw.until("Z")
+        raw.send(pg.query("DEALLOCATE s") + pg.query("PREPARE s AS SELECT 2"))
+        raw.until("Z")
+        raw.until("Z")
+        bind = pg.message(b"B", b"\x00s\x00\x00\x00\x00\x00\x00\x00")
+        raw.send(bind + pg.message(b"E", b"\x00\x00\x00\x00\x00") + pg.message(b"S"))
+        rows = [body for typ, body in raw.until("Z") if typ == "D"]
+        assert rows and rows[0].endswith(b"2")
+    finally:
+        raw.close()
+    executed = [p["text"] for k, p in gw.events() if k == "statement" and p["protocol"] == "extended"]
+    # Judged (and recorded) as the EXECUTE it is, never as the forgotten "SELECT 1".
+    assert executed == ['EXECUTE "s"']
+
+
+def test_a_portal_of_an_undescribed_sql_prepared_statement_is_still_masked(gw):
+    from gateway.postgres import protocol as pg
+
+    raw = RawSession(gw.port)
+    try:
+        raw.login("billing-bot", gw.token)
+        raw.send(pg.query("PREPARE m AS SELECT 'carol@example.com'::text, 7"))
+        raw.until("Z")
+        bind = pg.message(b"B", b"\x00m\x00\x00\x00\x00\x00\x00\x00")
+        raw.send(bind + pg.message(b"E", b"\x00\x00\x00\x00\x00") + pg.message(b"S"))
+        replies = raw.until("Z")
+    finally:
+        raw.close()
+    rows = [body for typ, body in replies if typ == "D"]
+    assert len(rows) == 1
+    # The column's type is unknown without a Describe, so the value is treated as not
+    # text-like: masked to NULL (length -1), never passed through; the clean one stays.
+    assert b"carol@example.com" not in rows[0]
+    assert rows[0] == b"\x00\x02\xff\xff\xff\xff\x00\x00\x00\x017"

@@ -124,6 +124,13 @@ def test_sessions_beyond_the_maximum_are_refused(gateway_factory):
 def test_the_gateway_command_serves_and_stops_cleanly_on_sigterm(gw, make_connection):
     from django.db import connection as db
 
+    from gateway.models import Connection
+    from policies.actions import do_save_policy
+
+    # The command uses the real decision point: a connection without a policy denies everything.
+    allow_all = do_save_policy(None, "allow-all", {"default": "allow", "rules": []})
+    Connection.objects.filter(name="shop").update(policy=allow_all)
+
     port = free_port()
     env = dict(os.environ)
     settings_db = db.settings_dict
@@ -169,3 +176,47 @@ def test_a_server_side_termination_ends_the_session_with_a_clear_error(gw):
             conn.execute("SELECT 1")
     session = gw.session()
     assert session.status == "terminated"
+
+
+def test_a_session_whose_recording_cannot_be_persisted_is_ended(gw, settings):
+    """REC-01: in strict mode a session does not go on unrecorded."""
+    from django.db import connection as db
+
+    settings.RECORDING_PERSIST_TIMEOUT = 1
+    settings.RECORDING_STRICT = True
+    conn = gw.connect(autocommit=True)
+    params = db.settings_dict
+    blocker = psycopg.connect(
+        host=params["HOST"] or "127.0.0.1",
+        port=params["PORT"] or 5432,
+        user=params["USER"],
+        dbname=params["NAME"],
+    )
+    try:
+        # Hold the events table so that the writer's inserts wait past the timeout.
+        blocker.execute("LOCK TABLE recordings_event IN ACCESS EXCLUSIVE MODE")
+        conn.execute("SELECT 1")
+        deadline = time.monotonic() + 20
+        with pytest.raises(psycopg.OperationalError, match="can no longer be recorded"):
+            while time.monotonic() < deadline:
+                conn.execute("SELECT 1")
+                time.sleep(0.05)
+    finally:
+        blocker.rollback()
+        blocker.close()
+        conn.close()
+    assert gw.session().end_reason.startswith("recording failed")
+
+
+def test_shutdown_ends_a_session_that_is_still_logging_in(gateway_factory):
+    gw = gateway_factory()
+    raw = RawSession(gw.port)
+    try:
+        raw.send(b"\x00\x00")  # half a startup packet, then nothing
+        wait_until(lambda: len(gw.thread.gateway.sessions) == 1, what="the session to be accepted")
+        started = time.monotonic()
+        gw.thread.call(gw.thread.gateway.close(grace_seconds=20), timeout=30)
+        assert time.monotonic() - started < 5
+        assert _fatal(raw)["C"] == "57P01"
+    finally:
+        raw.close()

@@ -14,7 +14,7 @@ from gateway.decision import DecisionPoint
 from gateway.postgres import protocol as pg
 from gateway.postgres.relay import CONFIRM, Relay, ReviewNeeded
 from gateway.postgres.scram import ScramError, ScramServer, fake_salt
-from gateway.postgres.sqltext import split_statements
+from gateway.postgres.sqltext import prepared_names_touched, split_statements
 from gateway.postgres.startup import Kind, StartupRefused, check_startup, parse_startup_packet
 from gateway.postgres.values import param_text
 from gateway.ratelimit import LoginThrottle
@@ -162,6 +162,24 @@ def test_special_startup_codes_are_recognised():
 )
 def test_every_statement_of_a_query_string_is_found(text, expected):
     assert [text[a:b].strip() for a, b in split_statements(text)] == expected
+
+
+@pytest.mark.parametrize(
+    ("statement", "names"),
+    [
+        ("SELECT prepared_at FROM t", frozenset()),
+        ("PREPARE Foo(int) AS SELECT $1", frozenset({"foo"})),
+        ('DEALLOCATE PREPARE "Foo"', frozenset({"Foo"})),
+        ("/* c */ deallocate bar", frozenset({"bar"})),
+        ("DEALLOCATE ALL", None),
+        ("DISCARD ALL", None),
+        ("DISCARD PLANS", frozenset()),
+        ("PREPARE TRANSACTION 'x'", frozenset()),
+        ("DO $$ BEGIN EXECUTE 'DEALLOCATE x'; END $$", None),
+    ],
+)
+def test_statements_that_touch_prepared_statement_names_are_recognised(statement, names):
+    assert prepared_names_touched(statement) == names
 
 
 # --- the relay ----------------------------------------------------------------------------

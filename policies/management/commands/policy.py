@@ -12,29 +12,13 @@ import json
 import sys
 from typing import Any
 
-from django.contrib.auth.models import Group
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from policies.engine import PolicyError, compile_policy
-from policies.types import Action, Decision, Request
+from policies.engine import PolicyError
+from policies.stored import compile_stored, decision_as_dict, request_for
+from policies.types import Action, Decision
 
 EXIT_STATUS = {Action.ALLOW: 0, Action.REVIEW: 2, Action.DENY: 3}
-
-
-def decision_as_dict(decision: Decision) -> dict[str, Any]:
-    return {
-        "action": str(decision.action),
-        "rule": decision.rule,
-        "message": decision.message,
-        "policy": decision.policy,
-        "policy_version": decision.policy_version,
-        "reasons": list(decision.reasons),
-        "reviewers": list(decision.reviewers),
-        "approvals_needed": decision.approvals_needed,
-        "timeout_seconds": decision.timeout_seconds,
-        "observed": list(decision.observed),
-        "classification": decision.classification,
-    }
 
 
 class Command(BaseCommand):
@@ -70,29 +54,18 @@ class Command(BaseCommand):
             raise CommandError(f"no agent named {agent_name!r}")
         if connection.policy is None:
             raise CommandError(f"connection {connection_name!r} has no policy")
-        groups = frozenset(agent.group_names())
         allowed_groups = set(connection.groups.values_list("name", flat=True))
-        if not allowed_groups & groups:
+        if not allowed_groups & set(agent.group_names()):
             self.stderr.write(
                 f"note: agent {agent_name!r} is in none of the groups of connection {connection_name!r}: "
                 "the gateway refuses its login"
             )
-        # Reviewer groups must exist and have someone in them to approve.
-        known = Group.objects.filter(user__is_active=True).values_list("name", flat=True).distinct()
-        policy = connection.policy
         try:
-            compiled = compile_policy(policy.name, policy.version, policy.spec, known_groups=set(known))
+            # Reviewer groups must exist and have someone in them to approve.
+            compiled = compile_stored(connection.policy)
         except PolicyError as exc:
             raise CommandError(str(exc)) from None
-        return compiled.evaluate(
-            Request(
-                protocol=connection.kind,
-                connection=connection.name,
-                agent=agent.name,
-                groups=groups,
-                statement=statement,
-            )
-        )
+        return compiled.evaluate(request_for(connection, agent, statement))
 
     def render(self, decision: Decision) -> str:
         lines = [

@@ -1,4 +1,5 @@
-"""``manage.py recordings verify [SESSION_ID ... | --all]`` and ``manage.py recordings public-key``."""
+"""``manage.py recordings verify [SESSION_ID ... | --all]``, ``verify-export FILE --public-key PEM``
+and ``public-key``."""
 
 from __future__ import annotations
 
@@ -33,10 +34,22 @@ class Command(BaseCommand):
         )
         verify.add_argument("--quiet", action="store_true", help="Print failures and the summary only.")
         sub.add_parser("public-key", help="Print the public key that seals recordings (PEM).")
+        verify_export = sub.add_parser(
+            "verify-export",
+            help="Check a JSONL export offline: its chain and its seal, against a public key.",
+            description="Exits with status 1 when the file fails.",
+        )
+        verify_export.add_argument("file", type=Path, metavar="FILE")
+        verify_export.add_argument(
+            "--public-key", type=Path, action="append", required=True, metavar="PEM", help="May be repeated."
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         if options["subcommand"] == "public-key":
             self.stdout.write(keys.public_key_pem(), ending="")
+            return
+        if options["subcommand"] == "verify-export":
+            self._verify_export(options)
             return
         self._verify(options)
 
@@ -70,6 +83,18 @@ class Command(BaseCommand):
         if failed:
             raise CommandError(summary, returncode=1)
         self.stdout.write(summary)
+
+    def _verify_export(self, options: dict[str, Any]) -> None:
+        from recordings import verify_export
+
+        try:
+            public_keys = verify_export.load_public_keys(options["public_key"])
+            check = verify_export.check_file(options["file"], public_keys)
+        except (ValueError, OSError) as exc:
+            raise CommandError(str(exc)) from None
+        if not check.ok:
+            raise CommandError(verify_export.describe(check), returncode=1)
+        self.stdout.write(verify_export.describe(check))
 
     @staticmethod
     def _describe(session: Session, result: chain.VerifyResult) -> str:

@@ -1,0 +1,175 @@
+"""Gateway throughput with masking on versus off (``python -m bench gateway_masking_bench``).
+
+A private PostgreSQL with a ``customers`` table (8 columns: name, email, phone, city, card,
+notes, created); each pgbench transaction reads 10 rows of it, the "typical result".
+One gateway process (recording on, allow-all) serves two connections to the same
+database: ``plain`` with masking off, ``masked`` with a masking policy naming the known
+sensitive columns (email hashed, card partial, phone redacted) and content detection on
+every other column (a secret in one note in twenty). Runs interleave (off, on, off, on...) and TPS
+is the median of the rounds. Target: masking on costs at most 25% of throughput.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from bench.pgbench import DURATION, ROUNDS, _cpu_seconds, _free_port, _wait_port, summarise
+
+ROWS = 10_000
+SCRIPT = "\\set a random(1, 9990)\nSELECT * FROM customers WHERE id BETWEEN :a AND :a + 9;\n"
+SPEC = {
+    "columns": [
+        {"match": "public.customers.email", "method": "hash", "entity": "email"},
+        {"match": "public.customers.card", "method": "partial", "entity": "card"},
+        {"match": "public.customers.phone", "method": "redact", "entity": "phone"},
+    ]
+}
+FILL = """
+INSERT INTO customers
+SELECT g, 'Customer ' || g, 'customer' || g || '@example.com', '+44 20 7946 ' || lpad((g % 10000)::text, 4, '0'),
+       (ARRAY['London', 'Paris', 'Berlin', 'Madrid'])[1 + g % 4],
+       '4111111111111111',
+       CASE WHEN g % 20 = 0 THEN 'rotated key ghp_Ab3dE6gH9jK2mN5pQ8sT1vW4yZ7bC0eF3hJ6'
+            ELSE 'ordered ' || (g % 7) || ' items, delivered on time' END,
+       now() - g * interval '1 minute'
+FROM generate_series(1, {rows}) g
+"""
+
+
+def _prepare(pg_port: int) -> str:
+    from django.contrib.auth.models import Group
+
+    from gateway.models import Connection
+    from gateway.secrets import set_secrets
+    from gateway.tests.postgres.pgserver import ROLES
+    from identity.actions import do_create_agent, do_issue_token
+    from policies.masking_actions import do_save_masking_policy
+
+    agent = do_create_agent("bench", "bench-bot", groups=["agents"])
+    token = do_issue_token("bench", agent).raw
+    for name in ("plain", "masked"):
+        connection = Connection(
+            name=name, kind="postgres", host="127.0.0.1", port=pg_port, database="bench",
+            username="scram_user", options={"sslmode": "disable"},
+        )  # fmt: skip
+        set_secrets(connection, {"password": ROLES["scram_user"][0]})
+        connection.save()
+        connection.groups.set([Group.objects.get(name="agents")])
+    do_save_masking_policy("bench", "typical", SPEC, bindings=[("masked", None)])
+    return token
+
+
+def main() -> int:
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "console.settings")
+    import django
+
+    django.setup()
+    from django.db import connection
+
+    from gateway.tests.postgres.pgserver import start_private_postgres
+
+    if connection.vendor != "postgresql" or not shutil.which("pgbench"):
+        print("masking bench: needs DATABASE_URL (PostgreSQL) and pgbench", file=sys.stderr)
+        return 2
+    base_name = connection.settings_dict["NAME"]
+    connection.settings_dict["TEST"]["NAME"] = f"{base_name}_bench_masking"
+    old_name = connection.creation.create_test_db(verbosity=0, autoclobber=True, serialize=False)
+    server = start_private_postgres(_free_port())
+    root = Path(tempfile.mkdtemp(prefix="airlock-bench-masking-"))
+    gateway = None
+    try:
+        with server.admin() as admin:
+            admin.execute("CREATE DATABASE bench OWNER scram_user")
+        with server.admin("bench") as admin:
+            admin.execute("SET ROLE scram_user")
+            admin.execute(
+                "CREATE TABLE customers (id int PRIMARY KEY, name text, email text, phone text, city text,"
+                " card text, notes text, created timestamptz)"
+            )
+            admin.execute(FILL.format(rows=ROWS))
+        token = _prepare(server.port)
+        gw_port = _free_port()
+        db = connection.settings_dict
+        env = {
+            **os.environ,
+            "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}",
+            "AIRLOCK_LOG_LEVEL": "WARNING",
+            "AIRLOCK_MASKING_DEFAULT": "off",  # the "plain" connection has no masking at all
+        }
+        gateway = subprocess.Popen(
+            [sys.executable, "manage.py", "gateway", "--postgres-listen", f"127.0.0.1:{gw_port}"],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            cwd=Path(__file__).resolve().parent.parent,
+        )  # fmt: skip
+        _wait_port(gw_port, gateway)
+        results = {}
+        for mode in ("simple", "prepared"):
+            for clients in (1, 8):
+                runs: dict[str, list[tuple[float, list[int]]]] = {"plain": [], "masked": []}
+                cpu = {"plain": 0.0, "masked": 0.0}
+                for _ in range(ROUNDS):
+                    for target in ("plain", "masked"):
+                        before = _cpu_seconds(gateway.pid)
+                        runs[target].append(_run_db(gw_port, "bench-bot", token, clients, root, mode, target))
+                        cpu[target] += _cpu_seconds(gateway.pid) - before
+                for target in runs:
+                    results[(target, mode, clients)] = summarise(runs[target], cpu[target])
+    finally:
+        if gateway is not None:
+            gateway.terminate()
+            gateway.wait(30)
+        server.stop()
+        shutil.rmtree(root, ignore_errors=True)
+        connection.close()
+        connection.creation.destroy_test_db(old_name, verbosity=0)
+    print(f"gateway, 10-row 8-column result per transaction, {ROUNDS} x {DURATION}s, {os.cpu_count()} CPUs")
+    print(
+        f"{'mode':<9} {'clients':>7} {'off tps':>9} {'on tps':>9} {'on/off':>7} {'off cpu us':>10} {'on cpu us':>10}"
+    )
+    worst = 1.0
+    for mode in ("simple", "prepared"):
+        for clients in (1, 8):
+            off, on = results[("plain", mode, clients)], results[("masked", mode, clients)]
+            ratio = on["tps"] / off["tps"]
+            worst = min(worst, ratio)
+            print(
+                f"{mode:<9} {clients:>7} {off['tps']:>9.0f} {on['tps']:>9.0f} {ratio:>7.2f}"
+                f" {off['cpu_us']:>10.1f} {on['cpu_us']:>10.1f}"
+            )
+    print("target (masking on >= 0.75 x off):", "met" if worst >= 0.75 else "NOT met")
+    return 0
+
+
+def _run_db(
+    port: int, user: str, token: str, clients: int, root: Path, mode: str, dbname: str
+) -> tuple[float, list[int]]:
+    for old in root.glob("pgbench_log.*"):
+        old.unlink()
+    script = root / "typical.sql"
+    script.write_text(SCRIPT)
+    cmd = [
+        "pgbench", "-h", "127.0.0.1", "-p", str(port), "-U", user, "-f", str(script), "-M", mode,
+        "-c", str(clients), "-j", str(min(clients, 4)), "-T", str(DURATION), "-n", "--log",
+        f"--log-prefix={root}/pgbench_log", dbname,  # the database name is the connection
+    ]  # fmt: skip
+    env = {**os.environ, "PGPASSWORD": token, "PGSSLMODE": "disable"}
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=DURATION + 120, check=False)
+    if out.returncode != 0:
+        raise RuntimeError(f"pgbench failed: {out.stderr[-2000:]}")
+    tps = next(
+        float(line.split("=")[1].split()[0]) for line in out.stdout.splitlines() if line.startswith("tps =")
+    )
+    latencies: list[int] = []
+    for path in root.glob("pgbench_log.*"):
+        with path.open() as handle:
+            latencies.extend(int(line.split()[2]) for line in handle)
+    return tps, latencies
+
+
+if __name__ == "__main__":
+    sys.exit(main())
