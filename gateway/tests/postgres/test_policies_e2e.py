@@ -3,7 +3,8 @@
 Every SQL family of SECURITY-CASES.md, with the variants the engine's own tests use
 (policies/tests/test_security_cases.py): under the read-only-agent pack none of them
 runs, and psql gets 42501; under a permissive policy for a writing agent the dangerous
-ones are refused or held (review is refused until approvals exist), while ordinary
+ones are refused or held (the connection's ``approval_mode`` is ``return``: a held statement
+is refused at once naming its approval request, and never runs), while ordinary
 statements of every family are allowed. Decisions are recorded with their rule and the
 policy version that made them.
 """
@@ -43,8 +44,9 @@ def policy_gateway(gateway_factory, bob):
 
     def start(name, spec):
         policy = actions.do_save_policy(None, name, spec)
-        # Reviews answer at once (naming the request) instead of holding psql for a reviewer.
-        Connection.objects.filter(name="shop").update(policy=policy, options={"approval_mode": "return"})
+        Connection.objects.filter(name="shop").update(
+            policy=policy, options={"sslmode": "disable", "approval_mode": "return"}
+        )
         env = gateway_factory(decision_point_factory=default_decision_point)
         env.policy = policy
         return env
