@@ -16,7 +16,7 @@ from gateway.tests.postgres.conftest import (  # noqa: F401 - fixtures
     wait_until,
 )
 from recordings import actions
-from recordings.models import Session
+from recordings.models import Event, Session
 
 pytestmark = [pytest.mark.timeout(90)]
 
@@ -40,7 +40,10 @@ def test_a_session_terminated_from_the_console_tells_psql_who_and_why_and_record
         wait_until(lambda: len(gw.recorded) == 1, what="the session to open")
         session_id = gw.recorded[0].session_id
         wait_until(
-            lambda: Session.objects.filter(pk=session_id, statement_count=2).exists(),
+            # Startup settings are recorded as statements too: wait for this one by its text.
+            lambda: Event.objects.filter(
+                session_id=session_id, kind="statement", payload__text="SELECT pg_sleep(20)"
+            ).exists(),
             what="psql's second statement to be recorded",
         )
         session = Session.objects.get(pk=session_id)
