@@ -25,6 +25,8 @@ from django.db import connection as db_connection
 log = logging.getLogger("airlock.approvals")
 
 ESTIMATED_STATEMENTS = frozenset({"UpdateStmt", "DeleteStmt"})
+_running: set[threading.Thread] = set()
+_running_lock = threading.Lock()
 
 
 def wants_estimate(protocol: str, classification: dict[str, Any]) -> bool:
@@ -150,6 +152,24 @@ def estimate_in_background(
         finally:
             db_connection.close()
 
-    thread = threading.Thread(target=run, name=f"approval-estimate-{request_id}", daemon=True)
+    def tracked() -> None:
+        try:
+            run()
+        finally:
+            with _running_lock:
+                _running.discard(threading.current_thread())
+
+    thread = threading.Thread(target=tracked, name=f"approval-estimate-{request_id}", daemon=True)
+    with _running_lock:
+        _running.add(thread)
     thread.start()
     return thread
+
+
+def wait_for_estimates(timeout: float = 15.0) -> None:
+    """Wait for the estimates still running (gateway shutdown, tests): each is bounded by
+    its own timeout, and its database connection is closed when it ends."""
+    with _running_lock:
+        threads = list(_running)
+    for thread in threads:
+        thread.join(timeout)

@@ -450,8 +450,12 @@ def _db(fn: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
 
 
 def close_db_threads() -> None:
-    """Stop the approvals database threads and close their connections."""
+    """Stop the approvals database threads and close their connections (estimates still
+    running are waited for first)."""
     global _executor
+    from approvals.estimate import wait_for_estimates
+
+    wait_for_estimates()
     with _executor_lock:
         executor, _executor = _executor, None
         opened = list(_thread_connections)

@@ -12,6 +12,7 @@ import uuid
 from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import kombu.pools
 import pytest
 from django.db import connections
 from django.utils import timezone
@@ -46,6 +47,11 @@ def real_worker():
     from console.celery import app
 
     app.conf.task_always_eager = False
+    # A worker stopped by an earlier test closes the app's broker connection pool on its
+    # way out; producers would then fail with "Acquire on closed pool". Start from fresh pools.
+    app._pool = None
+    app.amqp._producer_pool = None
+    kombu.pools.reset()
     queue = f"approvals-test-{uuid.uuid4().hex[:8]}"
     app.conf.task_default_queue = queue
     # The worker thread's database connection is closed after each task, so the test

@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 import time
 
+import psycopg
 import pytest
 from psycopg import errors
 
@@ -159,9 +160,19 @@ def test_an_agent_that_cannot_wait_gets_the_request_at_once_and_runs_it_once_app
 def test_a_review_nobody_can_approve_is_refused(held_gw, private_pg):
     from django.contrib.auth.models import Group
 
-    Group.objects.get(name="dba").user_set.clear()
     with held_gw.connect(autocommit=True) as conn:
+        # The reviewers leave after the session started (a policy naming an empty group
+        # at login refuses the login: see the next test); the held statement still fails closed.
+        Group.objects.get(name="dba").user_set.clear()
         with pytest.raises(errors.InsufficientPrivilege, match="nobody can approve"):
             conn.execute("DELETE FROM orders")
         assert conn.execute("SELECT count(*) FROM orders").fetchone() == (20,)
     assert not ApprovalRequest.objects.exists()
+
+
+def test_a_policy_whose_reviewers_are_gone_refuses_the_login(held_gw):
+    from django.contrib.auth.models import Group
+
+    Group.objects.get(name="dba").user_set.clear()
+    with pytest.raises(psycopg.OperationalError, match="policy of connection .* cannot be loaded"):
+        held_gw.connect(autocommit=True)

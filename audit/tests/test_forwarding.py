@@ -8,6 +8,7 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
+import kombu.pools
 import orjson
 import pytest
 
@@ -150,12 +151,20 @@ def test_a_broker_that_is_down_costs_the_action_nothing(settings, django_capture
     conf.task_always_eager = False
     conf.broker_url = f"redis://127.0.0.1:{closed_port}/0"
     forward_record.app.pool.force_close_all()
+    forward_record.app._pool = None
+    forward_record.app.amqp._producer_pool = None
+    kombu.pools.reset()
     try:
         with django_capture_on_commit_callbacks(execute=True):
             created = record("demo", "user.create", None)
     finally:
         conf.broker_url, conf.task_always_eager = saved
         forward_record.app.pool.force_close_all()
+        # A closed pool stays closed: drop it (and the producers on it) so that later
+        # producers open fresh connections to the real broker.
+        forward_record.app._pool = None
+        forward_record.app.amqp._producer_pool = None
+        kombu.pools.reset()
     assert AuditRecord.objects.filter(pk=created.pk).exists()
     assert f"audit record {created.pk} not queued for forwarding" in caplog.text
 

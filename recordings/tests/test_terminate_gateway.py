@@ -40,10 +40,11 @@ def test_a_session_terminated_from_the_console_tells_psql_who_and_why_and_record
         wait_until(lambda: len(gw.recorded) == 1, what="the session to open")
         session_id = gw.recorded[0].session_id
         wait_until(
+            # Startup settings are recorded as statements too: wait for this one by its text.
             lambda: Event.objects.filter(
                 session_id=session_id, kind="statement", payload__text="SELECT pg_sleep(20)"
             ).exists(),
-            what="the pg_sleep statement to be recorded",
+            what="psql's second statement to be recorded",
         )
         session = Session.objects.get(pk=session_id)
         assert session.status == "live"

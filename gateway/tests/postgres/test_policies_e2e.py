@@ -43,7 +43,11 @@ def policy_gateway(gateway_factory, bob):
 
     def start(name, spec):
         policy = actions.do_save_policy(None, name, spec)
-        Connection.objects.filter(name="shop").update(policy=policy)
+        # approval_mode "return": a held statement is refused at once, naming its approval
+        # request, instead of waiting for a reviewer (docs/approvals.md).
+        Connection.objects.filter(name="shop").update(
+            policy=policy, options={"sslmode": "disable", "approval_mode": "return"}
+        )
         env = gateway_factory(decision_point_factory=default_decision_point)
         env.policy = policy
         return env
@@ -126,6 +130,11 @@ def test_a_permissive_policy_stops_the_dangerous_attacks_of_the_family_through_p
     assert codes(result) == ["42501"] * len(attacks), result.stderr
     decisions = _decisions(env)
     assert {d["action"] for d in decisions} <= {"deny", "review"}
+    # Held statements are refused at once naming their approval request (approval_mode
+    # return); nobody approves them here, so none runs.
+    held = [d for d in decisions if d["message"].startswith("waiting for approval")]
+    assert result.stderr.count("ERROR:  42501: waiting for approval") == len(held)
+    assert {d["rule"] for d in held} <= {"code", "destructive", "whole-table"}
     assert {(d["policy"], d["policy_version"]) for d in decisions} == {("guarded", 1)}
     assert all(d["rule"] for d in decisions if d["action"] == "review")
     assert _items_intact(env)
