@@ -73,7 +73,8 @@ def _nav(page) -> list[str]:
 def test_a_reviewer_and_an_auditor_see_only_their_navigation(console_server, page, bob, carol):
     login(page, console_server, "bob")
     expect(page.locator("h1")).to_have_text("Dashboard")
-    assert _nav(page) == ["Dashboard", "Approvals 0"]  # the inbox, with its pending count
+    # The reviewer's Approvals link carries the count of pending requests.
+    assert _nav(page) == ["Dashboard", "Approvals 0"]
     page.get_by_role("button", name="Log out").click()
     expect(page).to_have_url(re.compile(r"/accounts/login/$"))
 

@@ -127,6 +127,8 @@ def make_review_gate(authorized: Authorized, session_id: Any) -> Any:
         connection_id=authorized.connection_id,
         session_id=session_id,
         agent_waits=authorized.approval_mode != "return",
+        # Requests store the statement and parameters as the agent's masking shows them.
+        mask_text=(lambda text: authorized.masking.mask_text(text)[0]) if authorized.masking else None,
     )
 
 
