@@ -288,12 +288,13 @@ def main() -> int:
         _wait_port(gw_port, gateway)
         if PROFILE:
             spy = [
-                "py-spy",
+                str(Path(sys.executable).with_name("py-spy")),
                 "record",
                 "--format",
                 "raw",
                 "-r",
-                "1000",
+                os.environ.get("AIRLOCK_BENCH_PROFILE_RATE", "250"),
+                *(["--gil"] if os.environ.get("AIRLOCK_BENCH_PROFILE_GIL") else []),
                 "-o",
                 PROFILE,
                 "--pid",
