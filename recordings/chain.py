@@ -158,6 +158,22 @@ def canonical_decoded_payload(payload: Any) -> bytes:
     return text
 
 
+def canonical_plain(payload: Any) -> bytes | None:
+    """``canonical_payload`` in one encoding when ``payload`` needs no normalising, else None.
+
+    Equal to ``canonical_decoded_payload`` of the payload after a JSON round trip: orjson
+    refuses what is not plain JSON (non-string keys, bytes, integers beyond 64 bits, lone
+    surrogates) and the encoded text shows the rest of what jsonb would alter.
+    """
+    try:
+        text = orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)
+    except TypeError:
+        return None
+    if b"e+" in text or b"-0.0" in text or b"\\u0000" in text:
+        return None
+    return text
+
+
 def format_time(at: datetime) -> str:
     """ISO 8601 in UTC with microseconds (the precision the database keeps)."""
     if at.tzinfo is not UTC:

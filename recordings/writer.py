@@ -34,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
+import hashlib
 import json
 import logging
 import queue
@@ -94,6 +95,35 @@ def _snapshot(payload: dict[str, Any]) -> bytes | str:
         return _SNAPSHOT_FALLBACK.encode(payload)
 
 
+# What the writer thread needs of a payload besides its canonical bytes: the counters
+# (``_Tally``) and the search document (``search.batch_words``) read only these fields.
+_FACT_KEYS: dict[str, tuple[str, ...]] = {
+    Event.Kind.STATEMENT: ("text",),
+    Event.Kind.DECISION: ("action",),
+    Event.Kind.RESULT: ("masked",),
+    "input": ("data",),
+}
+
+
+def _take(kind: str, payload: dict[str, Any]) -> tuple[bytes | str, bytes | None, dict[str, Any] | None]:
+    """(snapshot, canonical bytes or None, the facts the writer reads) of one payload.
+
+    Plain JSON data (the usual case) is encoded once, already canonical
+    (``chain.canonical_plain``), and that text is both the snapshot and what the chain
+    hashes: the writer thread neither decodes nor re-encodes it. Anything else is
+    snapshotted as before and made canonical on the writer thread.
+    """
+    canonical = chain.canonical_plain(payload)
+    if canonical is None:
+        return _snapshot(payload), None, None
+    facts: dict[str, Any] = {}
+    for key in _FACT_KEYS.get(kind, ()):
+        value = payload.get(key)
+        if isinstance(value, str | int):  # immutable: the caller may reuse its dict
+            facts[key] = value
+    return canonical, canonical, facts
+
+
 def _load_snapshot(snapshot: bytes | str) -> Any:
     # orjson reads integers beyond 64 bits as floats: only its own output goes back to it.
     return orjson.loads(snapshot) if isinstance(snapshot, bytes) else json.loads(snapshot)
@@ -105,6 +135,10 @@ class _Queued(NamedTuple):
     offset_ms: float
     kind: str
     payload: bytes | str  # JSON snapshot
+    # The canonical bytes of the payload when they could be built at append time, and then
+    # the payload fields the writer reads (see ``_take``); None: decode the snapshot.
+    canonical: bytes | None = None
+    facts: dict[str, Any] | None = None
 
     @property
     def at(self) -> datetime:
@@ -277,23 +311,31 @@ def _chain_rows(
     base: _ChainState,
     items: list[_Queued],
     searched: list[tuple[str, Any]] | None = None,
-) -> tuple[list[tuple[int, datetime, float, str, str, str]], _ChainState]:
-    """Chain ``items`` after ``base``; the searchable events are added to ``searched``."""
+) -> tuple[list[tuple[int, datetime, str, float, str, str, str]], _ChainState]:
+    """Chain ``items`` after ``base``; the searchable events are added to ``searched``.
+
+    Rows are ``(seq, at, at as canonical text, offset_ms, kind, payload text, hash)``.
+    """
     prev = base.last_hash
     tally = replace(base.tally)
     seq = base.seq
     rows = []
+    sha256 = hashlib.sha256
+    envelope = chain.envelope
     for item in items:
-        payload = _load_snapshot(item.payload)
+        text = item.canonical
+        if text is None:
+            payload = _load_snapshot(item.payload)
+            text = chain.canonical_decoded_payload(payload)
+        else:
+            payload = item.facts
         if searched is not None and item.kind in search.SEARCHED_KINDS:
             searched.append((item.kind, payload))
-        text = chain.canonical_decoded_payload(payload)
         at = item.at
+        at_text = chain.format_time(at)
         seq += 1
-        digest = chain.event_hash(
-            prev, chain.envelope(seq, chain.format_time(at), item.offset_ms, item.kind, text)
-        )
-        rows.append((seq, at, item.offset_ms, item.kind, text.decode(), digest))
+        digest = sha256(prev.encode() + envelope(seq, at_text, item.offset_ms, item.kind, text)).hexdigest()
+        rows.append((seq, at, at_text, item.offset_ms, item.kind, text.decode(), digest))
         tally.add(item.kind, payload)
         prev = digest
     return rows, _ChainState(prev, tally)
@@ -302,7 +344,22 @@ def _chain_rows(
 _EVENT_COLUMNS = ("session", "seq", "at", "offset_ms", "kind", "payload", "hash")
 
 
-def _insert_events(session_id: uuid.UUID, rows: list[tuple[int, datetime, float, str, str, str]]) -> None:
+def _copy_text(session_id: uuid.UUID, rows: list[tuple[int, datetime, str, float, str, str, str]]) -> str:
+    """The rows in COPY's text format, built in one pass (no per-value adaptation).
+
+    Every field is ASCII or JSON text: JSON escapes tabs, newlines and carriage returns
+    inside strings, so the only character COPY would read specially is the backslash.
+    """
+    sid = str(session_id)
+    return "".join(
+        f"{sid}\t{seq}\t{at_text}\t{offset_ms!r}\t{kind}\t{text.replace(chr(92), chr(92) * 2)}\t{digest}\n"
+        for seq, _, at_text, offset_ms, kind, text, digest in rows
+    )
+
+
+def _insert_events(
+    session_id: uuid.UUID, rows: list[tuple[int, datetime, str, float, str, str, str]]
+) -> None:
     meta = Event._meta
     quote = connection.ops.quote_name
     table = quote(meta.db_table)
@@ -313,8 +370,7 @@ def _insert_events(session_id: uuid.UUID, rows: list[tuple[int, datetime, float,
         # connection) as any other database error.
         with connection.cursor() as cursor, connection.wrap_database_errors:
             with cursor.cursor.copy(f"COPY {table} ({columns}) FROM STDIN") as copy:
-                for row in rows:
-                    copy.write_row((session_id, *row))
+                copy.write(_copy_text(session_id, rows))
         return
     sid = Session._meta.pk.get_db_prep_value(session_id, connection)  # type: ignore[union-attr]
     at_field = meta.get_field("at")
@@ -322,7 +378,7 @@ def _insert_events(session_id: uuid.UUID, rows: list[tuple[int, datetime, float,
         for start in range(0, len(rows), INSERT_ROWS):
             chunk = rows[start : start + INSERT_ROWS]
             params: list[Any] = []
-            for seq, at, offset_ms, kind, text, digest in chunk:
+            for seq, at, _, offset_ms, kind, text, digest in chunk:
                 params.extend(
                     (sid, seq, at_field.get_db_prep_value(at, connection), offset_ms, kind, text, digest)
                 )
@@ -601,9 +657,9 @@ class SessionRecorder:
     # -- queueing -----------------------------------------------------------------------
 
     def _push(self, kind: str, payload: dict[str, Any]) -> None:
-        text = _snapshot(payload)
+        text, canonical, facts = _take(kind, payload)
         mono = time.monotonic()
-        item = _Queued(mono, time.time(), round((mono - self._t0) * 1000, 3), kind, text)
+        item = _Queued(mono, time.time(), round((mono - self._t0) * 1000, 3), kind, text, canonical, facts)
         if len(self._queue) >= MAX_QUEUED and kind != Event.Kind.SESSION_END:
             self._overflowed(item)
             return

@@ -231,6 +231,38 @@ def test_canonical_payloads_survive_a_json_round_trip_unchanged(value):
     assert b"\\u0000" not in text
 
 
+@given(json_values)
+def test_the_one_pass_canonical_form_is_the_canonical_form_or_declines(value):
+    # The writer builds canonical bytes at append time when the payload is plain JSON;
+    # they must be exactly what the chain would compute after a round trip, or None.
+    payload = {"v": value, "text": "x"}
+    fast = chain.canonical_plain(payload)
+    if fast is not None:
+        assert fast == chain.canonical_payload(payload)
+        assert chain.canonical_decoded_payload(json.loads(fast)) == fast
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"nul": "a\x00b"},
+        {"lone": "x\udcffy"},
+        {"negzero": -0.0},
+        {"big": 1e17},
+        {"huge": 2**64},
+        {3: "int key"},
+        {"raw": b"bytes"},
+    ],
+)
+def test_the_one_pass_canonical_form_declines_what_needs_normalising(value):
+    assert chain.canonical_plain(value) is None
+
+
+def test_the_one_pass_canonical_form_of_plain_data():
+    payload = {"text": "SELECT 1", "params": ("a", None), "rows": 1, "ms": 0.5, "nested": {"b": 1, "a": True}}
+    assert chain.canonical_plain(payload) == chain.canonical_payload(payload)
+
+
 @pytest.mark.parametrize(
     "value,stored",
     [

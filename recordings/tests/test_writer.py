@@ -159,6 +159,28 @@ async def test_it_refuses_unknown_kinds_and_payloads_that_are_not_json():
     assert session.event_count == 2
 
 
+async def test_text_copy_reads_specially_is_stored_exactly_and_the_counters_follow():
+    # Events go in with COPY's text format: backslashes (and "\\N", COPY's NULL), tabs,
+    # newlines and carriage returns in a payload must come back unchanged.
+    tricky = 'C:\\dir\\N\tcol\nline\r\\. end \\\\ "quoted" é \U0001f600'
+    async with asyncio.timeout(30):
+        recorder = await record_session(
+            [
+                (Event.Kind.STATEMENT, {"text": tricky, "params": [tricky, None]}),
+                (Event.Kind.DECISION, {"action": "deny", "rule": "r", "statement": tricky}),
+                (Event.Kind.RESULT, {"statement": tricky, "rows": 1, "masked": 3, "first_rows": [[tricky]]}),
+            ]
+        )
+        result = await in_db(_verify, recorder.session_id)
+        events = await in_db(_events, recorder.session_id)
+        session = await in_db(_session, recorder.session_id)
+    assert result.ok, result.reason
+    assert events[1]["payload"] == {"text": tricky, "params": [tricky, None]}
+    assert events[2]["payload"]["statement"] == tricky
+    assert events[3]["payload"]["first_rows"] == [[tricky]]
+    assert (session.statement_count, session.denied_count, session.masked_count) == (1, 1, 3)
+
+
 async def test_values_jsonb_would_alter_are_stored_so_the_chain_still_verifies():
     odd = {
         "data": "nul\x00 byte, lone \udcff surrogate, emoji \U0001f600, ctrl \x1b[0m",
