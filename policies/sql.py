@@ -33,6 +33,7 @@ from collections.abc import Callable, Iterable, Mapping, MutableMapping
 from functools import lru_cache
 from typing import Any
 
+import orjson
 from pglast import ast as pg_ast
 from pglast import parser as pg_parser
 
@@ -316,6 +317,11 @@ def _inline_fields() -> dict[str, dict[str, str]]:
 
 _INLINE = _inline_fields()
 _NODE_NAMES = frozenset(name for name in dir(pg_ast) if name[:1].isupper())
+# Nodes that hold only names and constants (no relation, function or statement can be
+# inside them, and no handler reads them): the walk does not descend into them.
+_LEAVES = frozenset(
+    {"A_Const", "A_Star", "BitString", "Boolean", "ColumnRef", "Float", "Integer", "ParamRef", "String"}
+)
 
 
 class ClassificationError(Exception):
@@ -553,6 +559,8 @@ class _Walker:
                 return
 
     def visit(self, typ: str, body: Json) -> None:
+        if typ in _LEAVES:
+            return
         handler = _HANDLERS.get(typ)
         if handler is not None:
             handler(self, body)
@@ -1190,9 +1198,16 @@ def _statement_texts(sql: str, stmts: list[Json]) -> list[str]:
     return texts
 
 
+def _load_tree(raw: str) -> Any:
+    try:
+        return orjson.loads(raw)  # about four times faster than json.loads here
+    except orjson.JSONDecodeError:  # an integer beyond 64 bits
+        return json.loads(raw)
+
+
 def _parse(sql: str) -> list[Json]:
     try:
-        tree = json.loads(pg_parser.parse_sql_json(sql))
+        tree = _load_tree(pg_parser.parse_sql_json(sql))
     except pg_parser.ParseError as exc:
         raise ClassificationError(str(exc)) from None
     except RecursionError:

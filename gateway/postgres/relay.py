@@ -1004,8 +1004,13 @@ class Relay:
             return None
         if typ == 84:  # 'T' RowDescription
             front = self._front()
-            columns = pg.parse_row_description(data[start:end]) if self.result_rows else None
-            fields = pg.parse_row_fields(data[start:end]) if self.masking is not None else None
+            if self.masking is not None:
+                # One parse serves both the masking (every field) and the recording.
+                fields = pg.parse_row_fields(data[start:end])
+                columns = [(f[0], f[4]) for f in fields] if self.result_rows else None
+            else:
+                fields = None
+                columns = pg.parse_row_description(data[start:end]) if self.result_rows else None
             if front is not None and front.kind == DESCRIBE:
                 self._last_columns = columns
                 if fields is not None:
