@@ -7,18 +7,25 @@ and pgbouncer (session pooling) started from a generated configuration. Each run
 select-only (``-S``), simple and ``-M prepared``, with 1 and 8 clients. TPS is pgbench's;
 p50/p99 latencies come from pgbench's per-transaction log (``--log``), so they are
 exact percentiles over every transaction of the run.
+
+``python -m bench.pgbench micro``: the steadier in-process figure, the CPU time per
+pgbench -S transaction of the relay (real policy engine, builtin masking, the real
+recorder or one that drops events) fed canned messages, without sockets.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import statistics
+import struct
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 DURATION = int(os.environ.get("AIRLOCK_BENCH_SECONDS", "4"))
 # Runs are repeated and interleaved (direct, gateway, pgbouncer, direct, ...) so that a
@@ -392,5 +399,157 @@ def main() -> int:
     return 0
 
 
+# --- in-process micro-benchmark ------------------------------------------------------------
+
+
+def _micro_messages(mode: str, n: int, seed: int) -> tuple[bytes, list[bytes], bytes]:
+    """pgbench -S as the relay sees it: (setup from the client, per-transaction client
+    messages, the server's answer to one transaction)."""
+    from gateway.postgres import protocol as pg
+
+    text = "SELECT abalance FROM pgbench_accounts WHERE aid = "
+    row_desc = pg.message(
+        b"T", b"\x00\x01" + b"abalance\x00" + struct.pack("!IhIhih", 16397, 3, 23, 4, -1, 0)
+    )
+    row = pg.data_row([b"0"])
+    tail = pg.message(b"C", b"SELECT 1\x00") + pg.ready_for_query(b"I")
+    if mode == "simple":
+        # A new literal every time (as pgbench -S sends), and none seen in an earlier case.
+        return b"", [pg.query(f"{text}{seed + i};") for i in range(n)], row_desc + row + tail
+    parse = pg.message(b"P", b"P0_1\x00" + text.encode() + b"$1\x00\x00\x00")
+    setup = parse + pg.message(b"S")
+    msgs = []
+    for i in range(n):
+        value = str(seed + i).encode()
+        bind = pg.message(
+            b"B", b"\x00P0_1\x00\x00\x00\x00\x01" + struct.pack("!I", len(value)) + value + b"\x00\x00"
+        )
+        msgs.append(
+            bind + pg.message(b"D", b"P\x00") + pg.message(b"E", b"\x00\x00\x00\x00\x00") + pg.message(b"S")
+        )
+    answer = pg.message(b"2") + row_desc + row + tail
+    return setup, msgs, answer
+
+
+async def _micro_case(mode: str, recorder_kind: str, n: int, policy: Any) -> dict[str, float]:
+    from django.conf import settings
+
+    from gateway.decision import DecisionPoint
+    from gateway.postgres import protocol as pg
+    from gateway.postgres.relay import Relay
+    from masking import compile_policy
+
+    point = DecisionPoint(
+        protocol="postgres",
+        connection="bench",
+        agent="bench-bot",
+        groups=frozenset({"agents"}),
+        policy=policy,
+    )
+    masking = compile_policy({}).for_groups(frozenset({"agents"}))
+
+    class Dropped:
+        session_id = None
+
+        def append(self, kind: str, payload: dict[str, object]) -> None:
+            pass
+
+        async def close(self, **kwargs: object) -> None:
+            pass
+
+    if recorder_kind == "recorder":
+        from recordings.writer import SessionRecorder
+
+        recorder: Any = await SessionRecorder.start(
+            protocol="postgres", agent_name="bench-bot", connection_name="bench"
+        )
+    else:
+        recorder = Dropped()
+    relay = Relay(
+        point, recorder, max_message=settings.GATEWAY_MAX_MESSAGE_BYTES,
+        result_rows=settings.RECORDING_RESULT_ROWS, masking=masking,
+    )  # fmt: skip
+    relay.seed_search_path(("public",))
+    _micro_case.seed += n  # type: ignore[attr-defined]
+    setup, msgs, answer = _micro_messages(mode, n, _micro_case.seed)  # type: ignore[attr-defined]
+    if setup:
+        relay.from_client(setup)
+        relay.from_server(pg.message(b"1") + pg.ready_for_query(b"I"))
+    cpu0, wall0, own0 = time.process_time(), time.perf_counter(), time.thread_time()
+    for i, msg in enumerate(msgs):
+        relay.from_client(msg)
+        relay.from_server(answer)
+        if i % 20 == 0:
+            await asyncio.sleep(0)  # let the recorder's flusher run, as the loop would
+    await recorder.close(reason="bench")
+    cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+    loop_cpu = time.thread_time() - own0  # the event loop's thread alone
+    if recorder_kind == "recorder" and (recorder.failed or recorder.dropped_events):
+        raise RuntimeError(f"recording lost events: {recorder.failure_reason}")
+    return {"cpu_us": cpu / n * 1e6, "wall_us": wall / n * 1e6, "loop_us": loop_cpu / n * 1e6}
+
+
+_micro_case.seed = 10_000_000  # type: ignore[attr-defined]
+
+
+def micro() -> int:
+    """``python -m bench.pgbench micro``: CPU per statement of the relay with the real
+    policy engine, builtin masking and (or without) the real recorder, fed canned pgbench
+    -S messages in one process (no sockets): steadier than TPS on a shared machine."""
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "console.settings")
+    import django
+
+    django.setup()
+    from django.db import connection
+
+    from policies.actions import do_save_policy
+    from recordings.writer import shutdown_writer
+
+    n = int(os.environ.get("AIRLOCK_BENCH_MICRO_N", "20000"))
+    profile = os.environ.get("AIRLOCK_BENCH_PROFILE", "")
+    base_name = connection.settings_dict["NAME"]
+    connection.settings_dict["TEST"]["NAME"] = f"{base_name}_bench_micro"
+    old_name = connection.creation.create_test_db(verbosity=0, autoclobber=True, serialize=False)
+    try:
+        from policies.stored import compile_stored
+
+        policy = compile_stored(do_save_policy("bench", "allow-all", {"default": "allow", "rules": []}))
+        connection.close()
+        try:
+            import uvloop
+
+            runner: Any = uvloop.run
+        except ImportError:
+            runner = asyncio.run
+        print(
+            f"relay micro-benchmark, {n} pgbench -S transactions per case, load average {os.getloadavg()[0]:.1f}"
+        )
+        print(f"{'mode':<9} {'recorder':<9} {'cpu us/txn':>10} {'loop us/txn':>11} {'wall us/txn':>11}")
+        runner(_micro_case("simple", "dropped", 500, policy))  # warm-up: imports, first parses
+        for mode in ("simple", "prepared"):
+            for kind in ("dropped", "recorder"):
+                best: dict[str, float] | None = None
+                for _ in range(int(os.environ.get("AIRLOCK_BENCH_ROUNDS", "3"))):
+                    if profile:
+                        import cProfile
+
+                        with cProfile.Profile() as prof:
+                            r = runner(_micro_case(mode, kind, n, policy))
+                        prof.dump_stats(f"{profile}.{mode}.{kind}")
+                    else:
+                        r = runner(_micro_case(mode, kind, n, policy))
+                    if best is None or r["cpu_us"] < best["cpu_us"]:
+                        best = r
+                assert best is not None
+                print(
+                    f"{mode:<9} {kind:<9} {best['cpu_us']:>10.1f} {best['loop_us']:>11.1f} {best['wall_us']:>11.1f}"
+                )
+    finally:
+        shutdown_writer()
+        connection.close()
+        connection.creation.destroy_test_db(old_name, verbosity=0)
+    return 0
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(micro() if sys.argv[1:] == ["micro"] else main())
