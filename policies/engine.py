@@ -167,10 +167,46 @@ def _setting_matcher(patterns: list[str], covering: bool) -> Callable[[str], boo
     return matches
 
 
+_MEMO_SIZE = 4096
+
+
+def _memo(match: Callable[[str], bool]) -> Callable[[str], bool]:
+    """``match`` remembered per name (a table or function name always matches alike)."""
+    seen: dict[str, bool] = {}
+
+    def remembered(name: str) -> bool:
+        found = seen.get(name)
+        if found is None:
+            found = match(name)
+            if len(seen) < _MEMO_SIZE:
+                seen[name] = found
+        return found
+
+    return remembered
+
+
 def _over(items: Callable[[_View], frozenset[str]], match: Callable[[str], bool], covering: bool) -> Matcher:
+    match = _memo(match)
     if covering:
-        return lambda request, view: bool(found := items(view)) and all(match(i) for i in found)
-    return lambda request, view: any(match(i) for i in items(view))
+
+        def every(request: Request, view: _View) -> bool:
+            found = items(view)
+            if not found:
+                return False
+            for item in found:
+                if not match(item):
+                    return False
+            return True
+
+        return every
+
+    def any_of(request: Request, view: _View) -> bool:
+        for item in items(view):
+            if match(item):
+                return True
+        return False
+
+    return any_of
 
 
 def _in_set(value: Callable[[Request], str], allowed: frozenset[str]) -> Matcher:
