@@ -231,3 +231,49 @@ def test_a_saved_version_that_does_not_compile_denies_in_open_sessions(refresh_g
     finally:
         conn.close()
     assert _statement_versions(env)[-1] == ("deny", 2)
+
+
+def _slot(name="shop"):
+    from gateway.policy_watch import REGISTRY
+
+    (slot,) = [slot for slot in REGISTRY.slots() if slot.connection_name == name]
+    return slot
+
+
+def test_prepared_statements_and_other_sessions_hit_the_connections_decision_cache(refresh_gateway):
+    env = refresh_gateway(ALLOW_READS)
+    statement = "SELECT name FROM items WHERE id = %s"
+    with env.connect(autocommit=True) as first:
+        # psycopg's prepare=True: a named Parse once, then Bind/Execute of that statement.
+        assert first.execute(statement, (1,), prepare=True).fetchone() == ("item 1",)
+        policy = _slot().policy
+        hits, misses = policy.hits, policy.misses
+        for n in range(2, 12):
+            assert first.execute(statement, (n % 10 + 1,), prepare=True).fetchone() is not None
+        assert (policy.hits - hits, policy.misses - misses) == (10, 0)
+        # Another session on the connection shares the compiled policy and its cache.
+        with env.connect(autocommit=True) as second:
+            assert _slot().policy is policy
+            hits, misses = policy.hits, policy.misses
+            for n in range(1, 6):
+                assert second.execute(statement, (n,), prepare=True).fetchone() is not None
+            assert (policy.hits - hits, policy.misses - misses) == (5, 0)
+
+
+def test_observe_rules_are_recorded_on_the_statement_and_enforce_nothing(refresh_gateway):
+    spec = {
+        "default": "deny",
+        "rules": [
+            {"name": "watch-items", "match": {"tables": ["public.items"]}, "action": "observe"},
+            *ALLOW_READS["rules"],
+        ],
+    }
+    env = refresh_gateway(spec)
+    with env.connect(autocommit=True) as conn:
+        assert _outcome(conn) == "allowed"
+        assert _outcome(conn, "SELECT 1") == "allowed"
+    statements = {p["text"]: p for kind, p in env.events(0) if kind == "statement"}
+    assert statements[READ]["action"] == "allow"
+    assert statements[READ]["rule"] == "reads"
+    assert statements[READ]["observed"] == ["watch-items"]
+    assert "observed" not in statements["SELECT 1"]
