@@ -279,3 +279,28 @@ def test_observe_rules_are_recorded_on_the_statement_and_enforce_nothing(refresh
     assert statements[READ]["rule"] == "reads"
     assert statements[READ]["observed"] == ["watch-items"]
     assert "observed" not in statements["SELECT 1"]
+
+
+def test_the_watcher_recompiles_only_what_changed(make_connection, bob):
+    """A refresh with nothing changed keeps the compiled policy (and its warm cache)."""
+    from gateway.policy_watch import PolicyRegistry
+
+    registry = PolicyRegistry()
+    policy = actions.do_save_policy(None, "agents", REVIEWED)
+    connection = make_connection("warehouse")
+    Connection.objects.filter(pk=connection.pk).update(policy=policy)
+    slot = registry.slot_for(Connection.objects.select_related("policy").get(pk=connection.pk))
+    compiled = slot.policy
+    assert compiled.version == 1
+
+    assert registry.refresh() == 0
+    assert registry.refresh() == 0
+    assert slot.policy is compiled
+    # A login on the same connection reuses it too.
+    again = registry.slot_for(Connection.objects.select_related("policy").get(pk=connection.pk))
+    assert again is slot and slot.policy is compiled
+
+    actions.do_save_policy(None, "agents", ALLOW_READS)
+    assert registry.refresh() == 1
+    assert slot.policy is not compiled and slot.policy.version == 2
+    assert registry.refresh() == 0
