@@ -134,5 +134,8 @@ class NoPolicy:
             message=f'connection "{connection}" has no policy: every statement is denied',
         )
 
+    def __repr__(self) -> str:
+        return "<NoPolicy: denies everything>"
+
     def evaluate(self, request: Request) -> Decision:
         return self.decision

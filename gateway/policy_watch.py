@@ -71,6 +71,9 @@ class BrokenPolicy:
             policy_version=version,
         )
 
+    def __repr__(self) -> str:
+        return f"<BrokenPolicy {self.name} v{self.version}: denies everything>"
+
     def evaluate(self, request: Request) -> Decision:
         return self.decision
 
@@ -84,6 +87,9 @@ class ConnectionGone:
             rule=None,
             message=f'connection "{connection}" no longer exists: every statement is denied',
         )
+
+    def __repr__(self) -> str:
+        return "<ConnectionGone: denies everything>"
 
     def evaluate(self, request: Request) -> Decision:
         return self.decision
