@@ -2,9 +2,11 @@
 
 ``python -m bench pgbench`` (part of ``make bench``). Everything runs on this machine:
 a private PostgreSQL instance (initdb, scale 10), the gateway as its own process
-(``manage.py gateway``, recording on, allow-all policy) on a throwaway Django database,
-and pgbouncer (session pooling) started from a generated configuration. Each run is
-select-only (``-S``), simple and ``-M prepared``, with 1 and 8 clients. TPS is pgbench's;
+(``manage.py gateway``, recording on) on a throwaway Django database, and pgbouncer (session pooling) started from a generated configuration. Each run is
+select-only (``-S``), simple and ``-M prepared``, with 1 and 8 clients. The gateway serves
+two connections to the same database: "bench" with an allow-all policy (target "gateway")
+and "bench-policy" with ``REALISTIC_POLICY`` (target "gw-policy"), what an admin would
+deploy for an agent, whose rules pgbench's SELECT goes through before one allows it. TPS is pgbench's;
 p50/p99 latencies come from pgbench's per-transaction log (``--log``), so they are
 exact percentiles over every transaction of the run.
 
@@ -28,20 +30,26 @@ from pathlib import Path
 from typing import Any
 
 DURATION = int(os.environ.get("AIRLOCK_BENCH_SECONDS", "4"))
-# Runs are repeated and interleaved (direct, gateway, pgbouncer, direct, ...) so that a
-# burst of load from elsewhere on the machine hits every target alike; TPS is the median
+# Runs are repeated and interleaved (direct, gateway, pgbouncer, direct, ...), the order
+# turning each round, so that a burst of load from elsewhere on the machine hits every
+# target alike; TPS is the median
 # of the rounds, percentiles are over every transaction of every round.
 ROUNDS = int(os.environ.get("AIRLOCK_BENCH_ROUNDS", "3"))
 # Profiling: AIRLOCK_BENCH_PROFILE=out.txt runs the gateway under py-spy (raw stack counts)
-# and AIRLOCK_BENCH_ONLY=gateway limits the runs to one target.
+# and AIRLOCK_BENCH_ONLY=gateway,gw-policy limits the runs to those targets.
 PROFILE = os.environ.get("AIRLOCK_BENCH_PROFILE", "")
-ONLY = os.environ.get("AIRLOCK_BENCH_ONLY", "")
+# (in the order given: a target's run can leave work behind for the next one in the same
+# process, such as recording writes or garbage collection, and the order shows it).
+ONLY = [name for name in os.environ.get("AIRLOCK_BENCH_ONLY", "").split(",") if name]
+MODES = os.environ.get("AIRLOCK_BENCH_MODES", "simple,prepared").split(",")
 SCALE = 10
-# Two diagnostics, not ways to deploy: "gw-norec" is the same gateway code with a recorder
-# that drops events (what recording costs; the command has no such switch), "tcp-relay" a
-# plain uvloop byte relay that parses nothing (the floor for any asyncio relay here).
-TARGETS = ("direct", "gateway", "gw-norec", "tcp-relay", "pgbouncer")
-RUNS = [(mode, clients) for mode in ("simple", "prepared") for clients in (1, 8)]
+# Diagnostics, not ways to deploy: "gw-norec" is the same gateway code with a recorder
+# that drops events (what recording costs; the command has no such switch) and "norec-pol"
+# that gateway on the realistic policy's connection (the policy's cost without the noise of
+# recording writes on a busy database), "tcp-relay" a plain uvloop byte relay that parses
+# nothing (the floor for any asyncio relay here).
+TARGETS = ("direct", "gateway", "gw-policy", "gw-norec", "norec-pol", "tcp-relay", "pgbouncer")
+RUNS = [(mode, clients) for mode in ("simple", "prepared") if mode in MODES for clients in (1, 8)]
 
 
 def _free_port() -> int:
@@ -141,6 +149,81 @@ def _child_pid(pid: int) -> int:
     return int(found[0]) if found else pid
 
 
+def realistic_policy() -> dict[str, object]:
+    """What an admin deploys for a reporting agent: the read-only-agent pack's guards, then
+    rules of the admin's own (tables by glob, function sets, a review of writes to a
+    sensitive table, a regular expression, observe rules), then the pack's allows.
+
+    pgbench -S's ``SELECT abalance FROM pgbench_accounts WHERE aid = ...`` goes through
+    every deny, review and observe rule (two observe rules match it) before "reads"
+    allows it.
+    """
+    from policies.packs import pack
+
+    base = pack("read-only-agent")
+    guards = [rule for rule in base["rules"] if rule["action"] == "deny"]
+    allows = [rule for rule in base["rules"] if rule["action"] == "allow"]
+    own = [
+        {
+            "name": "no-vault",
+            "match": {"tables": ["vault.*", "*.secret_*", "public.*_tokens"]},
+            "action": "deny",
+            "message": "secrets tables are off limits",
+        },
+        {
+            "name": "no-large-objects-or-locks",
+            "match": {"functions": ["@large_objects", "@advisory_locks", "@dynamic_sql", "dblink*"]},
+            "action": "deny",
+        },
+        {
+            "name": "payout-changes",
+            "match": {"operations": ["write"], "tables": ["public.pgbench_branches", "billing.*"]},
+            "action": "review",
+            "reviewers": ["dba"],
+            "approvals": 1,
+            "timeout": "15m",
+        },
+        {
+            "name": "no-user-export",
+            "match": {"regex": r"^COPY\s+(public\.)?(users|customers)\b"},
+            "action": "deny",
+        },
+        {"name": "watch-accounts", "match": {"tables": ["public.pgbench_*"]}, "action": "observe"},
+        {
+            "name": "watch-bench-agents",
+            "match": {"groups": ["agents"], "regex": r"\bpgbench_accounts\b"},
+            "action": "observe",
+            "would": "review",
+        },
+        {
+            "name": "no-deletes-without-where",
+            "match": {"no_where": True, "operations": ["write"]},
+            "action": "deny",
+        },
+    ]
+    return {"default": "deny", "on_parse_error": "deny", "rules": [*guards, *own, *allows]}
+
+
+def _realistic_path() -> str:
+    """How the realistic policy decides pgbench -S's statement (rules tried, observe rules)."""
+    from policies.engine import compile_policy
+    from policies.types import Request
+
+    policy = compile_policy("realistic", 1, realistic_policy(), known_groups={"dba"})
+    decision = policy.evaluate(
+        Request(
+            protocol="postgres", connection="bench-policy", agent="bench-bot", groups=frozenset({"agents"}),
+            statement="SELECT abalance FROM pgbench_accounts WHERE aid = 4242;",
+        )
+    )  # fmt: skip
+    names = [rule.name for rule in policy.rules]
+    tried = names.index(decision.rule) + 1 if decision.rule in names else len(names)
+    return (
+        f"realistic policy: {len(names)} rules; pgbench -S's SELECT is {decision.action} by rule"
+        f" {decision.rule!r}, rule {tried} tried in order; observe rules noted: {', '.join(decision.observed)}"
+    )
+
+
 def _prepare_airlock(pg_port: int) -> str:
     """The agent, its token and the connection "bench" in the throwaway database."""
     from gateway.models import Connection
@@ -162,7 +245,20 @@ def _prepare_airlock(pg_port: int) -> str:
     from django.contrib.auth.models import Group
 
     connection.groups.set([Group.objects.get(name="agents")])
-    return token
+    # The realistic policy's review rule names "dba": it needs a person in it to compile.
+    from identity.models import User
+
+    reviewer = User.objects.create_user(username="bench-reviewer", password=token)
+    reviewer.groups.add(Group.objects.get_or_create(name="dba")[0])
+    realistic = do_save_policy("bench", "realistic", realistic_policy())
+    guarded = Connection(
+        name="bench-policy", kind="postgres", host="127.0.0.1", port=pg_port, database="bench",
+        username="scram_user", options={"sslmode": "disable"}, policy=realistic,
+    )  # fmt: skip
+    set_secrets(guarded, {"password": ROLES["scram_user"][0]})
+    guarded.save()
+    guarded.groups.set([Group.objects.get(name="agents")])
+    return str(token)
 
 
 def serve_without_recording(port: int) -> None:
@@ -247,6 +343,12 @@ def serve_tcp_relay(port: int, upstream: int) -> None:
 
 
 def main() -> int:
+    unknown = [target for target in ONLY if target not in TARGETS]
+    if unknown:
+        print(
+            f"pgbench benchmark: unknown target(s) {unknown} (known: {', '.join(TARGETS)})", file=sys.stderr
+        )
+        return 2
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "console.settings")
     import django
 
@@ -307,7 +409,9 @@ def main() -> int:
                 "--pid",
                 str(gateway.pid),
             ]
-            procs.append(subprocess.Popen([*spy, "-d", str(DURATION * 4)], stdout=subprocess.DEVNULL))
+            procs.append(
+                subprocess.Popen([*spy, "-d", str(DURATION * 4)], stdout=subprocess.DEVNULL, text=True)
+            )
         norec_port = _free_port()
         norec = subprocess.Popen(
             [sys.executable, "-c", f"from bench.pgbench import serve_without_recording; serve_without_recording({norec_port})"],
@@ -328,24 +432,34 @@ def main() -> int:
         endpoints = {
             "direct": (server.port, "scram_user", "bench", password),
             "gateway": (gw_port, "bench-bot", "bench", token),
+            "gw-policy": (gw_port, "bench-bot", "bench-policy", token),
             "gw-norec": (norec_port, "bench-bot", "bench", token),
+            "norec-pol": (norec_port, "bench-bot", "bench-policy", token),
             "tcp-relay": (relay_port, "scram_user", "bench", password),
             "pgbouncer": (bouncer_port, "scram_user", "bench", password),
         }
         pids = {
             "gateway": gateway.pid,
+            "gw-policy": gateway.pid,
             "gw-norec": norec.pid,
+            "norec-pol": norec.pid,
             "tcp-relay": relay.pid,
             "pgbouncer": _child_pid(bouncer.pid),
         }
         for mode, clients in RUNS:
             runs: dict[str, list[tuple[float, list[int]]]] = {t: [] for t in TARGETS}
             cpu = dict.fromkeys(TARGETS, 0.0)
-            for _ in range(ROUNDS):
+            order = list(ONLY or TARGETS)
+            for round_ in range(ROUNDS):
                 for target in TARGETS:
-                    if ONLY and target != ONLY:
-                        runs[target].append((1.0, [0]))
-                        continue
+                    if ONLY and target not in ONLY:
+                        runs[target].append((1.0, [0]))  # not run: a placeholder
+                # The order turns each round: a run leaves work behind in its process
+                # (sessions closing, garbage) that slows the next one there, and the
+                # targets sharing a process (gateway and gw-policy, gw-norec and
+                # norec-pol) must take that turn alike.
+                shift = round_ % len(order)
+                for target in order[shift:] + order[:shift]:
                     before = _cpu_seconds(pids[target]) if target in pids else 0.0
                     runs[target].append(pgbench(*endpoints[target], mode, clients, root))
                     if target in pids:
@@ -384,9 +498,27 @@ def main() -> int:
                 f" {r['tps'] / direct['tps']:>9.2f} {r['cpu_us']:>10.1f}"
             )
     for mode in ("simple", "prepared"):
+        if mode not in MODES:
+            continue
         added = results[("gateway", mode, 1)]["p50_ms"] - results[("direct", mode, 1)]["p50_ms"]
         print(f"gateway p50 added latency, 1 client, {mode}: {added:.3f} ms")
     print(f"recorded through the gateway: {sessions} sessions, {recorded} statements")
+    print(_realistic_path())
+    ratios = []
+    for mode, clients in RUNS:
+        ratio = results[("gw-policy", mode, clients)]["tps"] / results[("gateway", mode, clients)]["tps"]
+        ratios.append(ratio)
+        bare = results[("norec-pol", mode, clients)]["tps"] / results[("gw-norec", mode, clients)]["tps"]
+        print(
+            f"gw-policy vs gateway (allow-all), {mode}, {clients} client(s): {ratio:.3f} x TPS"
+            f" (without recording: norec-pol vs gw-norec {bare:.3f} x)"
+        )
+    print(
+        "guardrails target (realistic policy within 10% of allow-all in every case):",
+        "met" if min(ratios) >= 0.9 else "NOT met",
+    )
+    if "simple" not in MODES:
+        return 0
     targets_met = (
         results[("gateway", "simple", 1)]["tps"] / results[("direct", "simple", 1)]["tps"] >= 0.6
         and results[("gateway", "simple", 8)]["tps"] / results[("direct", "simple", 8)]["tps"] >= 0.35

@@ -266,6 +266,8 @@ GATEWAY_IDLE_TIMEOUT = env_int("AIRLOCK_IDLE_TIMEOUT_SECONDS", 3600, minimum=1)
 GATEWAY_SESSION_TIMEOUT = env_int("AIRLOCK_SESSION_TIMEOUT_SECONDS", 12 * 3600, minimum=1)
 GATEWAY_MAX_SESSIONS = env_int("AIRLOCK_MAX_SESSIONS", 1000, minimum=1)
 GATEWAY_LOGIN_FAILURES_PER_MINUTE = env_int("AIRLOCK_LOGIN_FAILURES_PER_MINUTE", 10, minimum=1)
+# How often the gateway asks the database whether the policies of open sessions changed.
+GATEWAY_POLICY_REFRESH_MS = env_int("AIRLOCK_POLICY_REFRESH_MS", 1000, minimum=50)
 # Masking: the key of the keyed hash (`hash` method), and what a connection without a
 # masking policy gets ("builtin": every built-in entity found by content is redacted; "off").
 AIRLOCK_MASKING_HASH_KEY = env_secret("AIRLOCK_MASKING_HASH_KEY") or persistent_secret(

@@ -4,12 +4,18 @@ Protocol code builds a ``policies.types.Request`` for each statement and acts on
 ``Decision``; it holds no policy logic. One ``DecisionPoint`` is made per session at
 login (the only place it touches the database, through ``for_connection``), and
 ``decide`` is called on the hot path, so it must stay a cheap, synchronous call.
+
+The policy a session's point decides with is the connection's ``PolicySlot``
+(``gateway.policy_watch``): the gateway's policy watcher replaces the compiled policy in
+it when an administrator changes the policy, so an open session's next statement is
+decided by the new version.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Protocol
 
+from gateway.policy_watch import PolicySlot
 from policies.types import ALLOW_ALL, Action, Decision, Request
 
 if TYPE_CHECKING:
@@ -40,25 +46,39 @@ class DecisionPoint:
         agent: str,
         groups: frozenset[str],
         policy: CompiledPolicy | None = None,
+        slot: PolicySlot | None = None,
     ) -> None:
         self.protocol = protocol
         self.connection = connection
         self.agent = agent
         self.groups = groups
-        self.policy = policy
+        # A point made with a fixed ``policy`` (tests, benchmarks, "Try it") has a slot of
+        # its own that nothing refreshes.
+        self.slot = slot if slot is not None else PolicySlot(policy)
         # The session's masking (masking.MaskingPolicy) or None: what an approval card or
         # notification shows of a statement goes through ``masking.mask_text``.
         self.masking: Any = None
 
+    @property
+    def policy(self) -> CompiledPolicy | None:
+        """The policy in force now (it changes when the stored policy does)."""
+        return self.slot.policy
+
     @classmethod
     def for_connection(cls, connection: Connection, *, agent: str, groups: frozenset[str]) -> DecisionPoint:
-        """The decision point for a session on ``connection`` (ORM: call at login only)."""
+        """The decision point for a session on ``connection`` (ORM: call at login only).
+
+        Its policy follows the stored one (``gateway.policy_watch``). Raises
+        ``PolicyError`` when the current version does not compile.
+        """
+        from gateway.policy_watch import REGISTRY
+
         return cls(
             protocol=connection.kind,
             connection=connection.name,
             agent=agent,
             groups=groups,
-            policy=load_policy(connection),
+            slot=REGISTRY.slot_for(connection),
         )
 
     def request(
@@ -77,10 +97,11 @@ class DecisionPoint:
     def decide(self, request: Request) -> Decision:
         # A point made without a policy (tests, benchmarks) allows everything; a connection
         # without a policy gets ``NoPolicy`` from ``for_connection`` and allows nothing.
-        if self.policy is None:
+        policy = self.slot.policy
+        if policy is None:
             return ALLOW_ALL
         try:
-            return self.policy.evaluate(request)
+            return policy.evaluate(request)
         except Exception as exc:
             return Decision(
                 action=Action.DENY, rule=None, message=f"the policy could not be evaluated: {exc}"
@@ -113,22 +134,8 @@ class NoPolicy:
             message=f'connection "{connection}" has no policy: every statement is denied',
         )
 
+    def __repr__(self) -> str:
+        return "<NoPolicy: denies everything>"
+
     def evaluate(self, request: Request) -> Decision:
         return self.decision
-
-
-def load_policy(connection: Connection) -> CompiledPolicy:
-    """The compiled policy of ``connection`` (its current version).
-
-    Compiled exactly as the console's "Try it" and ``manage.py policy check`` compile it
-    (``policies.stored``): a review naming a group nobody in which can approve is a
-    configuration error, so ``PolicyError`` is raised and the login is refused, never a
-    session whose reviews could not be answered. A connection without a policy denies
-    everything.
-    """
-    from policies.stored import compile_stored
-
-    policy = connection.policy
-    if policy is None:
-        return NoPolicy(connection.name)
-    return compile_stored(policy)

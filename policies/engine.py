@@ -167,10 +167,46 @@ def _setting_matcher(patterns: list[str], covering: bool) -> Callable[[str], boo
     return matches
 
 
+_MEMO_SIZE = 4096
+
+
+def _memo(match: Callable[[str], bool]) -> Callable[[str], bool]:
+    """``match`` remembered per name (a table or function name always matches alike)."""
+    seen: dict[str, bool] = {}
+
+    def remembered(name: str) -> bool:
+        found = seen.get(name)
+        if found is None:
+            found = match(name)
+            if len(seen) < _MEMO_SIZE:
+                seen[name] = found
+        return found
+
+    return remembered
+
+
 def _over(items: Callable[[_View], frozenset[str]], match: Callable[[str], bool], covering: bool) -> Matcher:
+    match = _memo(match)
     if covering:
-        return lambda request, view: bool(found := items(view)) and all(match(i) for i in found)
-    return lambda request, view: any(match(i) for i in items(view))
+
+        def every(request: Request, view: _View) -> bool:
+            found = items(view)
+            if not found:
+                return False
+            for item in found:
+                if not match(item):
+                    return False
+            return True
+
+        return every
+
+    def any_of(request: Request, view: _View) -> bool:
+        for item in items(view):
+            if match(item):
+                return True
+        return False
+
+    return any_of
 
 
 def _in_set(value: Callable[[Request], str], allowed: frozenset[str]) -> Matcher:
@@ -215,9 +251,33 @@ def _settings(view: _View) -> frozenset[str]:
     return view.info.settings
 
 
+def _once(compute: Callable[[], str]) -> Callable[[], str]:
+    """``compute`` run at most once (the normalized text several regex rules look at)."""
+    done: list[str] = []
+
+    def get() -> str:
+        if not done:
+            done.append(compute())
+        return done[0]
+
+    return get
+
+
+# Match keys from the cheapest to test to the dearest: a rule's keys must all match, so
+# they are tried in this order and the first that fails ends the rule (``regex`` needs
+# the normalized statement, which is computed only when a rule gets that far).
+_KEY_ORDER = {
+    key: index
+    for index, key in enumerate(
+        ("protocol", "connections", "agents", "groups", "operations", "facts", "no_where",
+         "settings", "functions", "tables", "regex")
+    )
+}  # fmt: skip
+
+
 def _matchers(match: dict[str, Any], covering: bool) -> list[Matcher]:
     result: list[Matcher] = []
-    for key, raw in match.items():
+    for key, raw in sorted(match.items(), key=lambda item: _KEY_ORDER.get(item[0], len(_KEY_ORDER))):
         if key == "protocol":
             result.append(_in_set(lambda r: r.protocol, frozenset(as_list(raw))))
         elif key == "connections":
@@ -274,7 +334,10 @@ class _Rule:
     matchers: tuple[Matcher, ...]
 
     def matches(self, request: Request, view: _View) -> bool:
-        return all(m(request, view) for m in self.matchers)
+        for matcher in self.matchers:
+            if not matcher(request, view):
+                return False
+        return True
 
 
 @dataclass(frozen=True, slots=True)
@@ -363,7 +426,7 @@ class CompiledPolicy:
             if not remaining:
                 operations = info.known_operations
                 facts = facts - {"unknown_function"}
-        return _View(info, operations, facts, lambda: classification.normalized(index))
+        return _View(info, operations, facts, _once(lambda: classification.normalized(index)))
 
     def _fallback(self, action: Action, why: str) -> _Outcome:
         return _Outcome(action, None, why, self.review if action is Action.REVIEW else None)

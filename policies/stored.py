@@ -8,6 +8,7 @@ and name, the agent's name and groups).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from django.contrib.auth.models import Group
@@ -30,18 +31,23 @@ def reviewer_groups() -> set[str]:
 
 
 def compile_stored(
-    policy: Policy, *, spec: dict[str, Any] | None = None, version: int | None = None
+    policy: Policy,
+    *,
+    spec: dict[str, Any] | None = None,
+    version: int | None = None,
+    known_groups: Iterable[str] | None = None,
 ) -> CompiledPolicy:
     """``policy`` (its current version, or the ``spec`` of ``version``) ready to decide.
 
-    Raises ``policies.engine.PolicyError`` when it does not compile, including a review
+    ``known_groups``: the groups that can review, when the caller has just read them
+    (``reviewer_groups()`` is asked otherwise). Raises ``policies.engine.PolicyError`` when it does not compile, including a review
     naming a group nobody can approve for.
     """
     return compile_policy(
         policy.name,
         policy.version if version is None else version,
         policy.spec if spec is None else spec,
-        known_groups=reviewer_groups(),
+        known_groups=reviewer_groups() if known_groups is None else known_groups,
     )
 
 

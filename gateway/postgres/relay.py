@@ -600,10 +600,13 @@ class Relay:
             "protocol": via,
             "action": decision.action.value,
             "rule": decision.rule,
-            # Which policy version decided (a session keeps the version it logged in with).
+            # Which policy version decided (an open session follows new versions).
             "policy": decision.policy,
             "policy_version": decision.policy_version,
         }
+        if decision.observed:
+            # Observe rules that matched: what they would have done, enforced nothing.
+            payload["observed"] = list(decision.observed)
         self.recorder.append("statement", payload)
         if decision.action is not Action.ALLOW:
             self.recorder.append(

@@ -293,10 +293,15 @@ class PostgresGateway:
         self._server: asyncio.AbstractServer | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._closing = False
+        # New policy versions reach open sessions (gateway.policy_watch).
+        from gateway.policy_watch import REGISTRY, PolicyWatcher
+
+        self.policy_watcher = PolicyWatcher(REGISTRY, settings.GATEWAY_POLICY_REFRESH_MS / 1000)
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(self._accept, host, port, reuse_address=True, backlog=1024)
+        self.policy_watcher.start()
         sock = self._server.sockets[0].getsockname()
         log.info("PostgreSQL gateway listening on %s:%s", sock[0], sock[1])
         return sock[0], sock[1]
@@ -329,6 +334,7 @@ class PostgresGateway:
             )
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=grace_seconds)
+        await self.policy_watcher.close()
         from recordings.live import close_termination_listener
 
         await close_termination_listener()

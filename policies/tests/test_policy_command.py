@@ -121,6 +121,13 @@ def test_a_review_naming_a_group_without_members_is_refused(shop):
         call_command("policy", "check", "--connection", "shop", "--agent", "billing-bot", "SELECT 1")
 
 
+def test_a_dash_reads_the_statements_from_stdin(shop, monkeypatch):
+    monkeypatch.setattr(sys, "stdin", StringIO("-- migration\nSELECT 1;\nDROP TABLE users;\n"))
+    out, _err, status = run("--connection", "shop", "--agent", "billing-bot", "-")
+    assert status == 3
+    assert "rule:    no-drop" in out
+
+
 @pytest.mark.django_db(transaction=True)
 def test_it_runs_from_the_command_line(shop):
     from django.db import connection

@@ -1,5 +1,8 @@
 """``manage.py policy check --connection C --agent A [--json] "SQL"``: what would the gateway do?
 
+``-`` as the statement reads it from standard input (a migration file in a CI pipeline;
+several statements in it are decided together, the strictest wins, as in the gateway).
+
 Prints the decision (action, rule, message) and the full classification, using the
 connection's policy (its current version) and the agent's groups, exactly as the gateway
 compiles them. For scripts and CI pipelines the exit status says the action: 0 allow,
@@ -30,10 +33,13 @@ class Command(BaseCommand):
         check.add_argument("--connection", required=True, help="connection name")
         check.add_argument("--agent", required=True, help="agent name")
         check.add_argument("--json", action="store_true", help="print the decision as JSON")
-        check.add_argument("statement", help="the SQL (or command) to decide on")
+        check.add_argument("statement", help='the SQL (or command) to decide on; "-" reads it from stdin')
 
     def handle(self, *args: Any, **options: Any) -> None:
-        decision = self.decide(options["connection"], options["agent"], options["statement"])
+        statement = options["statement"]
+        if statement == "-":
+            statement = sys.stdin.read()
+        decision = self.decide(options["connection"], options["agent"], statement)
         if options["json"]:
             self.stdout.write(json.dumps(decision_as_dict(decision), indent=2, sort_keys=True))
         else:
