@@ -48,14 +48,17 @@ def _prepare(pg_port: int) -> str:
     from gateway.secrets import set_secrets
     from gateway.tests.postgres.pgserver import ROLES
     from identity.actions import do_create_agent, do_issue_token
+    from policies.actions import do_save_policy
     from policies.masking_actions import do_save_masking_policy
 
     agent = do_create_agent("bench", "bench-bot", groups=["agents"])
     token = do_issue_token("bench", agent).raw
+    # A connection without a policy denies everything: both get an explicit allow-all.
+    allow_all = do_save_policy("bench", "allow-all", {"default": "allow", "rules": []})
     for name in ("plain", "masked"):
         connection = Connection(
             name=name, kind="postgres", host="127.0.0.1", port=pg_port, database="bench",
-            username="scram_user", options={"sslmode": "disable"},
+            username="scram_user", options={"sslmode": "disable"}, policy=allow_all,
         )  # fmt: skip
         set_secrets(connection, {"password": ROLES["scram_user"][0]})
         connection.save()

@@ -471,9 +471,29 @@ class ResultMasker:
     def _mask_dense(
         self, scanner: Scanner, columns: list[Sequence[Value | None]], index: int, counts: Counts
     ) -> None:
-        """A column where most values hold something to mask: each value asks for its own
-        detectors, skipping the batch scan that would only flag them all."""
+        """A column where most values hold something to mask: the detectors run over the
+        column as one batch (``Scanner.mask_batch``), or, where that cannot be done, each
+        value asks for its own detectors, skipping the trigger scan that would flag them all."""
         column = columns[index]
+        encoding = self._encoding
+        texts = [
+            "" if v is None else v.decode(encoding, "surrogateescape") if isinstance(v, bytes) else v
+            for v in column
+        ]
+        masked_texts = scanner.mask_batch(texts, counts)
+        if masked_texts is not None:
+            changed_rows = [
+                row for row, (a, b) in enumerate(zip(masked_texts, texts, strict=True)) if a is not b
+            ]
+            if changed_rows:
+                batch_column = columns[index] = list(column)
+                for row in changed_rows:
+                    value = column[row]
+                    text = masked_texts[row]
+                    batch_column[row] = (
+                        text.encode(encoding, "surrogateescape") if isinstance(value, bytes) else text
+                    )
+            return
         selection_of = scanner.selection
         content = self._content
         changed_column: list[Value | None] | None = None
