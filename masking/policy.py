@@ -290,6 +290,10 @@ class MaskingPolicy:
         return masker.mask_rows(rows)
 
 
+# Below this many rows the batch trigger scan costs less than sampling a column for density.
+_DENSE_MIN_ROWS = 32
+
+
 class _JSONNumber(str):
     """A JSON number kept as written (no float rounding, no ``Infinity``)."""
 
@@ -509,6 +513,38 @@ class ResultMasker:
                     changed_column = columns[index] = list(column)
                 changed_column[row] = masked
 
+    def _mask_batch(
+        self,
+        scanner: Scanner,
+        columns: list[Sequence[Value | None]],
+        batch: list[tuple[int, int, Value]],
+        counts: Counts,
+    ) -> None:
+        """Mask text values (column index, row, value) found dirty, as one batch."""
+        encoding = self._encoding
+        texts = [v.decode(encoding, "surrogateescape") if isinstance(v, bytes) else v for _, _, v in batch]
+        masked_texts = scanner.mask_batch(texts, counts)
+        for k, (index, row, value) in enumerate(batch):
+            kind = self.kinds[index]
+            if masked_texts is None:
+                changed, new = self._content(scanner, kind, value, counts)
+                if not changed:
+                    continue
+            else:
+                text = masked_texts[k]
+                if text is texts[k]:
+                    continue
+                if kind is ValueKind.OPAQUE:
+                    new = None
+                elif isinstance(value, bytes):
+                    new = text.encode(encoding, "surrogateescape")
+                else:
+                    new = text
+            column = columns[index]
+            if not isinstance(column, list):
+                column = columns[index] = list(column)
+            column[row] = new
+
     @fail_closed
     def mask_rows(self, rows: Iterable[Row]) -> tuple[list[tuple[Value | None, ...]], Counts]:
         """The rows (as tuples) with every masked value replaced, and how many of each entity
@@ -540,7 +576,11 @@ class ResultMasker:
         for scanner, group in self._scan_groups.values():
             indices = []
             for index in group:
-                if self.kinds[index] is ValueKind.TEXT and scanner.dense(columns[index]):
+                if (
+                    self.kinds[index] is ValueKind.TEXT
+                    and count >= _DENSE_MIN_ROWS
+                    and scanner.dense(columns[index])
+                ):
                     self._mask_dense(scanner, columns, index, counts)
                 else:
                     indices.append(index)
@@ -549,15 +589,23 @@ class ResultMasker:
             first = next((x for i in indices for x in columns[i] if x is not None), b"")
             empty: Value = b"" if isinstance(first, bytes) else ""
             items = [empty if x is None else x for i in indices for x in columns[i]]
+            # Dirty text values are masked together, as one batch; JSON values one by one.
+            batch: list[tuple[int, int, Value]] = []
             for k in scanner.dirty_indices(items):
                 value = items[k]
                 if not value:
                     continue
                 c, r = divmod(k, count)
                 index = indices[c]
-                changed, masked_value = self._content(scanner, self.kinds[index], value, counts)
+                kind = self.kinds[index]
+                if kind is ValueKind.TEXT or kind is ValueKind.OPAQUE:
+                    batch.append((index, r, value))
+                    continue
+                changed, masked_value = self._content(scanner, kind, value, counts)
                 if changed:
                     columns[index][r] = masked_value  # type: ignore[index]
+            if batch:
+                self._mask_batch(scanner, columns, batch, counts)
         return list(zip(*columns, strict=True)), counts
 
 

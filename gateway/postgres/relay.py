@@ -225,6 +225,7 @@ class Relay:
         self._unresolved: set[int] = set()
         self.needs_catalog: frozenset[int] | None = None
         self._maskers: dict[Any, ResultMasker] = {}
+        self._row_fields_seen: dict[bytes, list[tuple[str, int, int, int, int]]] = {}
         self._stmt_fields: dict[bytes, list[tuple[str, int, int, int, int]] | None] = {}
         self._portal_fields: dict[bytes, list[tuple[str, int, int, int, int]] | None] = {}
         self._portal_formats: dict[bytes, tuple[int, ...]] = {}
@@ -770,12 +771,23 @@ class Relay:
 
     # --- masking ---------------------------------------------------------------------------
 
+    def _row_fields(self, body: bytes) -> list[tuple[str, int, int, int, int]]:
+        """The fields of a RowDescription, parsed once per distinct description (a session
+        runs the same few queries over and over)."""
+        fields = self._row_fields_seen.get(body)
+        if fields is None:
+            fields = pg.parse_row_fields(body)
+            if len(self._row_fields_seen) > 256:
+                self._row_fields_seen.clear()
+            self._row_fields_seen[body] = fields
+        return fields
+
     def _needs_lookup(self, body: bytes) -> bool:
         """Whether a RowDescription names tables whose identity is not known yet (if so,
         output stops here until ``supply_catalog``)."""
         missing = {
             table
-            for _, table, _, _, _ in pg.parse_row_fields(body)
+            for _, table, _, _, _ in self._row_fields(body)
             if table and table not in self.catalog and table not in self._unresolved
         }
         if not missing:
@@ -1005,7 +1017,7 @@ class Relay:
         if typ == 84:  # 'T' RowDescription
             front = self._front()
             columns = pg.parse_row_description(data[start:end]) if self.result_rows else None
-            fields = pg.parse_row_fields(data[start:end]) if self.masking is not None else None
+            fields = self._row_fields(data[start:end]) if self.masking is not None else None
             if front is not None and front.kind == DESCRIBE:
                 self._last_columns = columns
                 if fields is not None:
