@@ -28,6 +28,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from gateway.postgres import protocol as pg
+from gateway.postgres.copyout import CopyOut, copy_out
 from gateway.postgres.protocol import ProtocolError
 from gateway.postgres.sqltext import prepared_names_touched, split_statements
 from gateway.postgres.values import param_text
@@ -92,6 +93,9 @@ class _Statement:
     __slots__ = (
         "columns",
         "copy",
+        "copy_header",
+        "copy_out",
+        "copy_probe",
         "decision",
         "fields",
         "masked",
@@ -120,6 +124,11 @@ class _Statement:
         self.masked: dict[str, int] = {}
         self.withheld: str | None = None
         self.copy = False
+        # COPY TO STDOUT under masking: what the statement copies (None: not read), whether
+        # the probe describing its columns is still answering, and a header line to pass.
+        self.copy_out: CopyOut | None = None
+        self.copy_probe = False
+        self.copy_header = False
 
 
 class _Entry:
@@ -462,8 +471,32 @@ class Relay:
         entry.statements = held.records
         if replacement is not None:
             entry.denial = held.decisions[-1]
+        elif self.masking is not None:
+            replacement = self._copy_probes(text, spans, held.records)
         self._batch += 1
         return replacement
+
+    def _copy_probes(
+        self, text: str, spans: list[tuple[int, int]], records: list[_Statement]
+    ) -> bytes | None:
+        """Under column rules, each ``COPY ... TO STDOUT`` of a Query is preceded, in the
+        same Query, by a probe whose RowDescription identifies the copied columns (COPY
+        output has none). The probe's messages never reach the client. None: no change."""
+        pieces: list[str] = []
+        last = 0
+        for record, (start, _) in zip(records, spans, strict=False):
+            found = copy_out(record.text)
+            record.copy_out = found
+            if found is None or not self.uses_identity or found.probe is None or found.format is None:
+                continue
+            record.copy_probe = True
+            pieces.append(text[last:start])
+            pieces.append(found.probe + ";\n")
+            last = start
+        if not pieces:
+            return None
+        pieces.append(text[last:])
+        return pg.query("".join(pieces))
 
     def _on_function_call(self, body: bytes) -> bytes:
         oid = _U32.unpack_from(body, 0)[0] if len(body) >= 4 else 0
@@ -918,17 +951,41 @@ class Relay:
         return pos, b"".join(parts)
 
     def _mask_copy(self, data: bytes, pos: int, end: int) -> tuple[int, bytes | None]:
-        """One CopyData line of COPY TO STDOUT, masked as free text."""
+        """One CopyData row of COPY TO STDOUT: field by field through the result's masker
+        when the COPY's format is known, else the line masked as free text."""
         record, _ = self._record_for_rows()
         if record is None or record.withheld or self.masking is None:
             return end, b""
-        try:
-            masked, counts = self.masking.mask_text(data[pos + 5 : end])
-        except MaskingError:
-            record.withheld = "the copied data could not be masked"
-            return end, b""
-        if not counts:
-            return end, None
+        line = data[pos + 5 : end]
+        found = record.copy_out
+        masker = record.masker
+        if masker is not None and found is not None and found.format is not None:
+            if record.copy_header:
+                record.copy_header = False  # the column names: no data
+                return end, None
+            fmt = found.format
+            try:
+                raws, values = fmt.split(line)
+                if len(values) != masker.width:
+                    raise MaskingError("a copied row does not have one field per column")
+                masked_rows, counts = masker.mask_rows([values])
+            except (MaskingError, ValueError):
+                record.withheld = "the copied data could not be masked"
+                return end, b""
+            if not counts:
+                return end, None
+            for index, (old, new) in enumerate(zip(values, masked_rows[0], strict=True)):
+                if new is not old:
+                    raws[index] = fmt.encode(new)  # type: ignore[arg-type]
+            masked = fmt.join(raws)
+        else:
+            try:
+                masked, counts = self.masking.mask_text(line)
+            except MaskingError:
+                record.withheld = "the copied data could not be masked"
+                return end, b""
+            if not counts:
+                return end, None
         for entity, count in counts.items():
             record.masked[entity] = record.masked.get(entity, 0) + count
         return end, pg.message(b"d", masked)
@@ -939,13 +996,40 @@ class Relay:
             return None
         record.copy = True
         if body[:1] != b"\x00":
-            record.withheld = "binary COPY output cannot be masked; use the text format"
-        elif self.uses_identity:
-            # COPY output carries no column identities, so column rules could not apply.
-            record.withheld = (
-                "COPY TO STDOUT is not available under a masking policy with column rules; use SELECT"
+            record.withheld = "binary COPY output cannot be masked; use the text or CSV format"
+            return b""
+        ncols = _U16.unpack_from(body, 1)[0]
+        found = record.copy_out
+        if found is None:
+            found = record.copy_out = copy_out(record.text)
+        if self.uses_identity:
+            # The probe that ran before the COPY built the masker from its columns.
+            simple_only = (
+                "under column rules, COPY TO STDOUT is masked only when sent as a simple Query "
+                "(psql, psycopg's copy()); use SELECT"
             )
-        return b"" if record.withheld else None
+            if found is None or found.format is None or found.probe is None:
+                record.withheld = (found.problem if found is not None else "") or simple_only
+            elif record.withheld:
+                pass  # the probe's result could not be masked
+            elif record.masker is None:
+                record.withheld = simple_only  # no probe ran (the extended protocol)
+            elif record.masker.width != ncols:
+                record.withheld = (
+                    "the copied columns could not be matched to the table's; list the columns "
+                    "(COPY t (a, b) TO STDOUT) or use COPY (SELECT ...) TO STDOUT"
+                )
+        elif found is not None and found.format is not None and record.masker is None:
+            # Content detection only: every field is text, masked in place (as a line was).
+            try:
+                record.masker = self.masking.result_masker([None] * ncols)
+            except MaskingError:
+                record.withheld = "the copied data could not be masked"
+        if record.withheld:
+            record.masker = None
+            return b""
+        record.copy_header = found is not None and found.format is not None and found.format.header
+        return None
 
     def _masked_fields(self, typ: bytes, body: bytes) -> tuple[dict[str, str], bytes | None]:
         """An ErrorResponse or NoticeResponse with its text fields masked (MSK-02: a value
@@ -991,6 +1075,9 @@ class Relay:
             if front.kind == QUERY:
                 if front.index < len(front.statements):
                     record = front.statements[front.index]
+                    if record.copy_probe:
+                        record.copy_probe = False  # the probe's "SELECT 0": the COPY is next
+                        return b""
                     self._record_result(record, tag)
                 front.index += 1
             elif front.kind == EXECUTE:
@@ -1031,8 +1118,10 @@ class Relay:
                 if fields is not None:
                     record.fields = fields
                     self._build_masker(record, fields, None)
-                    if record.withheld:
-                        return b""  # the error comes in place of the command tag
+                    if record.withheld or record.copy_probe:
+                        # The error comes in place of the command tag; a COPY probe's
+                        # description is the gateway's, not the client's.
+                        return b""
             return None
         if typ == 110:  # 'n' NoData
             entry = self._expect(DESCRIBE)
