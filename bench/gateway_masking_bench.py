@@ -125,7 +125,9 @@ def main() -> int:
     finally:
         if gateway is not None:
             gateway.terminate()
-            gateway.wait(30)
+            _, errors = gateway.communicate(timeout=30)
+            if errors and errors.strip():
+                print("gateway stderr (tail):", errors[-3000:], file=sys.stderr)
         server.stop()
         shutil.rmtree(root, ignore_errors=True)
         connection.close()
@@ -165,8 +167,15 @@ def _run_db(
     if out.returncode != 0:
         raise RuntimeError(f"pgbench failed: {out.stderr[-2000:]}")
     tps = next(
-        float(line.split("=")[1].split()[0]) for line in out.stdout.splitlines() if line.startswith("tps =")
+        (
+            float(line.split("=")[1].split()[0])
+            for line in out.stdout.splitlines()
+            if line.startswith("tps =")
+        ),
+        None,
     )
+    if tps is None:
+        raise RuntimeError(f"pgbench reported no tps: {out.stdout[-2000:]} {out.stderr[-2000:]}")
     latencies: list[int] = []
     for path in root.glob("pgbench_log.*"):
         with path.open() as handle:

@@ -24,7 +24,7 @@ import secrets
 import struct
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from gateway.postgres import protocol as pg
@@ -1323,8 +1323,14 @@ class Relay:
         )
         return pg.error_response("XX000", f"{MASKING_FAILED}: {reason}")
 
-    def _sample_values(self, values: tuple[Any, ...], record: _Statement) -> list[Any]:
+    def _sample_values(self, values: Sequence[Any], record: _Statement) -> list[Any]:
         columns = record.columns or self._last_columns
+        if columns is not None and len(columns) == len(values) and not any(c[1] for c in columns):
+            # Every column in the text format (the usual case): one pass, in C where it can.
+            try:
+                return [v if v is None or isinstance(v, str) else v.decode() for v in values]
+            except UnicodeDecodeError:
+                pass
         row: list[Any] = []
         for i, value in enumerate(values):
             if value is None or isinstance(value, str):
@@ -1340,22 +1346,7 @@ class Relay:
         return row
 
     def _sample_row(self, body: bytes, record: _Statement) -> list[Any]:
-        columns = record.columns or self._last_columns
-        values = pg.parse_data_row(body)
-        row: list[Any] = []
-        for i, value in enumerate(values):
-            if value is None:
-                row.append(None)
-                continue
-            binary = columns is not None and i < len(columns) and columns[i][1] == 1
-            if not binary:
-                try:
-                    row.append(value.decode())
-                    continue
-                except UnicodeDecodeError:
-                    pass
-            row.append({"base64": base64.b64encode(value).decode()})
-        return row
+        return self._sample_values(pg.parse_data_row(body), record)
 
 
 class _Hold:
