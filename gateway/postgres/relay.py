@@ -741,9 +741,7 @@ class Relay:
                 if typ != 84:
                     try:
                         stop, replacement = (
-                            self._mask_data_rows(data, pos, n)
-                            if typ == 68
-                            else self._mask_copy(data, pos, end)
+                            self._mask_data_rows(data, pos, n) if typ == 68 else self._mask_copy(data, pos, n)
                         )
                     except (struct.error, IndexError, ValueError) as exc:
                         raise ProtocolError(
@@ -950,35 +948,20 @@ class Relay:
                 parts.append(pg.data_row(new))  # type: ignore[arg-type]
         return pos, b"".join(parts)
 
-    def _mask_copy(self, data: bytes, pos: int, end: int) -> tuple[int, bytes | None]:
-        """One CopyData row of COPY TO STDOUT: field by field through the result's masker
-        when the COPY's format is known, else the line masked as free text."""
+    def _mask_copy(self, data: bytes, pos: int, n: int) -> tuple[int, bytes | None]:
+        """The run of whole CopyData rows of COPY TO STDOUT starting at ``pos``: field by
+        field through the result's masker, as one batch, when the COPY's format is known;
+        else each line masked as free text. (where the run ends, the bytes to send instead
+        or None when nothing changed)"""
+        unpack = _U32.unpack_from
+        end = pos + 1 + unpack(data, pos + 1)[0]
         record, _ = self._record_for_rows()
         if record is None or record.withheld or self.masking is None:
             return end, b""
-        line = data[pos + 5 : end]
         found = record.copy_out
         masker = record.masker
-        if masker is not None and found is not None and found.format is not None:
-            if record.copy_header:
-                record.copy_header = False  # the column names: no data
-                return end, None
-            fmt = found.format
-            try:
-                raws, values = fmt.split(line)
-                if len(values) != masker.width:
-                    raise MaskingError("a copied row does not have one field per column")
-                masked_rows, counts = masker.mask_rows([values])
-            except (MaskingError, ValueError):
-                record.withheld = "the copied data could not be masked"
-                return end, b""
-            if not counts:
-                return end, None
-            for index, (old, new) in enumerate(zip(values, masked_rows[0], strict=True)):
-                if new is not old:
-                    raws[index] = fmt.encode(new)  # type: ignore[arg-type]
-            masked = fmt.join(raws)
-        else:
+        if masker is None or found is None or found.format is None:
+            line = data[pos + 5 : end]
             try:
                 masked, counts = self.masking.mask_text(line)
             except MaskingError:
@@ -986,9 +969,47 @@ class Relay:
                 return end, b""
             if not counts:
                 return end, None
+            self._add_counts(record, counts)
+            return end, pg.message(b"d", masked)
+        if record.copy_header:
+            record.copy_header = False  # the column names: no data
+            return end, None
+        fmt = found.format
+        lines: list[bytes] = []
+        while n - pos >= 5 and data[pos] == 100:
+            end = pos + 1 + unpack(data, pos + 1)[0]
+            if end > n:
+                break
+            lines.append(data[pos + 5 : end])
+            pos = end
+        try:
+            split = [fmt.split(line) for line in lines]
+            rows = [values for _, values in split]
+            if any(len(values) != masker.width for values in rows):
+                raise MaskingError("a copied row does not have one field per column")
+            masked_rows, counts = masker.mask_rows(rows)
+        except (MaskingError, ValueError):
+            record.withheld = "the copied data could not be masked"
+            return pos, b""
+        if not counts:
+            return pos, None
+        self._add_counts(record, counts)
+        parts: list[bytes] = []
+        for line, (raws, values), new_values in zip(lines, split, masked_rows, strict=True):
+            changed = False
+            for index, (old, new) in enumerate(zip(values, new_values, strict=True)):
+                if new is not old:
+                    raws[index] = fmt.encode(new)  # type: ignore[arg-type]
+                    changed = True
+            parts.append(
+                pg.message(b"d", fmt.join(raws)) if changed else b"d" + _U32.pack(len(line) + 4) + line
+            )
+        return pos, b"".join(parts)
+
+    @staticmethod
+    def _add_counts(record: _Statement, counts: dict[str, int]) -> None:
         for entity, count in counts.items():
             record.masked[entity] = record.masked.get(entity, 0) + count
-        return end, pg.message(b"d", masked)
 
     def _on_copy_out(self, body: bytes) -> bytes | None:
         record, _ = self._record_for_rows()

@@ -157,3 +157,30 @@ def test_an_extended_protocol_copy_under_column_rules_is_withheld():
     out = relay.from_server(server)
     assert b"bob@example.com" not in out and b"[EMAIL]" not in out
     assert b"XX000" in out and b"simple Query" in out
+
+
+def test_copy_rows_arriving_in_pieces_are_masked_in_batches_and_whole():
+    relay = _relay()
+    relay.from_client(pg.query("COPY users (id, email) TO STDOUT (FORMAT csv, HEADER)"))
+    relay.catalog[42] = ("public.users", {1: "id", 2: "email"})
+    rows = b"".join(pg.message(b"d", b'%d,"a%d,@example.com"\n' % (i, i)) for i in range(50))
+    server = (
+        _row_description(("id", 42, 1, 23, 0), ("email", 42, 2, 25, 0))
+        + pg.message(b"C", b"SELECT 0\x00")
+        + pg.message(b"H", b"\x00\x00\x02\x00\x00\x00\x00")
+        + pg.message(b"d", b"id,email\n")
+        + rows
+        + pg.message(b"c")
+        + pg.message(b"C", b"COPY 50\x00")
+        + pg.ready_for_query()
+    )
+    out = b"".join(relay.from_server(server[i : i + 97]) for i in range(0, len(server), 97))
+    expected = b"".join(pg.message(b"d", b'%d,"[EMAIL]"\n' % i) for i in range(50))
+    assert out == (
+        pg.message(b"H", b"\x00\x00\x02\x00\x00\x00\x00")
+        + pg.message(b"d", b"id,email\n")
+        + expected
+        + pg.message(b"c")
+        + pg.message(b"C", b"COPY 50\x00")
+        + pg.ready_for_query()
+    )
