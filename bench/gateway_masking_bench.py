@@ -48,14 +48,17 @@ def _prepare(pg_port: int) -> str:
     from gateway.secrets import set_secrets
     from gateway.tests.postgres.pgserver import ROLES
     from identity.actions import do_create_agent, do_issue_token
+    from policies.actions import do_save_policy
     from policies.masking_actions import do_save_masking_policy
 
     agent = do_create_agent("bench", "bench-bot", groups=["agents"])
     token = do_issue_token("bench", agent).raw
+    # A connection without a policy denies everything: both get an explicit allow-all.
+    allow_all = do_save_policy("bench", "allow-all", {"default": "allow", "rules": []})
     for name in ("plain", "masked"):
         connection = Connection(
             name=name, kind="postgres", host="127.0.0.1", port=pg_port, database="bench",
-            username="scram_user", options={"sslmode": "disable"},
+            username="scram_user", options={"sslmode": "disable"}, policy=allow_all,
         )  # fmt: skip
         set_secrets(connection, {"password": ROLES["scram_user"][0]})
         connection.save()
@@ -122,7 +125,9 @@ def main() -> int:
     finally:
         if gateway is not None:
             gateway.terminate()
-            gateway.wait(30)
+            _, errors = gateway.communicate(timeout=30)
+            if errors and errors.strip():
+                print("gateway stderr (tail):", errors[-3000:], file=sys.stderr)
         server.stop()
         shutil.rmtree(root, ignore_errors=True)
         connection.close()
@@ -162,8 +167,15 @@ def _run_db(
     if out.returncode != 0:
         raise RuntimeError(f"pgbench failed: {out.stderr[-2000:]}")
     tps = next(
-        float(line.split("=")[1].split()[0]) for line in out.stdout.splitlines() if line.startswith("tps =")
+        (
+            float(line.split("=")[1].split()[0])
+            for line in out.stdout.splitlines()
+            if line.startswith("tps =")
+        ),
+        None,
     )
+    if tps is None:
+        raise RuntimeError(f"pgbench reported no tps: {out.stdout[-2000:]} {out.stderr[-2000:]}")
     latencies: list[int] = []
     for path in root.glob("pgbench_log.*"):
         with path.open() as handle:

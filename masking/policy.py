@@ -290,6 +290,10 @@ class MaskingPolicy:
         return masker.mask_rows(rows)
 
 
+# Below this many rows the batch trigger scan costs less than sampling a column for density.
+_DENSE_MIN_ROWS = 32
+
+
 class _JSONNumber(str):
     """A JSON number kept as written (no float rounding, no ``Infinity``)."""
 
@@ -471,9 +475,29 @@ class ResultMasker:
     def _mask_dense(
         self, scanner: Scanner, columns: list[Sequence[Value | None]], index: int, counts: Counts
     ) -> None:
-        """A column where most values hold something to mask: each value asks for its own
-        detectors, skipping the batch scan that would only flag them all."""
+        """A column where most values hold something to mask: the detectors run over the
+        column as one batch (``Scanner.mask_batch``), or, where that cannot be done, each
+        value asks for its own detectors, skipping the trigger scan that would flag them all."""
         column = columns[index]
+        encoding = self._encoding
+        texts = [
+            "" if v is None else v.decode(encoding, "surrogateescape") if isinstance(v, bytes) else v
+            for v in column
+        ]
+        masked_texts = scanner.mask_batch(texts, counts)
+        if masked_texts is not None:
+            changed_rows = [
+                row for row, (a, b) in enumerate(zip(masked_texts, texts, strict=True)) if a is not b
+            ]
+            if changed_rows:
+                batch_column = columns[index] = list(column)
+                for row in changed_rows:
+                    value = column[row]
+                    text = masked_texts[row]
+                    batch_column[row] = (
+                        text.encode(encoding, "surrogateescape") if isinstance(value, bytes) else text
+                    )
+            return
         selection_of = scanner.selection
         content = self._content
         changed_column: list[Value | None] | None = None
@@ -488,6 +512,38 @@ class ResultMasker:
                 if changed_column is None:
                     changed_column = columns[index] = list(column)
                 changed_column[row] = masked
+
+    def _mask_batch(
+        self,
+        scanner: Scanner,
+        columns: list[Sequence[Value | None]],
+        batch: list[tuple[int, int, Value]],
+        counts: Counts,
+    ) -> None:
+        """Mask text values (column index, row, value) found dirty, as one batch."""
+        encoding = self._encoding
+        texts = [v.decode(encoding, "surrogateescape") if isinstance(v, bytes) else v for _, _, v in batch]
+        masked_texts = scanner.mask_batch(texts, counts)
+        for k, (index, row, value) in enumerate(batch):
+            kind = self.kinds[index]
+            if masked_texts is None:
+                changed, new = self._content(scanner, kind, value, counts)
+                if not changed:
+                    continue
+            else:
+                text = masked_texts[k]
+                if text is texts[k]:
+                    continue
+                if kind is ValueKind.OPAQUE:
+                    new = None
+                elif isinstance(value, bytes):
+                    new = text.encode(encoding, "surrogateescape")
+                else:
+                    new = text
+            column = columns[index]
+            if not isinstance(column, list):
+                column = columns[index] = list(column)
+            column[row] = new
 
     @fail_closed
     def mask_rows(self, rows: Iterable[Row]) -> tuple[list[tuple[Value | None, ...]], Counts]:
@@ -520,7 +576,11 @@ class ResultMasker:
         for scanner, group in self._scan_groups.values():
             indices = []
             for index in group:
-                if self.kinds[index] is ValueKind.TEXT and scanner.dense(columns[index]):
+                if (
+                    self.kinds[index] is ValueKind.TEXT
+                    and count >= _DENSE_MIN_ROWS
+                    and scanner.dense(columns[index])
+                ):
                     self._mask_dense(scanner, columns, index, counts)
                 else:
                     indices.append(index)
@@ -529,15 +589,23 @@ class ResultMasker:
             first = next((x for i in indices for x in columns[i] if x is not None), b"")
             empty: Value = b"" if isinstance(first, bytes) else ""
             items = [empty if x is None else x for i in indices for x in columns[i]]
+            # Dirty text values are masked together, as one batch; JSON values one by one.
+            batch: list[tuple[int, int, Value]] = []
             for k in scanner.dirty_indices(items):
                 value = items[k]
                 if not value:
                     continue
                 c, r = divmod(k, count)
                 index = indices[c]
-                changed, masked_value = self._content(scanner, self.kinds[index], value, counts)
+                kind = self.kinds[index]
+                if kind is ValueKind.TEXT or kind is ValueKind.OPAQUE:
+                    batch.append((index, r, value))
+                    continue
+                changed, masked_value = self._content(scanner, kind, value, counts)
                 if changed:
                     columns[index][r] = masked_value  # type: ignore[index]
+            if batch:
+                self._mask_batch(scanner, columns, batch, counts)
         return list(zip(*columns, strict=True)), counts
 
 

@@ -9,6 +9,7 @@ RE2 set pick the detectors that could match, and only those run.
 
 from __future__ import annotations
 
+import bisect
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -205,9 +206,14 @@ class Scanner:
         return seen > 0 and flagged * 2 > seen
 
     def _mask_builtin(
-        self, text: str, counts: Counts, selection: tuple[int, ...] | None = None
+        self,
+        text: str,
+        counts: Counts,
+        selection: tuple[int, ...] | None = None,
+        glued_at: list[int] | None = None,
     ) -> tuple[str, bool]:
-        """The masked text, and whether a masked secret touched a word-like neighbour."""
+        """The masked text, and whether a masked secret touched a word-like neighbour
+        (``glued_at``, when given, collects where each such secret starts)."""
         if selection is None:
             selection = self.selection(text)
         if not selection:
@@ -274,6 +280,8 @@ class Scanner:
                 continue
             if (a and text[a - 1] in _GLUE) or (b < len(text) and text[b] in _GLUE):
                 glued = True
+                if glued_at is not None:
+                    glued_at.append(a)
             out.append(text[last:a])
             out.append(self._renderers[j](text[a:b]))
             last = b
@@ -285,13 +293,19 @@ class Scanner:
         out.append(text[last:])
         return "".join(out), glued
 
-    def mask_into(self, text: str, counts: Counts, selection: tuple[int, ...] | None = None) -> str:
+    def mask_into(
+        self,
+        text: str,
+        counts: Counts,
+        selection: tuple[int, ...] | None = None,
+        _passes: int = _MAX_PASSES,
+    ) -> str:
         """``text`` masked, adding what was masked to ``counts``; the same object if nothing was.
 
         ``selection``, when the caller has it already, is ``self.selection(text)``.
         """
         original = text
-        for _ in range(_MAX_PASSES):
+        for _ in range(_passes):
             glued = bool(self._custom)
             masked = text
             if self._detectors:
@@ -306,6 +320,51 @@ class Scanner:
             if not glued:
                 break
         return original if text == original else text
+
+    def mask_batch(self, texts: Sequence[str], counts: Counts) -> list[str] | None:
+        """Each of ``texts`` masked as ``mask_into`` masks it (unchanged ones are the same
+        objects), adding to ``counts``; None when the batch cannot be done this way (custom
+        entities, or a value holding NUL), and the caller masks value by value.
+
+        For a column where most values hold a secret: the values are joined with NUL and
+        the detectors run once over the whole batch (the RE2 shape set once, for the union
+        of the detectors any value needs, then one combined expression), which saves the
+        per-value calls. It gives the same result as value by value because no detector
+        nor shape matches NUL (a match never spans two values, and NUL is a boundary like
+        the ends of a value) and a detector whose shapes a value lacks finds nothing in it.
+        The few values where a masked secret touched a word-like neighbour get their
+        further passes on their own, as ``mask_into`` gives them.
+        """
+        if self._custom or not self._detectors:
+            return None
+        if not texts:
+            return []
+        joined = "\x00".join(texts)
+        if joined.count("\x00") != len(texts) - 1:
+            return None
+        selection = self.selection(joined)
+        if not selection:
+            return list(texts)
+        glued_at: list[int] = []
+        masked, _ = self._mask_builtin(joined, counts, selection, glued_at)
+        if masked is joined:
+            return list(texts)
+        parts = masked.split("\x00")
+        if len(parts) != len(texts):  # cannot happen: renderers never produce NUL
+            raise ValueError("a masked value holds NUL")
+        out = [new if new != old else old for new, old in zip(parts, texts, strict=True)]
+        if glued_at:
+            starts: list[int] = []
+            offset = 0
+            for text in texts:
+                starts.append(offset)
+                offset += len(text) + 1
+            for index in sorted({bisect.bisect_right(starts, at) - 1 for at in glued_at}):
+                if out[index] is not texts[index]:
+                    # Passes after the first, on this value alone (as in mask_into).
+                    again = self.mask_into(out[index], counts, None, _MAX_PASSES - 1)
+                    out[index] = texts[index] if again == texts[index] else again
+        return out
 
     def mask_text(self, text: str) -> tuple[str, Counts]:
         """The text with every enabled entity masked, and how many of each were masked."""

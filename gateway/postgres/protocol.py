@@ -411,17 +411,15 @@ def bind_result_formats(body: bytes) -> tuple[int, ...]:
 
 
 def data_row(values: Iterable[bytes | None]) -> bytes:
-    parts = []
-    count = 0
-    for value in values:
-        count += 1
-        if value is None:
-            parts.append(b"\xff\xff\xff\xff")
-        else:
-            parts.append(_I32.pack(len(value)))
-            parts.append(value)
-    body = _I16.pack(count) + b"".join(parts)
+    values = values if isinstance(values, (list, tuple)) else list(values)
+    pack = _I32.pack
+    body = _I16.pack(len(values)) + b"".join(
+        [_NULL_VALUE if value is None else pack(len(value)) + value for value in values]
+    )
     return _HEADER.pack(b"D", len(body) + 4) + body
+
+
+_NULL_VALUE = b"\xff\xff\xff\xff"
 
 
 def parse_field_list(body: bytes) -> list[tuple[int, bytes]]:

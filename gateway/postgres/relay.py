@@ -24,10 +24,11 @@ import secrets
 import struct
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from gateway.postgres import protocol as pg
+from gateway.postgres.copyout import CopyOut, copy_out
 from gateway.postgres.protocol import ProtocolError
 from gateway.postgres.sqltext import prepared_names_touched, split_statements
 from gateway.postgres.values import param_text
@@ -92,6 +93,9 @@ class _Statement:
     __slots__ = (
         "columns",
         "copy",
+        "copy_header",
+        "copy_out",
+        "copy_probe",
         "decision",
         "fields",
         "masked",
@@ -120,6 +124,11 @@ class _Statement:
         self.masked: dict[str, int] = {}
         self.withheld: str | None = None
         self.copy = False
+        # COPY TO STDOUT under masking: what the statement copies (None: not read), whether
+        # the probe describing its columns is still answering, and a header line to pass.
+        self.copy_out: CopyOut | None = None
+        self.copy_probe = False
+        self.copy_header = False
 
 
 class _Entry:
@@ -225,6 +234,7 @@ class Relay:
         self._unresolved: set[int] = set()
         self.needs_catalog: frozenset[int] | None = None
         self._maskers: dict[Any, ResultMasker] = {}
+        self._row_fields_seen: dict[bytes, list[tuple[str, int, int, int, int]]] = {}
         self._stmt_fields: dict[bytes, list[tuple[str, int, int, int, int]] | None] = {}
         self._portal_fields: dict[bytes, list[tuple[str, int, int, int, int]] | None] = {}
         self._portal_formats: dict[bytes, tuple[int, ...]] = {}
@@ -461,8 +471,32 @@ class Relay:
         entry.statements = held.records
         if replacement is not None:
             entry.denial = held.decisions[-1]
+        elif self.masking is not None:
+            replacement = self._copy_probes(text, spans, held.records)
         self._batch += 1
         return replacement
+
+    def _copy_probes(
+        self, text: str, spans: list[tuple[int, int]], records: list[_Statement]
+    ) -> bytes | None:
+        """Under column rules, each ``COPY ... TO STDOUT`` of a Query is preceded, in the
+        same Query, by a probe whose RowDescription identifies the copied columns (COPY
+        output has none). The probe's messages never reach the client. None: no change."""
+        pieces: list[str] = []
+        last = 0
+        for record, (start, _) in zip(records, spans, strict=False):
+            found = copy_out(record.text)
+            record.copy_out = found
+            if found is None or not self.uses_identity or found.probe is None or found.format is None:
+                continue
+            record.copy_probe = True
+            pieces.append(text[last:start])
+            pieces.append(found.probe + ";\n")
+            last = start
+        if not pieces:
+            return None
+        pieces.append(text[last:])
+        return pg.query("".join(pieces))
 
     def _on_function_call(self, body: bytes) -> bytes:
         oid = _U32.unpack_from(body, 0)[0] if len(body) >= 4 else 0
@@ -710,9 +744,7 @@ class Relay:
                 if typ != 84:
                     try:
                         stop, replacement = (
-                            self._mask_data_rows(data, pos, n)
-                            if typ == 68
-                            else self._mask_copy(data, pos, end)
+                            self._mask_data_rows(data, pos, n) if typ == 68 else self._mask_copy(data, pos, n)
                         )
                     except (struct.error, IndexError, ValueError) as exc:
                         raise ProtocolError(
@@ -773,12 +805,23 @@ class Relay:
 
     # --- masking ---------------------------------------------------------------------------
 
+    def _row_fields(self, body: bytes) -> list[tuple[str, int, int, int, int]]:
+        """The fields of a RowDescription, parsed once per distinct description (a session
+        runs the same few queries over and over)."""
+        fields = self._row_fields_seen.get(body)
+        if fields is None:
+            fields = pg.parse_row_fields(body)
+            if len(self._row_fields_seen) > 256:
+                self._row_fields_seen.clear()
+            self._row_fields_seen[body] = fields
+        return fields
+
     def _needs_lookup(self, body: bytes) -> bool:
         """Whether a RowDescription names tables whose identity is not known yet (if so,
         output stops here until ``supply_catalog``)."""
         missing = {
             table
-            for _, table, _, _, _ in pg.parse_row_fields(body)
+            for _, table, _, _, _ in self._row_fields(body)
             if table and table not in self.catalog and table not in self._unresolved
         }
         if not missing:
@@ -908,21 +951,68 @@ class Relay:
                 parts.append(pg.data_row(new))  # type: ignore[arg-type]
         return pos, b"".join(parts)
 
-    def _mask_copy(self, data: bytes, pos: int, end: int) -> tuple[int, bytes | None]:
-        """One CopyData line of COPY TO STDOUT, masked as free text."""
+    def _mask_copy(self, data: bytes, pos: int, n: int) -> tuple[int, bytes | None]:
+        """The run of whole CopyData rows of COPY TO STDOUT starting at ``pos``: field by
+        field through the result's masker, as one batch, when the COPY's format is known;
+        else each line masked as free text. (where the run ends, the bytes to send instead
+        or None when nothing changed)"""
+        unpack = _U32.unpack_from
+        end = pos + 1 + unpack(data, pos + 1)[0]
         record, _ = self._record_for_rows()
         if record is None or record.withheld or self.masking is None:
             return end, b""
-        try:
-            masked, counts = self.masking.mask_text(data[pos + 5 : end])
-        except MaskingError:
-            record.withheld = "the copied data could not be masked"
-            return end, b""
-        if not counts:
+        found = record.copy_out
+        masker = record.masker
+        if masker is None or found is None or found.format is None:
+            line = data[pos + 5 : end]
+            try:
+                masked, counts = self.masking.mask_text(line)
+            except MaskingError:
+                record.withheld = "the copied data could not be masked"
+                return end, b""
+            if not counts:
+                return end, None
+            self._add_counts(record, counts)
+            return end, pg.message(b"d", masked)
+        if record.copy_header:
+            record.copy_header = False  # the column names: no data
             return end, None
+        fmt = found.format
+        lines: list[bytes] = []
+        while n - pos >= 5 and data[pos] == 100:
+            end = pos + 1 + unpack(data, pos + 1)[0]
+            if end > n:
+                break
+            lines.append(data[pos + 5 : end])
+            pos = end
+        try:
+            split = [fmt.split(line) for line in lines]
+            rows = [values for _, values in split]
+            if any(len(values) != masker.width for values in rows):
+                raise MaskingError("a copied row does not have one field per column")
+            masked_rows, counts = masker.mask_rows(rows)
+        except (MaskingError, ValueError):
+            record.withheld = "the copied data could not be masked"
+            return pos, b""
+        if not counts:
+            return pos, None
+        self._add_counts(record, counts)
+        parts: list[bytes] = []
+        for line, (raws, values), new_values in zip(lines, split, masked_rows, strict=True):
+            changed = False
+            for index, (old, new) in enumerate(zip(values, new_values, strict=True)):
+                if new is not old:
+                    raws[index] = fmt.encode(new)  # type: ignore[arg-type]
+                    changed = True
+            parts.append(
+                pg.message(b"d", fmt.join(raws)) if changed else b"d" + _U32.pack(len(line) + 4) + line
+            )
+        return pos, b"".join(parts)
+
+    @staticmethod
+    def _add_counts(record: _Statement, counts: dict[str, int]) -> None:
         for entity, count in counts.items():
             record.masked[entity] = record.masked.get(entity, 0) + count
-        return end, pg.message(b"d", masked)
 
     def _on_copy_out(self, body: bytes) -> bytes | None:
         record, _ = self._record_for_rows()
@@ -930,13 +1020,40 @@ class Relay:
             return None
         record.copy = True
         if body[:1] != b"\x00":
-            record.withheld = "binary COPY output cannot be masked; use the text format"
-        elif self.uses_identity:
-            # COPY output carries no column identities, so column rules could not apply.
-            record.withheld = (
-                "COPY TO STDOUT is not available under a masking policy with column rules; use SELECT"
+            record.withheld = "binary COPY output cannot be masked; use the text or CSV format"
+            return b""
+        ncols = _U16.unpack_from(body, 1)[0]
+        found = record.copy_out
+        if found is None:
+            found = record.copy_out = copy_out(record.text)
+        if self.uses_identity:
+            # The probe that ran before the COPY built the masker from its columns.
+            simple_only = (
+                "under column rules, COPY TO STDOUT is masked only when sent as a simple Query "
+                "(psql, psycopg's copy()); use SELECT"
             )
-        return b"" if record.withheld else None
+            if found is None or found.format is None or found.probe is None:
+                record.withheld = (found.problem if found is not None else "") or simple_only
+            elif record.withheld:
+                pass  # the probe's result could not be masked
+            elif record.masker is None:
+                record.withheld = simple_only  # no probe ran (the extended protocol)
+            elif record.masker.width != ncols:
+                record.withheld = (
+                    "the copied columns could not be matched to the table's; list the columns "
+                    "(COPY t (a, b) TO STDOUT) or use COPY (SELECT ...) TO STDOUT"
+                )
+        elif found is not None and found.format is not None and record.masker is None:
+            # Content detection only: every field is text, masked in place (as a line was).
+            try:
+                record.masker = self.masking.result_masker([None] * ncols)
+            except MaskingError:
+                record.withheld = "the copied data could not be masked"
+        if record.withheld:
+            record.masker = None
+            return b""
+        record.copy_header = found is not None and found.format is not None and found.format.header
+        return None
 
     def _masked_fields(self, typ: bytes, body: bytes) -> tuple[dict[str, str], bytes | None]:
         """An ErrorResponse or NoticeResponse with its text fields masked (MSK-02: a value
@@ -982,6 +1099,9 @@ class Relay:
             if front.kind == QUERY:
                 if front.index < len(front.statements):
                     record = front.statements[front.index]
+                    if record.copy_probe:
+                        record.copy_probe = False  # the probe's "SELECT 0": the COPY is next
+                        return b""
                     self._record_result(record, tag)
                 front.index += 1
             elif front.kind == EXECUTE:
@@ -1008,8 +1128,8 @@ class Relay:
         if typ == 84:  # 'T' RowDescription
             front = self._front()
             if self.masking is not None:
-                # One parse serves both the masking (every field) and the recording.
-                fields = pg.parse_row_fields(data[start:end])
+                # One parse (cached per distinct description) serves masking and recording.
+                fields = self._row_fields(data[start:end])
                 columns = [(f[0], f[4]) for f in fields] if self.result_rows else None
             else:
                 fields = None
@@ -1027,8 +1147,10 @@ class Relay:
                 if fields is not None:
                     record.fields = fields
                     self._build_masker(record, fields, None)
-                    if record.withheld:
-                        return b""  # the error comes in place of the command tag
+                    if record.withheld or record.copy_probe:
+                        # The error comes in place of the command tag; a COPY probe's
+                        # description is the gateway's, not the client's.
+                        return b""
             return None
         if typ == 110:  # 'n' NoData
             entry = self._expect(DESCRIBE)
@@ -1230,8 +1352,14 @@ class Relay:
         )
         return pg.error_response("XX000", f"{MASKING_FAILED}: {reason}")
 
-    def _sample_values(self, values: tuple[Any, ...], record: _Statement) -> list[Any]:
+    def _sample_values(self, values: Sequence[Any], record: _Statement) -> list[Any]:
         columns = record.columns or self._last_columns
+        if columns is not None and len(columns) == len(values) and not any(c[1] for c in columns):
+            # Every column in the text format (the usual case): one pass, in C where it can.
+            try:
+                return [v if v is None or isinstance(v, str) else v.decode() for v in values]
+            except UnicodeDecodeError:
+                pass
         row: list[Any] = []
         for i, value in enumerate(values):
             if value is None or isinstance(value, str):
@@ -1247,22 +1375,7 @@ class Relay:
         return row
 
     def _sample_row(self, body: bytes, record: _Statement) -> list[Any]:
-        columns = record.columns or self._last_columns
-        values = pg.parse_data_row(body)
-        row: list[Any] = []
-        for i, value in enumerate(values):
-            if value is None:
-                row.append(None)
-                continue
-            binary = columns is not None and i < len(columns) and columns[i][1] == 1
-            if not binary:
-                try:
-                    row.append(value.decode())
-                    continue
-                except UnicodeDecodeError:
-                    pass
-            row.append({"base64": base64.b64encode(value).decode()})
-        return row
+        return self._sample_values(pg.parse_data_row(body), record)
 
 
 class _Hold:

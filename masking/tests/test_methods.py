@@ -39,6 +39,16 @@ def test_hash_is_a_short_keyed_stable_prefix() -> None:
     assert second == f"again: {first}"
 
 
+def test_hash_is_hmac_sha256_of_the_normalised_value_under_the_key() -> None:
+    # Placeholders must stay the same across versions (joins, counts, saved results).
+    import hmac
+
+    policy = compile_policy({"entities": {"email": "hash"}}, hash_key=KEY)
+    expected = hmac.digest(KEY, b"bob@example.com", "sha256").hex()[:8]
+    for _ in range(3):  # the keyed state is reused, never consumed
+        assert policy.mask_text("Bob@Example.com")[0] == f"[EMAIL:{expected}]"
+
+
 def test_hash_normalises_so_the_same_value_joins() -> None:
     policy = compile_policy({"entities": {"email": "hash", "card": "hash"}}, hash_key=KEY)
     assert policy.mask_text("Bob@Example.COM")[0] == policy.mask_text("bob@example.com")[0]

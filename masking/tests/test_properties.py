@@ -133,3 +133,75 @@ def test_any_text_masks_without_error(text: str) -> None:
     masked, counts = POLICY.mask_text(text)
     assert isinstance(masked, str)
     assert all(n > 0 for n in counts.values())
+
+
+# The batch fast path (``Scanner.mask_batch``: every value of a column joined with NUL and
+# scanned in one pass) must mask exactly what masking each value on its own masks.
+# Secrets glued to each other: masking one gives its neighbour the context a second pass needs.
+glued = st.tuples(
+    st.sampled_from(SECRETS), st.sampled_from(["", "@", "1", "a", "x.", ":"]), st.sampled_from(SECRETS)
+).map("".join)
+batch_values = st.lists(
+    st.one_of(st.sampled_from(SECRETS), glued, texts, shapes, st.text(max_size=40)), max_size=20
+)
+
+
+def _one_by_one(policy, values):  # type: ignore[no-untyped-def]
+    expected_counts: dict[str, int] = {}
+    expected = []
+    for value in values:
+        masked, found = policy.mask_text(value)
+        expected.append(masked)
+        for entity, n in found.items():
+            expected_counts[entity] = expected_counts.get(entity, 0) + n
+    return expected, expected_counts
+
+
+@SETTINGS
+@given(batch_values)
+def test_the_joined_batch_masks_exactly_what_each_value_alone_masks(values: list[str]) -> None:
+    for policy in (POLICY, HASHING, PARTIAL):
+        counts: dict[str, int] = {}
+        out = policy.scanner().mask_batch(values, counts)
+        if out is None:  # only a value holding NUL sends the batch value by value
+            assert any("\x00" in value for value in values)
+            continue
+        expected, expected_counts = _one_by_one(policy, values)
+        assert out == expected
+        assert counts == expected_counts
+        # Unchanged values come back as the same objects (the caller relies on it).
+        assert all((a is b) == (a == b) for a, b in zip(out, values, strict=True))
+
+
+@SETTINGS
+@given(
+    st.lists(st.sampled_from(SECRETS), min_size=8, max_size=40),
+    st.lists(st.one_of(texts, shapes, glued), max_size=10),
+    st.randoms(use_true_random=False),
+)
+def test_a_dense_column_masks_exactly_what_each_value_alone_masks(
+    secrets: list[str], others: list[str], rng
+) -> None:  # type: ignore[no-untyped-def]
+    column = secrets + others
+    rng.shuffle(column)
+    rows = [[value.encode(), value, None] for value in column]
+    for policy in (POLICY, HASHING, PARTIAL):
+        masked, counts = policy.mask_rows([None, None, None], rows)
+        expected, expected_counts = _one_by_one(policy, column)
+        assert [row[0] for row in masked] == [text.encode("utf-8", "surrogateescape") for text in expected]
+        assert [row[1] for row in masked] == expected
+        assert [row[2] for row in masked] == [None] * len(column)
+        assert counts == {entity: 2 * n for entity, n in expected_counts.items()}
+
+
+def test_a_value_needing_a_second_pass_gets_it_in_a_batch() -> None:
+    values = ["+1 555 201 3344Alice.Smith+billing@mail.example.co.uk", "bob@example.com"]
+    counts: dict[str, int] = {}
+    assert POLICY.scanner().mask_batch(values, counts) == ["[PHONE][EMAIL]", "[EMAIL]"]
+    assert counts == {"phone": 1, "email": 2}
+
+
+def test_a_batch_holding_nul_or_custom_entities_is_left_to_the_value_by_value_path() -> None:
+    assert POLICY.scanner().mask_batch(["a\x00b", "bob@example.com"], {}) is None
+    custom = compile_policy({"custom": [{"name": "ticket", "pattern": "T-[0-9]+"}]})
+    assert custom.scanner().mask_batch(["T-1"], {}) is None
