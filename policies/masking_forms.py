@@ -98,8 +98,8 @@ class CustomEntityForm(forms.Form):
     )
     deny_list = forms.CharField(
         required=False,
-        widget=forms.Textarea(attrs={"rows": 1}),
-        help_text="Literal values, matched as whole words. Separate with commas or new lines.",
+        widget=forms.Textarea(attrs={"rows": 2}),
+        help_text="Literal values, matched as whole words, one a line.",
     )
     ignore_case = forms.BooleanField(required=False)
     method = forms.ChoiceField(required=False, choices=[("", "default method"), *METHOD_CHOICES])
@@ -114,7 +114,7 @@ class CustomEntityForm(forms.Form):
         if data.get("validator"):
             entry["validator"] = data["validator"]
         if data.get("deny_list"):
-            entry["deny_list"] = split_list(data["deny_list"])
+            entry["deny_list"] = [v.strip() for v in data["deny_list"].splitlines() if v.strip()]
         if data.get("ignore_case"):
             entry["ignore_case"] = True
         if data.get("method"):
@@ -195,10 +195,8 @@ ExemptionFormSet = forms.formset_factory(ExemptionForm, extra=ROW_EXTRA)
 OverrideFormSet = forms.formset_factory(OverrideForm, extra=ROW_EXTRA)
 
 
-def initial_from(
-    name: str, description: str, version: int, spec: dict[str, Any], bindings: list[tuple[str, str | None]]
-) -> dict[str, Any]:
-    """The editor's initial data for a stored policy."""
+def entity_methods(spec: dict[str, Any]) -> dict[str, str]:
+    """The method of each built-in entity under ``spec`` ("off" when not masked)."""
     default = spec.get("default_method", "redact")
     entities = spec.get("entities", "all")
     if entities == "all":
@@ -207,18 +205,27 @@ def initial_from(
         methods = dict.fromkeys(entities, default)
     else:
         methods = {k: (v.get("method") if isinstance(v, dict) else v) for k, v in entities.items()}
+    return {e: methods.get(e, "off") for e in BUILTIN_ENTITIES}
+
+
+def initial_from(
+    name: str, description: str, version: int, spec: dict[str, Any], bindings: list[tuple[str, str | None]]
+) -> dict[str, Any]:
+    """The editor's initial data for a stored policy."""
+    default = spec.get("default_method", "redact")
+    methods = entity_methods(spec)
     policy: dict[str, Any] = {
         "name": name,
         "description": description,
         "version": version,
         "default_method": default,
         "connections": [c for c, g in bindings if g is None],
-        **{f"entity_{e}": methods.get(e, "off") for e in BUILTIN_ENTITIES},
+        **{f"entity_{e}": methods[e] for e in BUILTIN_ENTITIES},
     }
     custom = [
         {
             **{k: v for k, v in c.items() if k != "deny_list"},
-            "deny_list": join_list(c.get("deny_list")) if c.get("deny_list") else "",
+            "deny_list": "\n".join(c.get("deny_list") or []),
         }
         for c in spec.get("custom", [])
     ]
@@ -244,6 +251,7 @@ class MaskingEditor:
         *,
         initial: dict[str, Any] | None = None,
         editing: bool = False,
+        original: dict[str, Any] | None = None,
     ) -> None:
         from gateway.models import Connection
 
@@ -265,6 +273,9 @@ class MaskingEditor:
             form_kwargs={"connection_names": connection_names, "group_names": group_names},
         )
         self._rows: dict[str, list[forms.Form]] = {}
+        # The stored spec: how it wrote what the form means (entities as a list, a method
+        # as {method: ...}) is kept, so that saving an untouched page changes nothing.
+        self._original = original
 
     @property
     def parts(self) -> list[Any]:
@@ -281,7 +292,17 @@ class MaskingEditor:
         if default != "redact":
             spec["default_method"] = default
         methods = {e: data[f"entity_{e}"] for e in BUILTIN_ENTITIES}
-        if any(m != default for m in methods.values()):
+        original = self._original
+        if (
+            original is not None
+            and original.get("default_method", "redact") == default
+            and entity_methods(original) == methods
+        ):
+            if "default_method" in original:
+                spec["default_method"] = original["default_method"]
+            if "entities" in original:
+                spec["entities"] = original["entities"]
+        elif any(m != default for m in methods.values()):
             spec["entities"] = {e: m for e, m in methods.items() if m != "off"}
         for key, formset in (("custom", self.custom), ("columns", self.columns), ("exempt", self.exempt)):
             rows: list[forms.Form] = []

@@ -145,7 +145,7 @@ def masking_edit(request: HttpRequest, pk: int) -> HttpResponse:
     )
     if request.method == "POST":
         # The name cannot change here (a disabled field takes its initial value).
-        editor = MaskingEditor(request.POST, initial=initial, editing=True)
+        editor = MaskingEditor(request.POST, initial=initial, editing=True, original=policy.spec)
         saved = _save_editor(request, editor, policy)
         if saved is not None:
             return redirect("policies:masking_detail", pk=saved.pk)

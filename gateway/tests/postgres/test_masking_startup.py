@@ -103,3 +103,12 @@ def test_an_error_refusing_the_upstream_connection_is_masked(masked_gw, make_con
     assert EMAIL not in str(info.value)
     recorded = _recorded_text(masked_gw)
     assert "[EMAIL]" in recorded and EMAIL not in recorded
+
+
+def test_a_parameter_status_during_the_session_is_masked_too(masked_gw):
+    with masked_gw.connect() as conn:
+        conn.execute(f"SET application_name = 'now {EMAIL}'")
+        shown = conn.info.parameter_status("application_name")
+        (value,) = conn.execute("SELECT 1").fetchone()
+    assert shown == "now [EMAIL]" and value == 1
+    assert EMAIL not in _recorded_text(masked_gw)
