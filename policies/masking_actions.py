@@ -123,3 +123,19 @@ def do_delete_masking_policy(actor: Any, policy: MaskingPolicy) -> None:
     policy = MaskingPolicy.objects.select_for_update().get(pk=policy.pk)
     record(actor, "masking_policy.delete", policy, before=policy.audit_snapshot())
     policy.delete()
+
+
+def do_record_sample_query(
+    actor: Any, policy: MaskingPolicy, *, connection: str, query: str, rows: int, error: str = ""
+) -> None:
+    """Audit a sample query run from the masking policy page. ``query`` and ``error`` must
+    already be masked by the policy: the audit log never holds an unmasked value."""
+    record(
+        actor,
+        "masking_policy.sample_query",
+        policy,
+        connection=connection,
+        query=query,
+        rows=rows,
+        error=error,
+    )

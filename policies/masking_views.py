@@ -258,8 +258,22 @@ def masking_sample(request: HttpRequest, pk: int) -> HttpResponse:
                 result.errors = ["This policy does not compile, so nothing can be masked with it."]
             else:
                 group = form.cleaned_data["group"]
-                result = run_sample(
-                    compiled.for_groups([group] if group else []), connection, form.cleaned_data["query"]
+                masking = compiled.for_groups([group] if group else [])
+                if not connection.enabled:
+                    result.errors = [f"connection {connection.name} is disabled"]
+                else:
+                    result = run_sample(masking, connection, form.cleaned_data["query"])
+                try:
+                    shown_query = masking.mask_text(form.cleaned_data["query"])[0]
+                except MaskingError:
+                    shown_query = "<withheld: it could not be masked>"
+                masking_actions.do_record_sample_query(
+                    request.user,
+                    policy,
+                    connection=connection.name,
+                    query=shown_query,
+                    rows=len(result.rows),
+                    error="; ".join(result.errors),
                 )
     context = {**_detail_context(policy), "sample_form": form, "sample_result": result}
     return render(request, "policies/masking/detail.html", context, status=400 if result.errors else 200)

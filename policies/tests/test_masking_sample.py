@@ -106,6 +106,19 @@ def test_the_sample_is_masked_by_column_rules_and_content_with_reasons(admin_cli
     _assert_nowhere(body, caplog)
 
 
+def test_each_run_is_audited_with_the_query_masked(admin_client, target, alice, caplog):
+    from audit.models import AuditRecord
+
+    policy = masking_actions.do_save_masking_policy(None, "pii", {})
+    status, body = _sample(admin_client, policy, f"SELECT id FROM customers WHERE email = '{EMAIL}'")
+    assert status == 200, body
+    audit = AuditRecord.objects.get(action="masking_policy.sample_query")
+    assert audit.actor_user == alice
+    assert audit.detail["query"] == "SELECT id FROM customers WHERE email = '[EMAIL]'"
+    assert audit.detail["connection"] == "sample" and audit.detail["rows"] == 1
+    _assert_nowhere(body.replace(EMAIL, ""), caplog)  # the page echoes the admin's own query
+
+
 def test_an_expression_is_masked_by_content_and_a_masked_integer_becomes_null(admin_client, target, caplog):
     policy = masking_actions.do_save_masking_policy(
         None, "pii", {"columns": [{"match": "customers.score", "method": "redact"}]}
