@@ -31,7 +31,7 @@ from gateway.models import Connection
 from masking import MaskingError, MaskingSpecError, compile_policy, validate_masking_spec
 from masking.explain import explain_text
 from policies import masking_actions
-from policies.masking_forms import MaskingEditor, initial_from
+from policies.masking_forms import MaskingEditor, entity_methods, initial_from
 from policies.models import MaskingBinding, MaskingPolicy
 
 TRY_MAX_CHARS = 20_000
@@ -177,8 +177,10 @@ class TryTextForm(forms.Form):
 def _detail_context(policy: MaskingPolicy) -> dict[str, Any]:
     from policies.masking_sample import SampleForm
 
+    methods = entity_methods(policy.spec) if isinstance(policy.spec, dict) else {}
     return {
         "policy": policy,
+        "entity_methods": [(entity, method) for entity, method in methods.items() if method != "off"],
         "bindings": _bindings(policy),
         "groups": list(Group.objects.order_by("name").values_list("name", flat=True)),
         "sample_form": SampleForm(),

@@ -94,6 +94,14 @@ def test_an_admin_creates_a_masking_policy_with_rules_entities_exemptions_and_bi
     page = admin_client.get(response["Location"]).content.decode()
     assert "fraud investigations need the card numbers" in page
     assert "public.users.email" in page
+    assert '<span class="badge">email: hash</span>' in page and "ip: " not in page
+
+
+def test_the_policy_page_lists_every_entity_of_an_empty_spec(admin_client):
+    policy = masking_actions.do_save_masking_policy(None, "builtin-like", {})
+    page = admin_client.get(reverse("policies:masking_detail", kwargs={"pk": policy.pk})).content.decode()
+    for entity in BUILTIN_ENTITIES:
+        assert f'<span class="badge">{entity}: redact</span>' in page
 
 
 @pytest.mark.parametrize(
