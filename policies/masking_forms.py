@@ -341,9 +341,3 @@ class MaskingEditor:
                     form.add_error(None, f"{field or ''}{rest}: {message}".lstrip(": ") if field else message)
             else:
                 self.policy.add_error(None, f"{path}: {message}")
-
-    def has_errors(self) -> bool:
-        return any(
-            part.errors if isinstance(part, forms.Form) else (part.non_form_errors() or any(part.errors))
-            for part in self.parts
-        )

@@ -174,3 +174,17 @@ def test_an_unknown_connection_is_refused(admin_client, db):
     status, body = _sample(admin_client, policy, "SELECT 1", connection="nope")
     assert status == 400
     assert "no PostgreSQL connection named" in body
+
+
+def test_a_notice_quoting_a_value_is_neither_shown_nor_printed(admin_client, target, caplog, capfd):
+    policy = masking_actions.do_save_masking_policy(None, "pii", {})
+    status, body = _sample(
+        admin_client,
+        policy,
+        "DO $$BEGIN RAISE NOTICE 'card %', (SELECT card FROM customers WHERE id = 1); END$$",
+    )
+    assert status == 400 and "returned no rows" in body
+    out, err = capfd.readouterr()
+    for secret in SECRETS:
+        assert secret not in out and secret not in err
+    _assert_nowhere(body, caplog)
