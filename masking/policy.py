@@ -20,7 +20,7 @@ import fnmatch
 import json
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import wraps
 from operator import itemgetter
 from typing import Any, ParamSpec, TypeVar, overload
@@ -223,6 +223,42 @@ class MaskingPolicy:
             scanner = Scanner(renderers, custom, self.labels)
             self._scanners[exempt] = scanner
         return scanner
+
+    def traced_scanner(self, trace: Callable[[str, str, str], None]) -> Scanner:
+        """A scanner masking exactly as ``scanner()`` does that also reports every secret it
+        replaces to ``trace(entity, secret, placeholder)``. For explaining what a policy does
+        (``masking.explain``), never for the data path: it is built afresh on every call."""
+        everything = "*" in self._global_exempt
+
+        def traced(entity: str, render: Renderer) -> Renderer:
+            def call(secret: str) -> str:
+                placeholder = render(secret)
+                trace(entity, secret, placeholder)
+                return placeholder
+
+            return call  # type: ignore[return-value]  # the scanner only calls it
+
+        renderers = {
+            name: traced(name, r)
+            for name, r in self._renderers.items()
+            if not everything and name not in self._global_exempt
+        }
+        custom = [
+            replace(c, render=traced(c.name, c.render))
+            for c in self._custom
+            if not everything and c.name not in self._global_exempt
+        ]
+        return Scanner(renderers, custom, self.labels)
+
+    def method_of(self, entity: str) -> Method | None:
+        """The method of a built-in or custom entity this policy masks by content."""
+        renderer = self._renderers.get(entity)
+        if renderer is not None:
+            return renderer.method
+        for custom in self._custom:
+            if custom.name == entity:
+                return custom.render.method
+        return None
 
     # -- text ----------------------------------------------------------------------------
 

@@ -20,7 +20,7 @@ COLUMN_ENTITY_DEFAULT = "masked"
 TOP_KEYS = {"default_method", "entities", "custom", "columns", "exempt"}
 CUSTOM_KEYS = {"name", "pattern", "validator", "deny_list", "ignore_case", "method"}
 COLUMN_KEYS = {"match", "method", "entity"}
-EXEMPT_KEYS = {"column", "group", "entities"}
+EXEMPT_KEYS = {"column", "group", "entities", "reason"}
 MAX_PATTERN_LENGTH = 2000
 
 _parser: Any = importlib.import_module("re._parser")
@@ -187,6 +187,8 @@ def validate_masking_spec(spec: Any, path: str = "masking") -> list[tuple[str, s
                 problems.append((f"{xpath}.column", problem))
         if "group" in entry and (not isinstance(entry["group"], str) or not entry["group"]):
             problems.append((f"{xpath}.group", "must be a group name"))
+        if "reason" in entry and not isinstance(entry["reason"], str):
+            problems.append((f"{xpath}.reason", "must be text"))
         if "entities" in entry:
             listed = entry["entities"]
             if not isinstance(listed, list) or not listed:

@@ -16,6 +16,11 @@ from policies.models import MaskingBinding, MaskingPolicy
 Binding = tuple[str, str | None]  # (connection name, group name or None for every agent)
 
 
+class MaskingPolicyChanged(Exception):
+    """The policy is not at the version the caller edited (someone saved it meanwhile), or
+    a new policy's name is taken."""
+
+
 def _canonical(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
@@ -45,15 +50,24 @@ def do_save_masking_policy(
     *,
     description: str = "",
     bindings: list[Binding] | None = None,
+    expected_version: int | None = None,
 ) -> MaskingPolicy:
     """Create or update the masking policy ``name``; ``bindings`` (when given) replace its
-    bindings. Nothing changed: nothing written."""
+    bindings. Nothing changed: nothing written.
+
+    ``expected_version`` (the console's editor): the version the person edited, 0 for a
+    new policy; anything else raises ``MaskingPolicyChanged`` and saves nothing. Every
+    exemption added or removed gets its own audit record with its reason.
+    """
     from gateway.models import Connection
 
     spec = check_masking_spec(spec)
     MaskingPolicy(name=name).full_clean(exclude=["spec"], validate_unique=False)
     policy = MaskingPolicy.objects.select_for_update().filter(name=name).first()
     before = policy.audit_snapshot() if policy is not None else None
+    if expected_version is not None and (policy.version if policy is not None else 0) != expected_version:
+        raise MaskingPolicyChanged(name)
+    old_exemptions = list(policy.spec.get("exempt", [])) if policy is not None else []
     if policy is None:
         policy = MaskingPolicy.objects.create(name=name, description=description, spec=spec)
     else:
@@ -88,6 +102,19 @@ def do_save_masking_policy(
         record(actor, "masking_policy.create", policy, after=after)
     elif before != after:
         record(actor, "masking_policy.update", policy, before=before, after=after)
+    new_exemptions = list(policy.spec.get("exempt", []))
+    for entry in old_exemptions:
+        if entry not in new_exemptions:
+            record(actor, "masking_policy.exemption_remove", policy, before={"exemption": entry})
+    for entry in new_exemptions:
+        if entry not in old_exemptions:
+            record(
+                actor,
+                "masking_policy.exemption_add",
+                policy,
+                after={"exemption": entry},
+                reason=str(entry.get("reason", "")),
+            )
     return policy
 
 
@@ -96,3 +123,19 @@ def do_delete_masking_policy(actor: Any, policy: MaskingPolicy) -> None:
     policy = MaskingPolicy.objects.select_for_update().get(pk=policy.pk)
     record(actor, "masking_policy.delete", policy, before=policy.audit_snapshot())
     policy.delete()
+
+
+def do_record_sample_query(
+    actor: Any, policy: MaskingPolicy, *, connection: str, query: str, rows: int, error: str = ""
+) -> None:
+    """Audit a sample query run from the masking policy page. ``query`` and ``error`` must
+    already be masked by the policy: the audit log never holds an unmasked value."""
+    record(
+        actor,
+        "masking_policy.sample_query",
+        policy,
+        connection=connection,
+        query=query,
+        rows=rows,
+        error=error,
+    )

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from policies import views
+from policies import masking_views, views
 
 app_name = "policies"
 
@@ -20,4 +20,11 @@ urlpatterns = [
     path("<int:pk>/versions/<int:number>/rollback/", views.version_rollback, name="rollback"),
     path("<int:pk>/export/", views.policy_export, name="export"),
     path("<int:pk>/delete/", views.policy_delete, name="delete"),
+    path("masking/", masking_views.masking_list, name="masking_list"),
+    path("masking/new/", masking_views.masking_create, name="masking_create"),
+    path("masking/<int:pk>/", masking_views.masking_detail, name="masking_detail"),
+    path("masking/<int:pk>/edit/", masking_views.masking_edit, name="masking_edit"),
+    path("masking/<int:pk>/try/", masking_views.masking_try, name="masking_try"),
+    path("masking/<int:pk>/sample/", masking_views.masking_sample, name="masking_sample"),
+    path("masking/<int:pk>/delete/", masking_views.masking_delete, name="masking_delete"),
 ]

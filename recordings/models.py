@@ -1,7 +1,8 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 from django.conf import settings
@@ -223,6 +224,42 @@ class Event(models.Model):
 
     def __str__(self) -> str:
         return f"{self.session_id}#{self.seq} {self.kind}"
+
+
+def masked_by_entity(
+    session_ids: Iterable[uuid.UUID], since: datetime | None = None
+) -> dict[uuid.UUID, dict[str, int]]:
+    """Values masked per entity in each session, from its ``result`` events'
+    ``masked_entities`` (optionally only the events at or after ``since``); sessions that
+    masked nothing are absent. Entities are ordered by count, highest first."""
+    events = Event.objects.filter(
+        session_id__in=list(session_ids), kind=Event.Kind.RESULT, payload__masked__gt=0
+    )
+    if since is not None:
+        events = events.filter(at__gte=since)
+    found: dict[uuid.UUID, dict[str, int]] = {}
+    for session_id, entities in events.values_list("session_id", "payload__masked_entities").iterator(
+        chunk_size=2000
+    ):
+        if not isinstance(entities, dict):
+            continue
+        counts = found.setdefault(session_id, {})
+        for entity, count in entities.items():
+            if isinstance(count, int) and not isinstance(count, bool) and count > 0:
+                counts[str(entity)] = counts.get(str(entity), 0) + count
+    return {
+        session_id: dict(sorted(counts.items(), key=lambda item: (-item[1], item[0])))
+        for session_id, counts in found.items()
+        if counts
+    }
+
+
+def total_by_entity(per_session: Mapping[uuid.UUID, Mapping[str, int]]) -> dict[str, int]:
+    totals: dict[str, int] = {}
+    for counts in per_session.values():
+        for entity, count in counts.items():
+            totals[entity] = totals.get(entity, 0) + count
+    return dict(sorted(totals.items(), key=lambda item: (-item[1], item[0])))
 
 
 _START_FIELDS = {

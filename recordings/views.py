@@ -33,7 +33,7 @@ from console.roles import role_required
 from console.streaming import stream_response
 from recordings import access, actions, export, keys, search
 from recordings.forms import HoldForm, ReasonForm, SessionFilterForm
-from recordings.models import ConnectionRule, Event, Session
+from recordings.models import ConnectionRule, Event, Session, masked_by_entity
 
 PAGE_SIZE = 50
 EVENTS_PAGE = 500  # events per fetch of the replay's API, by default
@@ -199,6 +199,7 @@ def session_detail(request: HttpRequest, pk: uuid.UUID) -> HttpResponse:
         "can_hold": access.can_set_legal_hold(request.user),
         "connection_rule": rule,
         "approval_requests": approval_requests_for(session),
+        "masked_entities": masked_by_entity([session.pk]).get(session.pk, {}) if session.masked_count else {},
         "player": {
             "sessionId": str(session.pk),
             "eventsUrl": reverse("recordings:session_events", args=[session.pk]),

@@ -108,6 +108,19 @@ ROUTES = [
     Route("policies:export", "GET", 200),
     Route("policies:delete", "GET", 200),
     Route("policies:delete", "POST", "302 policies:list"),
+    # Masking policies (policies/masking_views.py): admins only, like the policy editor.
+    Route("policies:masking_list", "GET", 200),
+    Route("policies:masking_create", "GET", 200),
+    Route("policies:masking_create", "POST", 200),  # empty form: shown again with its errors
+    Route("policies:masking_detail", "GET", 200),
+    Route("policies:masking_edit", "GET", 200),
+    Route("policies:masking_edit", "POST", 200),
+    Route("policies:masking_try", "GET", 405),
+    Route("policies:masking_try", "POST", 200),  # no text: nothing to mask
+    Route("policies:masking_sample", "GET", 405),
+    Route("policies:masking_sample", "POST", 400),  # no connection, no query: the page says so
+    Route("policies:masking_delete", "GET", 200),
+    Route("policies:masking_delete", "POST", "302 policies:masking_list"),
     Route("audit_export", "GET", 200, {"anonymous": LOGIN, "mallory": 403, "carol": 200, "bob": 403}),
     # Recordings: admins and auditors see every session; bob the reviewer decided nothing in
     # this one, so it is refused to him like to mallory (REC-03).
@@ -178,6 +191,9 @@ def world(db, alice, bob, carol, mallory):  # type: ignore[no-untyped-def]
         "agents-default",
         {"rules": [{"name": "reads", "match": {"operations": ["read"]}, "action": "allow"}]},
     )
+    from policies.masking_actions import do_save_masking_policy
+
+    masking = do_save_masking_policy(None, "pii", {}, bindings=[("shop", None)])
     session = Session.objects.create(protocol="postgres", agent_name="billing-bot", connection_name="shop")
     from approvals.tests.factories import make_request, reviewer
 
@@ -189,6 +205,7 @@ def world(db, alice, bob, carol, mallory):  # type: ignore[no-untyped-def]
         "token": token,
         "dave": dave,
         "policy": policy,
+        "masking": masking,
         "session": session,
         "approval": approval,
     }
@@ -205,7 +222,18 @@ def _kwargs(name: str, world: dict) -> dict[str, object]:  # type: ignore[type-a
         return {"pk": world["agent"].pk, "token_pk": world["token"].pk}
     if name in {"person_edit", "person_set_active"}:
         return {"pk": world["dave"].pk}
-    if name.startswith("policies:") and name not in {"policies:list", "policies:create", "policies:import"}:
+    if name.startswith("policies:masking_") and name not in {
+        "policies:masking_list",
+        "policies:masking_create",
+    }:
+        return {"pk": world["masking"].pk}
+    if name.startswith("policies:") and name not in {
+        "policies:list",
+        "policies:create",
+        "policies:import",
+        "policies:masking_list",
+        "policies:masking_create",
+    }:
         kwargs: dict[str, object] = {"pk": world["policy"].pk}
         if name in {"policies:rule_edit", "policies:rule_delete", "policies:rule_move"}:
             kwargs["index"] = 0

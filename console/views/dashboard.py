@@ -30,11 +30,22 @@ def dashboard(request: HttpRequest) -> HttpResponse:
     last_day = Session.objects.filter(
         Q(started_at__gte=since) | Q(ended_at__gte=since) | Q(status=Session.Status.LIVE)
     )
+    from recordings.models import masked_by_entity, total_by_entity
+
+    recent_sessions = list(Session.objects.order_by("-started_at")[:15])
+    per_session = masked_by_entity(s.pk for s in recent_sessions if s.masked_count)
+    for s in recent_sessions:
+        s.masked_entities = per_session.get(s.pk, {})  # type: ignore[attr-defined]
+    recent_masked = total_by_entity(
+        masked_by_entity(last_day.filter(masked_count__gt=0).values_list("pk", flat=True), since=since)
+    )
     context = {
+        "recent_masked": recent_masked,
+        "recent_masked_total": sum(recent_masked.values()),
         "live_sessions": Session.objects.live().count(),
         "pending_approvals": pending_approvals_count(),
         "recent_denials": last_day.aggregate(total=Sum("denied_count"))["total"] or 0,
-        "recent_sessions": Session.objects.order_by("-started_at")[:15],
+        "recent_sessions": recent_sessions,
     }
     return render(request, "console/dashboard.html", context)
 

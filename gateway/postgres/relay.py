@@ -1055,6 +1055,39 @@ class Relay:
         record.copy_header = found is not None and found.format is not None and found.format.header
         return None
 
+    def startup_messages(self, parameters: list[tuple[str, str]], notices: list[bytes]) -> bytes:
+        """The server's ParameterStatus and NoticeResponse messages of the connection's
+        startup (before its first ReadyForQuery), masked like those of the session and
+        failing closed the same way: ``application_name`` or a role's setting can echo a
+        value, and a login-time notice can quote one."""
+        out: list[bytes] = []
+        for name, value in parameters:
+            shown = self._parameter_value(name, value)
+            self.parameters[name] = shown
+            out.append(pg.parameter_status(name, shown))
+        for notice in notices:
+            fields, masked = self._masked_fields(b"N", notice[5:])
+            self.recorder.append(
+                "notice",
+                {
+                    "severity": fields.get("V", ""),
+                    "code": fields.get("C", ""),
+                    "message": fields.get("M", ""),
+                    "startup": True,
+                },
+            )
+            out.append(notice if masked is None else masked)
+        return b"".join(out)
+
+    def _parameter_value(self, name: str, value: str) -> str:
+        # client_encoding is read by the gateway itself (and is never data).
+        return value if name == "client_encoding" else self._mask_text(value)
+
+    def mask_server_text(self, text: str) -> str:
+        """Free text from the server headed for the agent, the recording or the log
+        (an error refusing the connection), masked; withheld if that fails."""
+        return self._mask_text(text)
+
     def _masked_fields(self, typ: bytes, body: bytes) -> tuple[dict[str, str], bytes | None]:
         """An ErrorResponse or NoticeResponse with its text fields masked (MSK-02: a value
         echoed in an error message): its fields for the recording, and the message to send
@@ -1200,7 +1233,10 @@ class Relay:
             body = data[start:end]
             name, pos = pg.read_cstring(body, 0)
             value, _ = pg.read_cstring(body, pos)
-            self.parameters[_decode(name)] = _decode(value)
+            shown = self._parameter_value(_decode(name), _decode(value))
+            self.parameters[_decode(name)] = shown
+            if shown != _decode(value):
+                return pg.parameter_status(_decode(name), shown)
             if name == b"client_encoding":
                 from gateway.postgres.startup import is_unsafe_encoding
 

@@ -44,6 +44,7 @@ from gateway.postgres.upstream import (
     send_cancel,
 )
 from gateway.ratelimit import LoginThrottle
+from masking import MaskingError
 from policies.types import Action, Decision
 
 log = logging.getLogger("airlock.gateway.postgres")
@@ -621,6 +622,12 @@ class Session:
         return credentials.tokens.get(id(matched))
 
     async def _open_session(self, startup: ClientStartup, authorized: Authorized) -> bool:
+        if authorized.masking is not None and self.application_name:
+            # The agent's application_name is recorded with the session: masked like the rest.
+            try:
+                self.application_name = authorized.masking.mask_text(self.application_name)[0]
+            except MaskingError:
+                self.application_name = "<withheld: it could not be masked>"
         try:
             self.recorder = await self.gateway.recorder_factory(
                 protocol="postgres",
@@ -666,7 +673,8 @@ class Session:
             if getattr(authorized.decision_point, "policy", None) is not None:
                 schemas = await current_search_path(upstream, wait_seconds=self.limits.connect_timeout)
         except UpstreamError as exc:
-            message = f'cannot connect to connection "{authorized.connection_name}": {exc}'
+            # The server's own words (a login-time ErrorResponse) can quote a value.
+            message = f'cannot connect to connection "{authorized.connection_name}": {relay.mask_server_text(str(exc))}'
             self.recorder.append("error", {"code": "08006", "message": message, "severity": "FATAL"})
             self.client.write(pg.fatal("08006", message))
             self._end_reason = "upstream unreachable"
@@ -680,8 +688,7 @@ class Session:
         self.upstream_key = (upstream.pid, upstream.key)
         self.cancel_key = self.gateway.new_cancel_key(self)
         out = [pg.AUTH_OK]
-        out.extend(pg.parameter_status(name, value) for name, value in upstream.parameters)
-        out.extend(upstream.notices)
+        out.append(relay.startup_messages(upstream.parameters, upstream.notices))
         out.append(pg.backend_key_data(*self.cancel_key))
         out.append(pg.ready_for_query(upstream.status))
         self.relay = relay
@@ -693,7 +700,6 @@ class Session:
                 max_message=self.limits.max_message,
                 wait_seconds=self.limits.connect_timeout,
             )
-        self.relay.parameters.update(upstream.parameters)
         session_id = getattr(self.recorder, "session_id", None)
         if session_id is not None:
             from recordings.live import watch_for_termination

@@ -152,3 +152,10 @@ def test_compile_policy_refuses_an_invalid_spec_listing_every_problem() -> None:
     with pytest.raises(MaskingSpecError) as caught:
         compile_policy({"default_method": "x", "custom": [{"name": "x"}]})
     assert [path for path, _ in caught.value.problems] == ["masking.default_method", "masking.custom[0]"]
+
+
+def test_an_exemption_may_carry_a_reason_as_text():
+    assert validate_masking_spec({"exempt": [{"group": "fraud", "reason": "fraud checks"}]}) == []
+    assert validate_masking_spec({"exempt": [{"group": "fraud", "reason": 3}]}) == [
+        ("masking.exempt[0].reason", "must be text")
+    ]
