@@ -74,13 +74,13 @@ def test_a_reviewer_and_an_auditor_see_only_their_navigation(console_server, pag
     login(page, console_server, "bob")
     expect(page.locator("h1")).to_have_text("Dashboard")
     # The reviewer's Approvals link carries the count of pending requests.
-    assert _nav(page) == ["Dashboard", "Approvals 0"]
+    assert _nav(page) == ["Dashboard", "Approvals 0", "API tokens"]
     page.get_by_role("button", name="Log out").click()
     expect(page).to_have_url(re.compile(r"/accounts/login/$"))
 
     login(page, console_server, "carol")
     expect(page.locator("h1")).to_have_text("Dashboard")
-    assert _nav(page) == ["Dashboard", "Sessions", "Audit log"]
+    assert _nav(page) == ["Dashboard", "Sessions", "Audit log", "API tokens"]
     page.get_by_role("link", name="Audit log").click()
     expect(page.locator("h1")).to_have_text("Audit log")
 
