@@ -216,6 +216,7 @@ def test_a_review_rules_approval_mode_is_edited_in_the_form(admin, shop):
     admin.post(url("rule_edit", policy, index=2), rule_form(1, **fields, approval_mode="return"))
     policy.refresh_from_db()
     assert policy.version == 2 and policy.spec["rules"][2]["approval_mode"] == "return"
+    assert '<span class="approval-mode">return</span>' in admin.get(url("detail", policy)).content.decode()
     # The form shows the stored mode; saving it empty leaves the choice to the connection.
     form = admin.get(url("rule_edit", policy, index=2)).context["form"]
     assert form.initial["approval_mode"] == "return"
