@@ -1,9 +1,13 @@
 """The approvals JSON API: list, get, approve, reject (docs/api.md).
 
-Authenticated by the browser session; POSTs need Django's CSRF token (the
-``X-CSRFToken`` header). Errors are JSON ``{"error": "..."}`` with 400 (bad input), 401
-(not logged in), 403 (not allowed), 404 (no such request) or 409 (the request can no longer
-be decided).
+Authenticated by the browser session, whose POSTs need Django's CSRF token (the
+``X-CSRFToken`` header), or by a person's API token (``Authorization: Bearer alp_...``),
+which needs none: a browser never sends that header by itself, so another site cannot
+make it send one. A token acts with its person's roles as they are now. Only the
+``Authorization`` header is read: a token in the URL is refused (URLs end up in logs).
+Errors are JSON ``{"error": "..."}`` with 400 (bad input), 401 (not logged in, or a
+token refused: unknown, revoked, expired, its person disabled), 403 (not allowed), 404
+(no such request) or 409 (the request can no longer be decided).
 """
 
 from __future__ import annotations
@@ -15,13 +19,17 @@ from typing import Any
 
 from django.core.exceptions import PermissionDenied
 from django.http import Http404, HttpRequest, JsonResponse
+from django.middleware.csrf import CsrfViewMiddleware
 from django.views.decorators.cache import never_cache
+from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
 
 from approvals import actions
 from approvals.cards import as_json
 from approvals.models import ApprovalRequest
 from approvals.views import _get_request_for_user
+from identity import tokens
+from identity.actions import PersonTokenRefused, authenticate_person_token, note_person_token_used
 
 MAX_LIST = 200
 
@@ -30,15 +38,71 @@ def _error(status: int, message: str) -> JsonResponse:
     return JsonResponse({"error": message}, status=status)
 
 
+class _CsrfCheck(CsrfViewMiddleware):
+    """Django's own CSRF check, run by the API for session requests only (the API views
+    are ``csrf_exempt`` so that bearer requests are not asked for a token they cannot have)."""
+
+    def _reject(self, request: HttpRequest, reason: str) -> str:  # type: ignore[override]
+        return reason
+
+
+def _csrf_failure(request: HttpRequest) -> str | None:
+    check = _CsrfCheck(lambda request: None)  # type: ignore[arg-type,return-value]
+    check.process_request(request)
+    reason: str | None = check.process_view(request, lambda request: None, (), {})  # type: ignore[assignment]
+    return reason
+
+
+def _token_refused(reason: str) -> JsonResponse:
+    response = _error(401, reason)
+    response["WWW-Authenticate"] = 'Bearer realm="airlock", error="invalid_token"'
+    return response
+
+
+def _authenticate(request: HttpRequest) -> JsonResponse | None:
+    """Put the request's person in ``request.user``: from the bearer token when there is an
+    ``Authorization`` header (and then only from it), else from the session. A JSON error
+    when that fails, or a session POST lacks its CSRF token."""
+    for values in request.GET.lists():
+        if any(tokens.looks_like_person_token(value) for value in values[1]):
+            return _error(
+                400,
+                "an API token goes in the Authorization header (Bearer <token>), never in the URL; "
+                "revoke this one, it may be in a log now",
+            )
+    header = request.META.get("HTTP_AUTHORIZATION")
+    if header is None:
+        if request.method not in ("GET", "HEAD", "OPTIONS", "TRACE"):
+            reason = _csrf_failure(request)
+            if reason:
+                return _error(403, f"CSRF verification failed: {reason}")
+        return None
+    scheme, _, raw = header.strip().partition(" ")
+    if scheme.lower() != "bearer" or not raw.strip():
+        return _token_refused("the Authorization header must be: Bearer <your API token>")
+    try:
+        token = authenticate_person_token(raw.strip())
+    except PersonTokenRefused as exc:
+        return _token_refused(exc.reason)
+    request.user = token.user
+    note_person_token_used(token, source_address=request.META.get("REMOTE_ADDR", ""), path=request.path)
+    return None
+
+
 def api_role_required(*roles: str) -> Callable[[Callable[..., JsonResponse]], Callable[..., JsonResponse]]:
-    """``console.roles.role_required`` for the API: JSON 401/403 instead of a login redirect."""
+    """``console.roles.role_required`` for the API: session or bearer token (see the module
+    docstring), JSON 401/403 instead of a login redirect. The view must be ``csrf_exempt``:
+    this checks CSRF itself, for session requests."""
 
     def decorator(view: Callable[..., JsonResponse]) -> Callable[..., JsonResponse]:
         @wraps(view)
         def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> JsonResponse:
+            refused = _authenticate(request)
+            if refused is not None:
+                return refused
             user = request.user
             if not user.is_authenticated:
-                return _error(401, "log in first")
+                return _error(401, "log in first, or send a personal API token (Authorization: Bearer ...)")
             if not user.has_role(*roles):  # type: ignore[union-attr]
                 return _error(403, "you do not have a role that allows this")
             try:
@@ -67,6 +131,7 @@ def _body(request: HttpRequest) -> dict[str, Any]:
     return request.POST.dict()
 
 
+@csrf_exempt
 @never_cache
 @require_GET
 @api_role_required("admin", "reviewer", "auditor")
@@ -89,6 +154,7 @@ def request_list(request: HttpRequest) -> JsonResponse:
     return JsonResponse({"requests": [as_json(req, request.user) for req in items]})
 
 
+@csrf_exempt
 @never_cache
 @require_GET
 @api_role_required("admin", "reviewer", "auditor")
@@ -118,6 +184,7 @@ def _decide(request: HttpRequest, pk: int, verb: str) -> JsonResponse:
     return JsonResponse(as_json(req, request.user))
 
 
+@csrf_exempt
 @never_cache
 @require_POST
 @api_role_required("reviewer")
@@ -125,6 +192,7 @@ def approve(request: HttpRequest, pk: int) -> JsonResponse:
     return _decide(request, pk, "approve")
 
 
+@csrf_exempt
 @never_cache
 @require_POST
 @api_role_required("reviewer")

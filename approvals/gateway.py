@@ -15,8 +15,10 @@ approval). Otherwise it creates a request, calls ``notice("waiting for approval 
 <url>")`` at once and waits: on the channel layer (the request's group), with a database
 poll as the fallback so that a lost message never strands a session, until the request is
 decided or its deadline passes (then it expires it itself). Cancelling the awaiting task
-(client disconnect, CancelRequest) cancels the request. Agents that cannot wait
-(``agent_waits=False``) get the refusal naming the request at once.
+(client disconnect, CancelRequest) cancels the request. Agents that cannot wait get the
+refusal naming the request at once: the review rule's ``approval_mode`` says whether the
+agent waits (``decision.approval_mode``), and when the rule says nothing the connection's
+option does (``agent_waits``).
 
 The lower-level functions (``open_request``, ``wait_for_decision``, ``cancel``,
 ``finish``, ``sweep``) are what ``ReviewGate`` is made of; synchronous ones touch the
@@ -532,6 +534,12 @@ class ReviewGate:
         self.mask_text = mask_text
         self.estimate = estimate
 
+    def waits_for(self, decision: Decision) -> bool:
+        """Whether the agent waits for this held statement: the rule's mode, else the connection's."""
+        if decision.approval_mode is not None:
+            return decision.approval_mode != "return"
+        return self.agent_waits
+
     @staticmethod
     def _final(decision: Decision, action: Action, message: str) -> Decision:
         return replace(decision, action=action, message=message)
@@ -553,7 +561,8 @@ class ReviewGate:
             return replace(
                 pre, decision=self._final(decision, Action.ALLOW, f"{how} approval request {pre.request_id}")
             )
-        if not self.agent_waits:
+        agent_waits = self.waits_for(decision)
+        if not agent_waits:
             existing = await _db(find_pending)(
                 agent_id=self.agent_id, connection_id=self.connection_id, binding=binding
             )
@@ -566,7 +575,7 @@ class ReviewGate:
                 agent_id=self.agent_id,
                 connection_id=self.connection_id,
                 session_id=self.session_id,
-                agent_waits=self.agent_waits,
+                agent_waits=agent_waits,
                 mask_text=self.mask_text,
                 estimate=self.estimate,
             )

@@ -17,6 +17,7 @@ NAVIGATION: tuple[tuple[str, str, frozenset[str]], ...] = (
     ("people_list", "People & groups", frozenset({"admin"})),
     ("recordings:session_list", "Sessions", frozenset({"admin", "auditor"})),
     ("audit_log", "Audit log", frozenset({"admin", "auditor"})),
+    ("person_tokens", "API tokens", frozenset({"admin", "reviewer", "auditor"})),
 )
 
 

@@ -385,6 +385,26 @@ class TokenIssueForm(forms.Form):
     nonce = forms.CharField(widget=forms.HiddenInput, max_length=64)
 
 
+class PersonTokenForm(forms.Form):
+    """A person's new API token: what it is for and how long it lasts (every token expires)."""
+
+    name = forms.CharField(max_length=100, help_text="Where the token will be used (a chat bot, a script).")
+    expires_in_days = forms.IntegerField(
+        min_value=1,
+        max_value=365,
+        initial=90,
+        label="Expires in (days)",
+        help_text="At most 365 days.",
+    )
+    nonce = forms.CharField(widget=forms.HiddenInput, max_length=64)
+
+    def clean_name(self) -> str:
+        name = str(self.cleaned_data["name"]).strip()
+        if not name:
+            raise ValidationError("Give the token a name.")
+        return name
+
+
 # --- People and groups -----------------------------------------------------------------------
 
 

@@ -1,6 +1,6 @@
 from django.urls import include, path
 
-from console.views import agents, audit, connections, dashboard, people
+from console.views import agents, audit, connections, dashboard, people, tokens
 
 urlpatterns = [
     path("", dashboard.dashboard, name="dashboard"),
@@ -23,6 +23,9 @@ urlpatterns = [
     path("people/<int:pk>/", people.person_edit, name="person_edit"),
     path("people/<int:pk>/active/", people.person_set_active, name="person_set_active"),
     path("groups/", people.group_list, name="group_list"),
+    path("account/tokens/", tokens.token_list, name="person_tokens"),
+    path("account/tokens/new/", tokens.token_create, name="person_token_create"),
+    path("account/tokens/<int:pk>/revoke/", tokens.token_revoke, name="person_token_revoke"),
     path("audit/", audit.audit_log, name="audit_log"),
     path("policies/", include("policies.urls")),
     path("audit/export.<str:fmt>", audit.audit_export, name="audit_export"),

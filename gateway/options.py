@@ -14,6 +14,8 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+from policies.spec import APPROVAL_MODES
+
 KINDS = ("postgres", "ssh", "kubernetes")
 
 # The secret fields each kind uses (all are encrypted together, see gateway.secrets).
@@ -63,10 +65,8 @@ def _namespace(value: Any) -> str | None:
     return None
 
 
-# How the gateway answers a statement held for review (docs/approvals.md): "wait" holds it
-# until reviewers decide; "return" refuses it at once naming the approval request, and the
-# identical statement sent again once approved runs (for agents that cannot wait).
-APPROVAL_MODES = ("wait", "return")
+# The connection's default answer to a held statement; a review rule's own
+# ``approval_mode`` takes precedence (policies.spec.APPROVAL_MODES says what they mean).
 
 
 def _approval_mode(value: Any) -> str | None:

@@ -23,7 +23,7 @@ from django.utils import timezone
 from audit.actions import record
 from identity import tokens
 from identity.groupmap import GroupChange, GroupMapping, plan_group_sync
-from identity.models import ROLES, Agent, AgentToken, User
+from identity.models import ROLES, Agent, AgentToken, PersonToken, User
 
 log = logging.getLogger(__name__)
 
@@ -204,6 +204,143 @@ def note_token_used(token: AgentToken) -> None:
     AgentToken.objects.filter(pk=token.pk).exclude(last_used_at__gt=now - timedelta(minutes=1)).update(
         last_used_at=now
     )
+
+
+# --- People's API tokens ------------------------------------------------------------------
+
+# A person's token lasts at most this long (every one expires), 90 days unless asked.
+PERSON_TOKEN_MAX_LIFETIME = timedelta(days=365)
+PERSON_TOKEN_DEFAULT_LIFETIME = timedelta(days=90)
+# A token's use is noted (``last_used_at``) and audited at most once per this many seconds.
+PERSON_TOKEN_USE_INTERVAL = timedelta(minutes=1)
+
+
+@dataclass(frozen=True)
+class IssuedPersonToken:
+    """A freshly created person's token. ``raw`` exists only here: show it once, then drop it."""
+
+    token: PersonToken
+    raw: str
+
+
+class PersonTokenRefused(Exception):
+    """A person's token was refused. ``reason`` is safe to show to whoever sent it (it never
+    holds the token)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def person_token_snapshot(token: PersonToken) -> dict[str, Any]:
+    return {
+        "token": token.prefix,
+        "name": token.name,
+        "person": token.user.get_username(),
+        "expires_at": token.expires_at.isoformat(),
+    }
+
+
+@transaction.atomic
+def do_create_person_token(actor: Any, user: User, *, name: str, expires_at: datetime) -> IssuedPersonToken:
+    """Create an API token for ``user`` (a person). Raises ``ValueError`` with a message fit
+    for the person: no name, a name too long, an expiry in the past or too far away, or a
+    disabled person."""
+    name = name.strip()
+    if not name:
+        raise ValueError("a token needs a name (where it will be used)")
+    if len(name) > PersonToken._meta.get_field("name").max_length:  # type: ignore[operator]
+        raise ValueError("the name is too long (at most 100 characters)")
+    now = timezone.now()
+    if expires_at <= now:
+        raise ValueError("a token's expiry must be in the future")
+    if expires_at > now + PERSON_TOKEN_MAX_LIFETIME:
+        raise ValueError(f"a person's token lasts at most {PERSON_TOKEN_MAX_LIFETIME.days} days")
+    user = User.objects.select_for_update().get(pk=user.pk)
+    if not user.is_active:
+        raise ValueError(f"{user.get_username()} is disabled: no token can be made for them")
+    raw = tokens.generate_person_token()
+    token = PersonToken.objects.create(
+        user=user,
+        name=name,
+        prefix=tokens.token_display_prefix(raw),
+        token_hash=tokens.token_hash(raw),
+        expires_at=expires_at,
+        created_by=actor if isinstance(actor, User) else None,
+    )
+    record(actor, "person_token.create", user, after=person_token_snapshot(token))
+    return IssuedPersonToken(token=token, raw=raw)
+
+
+@transaction.atomic
+def do_revoke_person_token(actor: Any, token: PersonToken) -> bool:
+    """Revoke ``token`` (idempotent: False when it was revoked already)."""
+    updated = PersonToken.objects.filter(pk=token.pk, revoked_at__isnull=True).update(
+        revoked_at=timezone.now(), revoked_by=actor if isinstance(actor, User) else None
+    )
+    token.refresh_from_db()
+    if updated:
+        record(actor, "person_token.revoke", token.user, before=person_token_snapshot(token))
+    return bool(updated)
+
+
+def find_person_token(user: User, prefix: str) -> PersonToken:
+    """The one token of ``user`` whose display prefix starts with ``prefix`` (``LookupError``
+    with a message fit for the person who typed it otherwise)."""
+    prefix = prefix.strip().rstrip("…").rstrip(".")
+    if len(prefix) < 6:
+        raise LookupError("give at least the first 6 characters of the token (as listed)")
+    matches = list(user.api_tokens.filter(prefix__startswith=prefix[: tokens.PREFIX_LENGTH]))
+    name = user.get_username()
+    if not matches:
+        raise LookupError(f"{name} has no token starting with {prefix!r}")
+    if len(matches) > 1:
+        raise LookupError(f"{prefix!r} matches {len(matches)} tokens of {name}; give more characters")
+    return matches[0]
+
+
+def authenticate_person_token(raw: str) -> PersonToken:
+    """The usable token ``raw`` is, with its person (``token.user``).
+
+    Raises ``PersonTokenRefused`` saying why: not a person's token, unknown, revoked,
+    expired, or its person is disabled. The person's roles are not looked at here: the
+    caller checks them as for a browser session, at every request.
+    """
+    if not tokens.looks_like_person_token(raw):
+        raise PersonTokenRefused(
+            f"this is not an Airlock personal API token (they start with {tokens.PERSON_TOKEN_PREFIX})"
+        )
+    token = PersonToken.objects.select_related("user").filter(token_hash=tokens.token_hash(raw)).first()
+    if token is None:
+        raise PersonTokenRefused("unknown token")
+    if token.revoked_at is not None:
+        raise PersonTokenRefused(f"token {token.prefix}… was revoked")
+    if token.expires_at <= timezone.now():
+        raise PersonTokenRefused(f"token {token.prefix}… expired at {token.expires_at:%Y-%m-%d %H:%M} UTC")
+    if not token.user.is_active:
+        raise PersonTokenRefused(f"the account of token {token.prefix}… is disabled")
+    return token
+
+
+def note_person_token_used(token: PersonToken, *, source_address: str = "", path: str = "") -> bool:
+    """Note that ``token`` was used: ``last_used_at`` and a ``person_token.use`` audit record,
+    at most once per token per ``PERSON_TOKEN_USE_INTERVAL`` (a conditional update decides,
+    so a busy script does not write on every request, and two requests at once write one
+    record). True when this call noted it."""
+    now = timezone.now()
+    due = Q(last_used_at__isnull=True) | Q(last_used_at__lte=now - PERSON_TOKEN_USE_INTERVAL)
+    updated = PersonToken.objects.filter(due, pk=token.pk).update(last_used_at=now)
+    if updated:
+        token.last_used_at = now
+        record(
+            token.user,
+            "person_token.use",
+            token.user,
+            source_address=source_address,
+            token=token.prefix,
+            path=path,
+        )
+    return bool(updated)
 
 
 # --- People ---------------------------------------------------------------------------

@@ -178,3 +178,50 @@ class AgentToken(models.Model):
         if self.expires_at and self.expires_at <= timezone.now():
             return "expired"
         return "active"
+
+
+class PersonTokenQuerySet(models.QuerySet["PersonToken"]):
+    def active(self) -> PersonTokenQuerySet:
+        return self.filter(revoked_at__isnull=True, expires_at__gt=timezone.now())
+
+
+class PersonToken(models.Model):
+    """One of a person's API tokens, for the console's HTTP JSON API (docs/api.md).
+
+    Not an agent's token: it never opens a gateway session, and it acts with its person's
+    roles as they are at each request. The raw token (``alp_`` and 43 url-safe base64
+    characters) is shown once and stored only as SHA-256 (``token_hash``), like an
+    ``AgentToken``. Every token expires.
+    """
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens")
+    name = models.CharField(max_length=100, help_text="Where the token is used (a chat bot, a script).")
+    prefix = models.CharField(max_length=16, help_text="The first characters, to recognise a token.")
+    token_hash = models.CharField(max_length=64, unique=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    expires_at = models.DateTimeField()
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    revoked_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    # Set at most once a minute (identity.actions.note_person_token_used).
+    last_used_at = models.DateTimeField(null=True, blank=True)
+
+    objects = PersonTokenQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.user.get_username()}:{self.prefix}…"
+
+    @property
+    def status(self) -> str:
+        if self.revoked_at:
+            return "revoked"
+        if self.expires_at <= timezone.now():
+            return "expired"
+        return "active"

@@ -1,6 +1,8 @@
-"""Agent tokens: generation, hashing and SCRAM-SHA-256 verifiers (pure functions).
+"""Agent and person tokens: generation, hashing and SCRAM-SHA-256 verifiers (pure functions).
 
-A token is ``alk_`` followed by 43 url-safe base64 characters (256 random bits). It is
+An agent's token is ``alk_`` followed by 43 url-safe base64 characters (256 random bits);
+a person's API token is ``alp_`` and the same (a different prefix, so that neither is ever
+mistaken for the other, and a secret scanner can tell them apart). An agent's token is
 stored only as SHA-256 (``token_hash``) and as a SCRAM-SHA-256 verifier in PostgreSQL's
 format (RFC 5802, RFC 7677; PostgreSQL "SCRAM-SHA-256 Authentication"), so that the
 PostgreSQL gateway can check a SCRAM login without ever holding the token.
@@ -15,6 +17,7 @@ import secrets
 from dataclasses import dataclass
 
 TOKEN_PREFIX = "alk_"  # noqa: S105 - a public prefix, not a secret
+PERSON_TOKEN_PREFIX = "alp_"  # noqa: S105 - a public prefix, not a secret
 SCRAM_ITERATIONS = 4096
 PREFIX_LENGTH = 12
 
@@ -25,6 +28,14 @@ def generate_token() -> str:
 
 def looks_like_token(value: str) -> bool:
     return value.startswith(TOKEN_PREFIX) and 40 <= len(value) <= 100
+
+
+def generate_person_token() -> str:
+    return PERSON_TOKEN_PREFIX + secrets.token_urlsafe(32)
+
+
+def looks_like_person_token(value: str) -> bool:
+    return value.startswith(PERSON_TOKEN_PREFIX) and 40 <= len(value) <= 100
 
 
 def token_hash(raw: str) -> str:

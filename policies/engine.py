@@ -311,6 +311,7 @@ class _Review:
     reviewers: tuple[str, ...]
     approvals: int
     timeout_seconds: int | None
+    approval_mode: str | None = None  # None: the connection's option decides
 
     @classmethod
     def of(cls, spec: dict[str, Any]) -> _Review | None:
@@ -321,6 +322,7 @@ class _Review:
             reviewers=tuple(spec["reviewers"]),
             approvals=int(spec.get("approvals", 1)),
             timeout_seconds=parse_duration(timeout) if timeout is not None else None,
+            approval_mode=spec.get("approval_mode"),
         )
 
 
@@ -485,10 +487,14 @@ class CompiledPolicy:
                 None,
             )
         timeouts = [o.review.timeout_seconds for o in reviews if o.review and o.review.timeout_seconds]
+        # "return" when any held statement's rule says so (the agent is never held against
+        # a rule that says not to hold it), else "wait" when one says that, else the connection's.
+        modes = {o.review.approval_mode for o in reviews if o.review is not None}
         merged = _Review(
             reviewers=common,
             approvals=max(o.review.approvals for o in reviews if o.review is not None),
             timeout_seconds=min(timeouts) if timeouts else None,
+            approval_mode="return" if "return" in modes else "wait" if "wait" in modes else None,
         )
         return _Outcome(Action.REVIEW, first.rule, first.message, merged)
 
@@ -529,6 +535,7 @@ class CompiledPolicy:
             reviewers=review.reviewers if review else (),
             approvals_needed=review.approvals if review else 1,
             timeout_seconds=review.timeout_seconds if review else None,
+            approval_mode=review.approval_mode if review else None,
             observed=tuple(observed),
             session_effects=tuple(effect for info in statements for effect in info.effects),
         )

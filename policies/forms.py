@@ -259,6 +259,16 @@ class RuleForm(ProblemsMixin, VersionedForm):
         required=False, min_value=1, max_value=MAX_APPROVALS, help_text="How many approvals (1 when empty)."
     )
     timeout = forms.CharField(required=False, help_text="How long a statement waits: 30s, 10m, 2h, 1d.")
+    approval_mode = forms.ChoiceField(
+        label="Approval mode",
+        required=False,
+        choices=[
+            ("", "the connection's (wait unless its approval_mode option says return)"),
+            ("wait", "wait: hold the statement until reviewers decide"),
+            ("return", "return: refuse at once naming the request; the same statement runs once approved"),
+        ],
+        help_text="Whether the agent waits for the decision. Set here, it overrides the connection's option.",
+    )
     comment = CommentField()
 
     problem_fields = {
@@ -270,6 +280,7 @@ class RuleForm(ProblemsMixin, VersionedForm):
         "reviewers": "reviewers",
         "approvals": "approvals",
         "timeout": "timeout",
+        "approval_mode": "approval_mode",
         "match": "protocol",  # the match as a whole (e.g. not a mapping): shown at its first field
         "match.no_where": "no_where",
         "match.regex": "regex",
@@ -290,7 +301,7 @@ class RuleForm(ProblemsMixin, VersionedForm):
         "no_where",
         "regex",
     )
-    review_fields = ("reviewers", "approvals", "timeout")
+    review_fields = ("reviewers", "approvals", "timeout", "approval_mode")
 
     @staticmethod
     def initial_from(rule: dict[str, Any], version: int) -> dict[str, Any]:
@@ -306,6 +317,7 @@ class RuleForm(ProblemsMixin, VersionedForm):
             "reviewers": join_list(rule.get("reviewers")),
             "approvals": rule.get("approvals"),
             "timeout": str(rule.get("timeout", "")),
+            "approval_mode": rule.get("approval_mode", ""),
         }
         for key in MATCH_LIST_KEYS:
             initial[key] = join_list(match.get(key))
@@ -346,6 +358,8 @@ class RuleForm(ProblemsMixin, VersionedForm):
             rule["approvals"] = data["approvals"]
         if data["timeout"].strip():
             rule["timeout"] = _timeout_value(data["timeout"].strip())
+        if data["approval_mode"]:
+            rule["approval_mode"] = data["approval_mode"]
         return rule
 
 

@@ -17,6 +17,11 @@ from policies.functions import FUNCTION_SETS
 ACTIONS = ("allow", "deny", "review", "observe")
 DEFAULT_ACTIONS = ("allow", "deny", "review")
 PROTOCOLS = ("postgres", "ssh", "kubernetes")
+# How the gateway answers a statement held for review (docs/approvals.md): "wait" holds it
+# until reviewers decide; "return" refuses it at once naming the approval request, and the
+# identical statement sent again once approved runs (for agents that cannot wait). A review
+# rule may say it; otherwise the connection's ``approval_mode`` option decides.
+APPROVAL_MODES = ("wait", "return")
 
 # Keys of a policy spec. ``name`` and ``description`` belong to the policy object; they are
 # accepted here so that a whole ``policies:`` entry can be validated as is.
@@ -40,6 +45,7 @@ RULE_KEYS = (
     "reviewers",
     "approvals",
     "timeout",
+    "approval_mode",
     "would",
 )
 MATCH_KEYS = (
@@ -238,7 +244,11 @@ def validate_policy_spec(spec: Any, path: str) -> list[tuple[str, str]]:
             problems.append((f"{rpath}.would", f"must be one of {', '.join(DEFAULT_ACTIONS)}"))
         if action == "review":
             _check_review(rule, rpath, problems, needed=True)
+            if "approval_mode" in rule and rule["approval_mode"] not in APPROVAL_MODES:
+                problems.append((f"{rpath}.approval_mode", f"must be one of {_expected(APPROVAL_MODES)}"))
         else:
+            if "approval_mode" in rule:
+                problems.append((f"{rpath}.approval_mode", "only review rules have an approval mode"))
             for key in ("reviewers", "approvals", "timeout"):
                 if key in rule:
                     problems.append(

@@ -77,6 +77,7 @@ def decision_as_dict(decision: Decision) -> dict[str, Any]:
         "reviewers": list(decision.reviewers),
         "approvals_needed": decision.approvals_needed,
         "timeout_seconds": decision.timeout_seconds,
+        "approval_mode": decision.approval_mode,
         "observed": list(decision.observed),
         "classification": decision.classification,
     }

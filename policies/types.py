@@ -57,6 +57,8 @@ class Decision:
     reviewers: tuple[str, ...] = ()
     approvals_needed: int = 1
     timeout_seconds: int | None = None
+    # The review rule's own approval mode ("wait" or "return"); None: the connection's.
+    approval_mode: str | None = None
     observed: tuple[str, ...] = ()  # names of observe-mode rules that matched
     # What the statements do to the session once they ran (PREPARE, DEALLOCATE, SET
     # search_path): ``policies.sql.apply_session_effects`` applies them.

@@ -203,7 +203,9 @@ def test_the_api_answers_who_may_not_with_json(world, bob, alice, mallory):
     assert _post(_client(world.dave), "api_approve", req.pk, {})[0] == 403
     assert _post(_client(alice), "api_approve", req.pk, {})[0] == 403  # admins are not reviewers
     anonymous = Client().get(reverse("approvals:api_detail", kwargs={"pk": req.pk}))
-    assert anonymous.status_code == 401 and anonymous.json() == {"error": "log in first"}
+    assert anonymous.status_code == 401 and anonymous.json() == {
+        "error": "log in first, or send a personal API token (Authorization: Bearer ...)"
+    }
     assert _client(mallory).get(reverse("approvals:api_list")).status_code == 403
     frank = _client(reviewer("frank", "finance"))
     assert frank.get(reverse("approvals:api_detail", kwargs={"pk": req.pk})).status_code == 403

@@ -176,3 +176,67 @@ def test_a_policy_whose_reviewers_are_gone_refuses_the_login(held_gw):
     Group.objects.get(name="dba").user_set.clear()
     with pytest.raises(psycopg.OperationalError, match="policy of connection .* cannot be loaded"):
         held_gw.connect(autocommit=True)
+
+
+def _rule_mode(mode: str) -> None:
+    from gateway.models import Connection
+    from policies.actions import do_save_policy
+
+    spec = {**SPEC, "rules": [{**SPEC["rules"][0], "approval_mode": mode}]}
+    Connection.objects.filter(name="shop").update(policy=do_save_policy("test", "agents", spec))
+
+
+def test_a_rule_that_returns_overrides_a_connection_that_waits(held_gw, bob, private_pg):
+    from gateway.models import Connection
+
+    assert "approval_mode" not in Connection.objects.get(name="shop").options  # the connection waits
+    _rule_mode("return")
+    started = time.monotonic()
+    client = psql(held_gw, "DELETE FROM orders WHERE id = 7")
+    out, err = client.communicate(timeout=30)
+    assert time.monotonic() - started < 20  # refused at once, not held for the 30 s timeout
+    req = ApprovalRequest.objects.get()
+    assert client.returncode != 0 and f"waiting for approval {req.pk}: " in err
+    assert "send the same statement again once it is approved" in err
+    assert req.status == Status.PENDING and not req.agent_waits
+    with held_gw.connect(autocommit=True) as conn:
+        # Asked again before a decision: the same request is named, no new one is made.
+        with pytest.raises(errors.InsufficientPrivilege, match=rf"waiting for approval {req.pk}: "):
+            conn.execute("DELETE FROM orders WHERE id = 7")
+        assert ApprovalRequest.objects.count() == 1
+        actions.do_approve(bob, req.pk)
+        # Another statement, or the same text with other parameters, does not run under it.
+        with pytest.raises(errors.InsufficientPrivilege, match=r"waiting for approval \d+"):
+            conn.execute("DELETE FROM orders WHERE id = 8")
+        with pytest.raises(errors.InsufficientPrivilege, match=r"waiting for approval \d+"):
+            conn.execute("DELETE FROM orders WHERE id = %s", (7,))
+        assert count_orders(private_pg) == 20
+        # The identical statement runs, once.
+        assert conn.execute("DELETE FROM orders WHERE id = 7").rowcount == 1
+        with pytest.raises(errors.InsufficientPrivilege, match=r"waiting for approval \d+"):
+            conn.execute("DELETE FROM orders WHERE id = 7")
+    assert count_orders(private_pg) == 19
+    wait_until(lambda: ApprovalRequest.objects.get(pk=req.pk).status == Status.EXECUTED, what="executed")
+    assert ApprovalRequest.objects.get(pk=req.pk).result == "DELETE 1"
+    others = ApprovalRequest.objects.exclude(pk=req.pk)
+    assert others.count() == 3 and all(not r.agent_waits for r in others)
+    assert {tuple(r.params) for r in others} == {(), ("7",)}
+
+
+def test_a_rule_that_waits_overrides_a_connection_that_returns(held_gw, bob, private_pg):
+    from gateway.models import Connection
+
+    Connection.objects.filter(name="shop").update(options={"sslmode": "disable", "approval_mode": "return"})
+    _rule_mode("wait")
+    client = psql(held_gw, "DELETE FROM orders WHERE id <= 2")
+    try:
+        wait_until(lambda: newest_pending() is not None, what="the approval request")
+        req = newest_pending()
+        assert req.agent_waits
+        assert client.poll() is None  # held, not refused
+        actions.do_approve(bob, req.pk)
+        out, err = client.communicate(timeout=30)
+    finally:
+        client.kill()
+    assert client.returncode == 0, err
+    assert "DELETE 2" in out and count_orders(private_pg) == 18

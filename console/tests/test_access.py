@@ -7,17 +7,19 @@ otherwise), so no page can ship without its role check being tested.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import timedelta
 from types import SimpleNamespace
 from urllib.parse import quote
 
 import pytest
 from django.test import Client
 from django.urls import URLPattern, URLResolver, reverse
+from django.utils import timezone
 
 from console import urls as console_urls
 from console.tests.factories import make_agent, make_connection
 from identity import actions as identity_actions
-from identity.models import AgentToken
+from identity.models import AgentToken, PersonToken
 from policies import actions as policy_actions
 from recordings.models import Session
 
@@ -81,6 +83,19 @@ ROUTES = [
     Route("person_set_active", "POST", "302 person_edit", data={"active": "0"}),
     Route("group_list", "GET", 200),
     Route("group_list", "POST", 200),
+    # A person's API tokens: everyone logged in manages their own; only admins revoke
+    # someone else's (dave's token here: 404 to the others, who are not told it exists).
+    Route("person_tokens", "GET", 200, {"anonymous": LOGIN, "mallory": 200, "carol": 200, "bob": 200}),
+    Route("person_token_create", "GET", 405, {"anonymous": LOGIN, "mallory": 405, "carol": 405, "bob": 405}),
+    # No nonce: the page with the form's errors.
+    Route("person_token_create", "POST", 200, {"anonymous": LOGIN, "mallory": 200, "carol": 200, "bob": 200}),
+    Route("person_token_revoke", "GET", 405, {"anonymous": LOGIN, "mallory": 405, "carol": 405, "bob": 405}),
+    Route(
+        "person_token_revoke",
+        "POST",
+        "302 person_tokens",
+        {"anonymous": LOGIN, "mallory": 404, "carol": 404, "bob": 404},
+    ),
     # The policy editor (policies/urls.py). Empty POSTs change nothing: forms come back with
     # their errors, buttons without their version redirect back. Deletion comes last.
     Route("policies:list", "GET", 200),
@@ -186,6 +201,9 @@ def world(db, alice, bob, carol, mallory):  # type: ignore[no-untyped-def]
     agent = make_agent()
     token = identity_actions.do_issue_token(None, agent).token
     dave = identity_actions.do_create_user(None, "dave", password="dave-Pass-1234")
+    dave_token = identity_actions.do_create_person_token(
+        dave, dave, name="script", expires_at=timezone.now() + timedelta(days=30)
+    ).token
     policy = policy_actions.do_save_policy(
         None,
         "agents-default",
@@ -204,6 +222,7 @@ def world(db, alice, bob, carol, mallory):  # type: ignore[no-untyped-def]
         "agent": agent,
         "token": token,
         "dave": dave,
+        "dave_token": dave_token,
         "policy": policy,
         "masking": masking,
         "session": session,
@@ -222,6 +241,8 @@ def _kwargs(name: str, world: dict) -> dict[str, object]:  # type: ignore[type-a
         return {"pk": world["agent"].pk, "token_pk": world["token"].pk}
     if name in {"person_edit", "person_set_active"}:
         return {"pk": world["dave"].pk}
+    if name == "person_token_revoke":
+        return {"pk": world["dave_token"].pk}
     if name.startswith("policies:masking_") and name not in {
         "policies:masking_list",
         "policies:masking_create",
@@ -297,8 +318,10 @@ def test_a_refused_persona_changes_nothing(world, request):
         client.post(reverse("connection_delete", kwargs={"pk": world["connection"].pk}))
         client.post(reverse("token_revoke", kwargs={"pk": world["agent"].pk, "token_pk": world["token"].pk}))
         client.post(reverse("person_set_active", kwargs={"pk": world["dave"].pk}), {"active": "0"})
+        client.post(reverse("person_token_revoke", kwargs={"pk": world["dave_token"].pk}))
     world["connection"].refresh_from_db()
     assert AgentToken.objects.get(pk=world["token"].pk).revoked_at is None
+    assert PersonToken.objects.get(pk=world["dave_token"].pk).revoked_at is None
     world["dave"].refresh_from_db()
     assert world["dave"].is_active
 
@@ -336,6 +359,7 @@ def test_every_post_endpoint_refuses_a_request_without_the_csrf_token(world, ali
     assert AgentToken.objects.get(pk=world["token"].pk).revoked_at is None
     world["dave"].refresh_from_db()
     assert world["dave"].is_active
+    assert PersonToken.objects.get(pk=world["dave_token"].pk).revoked_at is None
 
 
 def test_a_person_without_a_role_is_told_why_the_dashboard_is_refused(mallory, client):

@@ -66,6 +66,54 @@ def test_an_admin_creates_an_agent_and_sees_its_token_once_then_revokes_it(conso
     assert raw not in page.content()
 
 
+def test_a_reviewer_creates_an_api_token_sees_it_once_and_revokes_it(console_server, page, bob):
+    login(page, console_server, "bob")
+    page.get_by_role("link", name="API tokens").click()
+    expect(page.locator("h1")).to_have_text("API tokens")
+    expect(page.get_by_text("You have no API token yet.")).to_be_visible()
+
+    page.fill("input[name=name]", "chat bot")
+    page.fill("input[name=expires_in_days]", "30")
+    page.get_by_role("button", name="Create token").click()
+    token = page.locator("#new-token")
+    expect(token).to_have_text(re.compile(r"^alp_[A-Za-z0-9_\-]{40,}$"))
+    raw = token.inner_text()
+
+    # Reloading sends the form again: the token is not shown again, and no second one is made.
+    page.reload()
+    expect(page.locator(".messages")).to_contain_text("That form was already used")
+    assert raw not in page.content()
+    rows = page.locator("#tokens tbody tr")
+    expect(rows).to_have_count(1)
+    expect(rows.first).to_contain_text(raw[:12])
+    expect(rows.first).to_contain_text("chat bot")
+    expect(rows.first.locator(".badge")).to_have_text("active")
+
+    # The token works on the API until it is revoked (a request without the browser's session).
+    assert _api_with_token(console_server, raw) == (200, {"requests": []})
+    rows.first.get_by_role("button", name="Revoke").click()
+    expect(page.locator(".messages")).to_contain_text("revoked")
+    expect(page.locator("#tokens tbody tr").first.locator(".badge")).to_have_text("revoked")
+    assert raw not in page.content()
+    status, body = _api_with_token(console_server, raw)
+    assert status == 401 and "was revoked" in body["error"]
+
+
+def _api_with_token(base: str, raw: str) -> tuple[int, dict]:  # type: ignore[type-arg]
+    import json
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(  # noqa: S310 - the test's own console on http://127.0.0.1
+        base + "/api/approvals/?status=awaiting", headers={"Authorization": f"Bearer {raw}"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
 def _nav(page) -> list[str]:
     return page.locator('nav[aria-label="Main"] a').all_inner_texts()
 
@@ -74,13 +122,13 @@ def test_a_reviewer_and_an_auditor_see_only_their_navigation(console_server, pag
     login(page, console_server, "bob")
     expect(page.locator("h1")).to_have_text("Dashboard")
     # The reviewer's Approvals link carries the count of pending requests.
-    assert _nav(page) == ["Dashboard", "Approvals 0"]
+    assert _nav(page) == ["Dashboard", "Approvals 0", "API tokens"]
     page.get_by_role("button", name="Log out").click()
     expect(page).to_have_url(re.compile(r"/accounts/login/$"))
 
     login(page, console_server, "carol")
     expect(page.locator("h1")).to_have_text("Dashboard")
-    assert _nav(page) == ["Dashboard", "Sessions", "Audit log"]
+    assert _nav(page) == ["Dashboard", "Sessions", "Audit log", "API tokens"]
     page.get_by_role("link", name="Audit log").click()
     expect(page.locator("h1")).to_have_text("Audit log")
 

@@ -27,10 +27,19 @@ def _nav_labels(client) -> list[str]:
     [
         (
             "alice",
-            ["Dashboard", "Connections", "Agents", "Policies", "People & groups", "Sessions", "Audit log"],
+            [
+                "Dashboard",
+                "Connections",
+                "Agents",
+                "Policies",
+                "People & groups",
+                "Sessions",
+                "Audit log",
+                "API tokens",
+            ],
         ),
-        ("bob", ["Dashboard", "Approvals"]),
-        ("carol", ["Dashboard", "Sessions", "Audit log"]),
+        ("bob", ["Dashboard", "Approvals", "API tokens"]),
+        ("carol", ["Dashboard", "Sessions", "Audit log", "API tokens"]),
         ("mallory", []),
     ],
 )
@@ -41,7 +50,11 @@ def test_each_role_sees_only_its_own_navigation(client, persona, labels, request
 
 def test_navigation_links_only_to_pages_that_exist():
     # Pages arrive with their apps; until their URLs exist, nobody is offered a link to them.
-    assert [item["label"] for item in navigation_for({"reviewer"})] == ["Dashboard", "Approvals"]
+    assert [item["label"] for item in navigation_for({"reviewer"})] == [
+        "Dashboard",
+        "Approvals",
+        "API tokens",
+    ]
 
 
 def test_anonymous_visitors_are_sent_to_the_login_page(client, db):

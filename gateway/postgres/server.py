@@ -107,7 +107,8 @@ class Authorized:
     decision_point: DecisionPoint
     masking: Any = None  # masking.MaskingPolicy (the agent's view), None when off
     # The connection's ``approval_mode`` option: "wait" holds a reviewed statement,
-    # "return" refuses it at once naming the approval request (docs/approvals.md).
+    # "return" refuses it at once naming the approval request (docs/approvals.md). A review
+    # rule's own ``approval_mode`` takes precedence (``ReviewGate.waits_for``).
     approval_mode: str = "wait"
 
 

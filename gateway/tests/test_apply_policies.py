@@ -99,3 +99,45 @@ def test_the_command_prints_the_warnings(alice, tmp_path):
         "warning: policies[0].reviewers[0]: reviewer group 'dba' has no active members yet" in err.getvalue()
     )
     assert "+ policy careful" in out.getvalue()
+
+
+RULE_MODES = textwrap.dedent(
+    """\
+    groups: [{name: dba, members: [alice]}]
+    policies:
+      - name: careful
+        default: allow
+        rules:
+          - {name: deletes, match: {operations: [write]}, action: review, reviewers: [dba],
+             approval_mode: return}
+          - {name: ddl, match: {operations: [ddl]}, action: review, reviewers: [dba], approval_mode: wait}
+    """
+)
+
+
+def test_a_review_rules_approval_mode_applies_exports_and_applies_back(alice):
+    from gateway.declarative.export import export_yaml
+
+    apply_config(RULE_MODES, environ={})
+    spec = Policy.objects.get(name="careful").spec
+    assert [rule.get("approval_mode") for rule in spec["rules"]] == ["return", "wait"]
+
+    exported = export_yaml()
+    assert "approval_mode: return" in exported
+    # The export applied to the same state changes nothing; to an empty one, it rebuilds it.
+    assert apply_config(exported, environ={}).changes == []
+    Policy.objects.all().delete()
+    apply_config(exported, environ={})
+    assert Policy.objects.get(name="careful").spec == spec
+
+
+def test_an_unknown_approval_mode_is_refused_with_its_path_and_line(alice):
+    before = dump_database()
+
+    with pytest.raises(ConfigError) as caught:
+        apply_config(RULE_MODES.replace("approval_mode: wait", "approval_mode: later"), environ={})
+
+    assert [(p.path, p.line, p.message) for p in caught.value.problems] == [
+        ("policies[0].rules[1].approval_mode", 8, "must be one of wait, return")
+    ]
+    assert dump_database() == before

@@ -14,9 +14,12 @@ from django.utils import timezone
 from audit.models import AuditRecord
 from identity import tokens
 from identity.actions import (
+    authenticate_person_token,
     authenticate_token,
+    do_create_person_token,
     do_revoke_token,
     do_update_agent,
+    note_person_token_used,
     note_token_used,
     scram_verifiers_for,
 )
@@ -35,7 +38,7 @@ def _whole_database_as_text() -> str:
             "WHERE table_type = 'BASE TABLE' AND table_schema NOT IN ('pg_catalog', 'information_schema')"
         )
         tables = [row[0] for row in cursor.fetchall()]
-        assert "public.identity_agenttoken" in tables
+        assert "public.identity_agenttoken" in tables and "public.identity_persontoken" in tables
         chunks = []
         for table in tables:
             cursor.execute(f"SELECT t::text FROM {table} AS t")
@@ -44,6 +47,7 @@ def _whole_database_as_text() -> str:
 
 
 def test_the_raw_token_is_nowhere_in_the_database(alice):
+    """Agents' tokens and people's API tokens, made by the actions and by the commands, and used."""
     agent = make_agent(on_behalf_of=alice)
     from_action = issue(agent, label="laptop")
     out = StringIO()
@@ -53,12 +57,22 @@ def test_the_raw_token_is_nowhere_in_the_database(alice):
     # Both work, so the rows that would give them away are really there.
     assert authenticate_token("billing-bot", from_action.raw) is not None
     note_token_used(authenticate_token("billing-bot", from_command))
+    person_from_action = do_create_person_token(
+        alice, alice, name="chat bot", expires_at=timezone.now() + timedelta(days=30)
+    )
+    out = StringIO()
+    call_command("user", "token", "create", "alice", "--name", "script", stdout=out, stderr=StringIO())
+    person_from_command = out.getvalue().strip()
+    assert tokens.looks_like_person_token(person_from_command)
+    for raw in (person_from_action.raw, person_from_command):
+        note_person_token_used(authenticate_person_token(raw), source_address="127.0.0.1", path="/api/")
 
     dump = _whole_database_as_text()
 
     assert from_action.token.token_hash in dump  # the dump does include the token rows
-    for raw in (from_action.raw, from_command):
-        secret_part = raw.removeprefix(tokens.TOKEN_PREFIX)
+    assert person_from_action.token.token_hash in dump
+    for raw in (from_action.raw, from_command, person_from_action.raw, person_from_command):
+        secret_part = raw[len(tokens.TOKEN_PREFIX) :]
         assert raw not in dump
         assert secret_part not in dump
         assert raw.encode().hex() not in dump  # as bytea

@@ -207,6 +207,44 @@ def test_editing_a_rule_changes_only_that_rule(admin, shop):
     assert policy.spec["rules"][:2] == SHOP_SPEC["rules"][:2]
 
 
+def test_a_review_rules_approval_mode_is_edited_in_the_form(admin, shop):
+    policy = shop["policy"]
+    page = admin.get(url("rule_edit", policy, index=2)).content.decode()
+    assert 'name="approval_mode"' in page and "the connection&#x27;s" in page
+
+    fields = dict(name="writes", action="review", operations=["write"], reviewers="dba")
+    admin.post(url("rule_edit", policy, index=2), rule_form(1, **fields, approval_mode="return"))
+    policy.refresh_from_db()
+    assert policy.version == 2 and policy.spec["rules"][2]["approval_mode"] == "return"
+    assert '<span class="approval-mode">return</span>' in admin.get(url("detail", policy)).content.decode()
+    # The form shows the stored mode; saving it empty leaves the choice to the connection.
+    form = admin.get(url("rule_edit", policy, index=2)).context["form"]
+    assert form.initial["approval_mode"] == "return"
+    admin.post(url("rule_edit", policy, index=2), rule_form(2, **fields, approval_mode=""))
+    policy.refresh_from_db()
+    assert policy.version == 3 and "approval_mode" not in policy.spec["rules"][2]
+
+
+def test_an_approval_mode_on_a_rule_that_does_not_review_is_shown_at_its_field(admin, shop):
+    policy = shop["policy"]
+    response = admin.post(
+        url("rule_edit", policy, index=2),
+        rule_form(1, name="writes", action="deny", operations=["write"], approval_mode="return"),
+    )
+
+    assert response.status_code == 200
+    assert _field_errors(response, "approval_mode") == ["only review rules have an approval mode"]
+    classes, text = _field_block(response.content.decode(), "approval_mode")
+    assert "has-error" in classes and "only review rules have an approval mode" in text
+    bad = admin.post(
+        url("rule_edit", policy, index=2),
+        rule_form(1, name="writes", action="review", reviewers="dba", approval_mode="later"),
+    )
+    assert _field_errors(bad, "approval_mode")[0].startswith("Select a valid choice")
+    policy.refresh_from_db()
+    assert policy.version == 1 and policy.spec == SHOP_SPEC
+
+
 def _field_errors(response, field):
     return response.context["form"].errors.get(field, [])
 

@@ -240,6 +240,36 @@ def test_a_review_rule_carries_reviewers_approvals_and_timeout():
     )
 
 
+def test_a_review_rule_carries_its_approval_mode_and_none_when_it_says_nothing():
+    p = policy(
+        {**rule("deletes", "review", operations=["write"], tables=["orders"]), "approval_mode": "return"},
+        {**rule("ddl", "review", operations=["ddl"]), "approval_mode": "wait"},
+        rule("writes", "review", operations=["write"]),
+        default="review",
+        reviewers=["dba"],
+    )
+    assert p.evaluate(request("DELETE FROM orders WHERE id = 1")).approval_mode == "return"
+    assert p.evaluate(request("CREATE TABLE x (id int)")).approval_mode == "wait"
+    assert p.evaluate(request("DELETE FROM other WHERE id = 1")).approval_mode is None
+    assert p.evaluate(request("VACUUM")).approval_mode is None  # the policy's default review
+    assert p.evaluate(request("SELECT 1")).approval_mode is None
+
+
+def test_held_statements_together_return_when_any_rule_says_return():
+    p = policy(
+        {**rule("deletes", "review", operations=["write"], tables=["orders"]), "approval_mode": "return"},
+        {**rule("ddl", "review", operations=["ddl"]), "approval_mode": "wait"},
+        rule("writes", "review", operations=["write"]),
+        default="allow",
+    )
+    both = p.evaluate(request("CREATE TABLE x (id int); DELETE FROM orders WHERE id = 1"))
+    assert (both.action, both.approval_mode) == (Action.REVIEW, "return")
+    waits = p.evaluate(request("CREATE TABLE x (id int); DELETE FROM other WHERE id = 1"))
+    assert (waits.action, waits.approval_mode) == (Action.REVIEW, "wait")
+    unsaid = p.evaluate(request("DELETE FROM a WHERE id = 1; DELETE FROM b WHERE id = 1"))
+    assert (unsaid.action, unsaid.approval_mode) == (Action.REVIEW, None)
+
+
 def test_several_statements_get_the_strictest_decision():
     p = policy(
         rule("reads", operations=["read"]),

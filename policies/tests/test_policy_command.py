@@ -81,7 +81,21 @@ def test_it_prints_a_review_with_its_reviewers(shop):
         "--connection", "shop", "--agent", "billing-bot", "UPDATE t SET a = 1 WHERE id = 1"
     )
     assert status == 2
-    assert "1 approval(s) from dba, timeout 600s" in out
+    assert "1 approval(s) from dba, timeout 600s\n" in out
+    # A rule's own approval mode is said too, in the text and in JSON.
+    spec = shop.policy.spec
+    spec["rules"] = [
+        {**rule, "approval_mode": "return"} if rule["name"] == "writes" else rule for rule in spec["rules"]
+    ]
+    shop.policy.save()
+    out, _err, status = run(
+        "--connection", "shop", "--agent", "billing-bot", "UPDATE t SET a = 1 WHERE id = 1"
+    )
+    assert status == 2 and "1 approval(s) from dba, timeout 600s, approval mode return" in out
+    out, _err, _status = run(
+        "--connection", "shop", "--agent", "billing-bot", "--json", "UPDATE t SET a = 1 WHERE id = 1"
+    )
+    assert json.loads(out)["approval_mode"] == "return"
 
 
 def test_the_agents_groups_decide(shop):

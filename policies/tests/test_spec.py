@@ -154,6 +154,26 @@ def test_packs_combine_in_order_without_duplicates():
             "only review rules",
         ),
         (
+            {"rules": [{"name": "a", "action": "review", "reviewers": ["dba"], "approval_mode": "later"}]},
+            "policies[0].rules[0].approval_mode",
+            "must be one of wait, return",
+        ),
+        (
+            {"rules": [{"name": "a", "action": "review", "reviewers": ["dba"], "approval_mode": True}]},
+            "policies[0].rules[0].approval_mode",
+            "must be one of wait, return",
+        ),
+        (
+            {"rules": [{"name": "a", "action": "deny", "approval_mode": "return"}]},
+            "policies[0].rules[0].approval_mode",
+            "only review rules have an approval mode",
+        ),
+        (
+            {"approval_mode": "return", "default": "review", "reviewers": ["dba"]},
+            "policies[0].approval_mode",
+            "unknown key",
+        ),
+        (
             {"rules": [{"name": "a", "action": "deny", "would": "allow"}]},
             "policies[0].rules[0].would",
             "only observe",

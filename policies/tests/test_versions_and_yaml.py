@@ -158,11 +158,14 @@ def test_an_exported_policy_imports_back_to_the_same_policy(admin, alice, bob):
             "reviewers": ["dba"],
             "approvals": 2,
             "timeout": "1h30m",
+            "approval_mode": "return",
             "message": "ask first",
         }
     )
     policy = actions.do_save_policy(alice, "ro", spec, description="read-only, multi-line\ndescription")
     exported = admin.get(url("export", policy)).content.decode()
+    # A rule's review settings read together, in the canonical order.
+    assert "    timeout: 1h30m\n    approval_mode: return\n" in exported
     policy.delete()
 
     response = admin.post(reverse("policies:import"), {"yaml": exported})

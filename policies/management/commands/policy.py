@@ -85,6 +85,7 @@ class Command(BaseCommand):
             lines.append(
                 f"review:  {decision.approvals_needed} approval(s) from {', '.join(decision.reviewers)}, "
                 f"timeout {timeout}"
+                + (f", approval mode {decision.approval_mode}" if decision.approval_mode else "")
             )
         if decision.observed:
             lines.append(f"observed: {', '.join(decision.observed)}")
