@@ -346,7 +346,11 @@ class _Listener:
     async def start(self) -> None:
         async with self.ready:
             if self.task is None:
-                self.channel = await self.layer.new_channel("approvals-wait.")
+                # The layer's default prefix: with Redis, a process's channels are one list
+                # read by whichever receiver holds the layer's receive lock, and it reads only
+                # the list of its own channel's prefix. A channel of another prefix would wait
+                # behind the session.terminate listener's receive and never hear a decision.
+                self.channel = await self.layer.new_channel()
                 self.task = asyncio.get_running_loop().create_task(self._run(), name="approvals-listener")
 
     async def _run(self) -> None:

@@ -145,6 +145,15 @@ def _prepare(pg_port: int, password: str, save_policy: Any, make_reviewer: Any) 
     return str(do_issue_token("bench", agent).raw)
 
 
+def _log_file(name: str) -> Any:
+    """Where a child's log goes: ``$AIRLOCK_BENCH_LOGS/<name>.log`` when that is set."""
+    folder = os.environ.get("AIRLOCK_BENCH_LOGS")
+    if not folder:
+        return subprocess.DEVNULL
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    return (Path(folder) / f"{name}.log").open("w")
+
+
 def _wait_port(port: int, proc: subprocess.Popen[str], timeout: float = 30) -> None:
     import socket
 
@@ -213,7 +222,7 @@ def main() -> int:
                 env=env,
                 cwd=ROOT,
                 stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
+                stderr=_log_file("gateway"),
                 text=True,
             )  # fmt: skip
         )
@@ -232,7 +241,7 @@ def main() -> int:
                 env=env,
                 cwd=ROOT,
                 stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
+                stderr=_log_file("console"),
                 text=True,
             )  # fmt: skip
         )
