@@ -73,6 +73,9 @@ class Outcome:
     decided_by: str = ""
     reason: str = ""
     grant_until: datetime | None = None
+    # Whether the waiter took the approved request's one run (``do_claim``) in the same
+    # database call that read the approval; None when it did not try.
+    claimed: bool | None = None
 
     @property
     def approved(self) -> bool:
@@ -260,13 +263,22 @@ def outcome_of(request_id: int) -> Outcome:
     return _outcome(ApprovalRequest.objects.get(pk=request_id))
 
 
-def _poll(request_id: int) -> tuple[Outcome, datetime]:
-    """Refresh the hold's heartbeat and read where the request stands (one round trip each)."""
-    actions.heartbeat(request_id)
+def _poll(
+    request_id: int, *, heartbeat: bool = True, claim_for: tuple[Any, Any] | None = None
+) -> tuple[Outcome, datetime]:
+    """Read where the request stands; refresh the hold's heartbeat first (``heartbeat``),
+    and when it is approved take its run at once for ``claim_for`` (actor, session id), so
+    that a woken waiter needs one trip to the database thread, not two."""
+    if heartbeat:
+        actions.heartbeat(request_id)
     req = ApprovalRequest.objects.filter(pk=request_id).first()
     if req is None:
         raise actions.ApprovalError(f"approval request {request_id} does not exist")
-    return _outcome(req), req.expires_at
+    outcome = _outcome(req)
+    if claim_for is not None and outcome.approved:
+        actor, session_id = claim_for
+        outcome = replace(outcome, claimed=actions.do_claim(actor, request_id, session_id=session_id))
+    return outcome, req.expires_at
 
 
 def cancel(request_id: int, reason: str, *, actor: Any = "gateway") -> bool:
@@ -453,6 +465,10 @@ def _db(fn: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
     return call
 
 
+# The same threads serve the console's inbox websockets (``approvals.consumers``).
+on_db_thread = _db
+
+
 def close_db_threads() -> None:
     """Stop the approvals database threads and close their connections (estimates still
     running are waited for first)."""
@@ -471,14 +487,18 @@ def close_db_threads() -> None:
             conn.close()
 
 
-async def wait_for_decision(request_id: int, max_wait: float | None = None) -> Outcome:
+async def wait_for_decision(
+    request_id: int, max_wait: float | None = None, *, claim_for: tuple[Any, Any] | None = None
+) -> Outcome:
     """Wait until request ``request_id`` leaves ``pending`` and return its outcome.
 
     Woken by the channel layer; polls the database every ``APPROVALS_POLL_SECONDS`` as
-    well (refreshing the hold's heartbeat). At the request's deadline it expires the
-    request itself, so the agent is told at once even with no worker running. ``max_wait``
-    (seconds) bounds the wait further: when it passes first the outcome is returned still
-    pending and the request is left as it is.
+    well (refreshing the hold's heartbeat; a wake-up only reads). At the request's deadline
+    it expires the request itself, so the agent is told at once even with no worker
+    running. ``max_wait`` (seconds) bounds the wait further: when it passes first the
+    outcome is returned still pending and the request is left as it is. With ``claim_for``
+    (actor, session id), an approval read here is claimed in the same database call
+    (``Outcome.claimed``).
     """
     loop = asyncio.get_running_loop()
     started = loop.time()
@@ -487,9 +507,15 @@ async def wait_for_decision(request_id: int, max_wait: float | None = None) -> O
     event = await listener.watch(request_id) if listener is not None else asyncio.Event()
     try:
         poll = float(settings.APPROVALS_POLL_SECONDS)
+        woken = False
+        beat_at = -poll
         while True:
             event.clear()
-            outcome, expires_at = await _db(_poll)(request_id)
+            # A wake-up reads only: the heartbeat is refreshed once per poll interval.
+            beat = not woken or loop.time() - beat_at >= poll
+            if beat:
+                beat_at = loop.time()
+            outcome, expires_at = await _db(_poll)(request_id, heartbeat=beat, claim_for=claim_for)
             if outcome.final:
                 return outcome
             left = (expires_at - timezone.now()).total_seconds()
@@ -502,8 +528,11 @@ async def wait_for_decision(request_id: int, max_wait: float | None = None) -> O
                 if remaining <= 0:
                     return outcome
                 wait = min(wait, remaining)
-            with contextlib.suppress(TimeoutError):
+            try:
                 await asyncio.wait_for(event.wait(), wait)
+                woken = True
+            except TimeoutError:
+                woken = False
     finally:
         if listener is not None:
             await listener.unwatch(request_id, event)
@@ -591,13 +620,15 @@ class ReviewGate:
         if not held.agent_waits:
             return Review(self._final(decision, Action.DENY, _deferred_message(held)), held.id)
         try:
-            outcome = await wait_for_decision(held.id)
+            outcome = await wait_for_decision(held.id, claim_for=(request.agent, self.session_id))
         except asyncio.CancelledError:
             # The client went away or cancelled: the request must not stay pending (WF-05).
             await asyncio.shield(_db(cancel)(held.id, "the agent disconnected or cancelled the statement"))
             raise
         if outcome.approved:
-            claimed = await _db(actions.do_claim)(request.agent, held.id, session_id=self.session_id)
+            claimed = outcome.claimed
+            if claimed is None:
+                claimed = await _db(actions.do_claim)(request.agent, held.id, session_id=self.session_id)
             if claimed:
                 return Review(self._final(decision, Action.ALLOW, outcome.message()), held.id)
             outcome = replace(outcome, status="used")
