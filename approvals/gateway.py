@@ -38,6 +38,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import close_old_connections, connections
+from django.db.models import Q
 from django.utils import timezone
 
 from approvals import actions
@@ -227,14 +228,26 @@ def find_preapproved(
     if agent_id is None:
         return None
     now = timezone.now()
-    matching = _matching(agent_id, connection_id, binding)
+    unrun = Q(status=Status.APPROVED, claimed_at__isnull=True, claim_by__gt=now)
+    granting = Q(grant_until__gt=now)
+    # One read for both kinds (usually there is neither); each is then taken by its own
+    # conditional update, which re-checks it.
+    rows = list(
+        _matching(agent_id, connection_id, binding)
+        .filter(unrun | granting)
+        .values_list("pk", "status", "claimed_at", "claim_by", "decided_at", "grant_until")[:50]
+    )
     # An approval nobody has run yet is used first: its run is the approved one, and a
     # grant it carries then covers the identical statements after it.
-    candidates = matching.filter(status=Status.APPROVED, claimed_at__isnull=True, claim_by__gt=now)
-    for pk in candidates.order_by("decided_at").values_list("pk", flat=True)[:3]:
+    candidates = sorted(
+        (r for r in rows if r[1] == Status.APPROVED and r[2] is None and r[3] is not None and r[3] > now),
+        key=lambda r: r[4] or now,
+    )
+    for pk, *_ in candidates[:3]:
         if actions.do_claim(actor, pk, session_id=session_id):
             return Review(Decision(action=Action.ALLOW), pk)
-    for pk in matching.filter(grant_until__gt=now).order_by("-grant_until").values_list("pk", flat=True)[:3]:
+    grants = sorted((r for r in rows if r[5] is not None and r[5] > now), key=lambda r: r[5], reverse=True)
+    for pk, *_ in grants[:3]:
         if actions.do_use_grant(actor, pk, now=now):
             return Review(Decision(action=Action.ALLOW), pk, granted=True)
     return None
