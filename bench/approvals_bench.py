@@ -276,7 +276,11 @@ def main() -> int:
     finally:
         for proc in procs:
             proc.terminate()
-            proc.wait(timeout=20)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
         target.stop()
         connection.close()
         connection.creation.destroy_test_db(old, verbosity=0)
