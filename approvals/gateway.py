@@ -362,7 +362,8 @@ class _Listener:
     """
 
     def __init__(self, layer: Any) -> None:
-        self.layer = layer
+        self.shared = layer
+        self.layer = _own_layer(layer)
         self.channel = ""
         self.waiters: dict[int, set[asyncio.Event]] = {}
         self.task: asyncio.Task[None] | None = None
@@ -371,11 +372,7 @@ class _Listener:
     async def start(self) -> None:
         async with self.ready:
             if self.task is None:
-                # The layer's default prefix: with Redis, a process's channels are one list
-                # read by whichever receiver holds the layer's receive lock, and it reads only
-                # the list of its own channel's prefix. A channel of another prefix would wait
-                # behind the session.terminate listener's receive and never hear a decision.
-                self.channel = await self.layer.new_channel()
+                self.channel = await self.layer.new_channel("approvals-wait.")
                 self.task = asyncio.get_running_loop().create_task(self._run(), name="approvals-listener")
 
     async def _run(self) -> None:
@@ -425,6 +422,26 @@ class _Listener:
 _listeners: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Listener] = weakref.WeakKeyDictionary()
 
 
+def _own_layer(layer: Any) -> Any:
+    """The layer the listener receives on: with Redis, an instance of its own.
+
+    channels_redis has one receive lock per layer instance, and the receiver holding it
+    reads only the Redis list of its own channel's prefix: sharing the process's instance
+    with the session.terminate listener (every recorded session, on the same loop), the
+    approvals listener waited behind that receive and heard no decision (only the database
+    poll, 2 s, woke the gateway). Its own instance has its own lock and connections; groups
+    live in Redis, so what is published to them reaches it. The in-memory layer keeps its
+    groups in the instance: it is shared as it is.
+    """
+    from channels.layers import InMemoryChannelLayer, channel_layers
+
+    if isinstance(layer, InMemoryChannelLayer):
+        return layer
+    from channels import DEFAULT_CHANNEL_LAYER
+
+    return channel_layers.make_backend(DEFAULT_CHANNEL_LAYER)
+
+
 def _listener() -> _Listener | None:
     from channels.layers import get_channel_layer
 
@@ -433,7 +450,7 @@ def _listener() -> _Listener | None:
         return None
     loop = asyncio.get_running_loop()
     listener = _listeners.get(loop)
-    if listener is None or listener.layer is not layer:
+    if listener is None or listener.shared is not layer:
         listener = _Listener(layer)
         _listeners[loop] = listener
     return listener
