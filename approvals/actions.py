@@ -207,7 +207,7 @@ def do_create_request(
         waiter_seen_at=now if agent_waits else None,
         estimate_status=estimate_status,
     )
-    req.reviewer_groups.set(groups)
+    req.reviewer_groups.add(*groups)  # a new row: no links to compare with (set() would read them)
     record(
         agent if getattr(agent, "pk", None) else agent_name,
         "approval.requested",

@@ -27,8 +27,9 @@ def _estimate(req: ApprovalRequest) -> dict[str, Any] | None:
     return {"status": req.estimate_status, "rows": req.estimated_rows, "note": req.estimate_note}
 
 
-def card_context(req: ApprovalRequest, user: Any) -> dict[str, Any]:
-    can_decide, why_not = req.may_decide(user)
+def card_context(req: ApprovalRequest, user: Any, decide: tuple[bool, str] | None = None) -> dict[str, Any]:
+    """``decide``: ``req.may_decide(user)`` when the caller has just computed it."""
+    can_decide, why_not = decide if decide is not None else req.may_decide(user)
     decisions = list(req.decisions.all())
     return {
         "req": req,
@@ -49,8 +50,8 @@ def _max_grant() -> int:
     return int(settings.APPROVALS_MAX_GRANT_MINUTES)
 
 
-def render_card(req: ApprovalRequest, user: Any) -> str:
-    return render_to_string("approvals/_card.html", {"card": card_context(req, user)})
+def render_card(req: ApprovalRequest, user: Any, decide: tuple[bool, str] | None = None) -> str:
+    return render_to_string("approvals/_card.html", {"card": card_context(req, user, decide)})
 
 
 def as_json(req: ApprovalRequest, user: Any) -> dict[str, Any]:

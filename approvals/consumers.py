@@ -5,17 +5,21 @@ stack's ``AllowedHostsOriginValidator``). Every channel-layer event names only a
 id; for each one the consumer re-checks that its person is still logged in and still a
 reviewer, loads the request, and sends its card only if that person reviews it. Nothing
 about a request reaches a socket whose person may not decide it.
+
+The database work runs on the approvals database threads (``approvals.gateway.on_db_thread``),
+not on the single thread that runs the console's synchronous views: a card being rendered
+for every open inbox does not hold up a reviewer's approve request, and the reverse.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
 from approvals.cards import render_card, section_of
 from approvals.events import INBOX_GROUP, CardPayload, CountPayload
+from approvals.gateway import on_db_thread
 from approvals.models import ApprovalRequest
 
 # Close codes (4000-4999 are the application's): not logged in / no longer a reviewer.
@@ -31,13 +35,13 @@ class ApprovalInboxConsumer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
         if user is None or not user.is_authenticated:
             await self.close(code=CLOSE_UNAUTHENTICATED)
             return
-        if not await database_sync_to_async(self._is_reviewer)(user.pk):
+        if not await on_db_thread(self._is_reviewer)(user.pk):
             await self.close(code=CLOSE_FORBIDDEN)
             return
         self.user_id = user.pk
         await self.channel_layer.group_add(INBOX_GROUP, self.channel_name)
         await self.accept()
-        count = await database_sync_to_async(self._count)()
+        count = await on_db_thread(self._count)()
         await self.send_json(CountPayload(count).json())
 
     async def disconnect(self, code: int) -> None:
@@ -50,7 +54,7 @@ class ApprovalInboxConsumer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
     # -- channel-layer events -------------------------------------------------------------------
 
     async def approvals_changed(self, event: dict[str, Any]) -> None:
-        payloads = await database_sync_to_async(self._payloads)(int(event["id"]), bool(event.get("created")))
+        payloads = await on_db_thread(self._payloads)(int(event["id"]), bool(event.get("created")))
         if payloads is None:
             await self.channel_layer.group_discard(INBOX_GROUP, self.channel_name)
             await self.close(code=CLOSE_FORBIDDEN)
@@ -88,18 +92,24 @@ class ApprovalInboxConsumer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
         user = self._user()
         if user is None:
             return None
-        req = ApprovalRequest.objects.for_reviewer(user).filter(pk=request_id).first()
+        req = (
+            ApprovalRequest.objects.for_reviewer(user)
+            .filter(pk=request_id)
+            .prefetch_related("decisions")
+            .first()
+        )
         if req is None:
             # Not theirs: say nothing at all, not even that something changed.
             return []
         notify = None
-        can_decide, _ = req.may_decide(user)
+        decide = req.may_decide(user)
+        can_decide = decide[0]
         if created and can_decide:
             notify = {
                 "title": f"Approval needed: {req.agent_name} on {req.connection_name}",
                 "body": f"Request {req.pk}, rule {req.rule or '-'}",
                 "url": req.get_absolute_url(),
             }
-        card = CardPayload(req.pk, req.status, section_of(req), render_card(req, user), notify)
+        card = CardPayload(req.pk, req.status, section_of(req), render_card(req, user, decide), notify)
         count = CountPayload(ApprovalRequest.objects.awaiting(user).count())
         return [card.json(), count.json()]

@@ -40,6 +40,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import close_old_connections, connections
+from django.db.models import Q
 from django.utils import timezone
 
 from approvals import actions
@@ -75,6 +76,9 @@ class Outcome:
     decided_by: str = ""
     reason: str = ""
     grant_until: datetime | None = None
+    # Whether the waiter took the approved request's one run (``do_claim``) in the same
+    # database call that read the approval; None when it did not try.
+    claimed: bool | None = None
 
     @property
     def approved(self) -> bool:
@@ -226,14 +230,26 @@ def find_preapproved(
     if agent_id is None:
         return None
     now = timezone.now()
-    matching = _matching(agent_id, connection_id, binding)
+    unrun = Q(status=Status.APPROVED, claimed_at__isnull=True, claim_by__gt=now)
+    granting = Q(grant_until__gt=now)
+    # One read for both kinds (usually there is neither); each is then taken by its own
+    # conditional update, which re-checks it.
+    rows = list(
+        _matching(agent_id, connection_id, binding)
+        .filter(unrun | granting)
+        .values_list("pk", "status", "claimed_at", "claim_by", "decided_at", "grant_until")[:50]
+    )
     # An approval nobody has run yet is used first: its run is the approved one, and a
     # grant it carries then covers the identical statements after it.
-    candidates = matching.filter(status=Status.APPROVED, claimed_at__isnull=True, claim_by__gt=now)
-    for pk in candidates.order_by("decided_at").values_list("pk", flat=True)[:3]:
+    candidates = sorted(
+        (r for r in rows if r[1] == Status.APPROVED and r[2] is None and r[3] is not None and r[3] > now),
+        key=lambda r: r[4] or now,
+    )
+    for pk, *_ in candidates[:3]:
         if actions.do_claim(actor, pk, session_id=session_id):
             return Review(Decision(action=Action.ALLOW), pk)
-    for pk in matching.filter(grant_until__gt=now).order_by("-grant_until").values_list("pk", flat=True)[:3]:
+    grants = sorted((r for r in rows if r[5] is not None and r[5] > now), key=lambda r: r[5], reverse=True)
+    for pk, *_ in grants[:3]:
         if actions.do_use_grant(actor, pk, now=now):
             return Review(Decision(action=Action.ALLOW), pk, granted=True)
     return None
@@ -262,13 +278,22 @@ def outcome_of(request_id: int) -> Outcome:
     return _outcome(ApprovalRequest.objects.get(pk=request_id))
 
 
-def _poll(request_id: int) -> tuple[Outcome, datetime]:
-    """Refresh the hold's heartbeat and read where the request stands (one round trip each)."""
-    actions.heartbeat(request_id)
+def _poll(
+    request_id: int, *, heartbeat: bool = True, claim_for: tuple[Any, Any] | None = None
+) -> tuple[Outcome, datetime]:
+    """Read where the request stands; refresh the hold's heartbeat first (``heartbeat``),
+    and when it is approved take its run at once for ``claim_for`` (actor, session id), so
+    that a woken waiter needs one trip to the database thread, not two."""
+    if heartbeat:
+        actions.heartbeat(request_id)
     req = ApprovalRequest.objects.filter(pk=request_id).first()
     if req is None:
         raise actions.ApprovalError(f"approval request {request_id} does not exist")
-    return _outcome(req), req.expires_at
+    outcome = _outcome(req)
+    if claim_for is not None and outcome.approved:
+        actor, session_id = claim_for
+        outcome = replace(outcome, claimed=actions.do_claim(actor, request_id, session_id=session_id))
+    return outcome, req.expires_at
 
 
 def cancel(request_id: int, reason: str, *, actor: Any = "gateway") -> bool:
@@ -339,7 +364,8 @@ class _Listener:
     """
 
     def __init__(self, layer: Any) -> None:
-        self.layer = layer
+        self.shared = layer
+        self.layer = _own_layer(layer)
         self.channel = ""
         self.waiters: dict[int, set[asyncio.Event]] = {}
         self.task: asyncio.Task[None] | None = None
@@ -398,6 +424,26 @@ class _Listener:
 _listeners: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Listener] = weakref.WeakKeyDictionary()
 
 
+def _own_layer(layer: Any) -> Any:
+    """The layer the listener receives on: with Redis, an instance of its own.
+
+    channels_redis has one receive lock per layer instance, and the receiver holding it
+    reads only the Redis list of its own channel's prefix: sharing the process's instance
+    with the session.terminate listener (every recorded session, on the same loop), the
+    approvals listener waited behind that receive and heard no decision (only the database
+    poll, 2 s, woke the gateway). Its own instance has its own lock and connections; groups
+    live in Redis, so what is published to them reaches it. The in-memory layer keeps its
+    groups in the instance: it is shared as it is.
+    """
+    from channels.layers import InMemoryChannelLayer, channel_layers
+
+    if isinstance(layer, InMemoryChannelLayer):
+        return layer
+    from channels import DEFAULT_CHANNEL_LAYER
+
+    return channel_layers.make_backend(DEFAULT_CHANNEL_LAYER)
+
+
 def _listener() -> _Listener | None:
     from channels.layers import get_channel_layer
 
@@ -406,7 +452,7 @@ def _listener() -> _Listener | None:
         return None
     loop = asyncio.get_running_loop()
     listener = _listeners.get(loop)
-    if listener is None or listener.layer is not layer:
+    if listener is None or listener.shared is not layer:
         listener = _Listener(layer)
         _listeners[loop] = listener
     return listener
@@ -451,6 +497,10 @@ def _db(fn: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
     return call
 
 
+# The same threads serve the console's inbox websockets (``approvals.consumers``).
+on_db_thread = _db
+
+
 def close_db_threads() -> None:
     """Stop the approvals database threads and close their connections (estimates still
     running are waited for first)."""
@@ -469,14 +519,18 @@ def close_db_threads() -> None:
             conn.close()
 
 
-async def wait_for_decision(request_id: int, max_wait: float | None = None) -> Outcome:
+async def wait_for_decision(
+    request_id: int, max_wait: float | None = None, *, claim_for: tuple[Any, Any] | None = None
+) -> Outcome:
     """Wait until request ``request_id`` leaves ``pending`` and return its outcome.
 
     Woken by the channel layer; polls the database every ``APPROVALS_POLL_SECONDS`` as
-    well (refreshing the hold's heartbeat). At the request's deadline it expires the
-    request itself, so the agent is told at once even with no worker running. ``max_wait``
-    (seconds) bounds the wait further: when it passes first the outcome is returned still
-    pending and the request is left as it is.
+    well (refreshing the hold's heartbeat; a wake-up only reads). At the request's deadline
+    it expires the request itself, so the agent is told at once even with no worker
+    running. ``max_wait`` (seconds) bounds the wait further: when it passes first the
+    outcome is returned still pending and the request is left as it is. With ``claim_for``
+    (actor, session id), an approval read here is claimed in the same database call
+    (``Outcome.claimed``).
     """
     loop = asyncio.get_running_loop()
     started = loop.time()
@@ -485,9 +539,15 @@ async def wait_for_decision(request_id: int, max_wait: float | None = None) -> O
     event = await listener.watch(request_id) if listener is not None else asyncio.Event()
     try:
         poll = float(settings.APPROVALS_POLL_SECONDS)
+        woken = False
+        beat_at = -poll
         while True:
             event.clear()
-            outcome, expires_at = await _db(_poll)(request_id)
+            # A wake-up reads only: the heartbeat is refreshed once per poll interval.
+            beat = not woken or loop.time() - beat_at >= poll
+            if beat:
+                beat_at = loop.time()
+            outcome, expires_at = await _db(_poll)(request_id, heartbeat=beat, claim_for=claim_for)
             if outcome.final:
                 return outcome
             left = (expires_at - timezone.now()).total_seconds()
@@ -500,8 +560,11 @@ async def wait_for_decision(request_id: int, max_wait: float | None = None) -> O
                 if remaining <= 0:
                     return outcome
                 wait = min(wait, remaining)
-            with contextlib.suppress(TimeoutError):
+            try:
                 await asyncio.wait_for(event.wait(), wait)
+                woken = True
+            except TimeoutError:
+                woken = False
     finally:
         if listener is not None:
             await listener.unwatch(request_id, event)
@@ -596,13 +659,15 @@ class ReviewGate:
         if not held.agent_waits:
             return Review(self._final(decision, Action.DENY, _deferred_message(held)), held.id)
         try:
-            outcome = await wait_for_decision(held.id)
+            outcome = await wait_for_decision(held.id, claim_for=(request.agent, self.session_id))
         except asyncio.CancelledError:
             # The client went away or cancelled: the request must not stay pending (WF-05).
             await asyncio.shield(_db(cancel)(held.id, "the agent disconnected or cancelled the statement"))
             raise
         if outcome.approved:
-            claimed = await _db(actions.do_claim)(request.agent, held.id, session_id=self.session_id)
+            claimed = outcome.claimed
+            if claimed is None:
+                claimed = await _db(actions.do_claim)(request.agent, held.id, session_id=self.session_id)
             if claimed:
                 return Review(self._final(decision, Action.ALLOW, outcome.message()), held.id)
             outcome = replace(outcome, status="used")

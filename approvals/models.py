@@ -201,7 +201,8 @@ class ApprovalRequest(models.Model):
             return False, f"only members of {', '.join(self.reviewer_group_names) or 'no group'} may decide"
         if not self.is_pending():
             return False, f"the request is {self.status}"
-        if self.decisions.filter(reviewer=user).exists():
+        # Through ``decisions.all()``: one query, or none when the caller prefetched them.
+        if any(d.reviewer_id == user.pk for d in self.decisions.all()):
             return False, "you have already decided this request"
         return True, ""
 

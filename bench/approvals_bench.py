@@ -13,6 +13,10 @@ the gateway under a policy that sends writes to review, and a reviewer's inbox w
 2. approve -> result: from the reviewer's approve request (HTTP API) until the statement's
    result (``DELETE 1``) reaches the agent.
 Target: each under 50 ms p99.
+
+The machine is shared: the load average is printed before and after, and each request is
+paired with a baseline taken in the same run under the same load: ``SELECT 1`` through
+the gateway (allowed by the policy, no review) and ``GET /healthz`` on the console.
 """
 
 from __future__ import annotations
@@ -64,19 +68,31 @@ def _login(base: str, username: str, password: str) -> tuple[str, str]:
     return f"sessionid={cookies['sessionid']}; csrftoken={cookies['csrftoken']}", cookies["csrftoken"]
 
 
-async def _run(base: str, gateway_dsn: str) -> tuple[list[float], list[float]]:
+def _healthz(base: str) -> None:
+    urllib.request.urlopen(base + "/healthz", timeout=10).read()  # noqa: S310 (the console started here)
+
+
+async def _run(base: str, gateway_dsn: str) -> dict[str, list[float]]:
     import psycopg
     import websockets
 
     cookie, csrf = await asyncio.to_thread(_login, base, "bench-reviewer", "bench-Pass-1234")
     to_card: list[float] = []
     to_result: list[float] = []
+    select_1: list[float] = []
+    healthz: list[float] = []
     ws_url = base.replace("http://", "ws://") + "/ws/approvals/"
     headers = {"Cookie": cookie, "Origin": base}
     agent = await psycopg.AsyncConnection.connect(gateway_dsn, autocommit=True)
     async with websockets.connect(ws_url, additional_headers=headers) as inbox:
         json.loads(await inbox.recv())  # the count on connect
         for n in range(1, COUNT + 1):
+            sent = time.perf_counter()
+            await agent.execute("SELECT 1")
+            select_1.append(time.perf_counter() - sent)
+            sent = time.perf_counter()
+            await asyncio.to_thread(_healthz, base)
+            healthz.append(time.perf_counter() - sent)
             sent = time.perf_counter()
             statement = asyncio.create_task(agent.execute("DELETE FROM orders WHERE id = %s", (n,)))
             while True:
@@ -97,7 +113,12 @@ async def _run(base: str, gateway_dsn: str) -> tuple[list[float], list[float]]:
                 except TimeoutError:
                     break
     await agent.close()
-    return to_card, to_result
+    return {
+        "statement -> card on the inbox": to_card,
+        "approve -> result at the agent": to_result,
+        "baseline: SELECT 1 via gateway": select_1,
+        "baseline: GET /healthz": healthz,
+    }
 
 
 def _approve(base: str, request_id: int, cookie: str, csrf: str) -> None:
@@ -143,6 +164,15 @@ def _prepare(pg_port: int, password: str, save_policy: Any, make_reviewer: Any) 
         secret_values={"password": password},
     )  # fmt: skip
     return str(do_issue_token("bench", agent).raw)
+
+
+def _log_file(name: str) -> Any:
+    """Where a child's log goes: ``$AIRLOCK_BENCH_LOGS/<name>.log`` when that is set."""
+    folder = os.environ.get("AIRLOCK_BENCH_LOGS")
+    if not folder:
+        return subprocess.DEVNULL
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    return (Path(folder) / f"{name}.log").open("w")
 
 
 def _wait_port(port: int, proc: subprocess.Popen[str], timeout: float = 30) -> None:
@@ -213,7 +243,7 @@ def main() -> int:
                 env=env,
                 cwd=ROOT,
                 stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
+                stderr=_log_file("gateway"),
                 text=True,
             )  # fmt: skip
         )
@@ -232,7 +262,7 @@ def main() -> int:
                 env=env,
                 cwd=ROOT,
                 stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
+                stderr=_log_file("console"),
                 text=True,
             )  # fmt: skip
         )
@@ -240,21 +270,24 @@ def main() -> int:
         _wait_http(base + "/healthz", procs[1])
         _wait_port(gw_port, procs[0])
         dsn = f"host=127.0.0.1 port={gw_port} dbname=bench user=bench-bot password={token} sslmode=disable"
-        to_card, to_result = asyncio.run(_run(base, dsn))
+        print("load average before: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
+        results = asyncio.run(_run(base, dsn))
+        print("load average after:  {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
     finally:
         for proc in procs:
             proc.terminate()
-            proc.wait(timeout=20)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
         target.stop()
         connection.close()
         connection.creation.destroy_test_db(old, verbosity=0)
-    for label, values in (
-        ("statement -> card on the inbox", to_card),
-        ("approve -> result at psql", to_result),
-    ):
+    for label, values in results.items():
         p50, p99 = _percentiles(values)
         print(
-            f"approvals: {label:<27} p50 {p50 * 1000:6.1f} ms  p99 {p99 * 1000:6.1f} ms  ({len(values)} requests)"
+            f"approvals: {label:<31} p50 {p50 * 1000:6.1f} ms  p99 {p99 * 1000:6.1f} ms  ({len(values)} requests)"
         )
     return 0
 

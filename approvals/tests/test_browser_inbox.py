@@ -118,3 +118,61 @@ def test_the_badge_updates_on_any_page_and_the_requester_sees_nothing(console_se
     finally:
         context.close()
         dave_ctx.close()
+
+
+# Stands in for the network between the browser and the console going away: while
+# ``window.__offline`` is set, the page's websockets are opened to a port nothing listens
+# on (so they fail as they would with the console unreachable), and ``__dropSockets()``
+# closes the open ones as a dropped connection would.
+OUTAGE = """
+window.__offline = false;
+window.__sockets = [];
+(function () {
+  var Real = window.WebSocket;
+  window.WebSocket = function (url, protocols) {
+    var socket = new Real(window.__offline ? "ws://127.0.0.1:9/ws/approvals/" : url, protocols);
+    window.__sockets.push(socket);
+    return socket;
+  };
+  window.WebSocket.prototype = Real.prototype;
+  window.__dropSockets = function () { window.__sockets.forEach(function (s) { s.close(); }); };
+})();
+"""
+
+
+def test_an_inbox_that_lost_its_connection_reconnects_and_shows_what_it_missed(
+    console_server, browser, world, bob
+):
+    context = browser.new_context()
+    context.add_init_script(NOTIFICATIONS)
+    context.add_init_script(OUTAGE)
+    page = context.new_page()
+    page.set_default_timeout(20_000)
+    try:
+        login(page, console_server, "bob")
+        page.goto(console_server + "/approvals/")
+        expect(page.locator("#live-status")).to_have_text("live")
+        before = make_request(world)
+        expect(page.locator(f"#approvals-pending #approval-{before.pk}")).to_be_visible()
+        page.evaluate("window.__offline = true; window.__dropSockets()")
+        expect(page.locator("#live-status")).to_have_text("reconnecting…")
+        # What happens while the inbox is away: a new request, and the first one approved.
+        missed = make_request(world, params=("43",))
+        from approvals import actions
+
+        actions.do_approve(bob, before.pk)
+        time.sleep(1.0)
+        expect(page.locator(f"#approval-{missed.pk}")).to_have_count(0)
+        page.evaluate("window.__offline = false")
+        expect(page.locator("#live-status")).to_have_text("live")
+        expect(page.locator(f"#approvals-pending #approval-{missed.pk}")).to_be_visible()
+        expect(page.locator(f"#approvals-history #approval-{before.pk} .outcome")).to_contain_text(
+            "Approved by bob"
+        )
+        expect(page.locator("#approvals-count")).to_have_text("1")
+        # And it is live again: the next request arrives without a reload.
+        after = make_request(world, params=("44",))
+        expect(page.locator(f"#approvals-pending #approval-{after.pk}")).to_be_visible()
+        expect(page.locator("#approvals-count")).to_have_text("2")
+    finally:
+        context.close()

@@ -56,6 +56,31 @@ async def test_the_waiting_gateway_is_woken_by_the_channel_layer(world, bob, set
     assert asyncio.get_running_loop().time() - started < 5
 
 
+async def test_the_waiting_gateway_is_woken_while_the_session_watches_for_termination(world, bob, settings):
+    # A recorded gateway session also listens on the channel layer (for a terminate from
+    # the console), on the same event loop and the same layer: both listeners must get
+    # their messages. With Redis, a process's channels share one list that whichever
+    # listener holds the receive lock reads for all of them.
+    from recordings.live import close_termination_listener, stop_watching, watch_for_termination
+
+    settings.APPROVALS_POLL_SECONDS = 30  # so only the channel message can wake it in time
+    session = uuid.uuid4()
+    assert await watch_for_termination(session, lambda by, reason: None)
+    try:
+        for _ in range(3):
+            req = await in_db(make_request, world)
+            waiter = asyncio.create_task(wait_for_decision(req.pk))
+            await asyncio.sleep(0.2)
+            started = asyncio.get_running_loop().time()
+            await in_db(actions.do_approve, bob, req.pk)
+            outcome = await asyncio.wait_for(waiter, LIMIT)
+            assert outcome.status == Status.APPROVED
+            assert asyncio.get_running_loop().time() - started < 4
+    finally:
+        await stop_watching(session)
+        await close_termination_listener()
+
+
 async def test_a_lost_channel_message_does_not_strand_the_session(world, bob, settings, monkeypatch):
     settings.APPROVALS_POLL_SECONDS = 0.2
     monkeypatch.setattr("approvals.events._group_send", lambda group, message: None)

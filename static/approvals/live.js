@@ -2,6 +2,11 @@
 // the inbox page the cards themselves. One websocket per page (/ws/approvals/); the server
 // sends only what this person may decide. Decisions go through the JSON API with the CSRF
 // token of the page.
+//
+// An inbox stays open for hours: when the socket drops (the console restarts, daphne's
+// websocket timeout, a proxy, a laptop waking up) it reconnects with a growing delay, and
+// after a reconnection reloads the inbox's lists (or the request's card) from the page, so
+// that what changed while it was away is shown; the count comes with the new socket.
 (function () {
   "use strict";
 
@@ -11,6 +16,7 @@
   var notifyButton = document.getElementById("enable-notifications");
   var retry = 500;
   var socket = null;
+  var connectedBefore = false;
 
   function setState(state, text) {
     if (!statusBadge) return;
@@ -68,7 +74,12 @@
   function connect() {
     var scheme = window.location.protocol === "https:" ? "wss://" : "ws://";
     socket = new WebSocket(scheme + window.location.host + "/ws/approvals/");
-    socket.onopen = function () { retry = 500; setState("live", "live"); };
+    socket.onopen = function () {
+      retry = 500;
+      setState("live", "live");
+      if (connectedBefore) resync();
+      connectedBefore = true;
+    };
     socket.onmessage = function (event) {
       var msg;
       try { msg = JSON.parse(event.data); } catch (e) { return; }
@@ -81,6 +92,26 @@
       window.setTimeout(connect, retry);
       retry = Math.min(retry * 2, 15000);
     };
+  }
+
+  // After a reconnection: the lists (or the card) as the page now shows them.
+  function resync() {
+    if (!inbox && !detail) return;
+    fetch(window.location.href, { credentials: "same-origin", headers: { "Accept": "text/html" } })
+      .then(function (response) { return response.ok ? response.text() : null; })
+      .then(function (html) {
+        if (!html) return;
+        var page = new DOMParser().parseFromString(html, "text/html");
+        var ids = inbox ? ["approvals-pending", "approvals-history"] : ["approval-detail"];
+        ids.forEach(function (id) {
+          var now = page.getElementById(id);
+          var here = document.getElementById(id);
+          if (now && here) here.innerHTML = now.innerHTML;
+        });
+        updateEmptyNote();
+        tick();
+      })
+      .catch(function () { /* the next reconnection tries again */ });
   }
 
   // Time left on pending cards.
