@@ -333,8 +333,10 @@
         status.className = "badge " + message.status;
         document.getElementById("session-ended").textContent = message.reason;
         if (badge) { badge.textContent = message.status; badge.className = "badge"; }
-        var form = document.getElementById("terminate-form");
-        if (form) form.remove();
+        ["terminate-form", "termination-pending"].forEach(function (id) {
+          var node = document.getElementById(id);
+          if (node) node.remove();
+        });
         checkIntegrity();
         socket.close();
       } else if (message.type === "forbidden") {
