@@ -89,8 +89,24 @@ def test_without_a_channel_layer_one_poll_per_interval_finds_the_request_among_a
     told = asyncio.run(asyncio.wait_for(scenario(), 20))
     assert told == {str(sessions[3].pk): ("alice", "stop it")}
     everyone = sorted(str(s.pk) for s in sessions)
-    # One query per poll for every watched session, never one per session.
-    assert len(polls) >= 2 and all(ids == everyone for ids in polls[:-1])
+    rest = sorted(set(everyone) - {str(sessions[3].pk)})
+    # One query per poll for every watched session (the terminated one no longer watched
+    # once told), never one per session.
+    assert polls.count(everyone) >= 2 and all(ids in (everyone, rest) for ids in polls)
+
+
+def test_the_live_page_says_a_termination_is_on_its_way(alice, carol):
+    session = make(None)
+    client = Client()
+    client.force_login(carol)
+    url = reverse("recordings:session_detail", args=[session.pk])
+    assert 'id="termination-pending"' not in client.get(url).content.decode()
+    actions.do_terminate_session(alice, session, "runaway loop")
+    page = client.get(url).content.decode()
+    assert 'id="termination-pending"' in page and "Termination requested by alice" in page
+    assert "(runaway loop)" in page
+    Session.objects.filter(pk=session.pk).update(status="terminated")
+    assert 'id="termination-pending"' not in client.get(url).content.decode()
 
 
 def test_asking_again_keeps_the_first_request_and_is_audited_again(alice, bob):
