@@ -460,6 +460,43 @@ class GroupCreateForm(forms.Form):
 # --- Audit log -------------------------------------------------------------------------------
 
 
+# The kinds of audit record the log page filters by: action names (exact) and prefixes
+# (ending in "."), as the action functions write them (docs/audit.md).
+AUDIT_KINDS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "config": (
+        "configuration changes",
+        (
+            "connection.",
+            "agent.create",
+            "agent.update",
+            "agent.delete",
+            "token.issue",
+            "token.revoke",
+            "group.",
+            "user.create",
+            "user.groups",
+            "user.groups.",
+            "user.enable",
+            "user.disable",
+            "policy.",
+            "masking_policy.",
+            "secrets.",
+            "config.",
+        ),
+    ),
+    "approvals": ("approvals", ("approval.",)),
+    "terminations": ("session terminations", ("session.terminate",)),
+    "agent_logins": ("token use (agent logins)", ("agent.login", "agent.login_failed")),
+    "logins": ("console logins", ("user.login", "user.logout", "user.login_failed")),
+    "recording_access": ("views and exports of recordings", ("recording.view", "recording.export")),
+    "retention": (
+        "retention deletions and legal holds",
+        ("recording.retention_delete", "recording.hold", "recording.release", "recordings."),
+    ),
+    "audit": ("exports of the audit log", ("audit.",)),
+}
+
+
 class AuditFilterForm(forms.Form):
     actor = forms.CharField(required=False, max_length=150)
     action = forms.CharField(required=False, max_length=64)
@@ -469,6 +506,12 @@ class AuditFilterForm(forms.Form):
         label="Actor kind",
         choices=(("", "any"), ("person", "person"), ("agent", "agent"), ("system", "system")),
     )
+    kind = forms.ChoiceField(
+        required=False,
+        label="Kind of record",
+        choices=(("", "any"), *((name, label) for name, (label, _) in AUDIT_KINDS.items())),
+    )
+    source = forms.CharField(required=False, max_length=64, label="Source address (starts with)")
     since = forms.DateTimeField(
         required=False,
         label="From (UTC)",

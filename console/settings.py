@@ -300,6 +300,10 @@ CELERY_BEAT_SCHEDULE["recordings-retention"] = {
 # A live session's page also polls the database this often, in case a channel-layer
 # message is lost (or the gateway runs in another process without Redis).
 RECORDING_LIVE_POLL_SECONDS = env_int("AIRLOCK_RECORDING_LIVE_POLL_MS", 2000, minimum=100) / 1000
+# Each gateway process reads the termination requests of all its live sessions this often
+# (one query), so a session is terminated in bounded time even when the console's
+# channel-layer message cannot reach the gateway (no Redis) or is lost.
+RECORDING_TERMINATE_POLL_SECONDS = env_int("AIRLOCK_RECORDING_TERMINATE_POLL_MS", 1000, minimum=100) / 1000
 
 # --- Audit forwarding ----------------------------------------------------------------------
 # Every audit record, as one JSON line, to a SIEM: http(s)://... (POST), syslog+udp://host:port

@@ -341,6 +341,56 @@ def note_person_token_used(token: PersonToken, *, source_address: str = "", path
             path=path,
         )
     return bool(updated)
+def record_agent_login(
+    agent: Agent,
+    token: AgentToken | None,
+    *,
+    protocol: str,
+    connection: str,
+    client_address: str,
+    session_id: str = "",
+    subject: str = "",
+    application_name: str = "",
+) -> None:
+    """An agent logged in at the gateway: ``agent.login``, one record per session.
+
+    The target is the token it used (``identity.agenttoken``), or the agent for a JWT
+    (``subject`` says which, ``issuer|subject``). Written at login, never per statement.
+    """
+    record(
+        agent,
+        "agent.login",
+        token if token is not None else agent,
+        source_address=client_address[:64],
+        via="token" if token is not None else "jwt",
+        token_id=token.pk if token is not None else None,
+        token=token.prefix if token is not None else "",
+        token_label=token.label if token is not None else "",
+        subject=subject,
+        protocol=protocol,
+        connection=connection,
+        session=session_id,
+        application_name=application_name[:255],
+    )
+
+
+def record_agent_login_failures(protocol: str, failures: list[dict[str, Any]]) -> None:
+    """Failed agent logins, as ``gateway.login_audit.LoginFailureLog`` groups them: one
+    ``agent.login_failed`` record each (actor ``gateway``; target the agent when one of
+    that name exists). Never the credential that was tried."""
+    names = {f["agent"] for f in failures if f.get("agent")}
+    agents = {a.name: a for a in Agent.objects.filter(name__in=names)} if names else {}
+    with transaction.atomic():
+        for failure in failures:
+            detail = {k: v for k, v in failure.items() if k != "address"}
+            record(
+                "gateway",
+                "agent.login_failed",
+                agents.get(failure.get("agent", "")),
+                source_address=str(failure.get("address", ""))[:64],
+                protocol=protocol,
+                **detail,
+            )
 
 
 # --- People ---------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from django.utils import timezone
 from audit import actions as audit
 from audit.models import AuditRecord
 from recordings import live
-from recordings.models import ConnectionRule, Session
+from recordings.models import ConnectionRule, Session, TerminationRequest
 
 log = logging.getLogger("airlock.recordings")
 
@@ -86,11 +86,13 @@ def _publish(group: str, message: dict[str, Any]) -> None:
 def do_terminate_session(actor: Any, session: Session, reason: str, *, source_address: str = "") -> None:
     """Ask the gateway serving ``session`` to close it now.
 
-    Writes ``session.terminate`` to the audit log and, after commit, publishes
-    ``recordings.live.terminate_message`` on ``gateway-session-<id>``. The gateway closes
-    the connection with an error naming who and why, and ends the recording with status
-    ``terminated``. Raises ``ValidationError`` when the session is not live or the reason
-    is missing.
+    Stores a ``TerminationRequest`` (the first one stands; asking again sends the message
+    again), writes ``session.terminate`` to the audit log and, after commit, publishes
+    ``recordings.live.terminate_message`` on ``gateway-session-<id>``. The gateway learns of
+    it from that message or, within ``RECORDING_TERMINATE_POLL_SECONDS``, from its poll of
+    the requests, closes the connection with an error naming who and why, and ends the
+    recording with status ``terminated``. Raises ``ValidationError`` when the session is
+    not live or the reason is missing.
     """
     reason = _clean_reason(reason)
     if not reason:
@@ -100,8 +102,19 @@ def do_terminate_session(actor: Any, session: Session, reason: str, *, source_ad
         locked = Session.objects.select_for_update().get(pk=session.pk)
         if locked.status != Session.Status.LIVE:
             raise ValidationError("The session is no longer live.")
-        audit.record(actor, "session.terminate", locked, source_address=source_address, reason=reason, by=by)
-        message = live.terminate_message(locked.pk, by, reason)
+        request, created = TerminationRequest.objects.get_or_create(
+            session=locked, defaults={"requested_by": by, "reason": reason}
+        )
+        audit.record(
+            actor,
+            "session.terminate",
+            locked,
+            source_address=source_address,
+            reason=reason,
+            by=by,
+            **({} if created else {"first_requested_by": request.requested_by}),
+        )
+        message = live.terminate_message(locked.pk, request.requested_by, request.reason)
         transaction.on_commit(lambda: _publish(live.gateway_group(locked.pk), message))
 
 

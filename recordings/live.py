@@ -9,7 +9,9 @@ commits, never per event:
   session has ended and is sealed.
 
 Group ``gateway-session-<id>``, published by ``recordings.actions.do_terminate_session``
-after its transaction commits, listened to by the gateway process serving the session:
+after its transaction commits (which also stores a ``TerminationRequest`` row that the
+gateway polls for, in case the message cannot reach it), listened to by the gateway
+process serving the session:
 
 - ``{"type": "session.terminate", "session_id": str, "by": str, "reason": str}``: close
   the session now. The agent gets an error naming who terminated it and why; the recording
@@ -23,6 +25,8 @@ a watcher only latency (the live page also polls).
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextlib
 import logging
 import uuid
 import weakref
@@ -115,13 +119,43 @@ class Announcer:
                 task.cancel()
 
 
-class TerminationListener:
-    """The gateway side of ``session.terminate``: one channel per event loop, every session
-    of that loop's gateway a member of its own ``gateway-session-<id>`` group.
+def _requested_terminations(session_ids: list[str]) -> list[tuple[str, str, str]]:
+    """(session id, by, reason) of the termination requests among ``session_ids``.
 
-    One receive loop per process, not one per session: a busy gateway holds no Redis
-    connection per session. Use the module functions ``watch_for_termination``,
-    ``stop_watching`` and ``close_termination_listener``.
+    Runs on the listener's own thread, which keeps one database connection between polls
+    (dropped after an error, so the next poll reconnects)."""
+    from django.db import close_old_connections, connections
+
+    from recordings.models import TerminationRequest
+
+    close_old_connections()
+    try:
+        rows = TerminationRequest.objects.filter(session_id__in=session_ids).values_list(
+            "session_id", "requested_by", "reason"
+        )
+        return [(str(pk), by, reason) for pk, by, reason in rows]
+    except Exception:
+        connections.close_all()
+        raise
+
+
+def _close_thread_connections() -> None:
+    from django.db import connections
+
+    connections.close_all()
+
+
+class TerminationListener:
+    """The gateway side of ``session.terminate``, for every session of one event loop.
+
+    Two ways in, whichever comes first: the channel layer (one channel per loop, every
+    session a member of its own ``gateway-session-<id>`` group: no Redis connection per
+    session), and a poll of ``recordings.TerminationRequest`` for all the loop's sessions,
+    one query every ``RECORDING_TERMINATE_POLL_SECONDS``, made only while sessions are
+    watched. The poll is what terminates sessions when the console's message cannot reach
+    the gateway: the embedded default's in-memory channel layer lives in each process, a
+    Redis message can be lost, a group membership can expire. Use the module functions
+    ``watch_for_termination``, ``stop_watching`` and ``close_termination_listener``.
     """
 
     def __init__(self, layer: Any) -> None:
@@ -129,20 +163,34 @@ class TerminationListener:
         self.channel = ""
         self.callbacks: dict[str, Any] = {}
         self.task: asyncio.Task[None] | None = None
+        self.poller: asyncio.Task[None] | None = None
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
 
-    async def watch(self, session_id: uuid.UUID, on_terminate: Any) -> None:
+    def start_polling(self) -> None:
+        if self.poller is None or self.poller.done():
+            self.poller = asyncio.get_running_loop().create_task(self._poll(), name="session.terminate poll")
+
+    async def join(self, session_id: uuid.UUID) -> None:
         if not self.channel:
             self.channel = await self.layer.new_channel()
         if self.task is None or self.task.done():
             self.task = asyncio.get_running_loop().create_task(
                 self._receive(), name="session.terminate listener"
             )
-        self.callbacks[str(session_id)] = on_terminate
         await self.layer.group_add(gateway_group(session_id), self.channel)
 
     async def unwatch(self, session_id: uuid.UUID) -> None:
-        if self.callbacks.pop(str(session_id), None) is not None:
+        if self.callbacks.pop(str(session_id), None) is not None and self.layer is not None and self.channel:
             await self.layer.group_discard(gateway_group(session_id), self.channel)
+
+    def deliver(self, session_id: str, by: str, reason: str) -> None:
+        callback = self.callbacks.pop(session_id, None)
+        if callback is None:
+            return  # ended meanwhile, or already told by the other way in
+        try:
+            callback(by[:150], reason[:200])
+        except Exception:
+            log.exception("session %s: terminating failed", session_id)
 
     async def _receive(self) -> None:
         while True:
@@ -152,25 +200,58 @@ class TerminationListener:
                 raise
             except Exception as exc:
                 # Redis restarted or a connection dropped: memberships live in Redis, so
-                # receiving again is enough.
+                # receiving again is enough (and the poll covers the gap).
                 log.warning("session.terminate listener: %s; receiving again", type(exc).__name__)
                 await asyncio.sleep(1.0)
                 continue
             if message.get("type") != TERMINATE:
                 continue
-            callback = self.callbacks.pop(str(message.get("session_id", "")), None)
-            if callback is None:
+            self.deliver(
+                str(message.get("session_id", "")),
+                str(message.get("by", "?")),
+                str(message.get("reason", "")),
+            )
+
+    async def _poll(self) -> None:
+        from django.conf import settings
+
+        interval = float(getattr(settings, "RECORDING_TERMINATE_POLL_SECONDS", 1.0))
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(interval)
+            if not self.callbacks:
                 continue
+            if self._executor is None:
+                self._executor = concurrent.futures.ThreadPoolExecutor(
+                    max_workers=1, thread_name_prefix="airlock-terminate-poll"
+                )
             try:
-                callback(str(message.get("by", "?"))[:150], str(message.get("reason", ""))[:200])
-            except Exception:
-                log.exception("session %s: terminating failed", message.get("session_id"))
+                found = await asyncio.wait_for(
+                    loop.run_in_executor(self._executor, _requested_terminations, list(self.callbacks)),
+                    max(interval * 5, 10.0),
+                )
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("termination requests could not be read: %s", type(exc).__name__)
+                continue
+            for session_id, by, reason in found:
+                self.deliver(session_id, by, reason)
 
     async def close(self) -> None:
-        task, self.task = self.task, None
-        if task is not None:
+        tasks = [t for t in (self.task, self.poller) if t is not None]
+        self.task = self.poller = None
+        for task in tasks:
             task.cancel()
-            await asyncio.wait({task}, timeout=PUBLISH_TIMEOUT)
+        if tasks:
+            await asyncio.wait(tasks, timeout=PUBLISH_TIMEOUT)
+        executor, self._executor = self._executor, None
+        if executor is not None:
+            # The poll thread's database connection is closed on that thread.
+            closing = asyncio.get_running_loop().run_in_executor(executor, _close_thread_connections)
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(closing, PUBLISH_TIMEOUT)
+            executor.shutdown(wait=False)
 
 
 _listeners: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, TerminationListener] = (
@@ -181,21 +262,24 @@ _listeners: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, TerminationList
 async def watch_for_termination(session_id: uuid.UUID, on_terminate: Any) -> bool:
     """Call ``on_terminate(by, reason)`` (once, on this loop) when a person terminates the
     session from the console. For the gateway's protocol sessions, once their recording has
-    started. Bounded and never raises: False when there is no channel layer to listen on."""
+    started. Bounded and never raises. True: the session is watched (by the database poll
+    at least; the channel layer too when there is one and joining its group worked)."""
     loop = asyncio.get_running_loop()
     listener = _listeners.get(loop)
     if listener is None:
-        layer = _channel_layer()
-        if layer is None:
-            return False
-        listener = _listeners[loop] = TerminationListener(layer)
-    try:
-        async with asyncio.timeout(PUBLISH_TIMEOUT):
-            await listener.watch(session_id, on_terminate)
-    except Exception as exc:
-        log.error("session %s cannot be terminated from the console: %s", session_id, type(exc).__name__)
-        listener.callbacks.pop(str(session_id), None)
-        return False
+        listener = _listeners[loop] = TerminationListener(_channel_layer())
+    listener.callbacks[str(session_id)] = on_terminate
+    listener.start_polling()
+    if listener.layer is not None:
+        try:
+            async with asyncio.timeout(PUBLISH_TIMEOUT):
+                await listener.join(session_id)
+        except Exception as exc:
+            log.warning(
+                "session %s: terminate messages not received (%s); the database poll stands in",
+                session_id,
+                type(exc).__name__,
+            )
     return True
 
 

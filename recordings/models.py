@@ -272,6 +272,26 @@ _START_FIELDS = {
 }
 
 
+class TerminationRequest(models.Model):
+    """A person asked for a live session to be terminated (``do_terminate_session``).
+
+    The gateway serving the session learns of it from the channel layer at once, or, when
+    that message cannot reach it (no shared channel layer, as in the embedded default; a
+    lost message), from its poll of this table (``recordings.live``). The first request
+    wins: its person and reason end the recording.
+    """
+
+    session = models.OneToOneField(
+        Session, primary_key=True, on_delete=models.CASCADE, related_name="termination_request"
+    )
+    requested_by = models.CharField(max_length=150)
+    reason = models.CharField(max_length=255, blank=True)
+    requested_at = models.DateTimeField(default=timezone.now)
+
+    def __str__(self) -> str:
+        return f"terminate {self.session_id} ({self.requested_by})"
+
+
 class ConnectionRule(models.Model):
     """Retention and legal hold for the recordings of one connection.
 

@@ -33,7 +33,7 @@ from console.roles import role_required
 from console.streaming import stream_response
 from recordings import access, actions, export, keys, search
 from recordings.forms import HoldForm, ReasonForm, SessionFilterForm
-from recordings.models import ConnectionRule, Event, Session, masked_by_entity
+from recordings.models import ConnectionRule, Event, Session, TerminationRequest, masked_by_entity
 
 PAGE_SIZE = 50
 EVENTS_PAGE = 500  # events per fetch of the replay's API, by default
@@ -198,6 +198,7 @@ def session_detail(request: HttpRequest, pk: uuid.UUID) -> HttpResponse:
         "can_terminate": access.can_terminate_session(request.user, session),
         "can_hold": access.can_set_legal_hold(request.user),
         "connection_rule": rule,
+        "termination_request": TerminationRequest.objects.filter(session=session).first(),
         "approval_requests": approval_requests_for(session),
         "masked_entities": masked_by_entity([session.pk]).get(session.pk, {}) if session.masked_count else {},
         "player": {

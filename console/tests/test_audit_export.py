@@ -95,3 +95,50 @@ def test_an_unknown_export_format_is_404_and_reviewers_may_not_export(carol, bob
     assert _client(carol).get(reverse("audit_export", args=["xml"])).status_code == 404
     assert _client(bob).get(reverse("audit_export", args=["csv"])).status_code == 403
     assert not AuditRecord.objects.filter(action="audit.export").exists()
+
+
+KIND_EXAMPLES = {
+    "config": [
+        "connection.create",
+        "agent.update",
+        "token.issue",
+        "token.revoke",
+        "group.members",
+        "user.groups.sync",
+        "policy.update",
+        "masking_policy.create",
+        "secrets.rotate",
+        "config.apply",
+    ],
+    "approvals": ["approval.rejected", "approval.executed"],
+    "terminations": ["session.terminate"],
+    "agent_logins": ["agent.login", "agent.login_failed"],
+    "logins": ["user.login", "user.login_failed", "user.logout"],
+    "recording_access": ["recording.view", "recording.export"],
+    "retention": [
+        "recording.retention_delete",
+        "recording.hold",
+        "recording.release",
+        "recordings.connection_hold",
+        "recordings.connection_retention",
+    ],
+    "audit": ["audit.export"],
+}
+
+
+def test_the_log_filters_by_kind_of_record_and_source_address(carol):
+    from console.forms import AUDIT_KINDS
+
+    assert set(KIND_EXAMPLES) == set(AUDIT_KINDS)
+    for n, action in enumerate(a for actions in KIND_EXAMPLES.values() for a in actions):
+        record("test", action, None, source_address=f"10.0.{n}.1")
+    client = _client(carol)
+    for kind, actions in KIND_EXAMPLES.items():
+        response = client.get(reverse("audit_export", args=["jsonl"]), {"kind": kind, "actor": "test"})
+        found = [orjson.loads(line)["action"] for line in _body(response).splitlines()]
+        assert sorted(found) == sorted(actions), kind
+    page = client.get(reverse("audit_log"), {"kind": "agent_logins"}).content.decode()
+    assert "agent.login_failed" in page and "config.apply" not in page
+    response = client.get(reverse("audit_export", args=["jsonl"]), {"source": "10.0.1."})
+    assert [orjson.loads(line)["source_address"] for line in _body(response).splitlines()] == ["10.0.1.1"]
+    assert "from 10.0.0.1" in client.get(reverse("audit_log"), {"source": "10.0.0."}).content.decode()

@@ -216,3 +216,17 @@ def test_the_scrubber_removes_whole_secrets_and_each_of_their_lines():
     }
     message = "login failed for hunter2-xyz near AAAAbody2"
     assert _scrub(message, secrets) == "login failed for [secret] near [secret]"
+
+
+def test_the_connection_page_says_how_long_its_recordings_are_kept_and_if_held(admin_client, alice, settings):
+    from recordings import actions as recording_actions
+
+    settings.RECORDING_RETENTION_DAYS = 30
+    connection = make_connection(name="shop")
+    url = reverse("connection_detail", kwargs={"pk": connection.pk})
+    assert "the default: kept 30 days" in admin_client.get(url).content.decode()
+    recording_actions.do_set_connection_retention(alice, "shop", 0)
+    recording_actions.do_set_connection_hold(alice, "shop", True, "case 2026-14")
+    page = admin_client.get(url).content.decode()
+    assert "kept for ever" in page and "legal hold</span> case 2026-14" in page
+    assert reverse("recordings:retention") in page

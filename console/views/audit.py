@@ -18,7 +18,7 @@ from django.views.decorators.http import require_GET
 from audit import actions as audit_actions
 from audit.forwarding import record_document
 from audit.models import AuditRecord
-from console.forms import AuditFilterForm
+from console.forms import AUDIT_KINDS, AuditFilterForm
 from console.roles import role_required
 from console.streaming import stream_response
 
@@ -54,6 +54,13 @@ def filtered_records(data: dict[str, Any]) -> QuerySet[AuditRecord]:
         )
     if data.get("actor_kind"):
         records = records.filter(actor_kind=data["actor_kind"])
+    if data.get("kind") in AUDIT_KINDS:
+        match = Q()
+        for name in AUDIT_KINDS[data["kind"]][1]:
+            match |= Q(action__startswith=name) if name.endswith(".") else Q(action=name)
+        records = records.filter(match)
+    if data.get("source"):
+        records = records.filter(source_address__startswith=data["source"].strip())
     if data.get("since"):
         records = records.filter(at__gte=data["since"])
     if data.get("until"):

@@ -45,8 +45,14 @@ def connection_list(request: HttpRequest) -> HttpResponse:
 
 
 def _detail_context(connection: Connection) -> dict[str, object]:
+    from django.conf import settings
+
+    from recordings.models import ConnectionRule
+
     return {
         "connection": connection,
+        "recordings_rule": ConnectionRule.objects.filter(connection_name=connection.name).first(),
+        "default_retention_days": settings.RECORDING_RETENTION_DAYS,
         "secrets_set": secret_field_names(connection),
         "probe_available": probe_available(),
         "history": AuditRecord.objects.filter(

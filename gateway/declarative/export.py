@@ -48,6 +48,9 @@ def export_state(*, members: bool = True) -> tuple[dict[str, Any], list[str]]:
             entry["members"] = sorted(user.username for user in group.user_set.all())
         groups.append(entry)
 
+    from recordings.models import ConnectionRule
+
+    rules = {rule.connection_name: rule for rule in ConnectionRule.objects.all()}
     connections = []
     undecryptable = []
     for conn in Connection.objects.order_by("name").select_related("policy").prefetch_related("groups"):
@@ -76,6 +79,15 @@ def export_state(*, members: bool = True) -> tuple[dict[str, Any], list[str]]:
             entry["policy"] = conn.policy.name  # type: ignore[union-attr]
         if not conn.enabled:
             entry["enabled"] = False
+        rule = rules.get(conn.name)
+        if rule is not None and (rule.retention_days is not None or rule.legal_hold):
+            recordings: dict[str, Any] = {}
+            if rule.retention_days is not None:
+                recordings["retention_days"] = rule.retention_days
+            if rule.legal_hold:
+                recordings["legal_hold"] = True
+                recordings["hold_reason"] = rule.hold_reason
+            entry["recordings"] = recordings
         connections.append(entry)
     if undecryptable:
         raise ExportError(

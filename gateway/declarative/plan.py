@@ -272,6 +272,8 @@ def plan_changes(state: DesiredState, *, prune: bool) -> list[Change]:
         changes.extend(_plan_policy(policy))
     for conn in state.connections:
         changes.extend(_plan_connection(conn))
+    for conn in state.connections:
+        changes.extend(_plan_recordings(conn))
     for agent in state.agents:
         changes.extend(_plan_agent(agent))
     changes.extend(_plan_masking(state, prune=prune))
@@ -446,6 +448,42 @@ def _plan_connection(spec: ConnectionSpec) -> list[Change]:
         )
 
     return [Change("connection", spec.name, "update", details, spec.path, update)]
+
+
+def _plan_recordings(spec: ConnectionSpec) -> list[Change]:
+    """Retention and legal hold of the connection's recordings, through the recordings
+    app's actions (each writes its own audit record)."""
+    from recordings import actions as recording_actions
+    from recordings.models import ConnectionRule
+
+    wanted = spec.recordings
+    if wanted is None or not wanted.manages:
+        return []
+    rule = ConnectionRule.objects.filter(connection_name=spec.name).first()
+    days = rule.retention_days if rule else None
+    held = rule.legal_hold if rule else False
+    reason = rule.hold_reason if rule else ""
+    details = []
+    set_days = "retention_days" in wanted.manages and wanted.retention_days != days
+    if set_days:
+        details.append(_diff("retention_days", days, wanted.retention_days))
+    set_hold = "legal_hold" in wanted.manages and (
+        wanted.legal_hold != held or (wanted.legal_hold and wanted.hold_reason != reason)
+    )
+    if set_hold:
+        details.append(_diff("legal_hold", held, wanted.legal_hold))
+        if wanted.legal_hold and wanted.hold_reason != reason:
+            details.append("hold_reason changed")
+    if not details:
+        return []
+
+    def run(actor: Any) -> None:
+        if set_days:
+            recording_actions.do_set_connection_retention(actor, spec.name, wanted.retention_days)
+        if set_hold:
+            recording_actions.do_set_connection_hold(actor, spec.name, wanted.legal_hold, wanted.hold_reason)
+
+    return [Change("recordings", spec.name, "update", details, wanted.path, run)]
 
 
 def _plan_agent(spec: AgentSpec) -> list[Change]:

@@ -39,7 +39,12 @@ CONNECTION_KEYS = (
     "groups",
     "policy",
     "enabled",
+    "recordings",
 )
+# A connection's recordings (recordings.ConnectionRule): only the keys the file names are
+# managed, so that a file that never mentions a legal hold cannot release one.
+RECORDINGS_KEYS = ("retention_days", "legal_hold", "hold_reason")
+HOLD_REASON_MAX = 200
 ALL_SECRET_FIELDS = tuple(sorted({f for fields in SECRET_FIELDS.values() for f in fields}))
 AGENT_KEYS = ("name", "description", "groups", "on_behalf_of", "owner", "enabled")
 POLICY_KEYS = ("name", "description")
@@ -68,6 +73,18 @@ class GroupSpec:
 
 
 @dataclass
+class RecordingsSpec:
+    """``connections[].recordings``: retention days (None: the installation's default, 0:
+    for ever) and legal hold. ``manages`` names the keys the file gives."""
+
+    path: str
+    manages: frozenset[str]
+    retention_days: int | None = None
+    legal_hold: bool = False
+    hold_reason: str = ""
+
+
+@dataclass
 class ConnectionSpec:
     name: str
     kind: str
@@ -86,6 +103,7 @@ class ConnectionSpec:
     secrets: dict[str, str | None] = field(default_factory=dict)
     # The variable each secret came from, for messages.
     secret_sources: dict[str, str] = field(default_factory=dict)
+    recordings: RecordingsSpec | None = None  # None: the file leaves them as they are
 
 
 @dataclass
@@ -512,9 +530,44 @@ def _check_connections(check: _Checker, root: dict[Any, Any], state: DesiredStat
             enabled=check.boolean(item, "enabled", path, True),
             secrets=secrets,
             secret_sources=sources,
+            recordings=_check_recordings(check, item, path),
         )
         if name and kind_ok:
             state.connections.append(spec)
+
+
+def _check_recordings(check: _Checker, item: dict[Any, Any], path: str) -> RecordingsSpec | None:
+    if "recordings" not in item:
+        return None
+    path = f"{path}.recordings"
+    value = item["recordings"]
+    if not isinstance(value, dict):
+        check.add(path, "must be a mapping with retention_days, legal_hold, hold_reason")
+        return None
+    check.keys(value, path, RECORDINGS_KEYS)
+    spec = RecordingsSpec(path=path, manages=frozenset(k for k in RECORDINGS_KEYS if k in value))
+    if "retention_days" in value:
+        days = value["retention_days"]
+        if days is not None and (isinstance(days, bool) or not isinstance(days, int) or days < 0):
+            check.add(
+                f"{path}.retention_days",
+                "must be a whole number of days (0 keeps them for ever; null follows the default)",
+            )
+        else:
+            spec.retention_days = days
+    if "legal_hold" in value:
+        spec.legal_hold = check.boolean(value, "legal_hold", path, False)
+    if "hold_reason" in value:
+        spec.hold_reason = " ".join(
+            check.string(value, "hold_reason", path, max_length=HOLD_REASON_MAX).split()
+        )
+        if "legal_hold" not in value:
+            check.add(f"{path}.hold_reason", "goes with legal_hold: true")
+        elif not spec.legal_hold and spec.hold_reason:
+            check.add(f"{path}.hold_reason", "only a legal hold has a reason (legal_hold is false)")
+    if spec.legal_hold and not spec.hold_reason:
+        check.add(f"{path}.hold_reason", "say why the recordings are held (required with legal_hold: true)")
+    return spec
 
 
 def _check_agents(check: _Checker, root: dict[Any, Any], state: DesiredState) -> None:

@@ -22,6 +22,7 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 
 from gateway.decision import DecisionPoint
+from gateway.login_audit import LoginFailureLog
 from gateway.postgres import protocol as pg
 from gateway.postgres.link import Link
 from gateway.postgres.protocol import ProtocolError
@@ -110,6 +111,11 @@ class Authorized:
     # "return" refuses it at once naming the approval request (docs/approvals.md). A review
     # rule's own ``approval_mode`` takes precedence (``ReviewGate.waits_for``).
     approval_mode: str = "wait"
+    # For the login's audit record: the agent, the token it used (None for a JWT) and,
+    # for a JWT, "issuer|subject".
+    agent: Any = None
+    token: Any = None
+    subject: str = ""
 
 
 DecisionPointFactory = Callable[[Any, str, frozenset[str]], DecisionPoint]
@@ -172,7 +178,7 @@ def _agent_credentials(agent_name: str, server_secret: bytes) -> AgentCredential
     return AgentCredentials(agent.pk, salt, verifiers, {id(v): t for t, v in pairs})
 
 
-def _jwt_identity(raw: str) -> tuple[int, str, frozenset[str]]:
+def _jwt_identity(raw: str) -> tuple[int, str, frozenset[str], str]:
     """SEAM for agent JWTs: ``identity.jwt.verify_agent_jwt`` when that module exists.
 
     Until it does, a cleartext password (a JWT) is refused like a bad credential.
@@ -185,7 +191,7 @@ def _jwt_identity(raw: str) -> tuple[int, str, frozenset[str]]:
         identity = verify_agent_jwt(raw)
     except Exception:
         raise LoginFailed("28P01", "the JWT was refused", counts_as_failure=True) from None
-    return identity.agent.pk, identity.name, identity.groups
+    return identity.agent.pk, identity.name, identity.groups, identity.subject
 
 
 def _authorize(
@@ -194,6 +200,7 @@ def _authorize(
     connection_name: str,
     make_decision_point: DecisionPointFactory,
     jwt_groups: frozenset[str] | None = None,
+    subject: str = "",
 ) -> Authorized:
     from gateway.models import Connection
     from gateway.secrets import SecretDecryptionError, get_secrets
@@ -259,7 +266,37 @@ def _authorize(
         decision_point=decision_point,
         masking=masking,
         approval_mode=str((connection.options or {}).get("approval_mode", "wait")),
+        agent=agent,
+        token=token,
+        subject=subject,
     )
+
+
+def _record_login(
+    authorized: Authorized, client_address: str, session_id: str, application_name: str
+) -> None:
+    from identity.actions import record_agent_login
+
+    record_agent_login(
+        authorized.agent,
+        authorized.token,
+        protocol="postgres",
+        connection=authorized.connection_name,
+        client_address=client_address,
+        session_id=session_id,
+        subject=authorized.subject,
+        application_name=application_name,
+    )
+
+
+def _record_login_failures(failures: list[dict[str, Any]]) -> None:
+    from identity.actions import record_agent_login_failures
+
+    record_agent_login_failures("postgres", failures)
+
+
+LOGIN_AUDIT_FLUSH_SECONDS = 1.0
+LOGIN_RECORD_TIMEOUT = 10.0
 
 
 # --- the listener -----------------------------------------------------------------------------
@@ -290,6 +327,8 @@ class PostgresGateway:
         self.recorder_factory = recorder_factory
         self.server_secret = server_secret or settings.SECRET_KEY.encode()
         self.throttle = LoginThrottle(self.limits.login_failures_per_minute)
+        self.login_failures = LoginFailureLog()
+        self._login_audit: asyncio.Task[None] | None = None
         self.sessions: set[Session] = set()
         self.cancel_keys: dict[tuple[int, int], Session] = {}
         self._server: asyncio.AbstractServer | None = None
@@ -305,6 +344,7 @@ class PostgresGateway:
         self._server = await loop.create_server(self._accept, host, port, reuse_address=True, backlog=1024)
         self.policy_watcher.start()
         sock = self._server.sockets[0].getsockname()
+        self._login_audit = loop.create_task(self._write_login_failures(), name="login failures audit")
         log.info("PostgreSQL gateway listening on %s:%s", sock[0], sock[1])
         return sock[0], sock[1]
 
@@ -340,9 +380,33 @@ class PostgresGateway:
         from recordings.live import close_termination_listener
 
         await close_termination_listener()
+        task, self._login_audit = self._login_audit, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+            await self._flush_login_failures(closing=True)
         if self._server is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), 1.0)
+
+    async def _write_login_failures(self) -> None:
+        """Failed logins reach the audit log from here, at the rate ``LoginFailureLog``
+        allows, off every session's path."""
+        while True:
+            await asyncio.sleep(LOGIN_AUDIT_FLUSH_SECONDS)
+            await self._flush_login_failures()
+
+    async def _flush_login_failures(self, *, closing: bool = False) -> None:
+        records = self.login_failures.take(closing=closing)
+        if not records:
+            return
+        try:
+            await asyncio.wait_for(_in_db_thread(_record_login_failures)(records), LOGIN_RECORD_TIMEOUT)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.error("%d failed-login audit records not written: %s", len(records), type(exc).__name__)
 
     def new_cancel_key(self, session: Session) -> tuple[int, int]:
         while True:
@@ -381,6 +445,7 @@ class Session:
         self._catalog_task: asyncio.Task[None] | None = None
         self.catalog: Any = None
         self._watching_termination = False
+        self._login_record: asyncio.Task[None] | None = None
         # Approvals: the gate of this session, the approved statement whose run is to be
         # reported, and a notice waiting for the client stream to reach a message boundary.
         self.review_gate: Any = None
@@ -437,6 +502,10 @@ class Session:
             self.client.write(pg.fatal("08P01", f"protocol violation: {exc}"))
 
     async def _cleanup(self) -> None:
+        if not self._done.done():
+            # The end reason is settled: a client that goes away while this awaits
+            # (below) must not rewrite it.
+            self._done.set_result(None)
         if self._timer is not None:
             self._timer.cancel()
         if self._review_task is not None:
@@ -461,6 +530,8 @@ class Session:
                 self.upstream.write(pg.message(b"X"))
             self.upstream.close()
         self.client.close()
+        if self._login_record is not None and not self._login_record.done():
+            await self._login_recorded()
         if self._watching_termination:
             from recordings.live import stop_watching
 
@@ -560,6 +631,7 @@ class Session:
         except LoginFailed as exc:
             if exc.counts_as_failure:
                 self.gateway.throttle.failed(self.address, startup.agent)
+            self.gateway.login_failures.failed(self.address, startup.agent, exc.code, exc.message)
             client.write(pg.fatal(exc.code, exc.message))
             self._end_reason = f"login refused: {exc.message}"
             log.info("login of %r from %s refused: %s", startup.agent, self.address, exc.message)
@@ -575,6 +647,7 @@ class Session:
         use_password = self.tls and bool(settings.AIRLOCK_JWT_ISSUERS) and not credentials.verifiers
         token = None
         jwt_groups = None
+        subject = ""
         if use_password:
             # Cleartext only inside TLS, for JWTs (which have no SCRAM verifier).
             self.client.write(pg.AUTH_CLEARTEXT)
@@ -582,7 +655,7 @@ class Session:
             if typ != pg.MSG_PASSWORD:
                 raise ProtocolError("expected a password message")
             raw = body[:-1].decode("utf-8", "replace")
-            agent_id, name, jwt_groups = await _in_db_thread(_jwt_identity)(raw)
+            agent_id, name, jwt_groups, subject = await _in_db_thread(_jwt_identity)(raw)
             if name != startup.agent:
                 raise LoginFailed(
                     "28P01", f'the JWT is not for agent "{startup.agent}"', counts_as_failure=True
@@ -593,7 +666,7 @@ class Session:
         if agent_id is None:
             raise LoginFailed("28P01", f'password authentication failed for user "{startup.agent}"')
         return await _in_db_thread(_authorize)(
-            agent_id, token, startup.connection, gateway.decision_point_factory, jwt_groups
+            agent_id, token, startup.connection, gateway.decision_point_factory, jwt_groups, subject
         )
 
     async def _scram(self, startup: ClientStartup, credentials: AgentCredentials) -> Any:
@@ -646,6 +719,13 @@ class Session:
             self.client.write(pg.fatal("58000", "the session cannot be recorded, so it is refused"))
             self._end_reason = "recording unavailable"
             return False
+        # The login's audit record is written while the upstream connection is made, and
+        # is in the log before the agent is told it is in.
+        self._login_record = asyncio.get_running_loop().create_task(
+            _in_db_thread(_record_login)(
+                authorized, self.address, str(getattr(self.recorder, "session_id", "")), self.application_name
+            )
+        )
         relay = Relay(
             authorized.decision_point,
             self.recorder,
@@ -708,8 +788,23 @@ class Session:
             self._watching_termination = await watch_for_termination(session_id, self.terminated_by)
         self.relay.on_statement_done = self._statement_done
         self.review_gate = make_review_gate(authorized, getattr(self.recorder, "session_id", None))
+        await self._login_recorded()
         self.client.write(b"".join(out))
         return True
+
+    async def _login_recorded(self) -> None:
+        """Wait (bounded) for the login's audit record; a failure is logged, not fatal:
+        the recording's session_start holds the same facts."""
+        task = self._login_record
+        if task is None:
+            return
+        done, _ = await asyncio.wait({task}, timeout=LOGIN_RECORD_TIMEOUT)
+        if task not in done:
+            log.error("session %s: the login's audit record is late", self.peer)
+        elif task.exception() is not None:
+            log.error(
+                "session %s: the login's audit record failed: %s", self.peer, type(task.exception()).__name__
+            )
 
     async def _forward_cancel(self, pid: int, key: int) -> None:
         session = self.gateway.cancel_keys.get((pid, key))

@@ -494,3 +494,77 @@ def test_apply_restores_secrets_that_no_key_decrypts_any_more(alice, settings):
     ]
     assert secrets.get_secrets(Connection.objects.get(name="shop")) == {"password": SHOP_PASSWORD}
     assert apply(ISSUE_EXAMPLE).changes == []
+
+
+# --- connections' recordings: retention and legal hold ----------------------------------
+
+WITH_RECORDINGS = ISSUE_EXAMPLE.replace(
+    "policy: agents-default}",
+    "policy: agents-default,\n     recordings: {retention_days: 90, legal_hold: true, hold_reason: case 2026-14}}",
+)
+
+
+def test_apply_sets_a_connections_retention_and_legal_hold_through_their_audited_actions(alice):
+    from recordings.models import ConnectionRule
+
+    result = apply(WITH_RECORDINGS)
+    assert (
+        "~ recordings shop: retention_days: None -> 90; legal_hold: False -> True; hold_reason changed"
+        in [str(c) for c in result.changes]
+    )
+    rule = ConnectionRule.objects.get(connection_name="shop")
+    assert (rule.retention_days, rule.legal_hold, rule.hold_reason, rule.updated_by) == (
+        90,
+        True,
+        "case 2026-14",
+        "apply",
+    )
+    actions = AuditRecord.objects.filter(target_type="gateway.connection", action__startswith="recordings.")
+    assert sorted(actions.values_list("action", flat=True)) == [
+        "recordings.connection_hold",
+        "recordings.connection_retention",
+    ]
+    assert apply(WITH_RECORDINGS).changes == []
+
+    # A file that leaves legal_hold out leaves the hold alone; retention_days: null is the default.
+    result = apply(
+        WITH_RECORDINGS.replace("legal_hold: true, hold_reason: case 2026-14", "").replace("90,", "null")
+    )
+    assert [str(c) for c in result.changes] == ["~ recordings shop: retention_days: 90 -> None"]
+    rule.refresh_from_db()
+    assert (rule.retention_days, rule.legal_hold) == (None, True)
+    # Releasing takes an explicit legal_hold: false.
+    apply(WITH_RECORDINGS.replace("legal_hold: true, hold_reason: case 2026-14", "legal_hold: false"))
+    rule.refresh_from_db()
+    assert (rule.retention_days, rule.legal_hold, rule.hold_reason) == (90, False, "")
+
+
+def test_bad_recordings_settings_are_reported_by_path(alice):
+    bad = ISSUE_EXAMPLE.replace(
+        "policy: agents-default}",
+        "policy: agents-default,\n     recordings: {retention_days: -3, legal_hold: true, keep: yes}}",
+    )
+    with pytest.raises(ConfigError) as caught:
+        apply(bad)
+    paths = {p.path: p.message for p in caught.value.problems}
+    assert "whole number of days" in paths["connections[0].recordings.retention_days"]
+    assert "required with legal_hold: true" in paths["connections[0].recordings.hold_reason"]
+    assert "unknown key" in paths["connections[0].recordings.keep"]
+    with pytest.raises(ConfigError) as caught:
+        apply(ISSUE_EXAMPLE.replace("policy: agents-default}", "policy: agents-default, recordings: 30}"))
+    assert [p.path for p in caught.value.problems] == ["connections[0].recordings"]
+    assert not Connection.objects.exists()
+
+
+def test_export_round_trips_a_connections_recordings(alice):
+    from recordings.models import ConnectionRule
+
+    apply(WITH_RECORDINGS)
+    first = export_yaml()
+    shop = next(c for c in yaml.safe_load(first)["connections"] if c["name"] == "shop")
+    assert shop["recordings"] == {"retention_days": 90, "legal_hold": True, "hold_reason": "case 2026-14"}
+    env = {"SHOP_PASSWORD": SHOP_PASSWORD}
+    assert apply(first, env=env).changes == []
+    ConnectionRule.objects.all().delete()
+    apply(first, env=env)
+    assert export_yaml() == first

@@ -15,7 +15,7 @@ from django.utils import timezone
 
 from audit.models import AuditRecord
 from recordings import actions, live
-from recordings.models import ConnectionRule, Event, Session
+from recordings.models import ConnectionRule, Event, Session, TerminationRequest
 from recordings.tasks import apply_retention
 from recordings.tests.factories import approval_events, recorded, statement_events
 
@@ -43,6 +43,83 @@ def make(ended_days_ago: float | None, connection: str = "shop", **fields) -> Se
 
 
 # --- terminate ----------------------------------------------------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.timeout(30)
+def test_without_a_channel_layer_one_poll_per_interval_finds_the_request_among_all_sessions(
+    alice, settings, monkeypatch
+):
+    from asgiref.sync import sync_to_async
+
+    settings.RECORDING_TERMINATE_POLL_SECONDS = 0.1
+    sessions = [make(None) for _ in range(20)]
+    polls: list[list[str]] = []
+    real = live._requested_terminations
+
+    def counted(ids: list[str]) -> list[tuple[str, str, str]]:
+        polls.append(sorted(ids))
+        return real(ids)
+
+    monkeypatch.setattr(live, "_requested_terminations", counted)
+    monkeypatch.setattr(live, "_channel_layer", lambda: None)  # nothing to listen on
+
+    def terminate() -> None:
+        from django.db import connections
+
+        try:
+            actions.do_terminate_session(alice, sessions[3], "stop it")
+        finally:
+            connections.close_all()  # this thread's connection, before the test database goes
+
+    async def scenario() -> dict[str, tuple[str, str]]:
+        told: dict[str, tuple[str, str]] = {}
+        for session in sessions:
+            assert await live.watch_for_termination(
+                session.pk, lambda by, why, pk=str(session.pk): told.setdefault(pk, (by, why))
+            )
+        await asyncio.sleep(0.3)  # a few polls with nothing to find
+        assert told == {}
+        await sync_to_async(terminate, thread_sensitive=False)()
+        while not told:
+            await asyncio.sleep(0.05)
+        await live.close_termination_listener()
+        return told
+
+    told = asyncio.run(asyncio.wait_for(scenario(), 20))
+    assert told == {str(sessions[3].pk): ("alice", "stop it")}
+    everyone = sorted(str(s.pk) for s in sessions)
+    rest = sorted(set(everyone) - {str(sessions[3].pk)})
+    # One query per poll for every watched session (the terminated one no longer watched
+    # once told), never one per session.
+    assert polls.count(everyone) >= 2 and all(ids in (everyone, rest) for ids in polls)
+
+
+def test_the_live_page_says_a_termination_is_on_its_way(alice, carol):
+    session = make(None)
+    client = Client()
+    client.force_login(carol)
+    url = reverse("recordings:session_detail", args=[session.pk])
+    assert 'id="termination-pending"' not in client.get(url).content.decode()
+    actions.do_terminate_session(alice, session, "runaway loop")
+    page = client.get(url).content.decode()
+    assert 'id="termination-pending"' in page and "Termination requested by alice" in page
+    assert "(runaway loop)" in page
+    Session.objects.filter(pk=session.pk).update(status="terminated")
+    assert 'id="termination-pending"' not in client.get(url).content.decode()
+
+
+def test_asking_again_keeps_the_first_request_and_is_audited_again(alice, bob):
+    session = make(None)
+    actions.do_terminate_session(alice, session, "first")
+    actions.do_terminate_session(alice, session, "second")
+    request = TerminationRequest.objects.get(session=session)
+    assert (request.requested_by, request.reason) == ("alice", "first")
+    records = AuditRecord.objects.filter(action="session.terminate").order_by("id")
+    assert [(r.detail["reason"], r.detail.get("first_requested_by")) for r in records] == [
+        ("first", None),
+        ("second", "alice"),
+    ]
 
 
 @pytest.mark.django_db(transaction=True)

@@ -259,3 +259,35 @@ def test_recorded_text_is_shown_as_text_never_as_markup(console_server, page, ca
     expect(timeline.locator("table.rows td.null")).to_have_text("NULL")
     assert timeline.locator("img, script, b, i").count() == 0
     assert page.title() != "1" and page.title() != "2"
+
+
+def test_a_live_terminal_session_streams_its_output_into_the_player(console_server, page, carol, loop):
+    run, event_loop = loop
+    recorder: SessionRecorder = run(
+        SessionRecorder.start(**{**BILLING_BOT, "protocol": "ssh", "connection_name": "web-1"})
+    )
+    append = lambda kind, payload: event_loop.call_soon_threadsafe(recorder.append, kind, payload)  # noqa: E731
+    try:
+        append("output", {"data": "deploy@web-1:~$ "})
+        login(page, console_server, "carol")
+        page.goto(f"{console_server}/recordings/{recorder.session_id}/")
+        terminal = page.locator("#terminal")
+        expect(terminal).to_have_attribute("data-live", "streaming")
+        expect(page.locator("#player")).to_have_attribute("data-socket", "open")
+        expect(terminal.locator(".ap-term")).to_contain_text("deploy@web-1:~$")
+
+        # Recorded while the page is open: the terminal shows it, without a reload.
+        append("input", {"data": "uptime\r"})
+        append("output", {"data": "uptime\r\n 19:40:01 up 12 days, load average: 0.42\r\n"})
+        expect(terminal.locator(".ap-term")).to_contain_text("load average: 0.42")
+        append("output", {"data": "deploy@web-1:~$ df -h /srv\r\n/dev/sda1  40G  12G  28G  30% /srv\r\n"})
+        expect(terminal.locator(".ap-term")).to_contain_text("30% /srv")
+        expect(page.locator("#timeline pre.tty.output", has_text="30% /srv")).to_be_visible()
+
+        run(recorder.close(reason="client disconnected"))
+        expect(terminal).to_have_attribute("data-live", "ended")
+        expect(page.locator("#session-status")).to_have_text("ended")
+        # What streamed is still on screen after the end.
+        expect(terminal.locator(".ap-term")).to_contain_text("load average: 0.42")
+    finally:
+        run(recorder.close(reason="test over"))

@@ -16,7 +16,7 @@ from gateway.tests.postgres.conftest import (  # noqa: F401 - fixtures
     wait_until,
 )
 from recordings import actions
-from recordings.models import Event, Session
+from recordings.models import Event, Session, TerminationRequest
 
 pytestmark = [pytest.mark.timeout(90)]
 
@@ -67,3 +67,87 @@ def test_a_session_terminated_from_the_console_tells_psql_who_and_why_and_record
     assert AuditRecord.objects.filter(
         action="session.terminate", target_id=str(session_id), actor="alice"
     ).exists()
+
+
+# The console's side, as `manage.py airlock` runs it without Redis: a process of its own
+# with its own in-memory channel layer, so its message cannot reach the gateway.
+CONSOLE_TERMINATES = """
+import sys
+import django
+django.setup()
+from django.conf import settings
+assert settings.CHANNEL_LAYERS["default"]["BACKEND"] == "channels.layers.InMemoryChannelLayer"
+from identity.models import User
+from recordings import actions
+from recordings.models import Session
+actions.do_terminate_session(
+    User.objects.get(username="alice"), Session.objects.get(pk=sys.argv[1]), "runaway query"
+)
+"""
+
+
+def _console_env() -> dict[str, str]:
+    import os
+
+    from django.conf import settings
+    from django.db import connection
+
+    env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
+    db = settings.DATABASES["default"]
+    if db["ENGINE"].endswith("postgresql"):
+        env["DATABASE_URL"] = (
+            f"postgres://{db['USER']}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/"
+            f"{connection.settings_dict['NAME']}"
+        )
+    return env
+
+
+def test_with_in_memory_channel_layers_the_gateway_finds_the_request_in_the_database(
+    gateway_factory,  # noqa: F811
+    alice,
+    settings,
+):
+    import sys
+    from pathlib import Path
+
+    settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+    settings.RECORDING_TERMINATE_POLL_SECONDS = 1.0
+    gateway = gateway_factory()
+    psql = subprocess.Popen(
+        ["psql", gateway.conninfo(application_name="psql"), "-XAt", "-c", "SELECT pg_sleep(60)"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_until(lambda: len(gateway.recorded) == 1, what="the session to open")
+        session_id = gateway.recorded[0].session_id
+        wait_until(
+            lambda: Event.objects.filter(
+                session_id=session_id, kind="statement", payload__text="SELECT pg_sleep(60)"
+            ).exists(),
+            what="the statement to be recorded",
+        )
+        console = subprocess.run(
+            [sys.executable, "-c", CONSOLE_TERMINATES, str(session_id)],
+            cwd=Path(__file__).resolve().parents[2],
+            env=_console_env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert console.returncode == 0, console.stderr
+        # pg_sleep(60) would outlast this wait: psql ends because the gateway closed it.
+        _, err = psql.communicate(timeout=30)
+    finally:
+        if psql.poll() is None:
+            psql.kill()
+            psql.communicate()
+    assert psql.returncode != 0
+    assert "terminating connection: terminated by alice: runaway query" in err
+    session = gateway.session(0)
+    assert (session.status, session.end_reason) == ("terminated", "terminated by alice: runaway query")
+    assert session.verify().ok
+    assert ("error", "57P01") in [(e.kind, e.payload.get("code")) for e in session.events.order_by("seq")]
+    request = TerminationRequest.objects.get(session_id=session_id)
+    assert (request.requested_by, request.reason) == ("alice", "runaway query")

@@ -27,6 +27,13 @@
   var lastSeq = 0;
   var lastTick = 0;
   var following = true; // before any play or seek the page shows everything it has
+  var terminalBox = document.getElementById("terminal");
+  // A live terminal session streams into asciinema-player: its output so far is the
+  // screen it starts from, then each output event from the websocket is fed to it.
+  var streamTerminal = !!(terminalBox && config.live && window.AsciinemaPlayer);
+  var terminalOutput = []; // output so far, until the live player starts
+  var terminalSize = { cols: 80, rows: 24 };
+  var liveTerminal = null; // the live driver's dispatch, once the player plays
 
   // Entries are rendered as HTML text, a page of events at a time: one parse of a string
   // is several times faster than building 100,000 entries node by node. Every value goes
@@ -121,6 +128,7 @@
       if (event.seq <= lastSeq) return;
       lastSeq = event.seq;
       var kind = /^[a-z_]+$/.test(event.kind) ? event.kind : "unknown";
+      if (streamTerminal) toTerminal(kind, event.payload || {});
       var hide = !following && event.offset_ms > position;
       html += '<li class="ev ev-' + kind + '" data-seq="' + event.seq + '" data-kind="' + kind + '"' +
         (hide ? " hidden" : "") + '><span class="t" title="' + esc(event.at) + '">' + fmtTime(event.offset_ms) +
@@ -327,14 +335,17 @@
         document.getElementById("event-count").textContent = lastSeq;
       } else if (message.type === "ended") {
         config.live = false;
+        if (terminalBox && terminalBox.dataset.live) terminalBox.dataset.live = "ended";
         player.dataset.socket = "ended";
         var status = document.getElementById("session-status");
         status.textContent = message.status;
         status.className = "badge " + message.status;
         document.getElementById("session-ended").textContent = message.reason;
         if (badge) { badge.textContent = message.status; badge.className = "badge"; }
-        var form = document.getElementById("terminate-form");
-        if (form) form.remove();
+        ["terminate-form", "termination-pending"].forEach(function (id) {
+          var node = document.getElementById(id);
+          if (node) node.remove();
+        });
         checkIntegrity();
         socket.close();
       } else if (message.type === "forbidden") {
@@ -346,15 +357,62 @@
     });
   }
 
-  if (document.getElementById("terminal") && window.AsciinemaPlayer) {
-    window.AsciinemaPlayer.create(config.castUrl, document.getElementById("terminal"), {
-      fit: "width",
-      idleTimeLimit: 2,
-      terminalFontSize: "14px",
-    });
+  function toTerminal(kind, p) {
+    if (kind === "session_start") {
+      var size = function (v, d) { return typeof v === "number" && v > 0 && v < 1000 ? v : d; };
+      terminalSize = { cols: size(p.term_width, 80), rows: size(p.term_height, 24) };
+    } else if (kind === "output" && typeof p.data === "string") {
+      if (liveTerminal) liveTerminal("output", p.data);
+      else terminalOutput.push(p.data);
+    }
   }
 
+  // An asciinema-player driver (a function, as the player's own drivers are) that plays
+  // what this page receives: the output so far as the starting screen, then each event.
+  function liveDriver(callbacks) {
+    var started = performance.now();
+    return {
+      play: function () {
+        callbacks.dispatch("play");
+        callbacks.dispatch("reset", { size: terminalSize, init: terminalOutput.join(""), theme: null });
+        terminalOutput = [];
+        callbacks.dispatch("playing");
+        liveTerminal = callbacks.dispatch;
+        terminalBox.dataset.live = "streaming";
+        return true;
+      },
+      stop: function () { liveTerminal = null; },
+      getTiming: function () { return { time: (performance.now() - started) / 1000, rate: 1 }; },
+    };
+  }
+
+  function startTerminal() {
+    if (!terminalBox || !window.AsciinemaPlayer) return;
+    if (streamTerminal && config.live) {
+      window.AsciinemaPlayer.create(liveDriver, terminalBox, {
+        autoPlay: true,
+        controls: false,
+        fit: "width",
+        terminalFontSize: "14px",
+        cols: terminalSize.cols,
+        rows: terminalSize.rows,
+      });
+    } else {
+      streamTerminal = false;
+      window.AsciinemaPlayer.create(config.castUrl, terminalBox, {
+        fit: "width",
+        idleTimeLimit: 2,
+        terminalFontSize: "14px",
+      });
+    }
+  }
+
+  // A recording plays from its asciicast at once; a live one starts once the events so far
+  // are loaded (its starting screen).
+  if (!streamTerminal) startTerminal();
+
   loadAll().then(function () {
+    if (streamTerminal) startTerminal();
     if (config.live) follow();
   }).catch(function (err) {
     loading.textContent = "could not load events: " + err.message;

@@ -172,3 +172,96 @@ def test_cleartext_is_offered_only_inside_tls_and_a_bad_jwt_gets_28p01(gateway_f
         assert typ == "R" and struct.unpack_from("!i", body)[0] == 10
     finally:
         raw.close()
+
+
+# --- logins in the audit log -------------------------------------------------------------
+
+
+def test_a_login_is_one_audit_record_naming_token_agent_connection_address_and_session(gw, billing_bot):
+    from audit.models import AuditRecord
+    from identity.models import AgentToken
+
+    with gw.connect(application_name="nightly-billing") as conn:
+        for _ in range(5):
+            conn.execute("SELECT 1")
+        # Written before the agent was let in: already there.
+        records = list(AuditRecord.objects.filter(action="agent.login"))
+    token = AgentToken.objects.get(agent=billing_bot[0])
+    session = gw.session(0)
+    assert len(records) == 1  # one per login, none per statement
+    record = records[0]
+    assert (record.actor_kind, record.actor) == ("agent", "billing-bot")
+    assert (record.target_type, record.target_id) == ("identity.agenttoken", str(token.pk))
+    assert record.source_address == "127.0.0.1" == session.client_address
+    assert record.detail == {
+        "via": "token",
+        "token_id": token.pk,
+        "token": token.prefix,
+        "token_label": "",
+        "subject": "",
+        "protocol": "postgres",
+        "connection": "shop",
+        "session": str(session.pk),
+        "application_name": "nightly-billing",
+    }
+    assert gw.token not in str(record.detail) and token.token_hash not in str(record.detail)
+
+
+def test_failed_logins_are_audited_at_a_bounded_rate(gateway_factory, billing_bot):
+    from audit.models import AuditRecord
+    from gateway.tests.postgres.conftest import wait_until
+
+    gw = gateway_factory(limits={"login_failures_per_minute": 1000})
+    wrong = "alk_" + "z" * 43
+    for _ in range(25):
+        assert sqlstate_of_login(gw, "billing-bot", wrong)["C"] == "28P01"
+    for n in range(3):
+        assert sqlstate_of_login(gw, f"guess-{n}", wrong)["C"] == "28P01"
+    failed = AuditRecord.objects.filter(action="agent.login_failed")
+    # The first failure of each (address, agent) pair is written at once (by the next flush).
+    wait_until(lambda: failed.count() == 4, what="the first failures' records")
+    first = failed.get(target_id=str(billing_bot[0].pk))
+    assert (first.actor, first.target_type, first.source_address) == (
+        "gateway",
+        "identity.agent",
+        "127.0.0.1",
+    )
+    assert first.detail["count"] == 1 and first.detail["agent"] == "billing-bot"
+    assert first.detail["reasons"] == {'28P01 password authentication failed for user "billing-bot"': 1}
+    assert sorted(r.detail["agent"] for r in failed.filter(target_id="")) == ["guess-0", "guess-1", "guess-2"]
+    assert wrong not in str(list(failed.values_list("detail", flat=True)))
+
+    # The repeats are one record when the window closes (here: when the gateway stops).
+    gw.thread.call(gw.thread.gateway.close(grace_seconds=20), timeout=40)
+    repeats = failed.filter(detail__aggregated=True)
+    assert [(r.detail["agent"], r.detail["count"]) for r in repeats] == [("billing-bot", 24)]
+    assert failed.count() == 5
+
+
+def test_the_failed_login_log_groups_repeats_per_window_and_caps_pairs():
+    from gateway import login_audit
+    from gateway.login_audit import PAIRS_PER_WINDOW, LoginFailureLog
+
+    now = [0.0]
+    log = LoginFailureLog(clock=lambda: now[0], wall=lambda: f"t{now[0]}")
+    for _ in range(10):
+        log.failed("10.0.0.1", "billing-bot", "28P01", "bad token")
+    assert [(r["agent"], r["count"]) for r in log.take()] == [("billing-bot", 1)]
+    assert log.take() == []  # the repeats wait for the window's end
+    for n in range(PAIRS_PER_WINDOW + 30):
+        log.failed(f"10.0.1.{n}", "x-bot", "28P01", "bad token")
+    assert len(log.take()) == PAIRS_PER_WINDOW - 1  # one pair already has its record
+    now[0] = login_audit.WINDOW_SECONDS
+    log.failed("10.0.0.1", "billing-bot", "28P01", "bad token")  # a new window
+    records = log.take()
+    aggregated = [r for r in records if r.get("aggregated")]
+    overflow = [r for r in records if r.get("overflow")]
+    assert [(r["agent"], r["count"], r["first_at"], r["last_at"]) for r in aggregated] == [
+        ("billing-bot", 9, "t0.0", "t0.0")
+    ]
+    # 80 new pairs, 49 of them with a slot left in the window: 31 summed into one record.
+    assert [(r["count"], r["pairs"], len(r["addresses"])) for r in overflow] == [(31, 31, login_audit.SAMPLE)]
+    # And the first failure of the new window is written at once again.
+    assert [
+        (r["agent"], r["count"]) for r in records if not r.get("aggregated") and not r.get("overflow")
+    ] == [("billing-bot", 1)]
