@@ -341,6 +341,8 @@ def note_person_token_used(token: PersonToken, *, source_address: str = "", path
             path=path,
         )
     return bool(updated)
+
+
 def record_agent_login(
     agent: Agent,
     token: AgentToken | None,
