@@ -417,8 +417,11 @@ class _Listener:
         events.discard(event)
         if not events:
             del self.waiters[request_id]
+            # Bounded: a channel layer that does not answer must not delay what follows
+            # (cancelling the request when the agent went away); the membership expires.
             with contextlib.suppress(Exception):
-                await self.layer.group_discard(request_group(request_id), self.channel)
+                async with asyncio.timeout(2.0):
+                    await self.layer.group_discard(request_group(request_id), self.channel)
 
 
 _listeners: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Listener] = weakref.WeakKeyDictionary()
