@@ -508,12 +508,12 @@ class Session:
             self._done.set_result(None)
         if self._timer is not None:
             self._timer.cancel()
-        if self._review_task is not None:
-            self._review_task.cancel()
         if self._catalog_task is not None:
             self._catalog_task.cancel()
         if self.catalog is not None:
             self.catalog.close()
+        if self._review_task is not None:
+            self._review_task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 # Let the review cancel its request before the session's records close.
                 await asyncio.wait_for(self._review_task, 10)
