@@ -272,7 +272,7 @@ def serve_without_recording(port: int) -> None:
     django.setup()
     import uvloop
 
-    from gateway.management.commands.gateway import SWITCH_INTERVAL
+    from gateway import process
     from gateway.postgres.server import PostgresGateway
 
     class Dropped:
@@ -293,7 +293,7 @@ def serve_without_recording(port: int) -> None:
         await stop.wait()
         await gateway.close()
 
-    sys.setswitchinterval(SWITCH_INTERVAL)
+    process.prepare()
     uvloop.run(serve())
 
 

@@ -266,6 +266,10 @@ GATEWAY_IDLE_TIMEOUT = env_int("AIRLOCK_IDLE_TIMEOUT_SECONDS", 3600, minimum=1)
 GATEWAY_SESSION_TIMEOUT = env_int("AIRLOCK_SESSION_TIMEOUT_SECONDS", 12 * 3600, minimum=1)
 GATEWAY_MAX_SESSIONS = env_int("AIRLOCK_MAX_SESSIONS", 1000, minimum=1)
 GATEWAY_LOGIN_FAILURES_PER_MINUTE = env_int("AIRLOCK_LOGIN_FAILURES_PER_MINUTE", 10, minimum=1)
+# The gateway process's young-generation garbage-collector threshold (Python's default:
+# 700). Every statement allocates thousands of short-lived objects; at 700 the collector ran
+# about once a statement and took a third of the gateway's CPU (docs/performance.md).
+GATEWAY_GC_THRESHOLD = env_int("AIRLOCK_GATEWAY_GC_THRESHOLD", 20_000, minimum=100)
 # How often the gateway asks the database whether the policies of open sessions changed.
 GATEWAY_POLICY_REFRESH_MS = env_int("AIRLOCK_POLICY_REFRESH_MS", 1000, minimum=50)
 # Masking: the key of the keyed hash (`hash` method), and what a connection without a

@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import logging
 import signal
-import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -18,7 +17,6 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 log = logging.getLogger("airlock.gateway")
-SWITCH_INTERVAL = 0.0005
 
 
 def _closing(fn: Any) -> Any:
@@ -73,10 +71,11 @@ class Command(BaseCommand):
                 addresses[protocol] = parse_address(value, option)
         if not addresses:
             raise CommandError("no listener enabled")
-        # The recording writer's threads run Python too; with the default 5 ms switch
-        # interval the event loop, woken by a socket, can wait that long for the GIL on
-        # every statement. A short interval bounds that wait.
-        sys.setswitchinterval(SWITCH_INTERVAL)
+        from gateway import process
+
+        # A short GIL switch interval, the start-up heap frozen, a higher young-generation
+        # threshold for the garbage collector (gateway/process.py says why).
+        process.prepare()
         try:
             import uvloop
         except ImportError:
