@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable, Iterable, Mapping, MutableMapping
+from dataclasses import replace
 from functools import lru_cache
 from typing import Any
 
@@ -544,6 +545,9 @@ class _Walker:
         self.scopes: list[frozenset[str]] = []
         self.cte_depth = 0
         self.inert = 0  # > 0: inside a definition or a plan-only EXPLAIN
+        # Set when the classification read a constant's value (a setting's value, an
+        # EXPLAIN option): then it is not shared with statements of the same shape.
+        self.read_literal = False
 
     # -- generic traversal ------------------------------------------------------------
 
@@ -607,6 +611,15 @@ class _Walker:
             return (*(f"{s}.{name}" for s in before), f"pg_catalog.{name}")
         # An empty result would hide the table: an unknown schema ("*") is the safe answer.
         return tuple(f"{s}.{name}" for s in self.path if s != "pg_catalog") or (f"*.{name}",)
+
+    def const(self, node: Any) -> str | None:
+        """The value of a constant (``_const_string``), noting that a literal was read."""
+        self.read_literal = True
+        return _const_string(node)
+
+    def explain_flag(self, arg: Json) -> bool:
+        self.read_literal = True
+        return _explain_flag(arg)
 
     def is_cte(self, name: str) -> bool:
         return any(name in scope for scope in self.scopes)
@@ -849,8 +862,8 @@ def _h_funccall(w: _Walker, body: Json) -> None:
     name = parts[-1] if parts else ""
     if name == "set_config" and (len(parts) == 1 or parts[-2] == "pg_catalog"):
         args = body.get("args", [])
-        setting = _const_string(args[0]) if args else None
-        value = _const_string(args[1]) if len(args) > 1 else None
+        setting = w.const(args[0]) if args else None
+        value = w.const(args[1]) if len(args) > 1 else None
         _setting_changed(w, setting.lower() if setting is not None else None, value, now=not w.inert)
     w.children("FuncCall", body, ("funcname",))
 
@@ -923,16 +936,16 @@ def _variable_set(w: _Walker, body: Json, now: bool) -> None:
         for arg in args:
             elem = arg.get("DefElem")
             if isinstance(elem, dict):
-                _setting_changed(w, str(elem.get("defname", "")), _const_string(elem.get("arg")), now)
+                _setting_changed(w, str(elem.get("defname", "")), w.const(elem.get("arg")), now)
         return
     reset = kind in ("VAR_RESET", "VAR_SET_DEFAULT", "VAR_SET_CURRENT")
     if name == "search_path" and kind == "VAR_SET_VALUE":
-        schemas = [s for s in (_const_string(a) for a in args) if s is not None]
+        schemas = [s for s in (w.const(a) for a in args) if s is not None]
         if now:
             w.settings.add(name)
             w.effects.append(("search_path", *schemas) if schemas else ("search_path", "*"))
         return
-    value = _const_string(args[0]) if len(args) == 1 else None
+    value = w.const(args[0]) if len(args) == 1 else None
     _setting_changed(w, name, value, now, reset=reset)
 
 
@@ -961,7 +974,7 @@ def _h_transaction(w: _Walker, body: Json) -> None:
     for option in body.get("options", []):
         elem = option.get("DefElem", {})
         name = str(elem.get("defname", ""))
-        _setting_changed(w, name, _const_string(elem.get("arg")), now=True)
+        _setting_changed(w, name, w.const(elem.get("arg")), now=True)
 
 
 def _h_discard(w: _Walker, body: Json) -> None:
@@ -991,7 +1004,7 @@ def _h_explain(w: _Walker, body: Json) -> None:
         if elem.get("defname") == "analyze":
             arg = elem.get("arg")
             # EXPLAIN (ANALYZE) with no value, or any value but a clear false, runs it.
-            analyze = arg is None or _explain_flag(arg)
+            analyze = arg is None or w.explain_flag(arg)
     w.op("read")
     if analyze:
         w.fact("explain_analyze")
@@ -1216,11 +1229,19 @@ def _parse(sql: str) -> list[Json]:
     return stmts
 
 
-def _classify(sql: str, path: tuple[str, ...], prepared: Mapping[str, list[str]]) -> Classification:
+def _classify(
+    sql: str,
+    path: tuple[str, ...],
+    prepared: Mapping[str, list[str]],
+    shape_of: list[_Shape | None] | None = None,
+) -> Classification:
+    """Classify ``sql``; with ``shape_of`` (an empty list), also append what statements of
+    the same shape can reuse (``_Shape``), or None when they cannot."""
     stmts = _parse(sql)
     texts = _statement_texts(sql, stmts)
     overlay: dict[str, list[str]] | None = None
     statements = []
+    literal_read = False
     for item, text in zip(stmts, texts, strict=True):
         wrapped = item.get("stmt", {})
         typ = next(iter(wrapped), "")
@@ -1233,6 +1254,7 @@ def _classify(sql: str, path: tuple[str, ...], prepared: Mapping[str, list[str]]
             except RecursionError:
                 walker.error = "statement is nested too deeply"
         info = _finish(walker, typ, text)
+        literal_read = literal_read or walker.read_literal
         statements.append(info)
         # Later statements of the same string see what earlier ones prepared or set.
         for effect in info.effects:
@@ -1242,7 +1264,81 @@ def _classify(sql: str, path: tuple[str, ...], prepared: Mapping[str, list[str]]
                 apply_session_effects({"prepared": overlay}, [effect])
             elif effect[0] == "search_path":
                 path = (*path, *(s for s in effect[1:] if s not in path))
+    if shape_of is not None:
+        shape_of.append(_shape(sql, stmts, statements, literal_read))
     return Classification(statements=tuple(statements), normalizer=normalize)
+
+
+# --- classifications shared by statements of the same shape ------------------------------
+#
+# Agents and pgbench alike send the same statement with new literals each time (simple
+# protocol: ``... WHERE aid = 412345``). The classification does not depend on the
+# literals (the walk never looks inside constants) except where it reads a value (a
+# setting's value, an EXPLAIN option: ``_Walker.const``). Statements are therefore keyed by
+# PostgreSQL's own normalization (pg_query's: every constant replaced by ``$n``, everything
+# else kept as written, comments included), and a one-statement string whose
+# classification read no literal is classified once per shape; later ones only get their
+# own text. The key is the normalized text itself (not a hash of it): statements share a
+# classification only when they are identical but for their constants.
+
+
+class _Shape:
+    """A single statement's classification, for every string of the same shape."""
+
+    __slots__ = ("info", "start", "tail")
+
+    def __init__(self, info: StatementInfo, start: int, tail: int) -> None:
+        self.info = info
+        # Bytes before and after the statement in the string: the same in every string of
+        # the shape (a constant is always inside the statement).
+        self.start = start
+        self.tail = tail
+
+    def classification(self, sql: str) -> Classification:
+        data = sql.encode("utf-8")
+        chunk = data[self.start : len(data) - self.tail]
+        text = chunk.decode("utf-8", errors="replace").strip().rstrip(";").strip()
+        return Classification(statements=(replace(self.info, text=text),), normalizer=normalize)
+
+
+def _shape(sql: str, stmts: list[Json], statements: list[StatementInfo], literal_read: bool) -> _Shape | None:
+    if literal_read or len(statements) != 1 or len(stmts) != 1:
+        return None
+    info = statements[0]
+    if info.error is not None or info.effects:
+        return None
+    start = int(stmts[0].get("stmt_location", 0))
+    length = int(stmts[0].get("stmt_len", 0))
+    size = len(sql.encode("utf-8"))
+    return _Shape(info, start, size - (start + length) if length else 0)
+
+
+MAX_SHAPES = 4096
+_shapes: dict[tuple[str, tuple[str, ...]], _Shape | None] = {}
+
+
+def _classify_by_shape(sql: str, path: tuple[str, ...]) -> Classification:
+    try:
+        key = (pg_parser.normalize(sql), path)
+    except Exception:  # does not parse (the classification says why), or cannot be normalized
+        return _classify_cached(sql, path)
+    shape = _shapes.get(key, _UNSEEN)
+    if isinstance(shape, _Shape):
+        return shape.classification(sql)
+    if shape is None:  # this shape's classification reads literals: by exact text only
+        return _classify_cached(sql, path)
+    found: list[_Shape | None] = []
+    classification = _classify(sql, path, {}, found)
+    if len(_shapes) >= MAX_SHAPES:
+        try:
+            del _shapes[next(iter(_shapes))]
+        except (KeyError, RuntimeError, StopIteration):  # another thread evicted first
+            pass
+    _shapes[key] = found[0] if found else None
+    return classification
+
+
+_UNSEEN: Any = object()
 
 
 def _finish(w: _Walker, typ: str, text: str) -> StatementInfo:
@@ -1283,7 +1379,7 @@ def classify(sql: str, session: Mapping[str, Any] | None = None) -> Classificati
         if _EXECUTE.search(sql) is None:
             if len(sql) > MAX_CACHED_TEXT:
                 return _classify(sql, path, {})
-            return _classify_cached(sql, path)
+            return _classify_by_shape(sql, path)
         prepared = (session or {}).get("prepared") or {}
         return _classify(sql, path, prepared)
     except ClassificationError as exc:
