@@ -356,6 +356,18 @@ def sweep(now: datetime | None = None) -> dict[str, int]:
 # --- waiting -----------------------------------------------------------------------------------
 
 
+def _cancelled_meanwhile() -> bool:
+    """Whether the running task was cancelled while it awaited the channel layer.
+
+    redis-py turns a cancellation that arrives during a read with a timeout (every command
+    here: the channel layer's hosts set ``socket_timeout``) into its own ``TimeoutError``;
+    a handler of ``Exception`` around a channel-layer call must not swallow it, or a
+    cancelled waiter goes on waiting (a CancelRequest ignored, a loop that never closes).
+    """
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
 class _Listener:
     """One channel per event loop, joined to the group of every request waited on here.
 
@@ -386,6 +398,8 @@ class _Listener:
             except asyncio.CancelledError:
                 raise
             except Exception:
+                if _cancelled_meanwhile():
+                    raise asyncio.CancelledError from None
                 log.warning(
                     "approvals: the channel layer failed; waiting on the database poll", exc_info=True
                 )
@@ -405,10 +419,20 @@ class _Listener:
             try:
                 await self.layer.group_add(request_group(request_id), self.channel)
             except Exception:
+                if _cancelled_meanwhile():
+                    self._forget(request_id, event)
+                    raise asyncio.CancelledError from None
                 log.warning(
                     "approvals: could not join %s; polling only", request_group(request_id), exc_info=True
                 )
         return event
+
+    def _forget(self, request_id: int, event: asyncio.Event) -> None:
+        events = self.waiters.get(request_id)
+        if events is not None:
+            events.discard(event)
+            if not events:
+                del self.waiters[request_id]
 
     async def unwatch(self, request_id: int, event: asyncio.Event) -> None:
         events = self.waiters.get(request_id)

@@ -380,3 +380,55 @@ def test_the_sweep_settles_what_nobody_else_will(world, bob, settings):
     # Idempotent: a second sweep (or the expiry task) finds nothing left to do.
     assert gateway.sweep() == {"expired": 0, "cancelled": 0, "failed": 0}
     assert AuditRecord.objects.filter(action="approval.expired").count() == 1
+
+
+class _ConvertingLayer:
+    """Stands in for channels_redis over redis-py (socket_timeout set), which turns a
+    cancellation arriving during a read into ``redis.exceptions.TimeoutError`` (seen with
+    the real library in about a quarter of cancelled receives); here it happens every time,
+    on every call, so the test is deterministic."""
+
+    def __init__(self) -> None:
+        self.entered = asyncio.Event()
+
+    async def _hang(self) -> None:
+        import redis.exceptions
+
+        self.entered.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            raise redis.exceptions.TimeoutError("Timeout reading from 127.0.0.1:6379") from None
+
+    async def new_channel(self, prefix: str) -> str:
+        return prefix + "x"
+
+    async def receive(self, channel: str) -> dict:
+        await self._hang()
+        return {}
+
+    async def group_add(self, group: str, channel: str) -> None:
+        await self._hang()
+
+    async def group_discard(self, group: str, channel: str) -> None:
+        return None
+
+
+async def test_a_cancelled_waiter_stops_even_when_the_channel_layer_turns_the_cancel_into_an_error(world):
+    layer = _ConvertingLayer()
+    # Not through __init__: with a Redis channel layer it would make a real one of its own.
+    listener = gateway._Listener.__new__(gateway._Listener)
+    listener.shared, listener.layer, listener.channel = layer, layer, ""
+    listener.waiters, listener.task, listener.ready = {}, None, asyncio.Lock()
+    watching = asyncio.create_task(listener.watch(12345))
+    await asyncio.wait_for(layer.entered.wait(), LIMIT)
+    watching.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(watching, LIMIT)
+    assert listener.waiters == {}
+    # The receive loop (started by watch) ends when cancelled, too: an event loop that
+    # closes cancels it and waits for it.
+    assert listener.task is not None
+    listener.task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(listener.task, LIMIT)
