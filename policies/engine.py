@@ -521,8 +521,14 @@ class CompiledPolicy:
             ],
             "error": classification.error,
         }
-        for field in ("operations", "tables_read", "tables_written", "functions", "settings", "facts"):
-            details[field] = sorted({item for info in statements for item in getattr(info, field)})
+        fields = ("operations", "tables_read", "tables_written", "functions", "settings", "facts")
+        if len(statements) == 1:
+            only = statements[0]
+            for field in fields:
+                details[field] = sorted(getattr(only, field))
+        else:
+            for field in fields:
+                details[field] = sorted({item for info in statements for item in getattr(info, field)})
         review = final.review
         return Decision(
             action=final.action,

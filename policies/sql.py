@@ -30,7 +30,6 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable, Iterable, Mapping, MutableMapping
-from dataclasses import replace
 from functools import lru_cache
 from typing import Any
 
@@ -1282,6 +1281,14 @@ def _classify(
 # classification only when they are identical but for their constants.
 
 
+# The fields of StatementInfo in the order ``_Shape.classification`` passes them (built
+# positionally: dataclasses.replace costs more than the rest of a shape hit).
+SHAPE_FIELDS = (
+    "text", "statement", "operations", "known_operations", "tables_read", "tables_written",
+    "functions", "unknown_functions", "settings", "facts", "effects", "error",
+)  # fmt: skip
+
+
 class _Shape:
     """A single statement's classification, for every string of the same shape."""
 
@@ -1298,7 +1305,26 @@ class _Shape:
         data = sql.encode("utf-8")
         chunk = data[self.start : len(data) - self.tail]
         text = chunk.decode("utf-8", errors="replace").strip().rstrip(";").strip()
-        return Classification(statements=(replace(self.info, text=text),), normalizer=normalize)
+        info = self.info
+        return Classification(
+            statements=(
+                StatementInfo(
+                    text,
+                    info.statement,
+                    info.operations,
+                    info.known_operations,
+                    info.tables_read,
+                    info.tables_written,
+                    info.functions,
+                    info.unknown_functions,
+                    info.settings,
+                    info.facts,
+                    info.effects,
+                    info.error,
+                ),
+            ),
+            normalizer=normalize,
+        )
 
 
 def _shape(sql: str, stmts: list[Json], statements: list[StatementInfo], literal_read: bool) -> _Shape | None:

@@ -7,6 +7,7 @@ that depends on a literal's value is ever shared, and each statement keeps its o
 from __future__ import annotations
 
 import ast
+import dataclasses
 import re
 from pathlib import Path
 
@@ -135,3 +136,7 @@ def test_every_known_statement_and_its_siblings_classify_as_afresh():
             shared += same_shape and isinstance(next(iter(sql._shapes.values()), None), sql._Shape)
             assert sql.classify(text) == fresh(text), (sibling, text)
     assert shared > 50  # the cache was really exercised
+
+
+def test_a_shape_copies_every_field_of_a_statement():
+    assert tuple(f.name for f in dataclasses.fields(sql.StatementInfo)) == sql.SHAPE_FIELDS
