@@ -392,6 +392,9 @@ class _Listener:
     async def _run(self) -> None:
         delay = 0.1
         while True:
+            if _cancelled_meanwhile():
+                # A cancellation the channel layer swallowed (it returned or failed instead).
+                raise asyncio.CancelledError
             try:
                 message = await self.layer.receive(self.channel)
                 delay = 0.1
@@ -587,10 +590,16 @@ async def wait_for_decision(
                 if remaining <= 0:
                     return outcome
                 wait = min(wait, remaining)
+            # asyncio.timeout, not wait_for: Python 3.11's wait_for can turn a cancellation
+            # that arrives as its timeout fires into TimeoutError, and the agent's cancel
+            # (or disconnect) would be taken for a poll interval passing.
             try:
-                await asyncio.wait_for(event.wait(), wait)
+                async with asyncio.timeout(wait):
+                    await event.wait()
                 woken = True
             except TimeoutError:
+                if _cancelled_meanwhile():
+                    raise asyncio.CancelledError from None
                 woken = False
     finally:
         if listener is not None:
