@@ -76,6 +76,21 @@ def _lock(request: RequestRef) -> ApprovalRequest:
         raise ApprovalError(f"approval request {_pk(request)} does not exist") from None
 
 
+def _lock_to_decide(request: RequestRef, user: Any) -> ApprovalRequest:
+    """Lock the request for ``user``'s decision, read with what ``may_decide(user)`` asks
+    (whether a reviewer group is theirs, the decisions so far). Under the row lock the
+    decisions read are all there are: every decision is made holding it."""
+    try:
+        return (
+            ApprovalRequest.objects.select_for_update()
+            .with_reviewer_check(user)
+            .prefetch_related("decisions")
+            .get(pk=_pk(request))
+        )
+    except ApprovalRequest.DoesNotExist:
+        raise ApprovalError(f"approval request {_pk(request)} does not exist") from None
+
+
 def _check(req: ApprovalRequest, to: str) -> None:
     if to not in TRANSITIONS.get(req.status, frozenset()):
         raise IllegalTransition(f"approval request {req.pk} is {req.status}: it cannot become {to}")
@@ -268,20 +283,26 @@ def _decide_checks(req: ApprovalRequest, user: Any, now: datetime) -> None:
 
 def _add_decision(
     req: ApprovalRequest, user: Any, verdict: str, comment: str, grant: int | None, now: datetime
-) -> None:
+) -> ApprovalDecision:
+    """Add ``user``'s decision (``req`` locked by ``_lock_to_decide``, checked by
+    ``_decide_checks``); the request's decisions are read again when next asked for."""
     try:
-        with transaction.atomic():
-            ApprovalDecision.objects.create(
-                request=req,
-                reviewer=user,
-                reviewer_name=user.get_username(),
-                verdict=verdict,
-                comment=comment,
-                grant_minutes=grant,
-                at=now,
-            )
+        # No savepoint: a failure here fails the whole action, whose transaction (or
+        # savepoint, when nested) is rolled back as the exception leaves it.
+        decision = ApprovalDecision.objects.create(
+            request=req,
+            reviewer=user,
+            reviewer_name=user.get_username(),
+            verdict=verdict,
+            comment=comment,
+            grant_minutes=grant,
+            at=now,
+        )
     except IntegrityError:
+        # The unique constraint stands behind may_decide's check of the decisions read.
         raise NotAllowed("you have already decided this request") from None
+    req.refresh_from_db(fields=["decisions"])  # forgets the decisions read (no query)
+    return decision
 
 
 @transaction.atomic
@@ -296,11 +317,11 @@ def do_approve(
     comment = _clean_text(comment, "comment")
     grant = _clean_grant(grant_minutes)
     now = timezone.now()
-    req = _lock(request)
+    req = _lock_to_decide(request, user)
     _decide_checks(req, user, now)
     before = req.audit_snapshot()
-    _add_decision(req, user, ApprovalDecision.Verdict.APPROVE, comment, grant, now)
-    approvals = list(req.decisions.filter(verdict=ApprovalDecision.Verdict.APPROVE))
+    approvals = [d for d in req.decisions.all() if d.verdict == ApprovalDecision.Verdict.APPROVE]
+    approvals.append(_add_decision(req, user, ApprovalDecision.Verdict.APPROVE, comment, grant, now))
     if len(approvals) < req.approvals_needed:
         record(
             user,
@@ -347,7 +368,7 @@ def do_reject(user: Any, request: RequestRef, *, reason: str) -> ApprovalRequest
     if not reason:
         raise InvalidInput("a rejection needs a reason")
     now = timezone.now()
-    req = _lock(request)
+    req = _lock_to_decide(request, user)
     _decide_checks(req, user, now)
     _check(req, Status.REJECTED)
     before = req.audit_snapshot()

@@ -167,11 +167,11 @@ def _decide(request: HttpRequest, pk: int, verb: str) -> JsonResponse:
     try:
         data = _body(request)
         if verb == "approve":
-            actions.do_approve(
+            decided = actions.do_approve(
                 request.user, req.pk, comment=data.get("comment", ""), grant_minutes=data.get("grant_minutes")
             )
         else:
-            actions.do_reject(request.user, req.pk, reason=data.get("reason", ""))
+            decided = actions.do_reject(request.user, req.pk, reason=data.get("reason", ""))
     except actions.InvalidInput as exc:
         return _error(400, str(exc))
     except actions.NotAllowed as exc:
@@ -180,8 +180,9 @@ def _decide(request: HttpRequest, pk: int, verb: str) -> JsonResponse:
         if req.is_overdue():
             actions.do_expire(req.pk)
         return _error(409, str(exc))
-    req.refresh_from_db()
-    return JsonResponse(as_json(req, request.user))
+    # The request as the decision left it (read under its lock, with whether a reviewer
+    # group is this person's); its decisions are read again, the new one among them.
+    return JsonResponse(as_json(decided, request.user))
 
 
 @csrf_exempt

@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from django.db.models import Exists, IntegerField, Subquery
 
 from approvals.cards import render_card, section_of
 from approvals.events import INBOX_GROUP, CardPayload, CountPayload
@@ -35,13 +36,13 @@ class ApprovalInboxConsumer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
         if user is None or not user.is_authenticated:
             await self.close(code=CLOSE_UNAUTHENTICATED)
             return
-        if not await on_db_thread(self._is_reviewer)(user.pk):
+        self.user_id = user.pk
+        count = await on_db_thread(self._count)()
+        if count is None:
             await self.close(code=CLOSE_FORBIDDEN)
             return
-        self.user_id = user.pk
         await self.channel_layer.group_add(INBOX_GROUP, self.channel_name)
         await self.accept()
-        count = await on_db_thread(self._count)()
         await self.send_json(CountPayload(count).json())
 
     async def disconnect(self, code: int) -> None:
@@ -65,36 +66,45 @@ class ApprovalInboxConsumer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
     # -- database work (in a thread) -------------------------------------------------------------
 
     def _user(self) -> Any:
-        from identity.models import User
+        """The person, if still active, a reviewer and logged in: one query for all three."""
+        from django.contrib.sessions.backends.db import SessionStore as DatabaseSession
+        from django.contrib.sessions.models import Session
 
-        user = User.objects.filter(pk=self.user_id, is_active=True).first()
-        if user is None or not user.has_role("reviewer"):
-            return None
+        from identity.models import User, with_roles
+
+        people = with_roles(User.objects.filter(pk=self.user_id, is_active=True))
         # A logged-out session no longer holds this socket open (the session row is gone).
         session = self.scope.get("session")
-        if session is not None and session.session_key and not session.exists(session.session_key):
+        key = session.session_key if session is not None else None
+        in_query = bool(key) and type(session) is DatabaseSession
+        if in_query:
+            people = people.annotate(airlock_session_open=Exists(Session.objects.filter(session_key=key)))
+        user = people.first()
+        if user is None or not user.has_role("reviewer"):
+            return None
+        if key and not (user.airlock_session_open if in_query else session.exists(key)):
             return None
         return user
 
-    @staticmethod
-    def _is_reviewer(user_id: int) -> bool:
-        from identity.models import User
-
-        user = User.objects.filter(pk=user_id, is_active=True).first()
-        return bool(user and user.has_role("reviewer"))
-
-    def _count(self) -> int:
+    def _count(self) -> int | None:
+        """How many requests this person may decide now; None: close the socket."""
         user = self._user()
-        return ApprovalRequest.objects.awaiting(user).count() if user else 0
+        return ApprovalRequest.objects.awaiting(user).count() if user else None
 
     def _payloads(self, request_id: int, created: bool) -> list[dict[str, Any]] | None:
-        """What this person is sent about request ``request_id``; None: close the socket."""
+        """What this person is sent about request ``request_id``; None: close the socket.
+
+        Three queries: the person (still a logged-in reviewer), the request if they review
+        it with their count of requests awaiting them, and its decisions.
+        """
         user = self._user()
         if user is None:
             return None
+        awaiting = ApprovalRequest.objects.awaiting(user).order_by().values("pk")
         req = (
             ApprovalRequest.objects.for_reviewer(user)
             .filter(pk=request_id)
+            .annotate(awaiting_count=_Count(awaiting))
             .prefetch_related("decisions")
             .first()
         )
@@ -111,5 +121,12 @@ class ApprovalInboxConsumer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
                 "url": req.get_absolute_url(),
             }
         card = CardPayload(req.pk, req.status, section_of(req), render_card(req, user, decide), notify)
-        count = CountPayload(ApprovalRequest.objects.awaiting(user).count())
+        count = CountPayload(req.awaiting_count)
         return [card.json(), count.json()]
+
+
+class _Count(Subquery):  # type: ignore[misc]
+    """The number of rows of a subquery, read as a column of the outer query."""
+
+    template = "(SELECT COUNT(*) FROM (%(subquery)s) AS counted)"
+    output_field = IntegerField()

@@ -3,7 +3,8 @@
 Two kinds of message, kept apart on purpose:
 
 * Channel-layer messages (``RequestChanged`` to the inbox group, ``Outcome`` to the
-  request's own group) carry only an id and a status, never a statement: each inbox
+  request's own group, only when it leaves ``pending``) carry only an id and a status,
+  never a statement: each inbox
   consumer loads the request itself and re-checks that its person may see it, so nothing
   leaks to a socket that should not have it.
 * Websocket payloads (``CardPayload``, ``CountPayload``) are what a
@@ -25,9 +26,16 @@ from typing import Any, ClassVar
 from asgiref.sync import async_to_sync
 from channels.layers import InMemoryChannelLayer
 
+from approvals.models import Status
+
 log = logging.getLogger("airlock.approvals")
 
 INBOX_GROUP = "approvals.inbox"
+
+# The statuses a waiting gateway acts on: a request leaving ``pending``. Nothing else is
+# sent to a request's group (a vote short of the quorum, the rows estimate, the run's
+# report), so that a waiter is woken only when there is an outcome to read.
+OUTCOME_STATUSES = frozenset({Status.APPROVED, Status.REJECTED, Status.EXPIRED, Status.CANCELLED})
 
 
 def request_group(request_id: int) -> str:
@@ -141,6 +149,8 @@ def _group_send(group: str, message: dict[str, Any]) -> None:
 
 
 def publish_change(request_id: int, status: str, *, created: bool = False) -> None:
-    """Tell inbox consumers and the waiting gateway that a request changed (after commit)."""
+    """Tell inbox consumers and, for an outcome, the waiting gateway that a request changed
+    (after commit). The outcome goes first: an agent waits on it."""
+    if status in OUTCOME_STATUSES:
+        _group_send(request_group(request_id), Outcome(request_id, status).message())
     _group_send(INBOX_GROUP, RequestChanged(request_id, status, created).message())
-    _group_send(request_group(request_id), Outcome(request_id, status).message())

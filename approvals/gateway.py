@@ -46,8 +46,8 @@ from django.utils import timezone
 from approvals import actions
 from approvals.binding import binding_hash
 from approvals.estimate import estimate_in_background, wants_estimate
+from approvals.events import OUTCOME_STATUSES, request_group
 from approvals.events import Outcome as OutcomeMessage
-from approvals.events import request_group
 from approvals.models import ApprovalRequest, Status
 from policies.types import Action, Decision, Request
 
@@ -409,7 +409,8 @@ class _Listener:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
                 continue
-            if message.get("type") == OutcomeMessage.type:
+            # Only an outcome wakes a waiter (a wake-up costs it a database read).
+            if message.get("type") == OutcomeMessage.type and message.get("status") in OUTCOME_STATUSES:
                 for event in self.waiters.get(int(message.get("id", 0)), ()):
                     event.set()
 

@@ -45,6 +45,14 @@ def reviewer_role_filter() -> Q:
     return Q(is_superuser=True) | Q(groups__name=settings.AIRLOCK_ROLE_GROUPS["reviewer"])
 
 
+def _in_reviewer_groups_of(user: Any) -> models.Exists:
+    """One of the request's reviewer groups is one of ``user``'s groups (a subquery)."""
+    mine = ApprovalRequest.reviewer_groups.through.objects.filter(
+        approvalrequest_id=models.OuterRef("pk"), group__in=user.groups.all()
+    )
+    return models.Exists(mine)
+
+
 class ApprovalRequestQuerySet(models.QuerySet["ApprovalRequest"]):
     def pending(self) -> ApprovalRequestQuerySet:
         return self.filter(status=Status.PENDING)
@@ -60,10 +68,21 @@ class ApprovalRequestQuerySet(models.QuerySet["ApprovalRequest"]):
         on the requesting side (the person the agent acts for, the agent's owner)."""
         if not (user.is_authenticated and user.is_active and user.has_role("reviewer")):
             return self.none()
-        mine = ApprovalRequest.reviewer_groups.through.objects.filter(
-            approvalrequest_id=models.OuterRef("pk"), group__in=user.groups.all()
+        return (
+            self.filter(_in_reviewer_groups_of(user))
+            .exclude(on_behalf_of=user)
+            .exclude(agent_owner=user)
+            .annotate(
+                reviewer_groups_checked_for=models.Value(user.pk), in_reviewer_groups=models.Value(True)
+            )
         )
-        return self.filter(models.Exists(mine)).exclude(on_behalf_of=user).exclude(agent_owner=user)
+
+    def with_reviewer_check(self, user: Any) -> ApprovalRequestQuerySet:
+        """Each request read with whether one of its reviewer groups is ``user``'s, so that
+        ``may_decide(user)`` asks the database nothing more about it."""
+        return self.annotate(
+            reviewer_groups_checked_for=models.Value(user.pk), in_reviewer_groups=_in_reviewer_groups_of(user)
+        )
 
     def visible_to(self, user: Any) -> ApprovalRequestQuerySet:
         """What ``user`` may look at: admins and auditors everything, reviewers their own
@@ -74,10 +93,7 @@ class ApprovalRequestQuerySet(models.QuerySet["ApprovalRequest"]):
             return self.all()
         if not user.has_role("reviewer"):
             return self.none()
-        mine = ApprovalRequest.reviewer_groups.through.objects.filter(
-            approvalrequest_id=models.OuterRef("pk"), group__in=user.groups.all()
-        )
-        return self.filter(models.Exists(mine) | Q(on_behalf_of=user) | Q(agent_owner=user))
+        return self.filter(_in_reviewer_groups_of(user) | Q(on_behalf_of=user) | Q(agent_owner=user))
 
     def awaiting(self, user: Any) -> ApprovalRequestQuerySet:
         """Pending requests ``user`` may still decide (not yet decided by them)."""
@@ -197,7 +213,7 @@ class ApprovalRequest(models.Model):
         if user.pk in self.requesting_side_ids():
             # WF-02: nobody approves a request made by an agent acting for them (or their own).
             return False, "you cannot decide a request made by an agent acting for you or owned by you"
-        if not self.reviewer_groups.filter(pk__in=user.groups.all()).exists():
+        if not self.in_reviewer_groups_of(user):
             return False, f"only members of {', '.join(self.reviewer_group_names) or 'no group'} may decide"
         if not self.is_pending():
             return False, f"the request is {self.status}"
@@ -205,6 +221,13 @@ class ApprovalRequest(models.Model):
         if any(d.reviewer_id == user.pk for d in self.decisions.all()):
             return False, "you have already decided this request"
         return True, ""
+
+    def in_reviewer_groups_of(self, user: Any) -> bool:
+        """Whether one of this request's reviewer groups is ``user``'s."""
+        if user.pk is not None and getattr(self, "reviewer_groups_checked_for", None) == user.pk:
+            # Read with the answer (``for_reviewer(user)``, ``with_reviewer_check(user)``).
+            return bool(self.in_reviewer_groups)
+        return bool(self.reviewer_groups.filter(pk__in=user.groups.all()).exists())
 
     def approvals_count(self) -> int:
         return self.decisions.filter(verdict=ApprovalDecision.Verdict.APPROVE).count()

@@ -24,10 +24,10 @@ HISTORY_ON_INBOX = 50
 
 def _get_request_for_user(user: Any, pk: int) -> ApprovalRequest:
     """The request if ``user`` may see it: 404 if it does not exist, 403 if not theirs."""
-    req = ApprovalRequest.objects.filter(pk=pk).first()
+    req = ApprovalRequest.objects.visible_to(user).filter(pk=pk).first()
     if req is None:
-        raise Http404("no such approval request")
-    if not ApprovalRequest.objects.visible_to(user).filter(pk=pk).exists():
+        if not ApprovalRequest.objects.filter(pk=pk).exists():
+            raise Http404("no such approval request")
         raise PermissionDenied
     return req
 

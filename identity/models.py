@@ -27,8 +27,34 @@ external_subject_validator = RegexValidator(
 )
 
 
+def _role_flag(role: str) -> str:
+    return f"airlock_holds_{role}"
+
+
+def with_roles(users: models.QuerySet[User]) -> models.QuerySet[User]:
+    """``users`` with each person's roles read in the same query, so that their
+    ``role_names()`` (and ``has_role()``) ask the database nothing more.
+
+    For a check made on every request or websocket event: the roles are read afresh with
+    the person each time, never kept between two checks.
+    """
+    through = User.groups.through
+    return users.annotate(
+        **{
+            _role_flag(role): models.Exists(
+                through.objects.filter(user_id=models.OuterRef("pk"), group__name=group)
+            )
+            for role, group in settings.AIRLOCK_ROLE_GROUPS.items()
+        }
+    )
+
+
 class User(AbstractUser):
     """A person who logs in to the console (locally or through OIDC)."""
+
+    def remember_roles(self, roles: set[str]) -> None:
+        """Take ``roles`` as this person's roles (read with the person: ``with_roles``)."""
+        self._airlock_roles = set(roles)
 
     def role_names(self) -> set[str]:
         if not self.is_active:
@@ -37,10 +63,14 @@ class User(AbstractUser):
             return set(ROLES)
         cached = getattr(self, "_airlock_roles", None)
         if cached is None:
-            wanted = {group: role for role, group in settings.AIRLOCK_ROLE_GROUPS.items()}
-            names = self.groups.filter(name__in=wanted).values_list("name", flat=True)
-            cached = {wanted[name] for name in names}
-            self._airlock_roles = cached
+            flags = {role: getattr(self, _role_flag(role), None) for role in settings.AIRLOCK_ROLE_GROUPS}
+            if None not in flags.values():
+                cached = {role for role, held in flags.items() if held}
+            else:
+                wanted = {group: role for role, group in settings.AIRLOCK_ROLE_GROUPS.items()}
+                names = self.groups.filter(name__in=wanted).values_list("name", flat=True)
+                cached = {wanted[name] for name in names}
+            self.remember_roles(cached)
         return set(cached)
 
     def has_role(self, *roles: str) -> bool:

@@ -94,6 +94,20 @@ def test_two_approvals_that_complete_a_quorum_of_two_both_count(world, bob):
 
 
 @pytest.mark.django_db(transaction=True)
+def test_one_reviewer_approving_twice_at_once_counts_once(world, bob):
+    # The decisions are read under the request's lock: the second sees the first.
+    for _ in range(ROUNDS):
+        req = make_request(world, decision=review_decision(approvals=2))
+        results = _race(partial(actions.do_approve, bob, req.pk), partial(actions.do_approve, bob, req.pk))
+        failures = [r for r in results if isinstance(r, Exception)]
+        assert len(failures) == 1 and isinstance(failures[0], actions.NotAllowed), results
+        assert "already decided" in str(failures[0])
+        req.refresh_from_db()
+        assert req.status == Status.PENDING and req.decisions.count() == 1
+        assert _audits(req, "approval.approved_partly") == 1
+
+
+@pytest.mark.django_db(transaction=True)
 def test_an_approval_racing_the_expiry_ends_in_one_state(world, bob):
     from datetime import timedelta
 

@@ -171,3 +171,72 @@ async def test_an_inbox_left_idle_still_receives(world, bob):
         assert await bobs.receive_nothing(timeout=7, interval=0.5)
         req = await in_db(make_request, world)
         assert (await bobs.receive_json_from(timeout=TIMEOUT))["id"] == req.pk
+
+
+# --- the work per event, measured in queries ---------------------------------------------------
+
+
+def _consumer_of(user, session_key: str | None = None):
+    from importlib import import_module
+
+    from approvals.consumers import ApprovalInboxConsumer
+
+    consumer = ApprovalInboxConsumer()
+    session = import_module(settings.SESSION_ENGINE).SessionStore(session_key) if session_key else None
+    consumer.scope = {"type": "websocket", "user": user, "session": session}
+    consumer.user_id = user.pk
+    return consumer
+
+
+def _logged_in_session_key(user) -> str:
+    client = Client()
+    client.force_login(user)
+    return client.cookies["sessionid"].value
+
+
+@pytest.mark.parametrize("created", [True, False])
+def test_an_event_costs_three_queries_the_re_check_included(world, bob, created, django_assert_num_queries):
+    # The person with their roles and session, the request with the person's count, its
+    # decisions: one query each, whatever the event.
+    req = make_request(world, decision=review_decision(approvals=2))
+    actions.do_approve(world.erin, req)
+    consumer = _consumer_of(bob, _logged_in_session_key(bob))
+    with django_assert_num_queries(3):
+        card, count = consumer._payloads(req.pk, created)
+    assert card["id"] == req.pk and card["section"] == "pending" and (card["notify"] is not None) == created
+    assert "erin" in card["html"]
+    assert count == {"type": "count", "pending": 1}
+
+
+def test_the_per_event_check_refuses_what_the_slower_checks_refused(world, bob, mallory):
+    # Each refusal the consumer made with one query per check, it makes with one query.
+    req = make_request(world)
+    key = _logged_in_session_key(bob)
+    assert _consumer_of(bob, key)._payloads(req.pk, False)
+    assert _consumer_of(mallory)._payloads(req.pk, False) is None  # not a reviewer
+    outsider = reviewer("oscar", "ops")
+    assert _consumer_of(outsider)._payloads(req.pk, False) == []  # not their group
+    assert _consumer_of(world.dave)._payloads(req.pk, False) == []  # the agent acts for him
+    from django.contrib.sessions.models import Session
+
+    Session.objects.filter(session_key=key).delete()
+    assert _consumer_of(bob, key)._payloads(req.pk, False) is None  # logged out
+    bob.groups.remove(Group.objects.get(name=settings.AIRLOCK_ROLE_GROUPS["reviewer"]))
+    assert _consumer_of(bob)._payloads(req.pk, False) is None  # no longer a reviewer
+    bob.groups.add(Group.objects.get(name=settings.AIRLOCK_ROLE_GROUPS["reviewer"]))
+    bob.is_active = False
+    bob.save()
+    assert _consumer_of(bob)._payloads(req.pk, False) is None  # disabled
+
+
+def test_the_count_sent_with_a_card_is_the_count_of_requests_awaiting_the_person(world, bob):
+    from approvals.models import ApprovalRequest
+
+    first = make_request(world)
+    make_request(world, params=("2",))
+    third = make_request(world, params=("3",), decision=review_decision(approvals=2))
+    actions.do_approve(bob, third)
+    actions.do_approve(world.erin, first)
+    for req in (first, third):
+        _, count = _consumer_of(bob)._payloads(req.pk, False)
+        assert count["pending"] == ApprovalRequest.objects.awaiting(bob).count() == 1

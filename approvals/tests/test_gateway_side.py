@@ -10,7 +10,7 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from approvals import actions, gateway
+from approvals import actions, events, gateway
 from approvals.gateway import ReviewGate, wait_for_decision
 from approvals.models import ApprovalRequest, Status
 from approvals.tests.factories import DELETE, in_db, make_request, review_decision, statement_request
@@ -79,6 +79,42 @@ async def test_the_waiting_gateway_is_woken_while_the_session_watches_for_termin
     finally:
         await stop_watching(session)
         await close_termination_listener()
+
+
+async def test_only_an_outcome_wakes_the_waiting_gateway(world, bob, settings, monkeypatch):
+    # A vote short of the quorum and the rows estimate change the request but leave it
+    # pending: they reach the inboxes, and the waiter is not made to read the database.
+    settings.APPROVALS_POLL_SECONDS = 30  # so no poll happens during the test
+    reads: list[int] = []
+    poll = gateway._poll
+
+    def counted(request_id, **kwargs):
+        reads.append(request_id)
+        return poll(request_id, **kwargs)
+
+    monkeypatch.setattr(gateway, "_poll", counted)
+    sent: list[tuple[str, str]] = []
+    group_send = events._group_send
+
+    def recorded(group, message):
+        sent.append((group, message["status"]))
+        group_send(group, message)
+
+    monkeypatch.setattr(events, "_group_send", recorded)
+    req = await in_db(make_request, world, decision=review_decision(approvals=2))
+    waiter = asyncio.create_task(wait_for_decision(req.pk))
+    while not reads:
+        await asyncio.sleep(0.01)
+    await in_db(actions.do_approve, bob, req.pk)
+    await in_db(actions.do_record_estimate, req.pk, rows=1)
+    await asyncio.sleep(0.5)
+    assert reads == [req.pk] and not waiter.done()
+    await in_db(actions.do_approve, world.erin, req.pk)
+    outcome = await asyncio.wait_for(waiter, LIMIT)
+    assert outcome.status == Status.APPROVED and reads == [req.pk, req.pk]
+    mine = events.request_group(req.pk)
+    assert [status for group, status in sent if group == mine] == [Status.APPROVED]
+    assert [status for group, status in sent if group == events.INBOX_GROUP] == ["pending"] * 3 + ["approved"]
 
 
 async def test_a_lost_channel_message_does_not_strand_the_session(world, bob, settings, monkeypatch):

@@ -240,3 +240,23 @@ def test_an_approval_after_the_deadline_expires_the_request(world, bob):
     assert status == 409 and "expired" in body["error"]
     req.refresh_from_db()
     assert req.status == Status.EXPIRED
+
+
+@pytest.mark.parametrize(
+    ("verb", "body", "status"), [("approve", {}, "approved"), ("reject", {"reason": "no"}, "rejected")]
+)
+def test_deciding_through_the_api_takes_twelve_statements(
+    world, bob, verb, body, status, monkeypatch, django_assert_max_num_queries
+):
+    # Session, person, roles; the request as this person sees it; the lock (with whether a
+    # reviewer group is theirs), the decisions, the new decision, the request, the audit
+    # record (in one transaction: two more); the decisions for the answer.
+    from approvals import tasks
+
+    monkeypatch.setattr(tasks.notify_decision, "delay", lambda *args: None)  # the broker is not timed here
+    req = make_request(world)
+    client = _client(bob)
+    with django_assert_max_num_queries(12):
+        answer, body = _post(client, f"api_{verb}", req.pk, body)
+    assert answer == 200 and body["status"] == status and body["decided_by"] == "bob"
+    assert [d["reviewer"] for d in body["decisions"]] == ["bob"] and body["can_decide"] is False

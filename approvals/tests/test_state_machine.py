@@ -266,6 +266,34 @@ def test_only_reviewers_of_the_named_groups_may_decide(world, bob, alice, carol,
     assert req.status == Status.PENDING
 
 
+def test_may_decide_says_the_same_of_a_request_read_for_the_reviewer(world, bob, alice, carol, mallory):
+    # A request read through for_reviewer(person) skips the reviewer-group query: the
+    # answer must be the one the query gives, for every person and state, and a row read
+    # for one person must not answer for another.
+    from approvals.tests.factories import person as make_person
+
+    people = [bob, world.erin, world.dave, world.olivia, alice, carol, mallory]
+    people += [reviewer("frank", "finance"), make_person("gina", "dba")]
+    pending = make_request(world)
+    voted = make_request(world, params=("2",), decision=review_decision(approvals=2))
+    actions.do_approve(bob, voted)
+    approved = make_request(world, params=("3",))
+    actions.do_approve(world.erin, approved)
+    rejected = make_request(world, params=("4",))
+    actions.do_reject(bob, rejected, reason="no")
+    chosen_somewhere = 0
+    for req in (pending, voted, approved, rejected):
+        for person in people:
+            plain = ApprovalRequest.objects.get(pk=req.pk).may_decide(person)
+            chosen = ApprovalRequest.objects.for_reviewer(person).filter(pk=req.pk).first()
+            if chosen is not None:
+                chosen_somewhere += 1
+                assert chosen.may_decide(person) == plain, (req.pk, person.username)
+            for_bob = ApprovalRequest.objects.for_reviewer(bob).filter(pk=req.pk).first()
+            assert for_bob is not None and for_bob.may_decide(person) == plain, (req.pk, person.username)
+    assert chosen_somewhere == 4 * 2  # bob and erin review each of them
+
+
 def test_the_grant_is_given_when_every_approval_asks_for_one(world, bob):
     req = make_request(world, decision=review_decision(approvals=2))
     actions.do_approve(bob, req, grant_minutes=30)
