@@ -45,6 +45,23 @@ NORMALISERS: dict[str, Callable[[str], str]] = {
     "ip": _ip_normal,
 }
 
+_NOT_ALNUM_BYTES = bytes(c for c in range(256) if not chr(c).isascii() or not chr(c).isalnum())
+
+
+def _digits_only_ascii(value: bytes) -> bytes:
+    return value.translate(None, _NOT_ALNUM_BYTES).upper()
+
+
+# The same normalisers for ASCII text given as bytes (the UTF-8 of what the above give);
+# an entity missing here has none that simple (``ip``).
+ASCII_NORMALISERS: dict[str, Callable[[bytes], bytes]] = {
+    "email": bytes.lower,  # casefold changes no ASCII letter but A-Z
+    "card": _digits_only_ascii,
+    "iban": _digits_only_ascii,
+    "ssn": _digits_only_ascii,
+    "phone": _digits_only_ascii,
+}
+
 
 @dataclass(frozen=True)
 class Detector:
@@ -84,6 +101,22 @@ class Detector:
         return start, end
 
 
+def whole_check(detector: Detector) -> Callable[[str], bool] | None:
+    """Whether a secret of ``detector`` that is all of a text is valid as it stands (what
+    ``secret_span`` decides for the span ``(0, len(text))``); None: any is."""
+    refine = detector.refine
+    if refine is None:
+        return detector.validator
+    whole: Callable[[str], bool] | None = getattr(refine, "whole", None)
+    if whole is not None:
+        return whole
+
+    def check(text: str) -> bool:
+        return refine(text, 0, len(text)) == (0, len(text))
+
+    return check
+
+
 _DIGIT_RUN = re.compile(r"[0-9]+")
 
 
@@ -115,6 +148,13 @@ def _digit_groups_refine(
                 return start, stop
         return None
 
+    def whole(text: str) -> bool:
+        # refine(text, 0, len(text)) keeps all of ``text`` only through its first test: the
+        # runs it tries after that hold fewer digits, or all of them again (the same test).
+        digits = v.digits_of(text)
+        return low <= len(digits) <= high and valid_digits(digits)
+
+    refine.whole = whole  # type: ignore[attr-defined]  # read by whole_check()
     return refine
 
 

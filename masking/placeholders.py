@@ -40,7 +40,7 @@ def label_of(entity: str) -> str:
 
 
 _NOT_KEPT = re.compile(r"[^A-Za-z0-9]+")
-_NOT_KEPT_BYTES = re.compile(rb"[^A-Za-z0-9]+")
+_NOT_KEPT_BYTES = bytes(c for c in range(256) if not chr(c).isascii() or not chr(c).isalnum())
 
 
 def _keep(secret: str) -> str | None:
@@ -54,14 +54,21 @@ def _identity(value: str) -> str:
     return value
 
 
+def _identity_bytes(value: bytes) -> bytes:
+    return value
+
+
 class Renderer:
     """Turns a secret into its placeholder for one entity and method."""
 
     __slots__ = (
-        "_hmac",
+        "_hash_prefix",
+        "_inner",
         "_key",
         "_label",
         "_normalise",
+        "_normalise_ascii",
+        "_outer",
         "_partial_prefix",
         "_redacted_bytes",
         "method",
@@ -74,6 +81,7 @@ class Renderer:
         method: Method,
         hash_key: bytes | None,
         normalise: Callable[[str], str] | None = None,
+        normalise_ascii: Callable[[bytes], bytes] | None = None,
     ) -> None:
         if method is Method.HASH and (hash_key is None or len(hash_key) < MIN_HASH_KEY_BYTES):
             raise ValueError(f"the hash method needs a key of at least {MIN_HASH_KEY_BYTES} bytes")
@@ -81,19 +89,38 @@ class Renderer:
         self.method = method
         self._key = hash_key or b""
         self._normalise = normalise or _identity
+        # ``normalise`` for ASCII bytes, when it has such a form (see hash_bytes()).
+        self._normalise_ascii = _identity_bytes if normalise is None else normalise_ascii
+        self._hash_prefix = f"[{self._label}:".encode("ascii")
         self.redacted = f"[{self._label}]"
         self._redacted_bytes = self.redacted.encode("ascii")
         self._partial_prefix = f"[{self._label}:****".encode("ascii")
-        # Keyed once: a copy per value costs a fraction of hmac.digest(), which looks the
-        # hash up by name on every call (OpenSSL 3).
-        self._hmac = hmac.new(self._key, digestmod=hashlib.sha256) if method is Method.HASH else None
+        # HMAC (RFC 2104) from SHA-256 states keyed once: copying them costs a fraction of
+        # hmac.digest(), which looks the hash up by name on every call (OpenSSL 3), and of
+        # hmac.HMAC.copy(), which goes through Python.
+        self._inner: hashlib._Hash | None = None
+        self._outer: hashlib._Hash | None = None
+        if method is Method.HASH:
+            self._inner, self._outer = _keyed_states(self._key)
 
     def partial_bytes(self, secret: bytes) -> bytes:
         """``partial`` straight from bytes in an ASCII-compatible encoding (the same result)."""
-        kept = _NOT_KEPT_BYTES.sub(b"", secret)
+        kept = secret.translate(None, _NOT_KEPT_BYTES)
         if len(kept) < PARTIAL_MIN:
             return self._redacted_bytes
         return self._partial_prefix + kept[-PARTIAL_KEEP:] + b"]"
+
+    def hash_bytes(self, secret: bytes) -> bytes | None:
+        """``hash`` of an ASCII secret given as bytes, as bytes (the same placeholder); None
+        when ``secret`` is not ASCII or this entity's normaliser has no ASCII form."""
+        normalise = self._normalise_ascii
+        if normalise is None or self._inner is None or self._outer is None or not secret.isascii():
+            return None
+        inner = self._inner.copy()
+        inner.update(normalise(secret))
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        return self._hash_prefix + outer.hexdigest()[:HASH_HEX_DIGITS].encode("ascii") + b"]"
 
     def __call__(self, secret: str) -> str:
         if self.method is Method.REDACT:
@@ -102,13 +129,26 @@ class Renderer:
             kept = _keep(secret)
             return self.redacted if kept is None else f"[{self._label}:****{kept}]"
         message = self._normalise(secret).encode("utf-8", "surrogateescape")
-        if self._hmac is None:  # a HASH renderer always has one; kept for safety
-            digest = hmac.digest(self._key, message, "sha256").hex()[:HASH_HEX_DIGITS]
+        if self._inner is None or self._outer is None:  # a HASH renderer always has them
+            digest = hmac.digest(self._key, message, "sha256").hex()
         else:
-            keyed = self._hmac.copy()
-            keyed.update(message)
-            digest = keyed.hexdigest()[:HASH_HEX_DIGITS]
-        return f"[{self._label}:{digest}]"
+            inner = self._inner.copy()
+            inner.update(message)
+            outer = self._outer.copy()
+            outer.update(inner.digest())
+            digest = outer.hexdigest()
+        return f"[{self._label}:{digest[:HASH_HEX_DIGITS]}]"
+
+
+def _keyed_states(key: bytes) -> tuple[hashlib._Hash, hashlib._Hash]:
+    """SHA-256 after the inner and the outer padded key of HMAC-SHA256 (RFC 2104 section 2)."""
+    block = hashlib.sha256().block_size
+    if len(key) > block:
+        key = hashlib.sha256(key).digest()
+    key = key.ljust(block, b"\x00")
+    inner = hashlib.sha256(bytes(byte ^ 0x36 for byte in key))
+    outer = hashlib.sha256(bytes(byte ^ 0x5C for byte in key))
+    return inner, outer
 
 
 def placeholder_pattern(labels: Iterable[str]) -> str:

@@ -22,10 +22,9 @@ import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from functools import wraps
-from operator import itemgetter
 from typing import Any, ParamSpec, TypeVar, overload
 
-from masking.detectors import BUILTIN_ENTITIES, NORMALISERS
+from masking.detectors import ASCII_NORMALISERS, BUILTIN_ENTITIES, NORMALISERS
 from masking.errors import MaskingError, MaskingSpecError
 from masking.pgtypes import TEXT_FORMAT, ValueKind, value_kind
 from masking.placeholders import Method, Renderer, label_of, placeholder_pattern
@@ -151,7 +150,8 @@ class MaskingPolicy:
         )
         self._column_exemptions = [x for x in applicable if x.column is not None]
         self._renderers = {
-            name: Renderer(name, method, hash_key, NORMALISERS.get(name)) for name, method in entities.items()
+            name: Renderer(name, method, hash_key, NORMALISERS.get(name), ASCII_NORMALISERS.get(name))
+            for name, method in entities.items()
         }
         self._custom = [self._compile_custom(c) for c in self._custom_specs]
         self._column_rules = [
@@ -163,6 +163,7 @@ class MaskingPolicy:
                     Method(r["method"]),
                     hash_key,
                     NORMALISERS.get(r.get("entity", "")),
+                    ASCII_NORMALISERS.get(r.get("entity", "")),
                 ),
             )
             for r in self._column_rule_specs
@@ -498,6 +499,18 @@ class ResultMasker:
         if render.method is Method.PARTIAL and self._ascii_compatible:
             partial = render.partial_bytes
             return [None if v is None else partial(v) if isinstance(v, bytes) else render(v) for v in column]
+        if render.method is Method.HASH and self._ascii_compatible:
+            # ASCII text is the same bytes in these encodings and in UTF-8 (what is hashed).
+            hash_bytes = render.hash_bytes
+            encoding = self._encoding
+            return [
+                None
+                if v is None
+                else (hash_bytes(v) or render(v.decode(encoding, "surrogateescape")).encode(encoding))
+                if isinstance(v, bytes)
+                else render(v)
+                for v in column
+            ]
         encoding = self._encoding
         return [
             None
@@ -516,23 +529,23 @@ class ResultMasker:
         value asks for its own detectors, skipping the trigger scan that would flag them all."""
         column = columns[index]
         encoding = self._encoding
-        texts = [
-            "" if v is None else v.decode(encoding, "surrogateescape") if isinstance(v, bytes) else v
-            for v in column
-        ]
+        try:  # the usual column: every value bytes, none NULL
+            texts = [v.decode(encoding, "surrogateescape") for v in column]  # type: ignore[union-attr]
+        except AttributeError:
+            texts = [
+                "" if v is None else v.decode(encoding, "surrogateescape") if isinstance(v, bytes) else v
+                for v in column
+            ]
         masked_texts = scanner.mask_batch(texts, counts)
         if masked_texts is not None:
-            changed_rows = [
-                row for row, (a, b) in enumerate(zip(masked_texts, texts, strict=True)) if a is not b
+            columns[index] = [
+                value
+                if text is old
+                else text.encode(encoding, "surrogateescape")
+                if isinstance(value, bytes)
+                else text
+                for value, text, old in zip(column, masked_texts, texts, strict=True)
             ]
-            if changed_rows:
-                batch_column = columns[index] = list(column)
-                for row in changed_rows:
-                    value = column[row]
-                    text = masked_texts[row]
-                    batch_column[row] = (
-                        text.encode(encoding, "surrogateescape") if isinstance(value, bytes) else text
-                    )
             return
         selection_of = scanner.selection
         content = self._content
@@ -594,8 +607,8 @@ class ResultMasker:
         if not self.width:  # SELECT FROM t: rows with no columns
             return [() for _ in rows], counts
         # Column by column: per-value work runs in comprehensions, and the transposition
-        # both ways runs in C.
-        columns: list[Sequence[Value | None]] = [list(map(itemgetter(i), rows)) for i in range(self.width)]
+        # both ways runs in C (a column is a tuple until something in it changes).
+        columns: list[Sequence[Value | None]] = list(zip(*rows, strict=True))
         count = len(rows)
         for index, kind in enumerate(self.kinds):
             if kind is ValueKind.JSONB_BINARY and any(
@@ -639,7 +652,10 @@ class ResultMasker:
                     continue
                 changed, masked_value = self._content(scanner, kind, value, counts)
                 if changed:
-                    columns[index][r] = masked_value  # type: ignore[index]
+                    column = columns[index]
+                    if not isinstance(column, list):
+                        column = columns[index] = list(column)
+                    column[r] = masked_value
             if batch:
                 self._mask_batch(scanner, columns, batch, counts)
         return list(zip(*columns, strict=True)), counts

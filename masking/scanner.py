@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 
 import re2  # type: ignore[import-untyped]
 
-from masking.detectors import BUILTIN_DETECTORS, TRIGGER, TRIGGER_SHAPES, Detector, Span
-from masking.placeholders import Renderer, placeholder_pattern
+from masking.detectors import BUILTIN_DETECTORS, TRIGGER, TRIGGER_SHAPES, Detector, Span, whole_check
+from masking.placeholders import Method, Renderer, placeholder_pattern
 
 Counts = dict[str, int]
 Value = str | bytes
@@ -96,6 +96,11 @@ class _Combined:
     group_to_detector: list[int]
     secret_groups: dict[int, tuple[int, ...]]  # detector -> its secret groups, then its whole group
     selection: tuple[int, ...]
+    # The same alternatives, atomic and to the end of the text: ``whole.match(text)``
+    # matches exactly when the scan's first match in ``text`` is the whole of it (the scan
+    # takes, at the leftmost place, the first alternative that matches there).
+    whole: re.Pattern[str]
+    first_secret: dict[int, int]  # detector -> its first secret group (its whole group if none)
 
 
 class Scanner:
@@ -130,6 +135,12 @@ class Scanner:
         self._entities = [d.entity for d in self._detectors]
         self._validators = [d.validator for d in self._detectors]
         self._refines = [d.refine for d in self._detectors]
+        self._whole_checks = [whole_check(d) for d in self._detectors]
+        # A redacting renderer's placeholder does not depend on the secret.
+        self._constants = [
+            r.redacted if isinstance(r, Renderer) and r.method is Method.REDACT else None
+            for r in self._renderers
+        ]
         self._custom = tuple(custom)
         all_labels = {*labels, *(e.upper() for e in renderers), *(c.name.upper() for c in self._custom)}
         self.placeholders = re.compile(placeholder_pattern(all_labels or {"MASKED"}))
@@ -152,6 +163,7 @@ class Scanner:
             parts = [f"(?P<ph>{self.placeholders.pattern})"]
             parts += [f"(?P<d{i}>{_prefixed(self._detectors[i].pattern, f'd{i}_')})" for i in selection]
             pattern = re.compile("|".join(parts))
+            whole = re.compile(f"(?>{pattern.pattern})\\Z")
             group_to_detector = [-1] * (pattern.groups + 1)
             secret_groups: dict[int, tuple[int, ...]] = {}
             for i in selection:
@@ -161,7 +173,12 @@ class Scanner:
             if len(self._combined) > 512:  # selections are few in practice; bound it anyway
                 self._combined.clear()
             found = self._combined[selection] = _Combined(
-                pattern, group_to_detector, secret_groups, selection
+                pattern,
+                group_to_detector,
+                secret_groups,
+                selection,
+                whole,
+                {i: groups[0] for i, groups in secret_groups.items()},
             )
         return found
 
@@ -326,14 +343,16 @@ class Scanner:
         objects), adding to ``counts``; None when the batch cannot be done this way (custom
         entities, or a value holding NUL), and the caller masks value by value.
 
-        For a column where most values hold a secret: the values are joined with NUL and
-        the detectors run once over the whole batch (the RE2 shape set once, for the union
-        of the detectors any value needs, then one combined expression), which saves the
-        per-value calls. It gives the same result as value by value because no detector
-        nor shape matches NUL (a match never spans two values, and NUL is a boundary like
-        the ends of a value) and a detector whose shapes a value lacks finds nothing in it.
-        The few values where a masked secret touched a word-like neighbour get their
-        further passes on their own, as ``mask_into`` gives them.
+        For a column where most values hold a secret. First, each value that is as a whole
+        one valid secret (a column of emails) is masked on its own, without a scan
+        (``_mask_whole``). The other values are joined with NUL and the detectors run once
+        over them all (the RE2 shape set once, for the union of the detectors any value
+        needs, then one combined expression), which saves the per-value calls. It gives the
+        same result as value by value because no detector nor shape matches NUL (a match
+        never spans two values, and NUL is a boundary like the ends of a value) and a
+        detector whose shapes a value lacks finds nothing in it. The few values where a
+        masked secret touched a word-like neighbour get their further passes on their own,
+        as ``mask_into`` gives them.
         """
         if self._custom or not self._detectors:
             return None
@@ -345,6 +364,66 @@ class Scanner:
         selection = self.selection(joined)
         if not selection:
             return list(texts)
+        out = self._mask_whole(texts, self._combined_for(selection), counts)
+        rest = [index for index, text in enumerate(out) if text is None]
+        if not rest:
+            return out  # type: ignore[return-value]  # no None left
+        if len(rest) == len(texts):
+            return self._mask_joined(texts, joined, selection, counts)
+        others = [texts[index] for index in rest]
+        joined = "\x00".join(others)
+        selection = self.selection(joined)
+        masked = self._mask_joined(others, joined, selection, counts) if selection else others
+        for index, text in zip(rest, masked, strict=True):
+            out[index] = text
+        return out  # type: ignore[return-value]  # every None replaced
+
+    def _mask_whole(self, texts: Sequence[str], combined: _Combined, counts: Counts) -> list[str | None]:
+        """Each value the scan would mask whole, masked (or left as it is, for a value that
+        is one placeholder); None for every other value.
+
+        ``combined.whole`` matches exactly when the scan's first match is the whole value;
+        the value is then masked whole when that match's secret is the whole value and its
+        detector's check accepts it, as the scan decides. Nothing is left beside the
+        placeholder, so no further pass would change it. (A value that is one placeholder
+        is taken by the placeholder alternative, which comes first.)
+        """
+        group_to_detector = combined.group_to_detector
+        first_secret = combined.first_secret
+        checks = self._whole_checks
+        constants = self._constants
+        renderers = self._renderers
+        found = [0] * len(self._detectors)
+        out: list[str | None] = []
+        append = out.append
+        for text, match in zip(texts, map(combined.whole.match, texts), strict=True):
+            if match is None:
+                append(None if text else text)
+                continue
+            index = group_to_detector[match.lastindex or 0]
+            if index < 0:
+                append(text)
+                continue
+            if match.span(first_secret[index]) != (0, len(text)):
+                append(None)
+                continue
+            check = checks[index]
+            if check is not None and not check(text):
+                append(None)
+                continue
+            found[index] += 1
+            append(constants[index] or renderers[index](text))
+        entities = self._entities
+        for index, n in enumerate(found):
+            if n:
+                entity = entities[index]
+                counts[entity] = counts.get(entity, 0) + n
+        return out
+
+    def _mask_joined(
+        self, texts: Sequence[str], joined: str, selection: tuple[int, ...], counts: Counts
+    ) -> list[str]:
+        """``texts`` (joined with NUL in ``joined``) masked by one scan of the join."""
         glued_at: list[int] = []
         masked, _ = self._mask_builtin(joined, counts, selection, glued_at)
         if masked is joined:

@@ -49,6 +49,17 @@ def test_hash_is_hmac_sha256_of_the_normalised_value_under_the_key() -> None:
         assert policy.mask_text("Bob@Example.com")[0] == f"[EMAIL:{expected}]"
 
 
+@pytest.mark.parametrize("length", [16, 63, 64, 65, 200])
+def test_hash_is_hmac_sha256_for_keys_shorter_and_longer_than_the_hash_block(length: int) -> None:
+    import hmac
+
+    key = bytes(range(256))[:length]
+    policy = compile_policy({"entities": {"password": "hash"}}, hash_key=key)
+    for secret in ("x", "s3cret", "é" * 80, "\udcff-surrogate"):
+        expected = hmac.digest(key, secret.encode("utf-8", "surrogateescape"), "sha256").hex()[:8]
+        assert policy.mask_text(f"password={secret}")[0] == f"password=[PASSWORD:{expected}]"
+
+
 def test_hash_normalises_so_the_same_value_joins() -> None:
     policy = compile_policy({"entities": {"email": "hash", "card": "hash"}}, hash_key=KEY)
     assert policy.mask_text("Bob@Example.COM")[0] == policy.mask_text("bob@example.com")[0]
@@ -82,3 +93,33 @@ def test_hash_without_a_long_enough_key_is_refused(key: bytes | None) -> None:
         compile_policy({"entities": {"email": "hash"}}, hash_key=key)
     with pytest.raises(MaskingSpecError, match="hash key"):
         compile_policy({"columns": [{"match": "t.c", "method": "hash"}]}, hash_key=key)
+
+
+COLUMN_VALUES = [
+    "Bob@Example.COM",
+    "josé@Exemple.fr",
+    "4111-1111-1111-1111",
+    "+1 (555) 201-3344",
+    "GB82 west 1234 5698 7654 32",
+    "078-05-1120",
+    "::FFFF:10.0.0.1",
+    "10.0.0.1",
+    "short",
+    "",
+    "naïve ünïcode 12345678",
+    "\udcff\udcfe bytes that are not UTF-8 1234",
+]
+
+
+@pytest.mark.parametrize("method", ["hash", "partial"])
+@pytest.mark.parametrize("entity", ["email", "card", "phone", "iban", "ssn", "ip", "masked", "password"])
+def test_a_column_rule_masks_bytes_as_it_masks_the_same_text(method: str, entity: str) -> None:
+    # Bytes straight off the wire take shortcuts for ASCII values; they must not show.
+    policy = compile_policy({"columns": [{"match": "t.c", "method": method, "entity": entity}]}, hash_key=KEY)
+    for encoding in ("utf-8", "latin-1"):
+        as_bytes = [[v.encode(encoding, "surrogateescape")] for v in COLUMN_VALUES]
+        as_text = [[row[0].decode(encoding, "surrogateescape")] for row in as_bytes]
+        text_rows, text_counts = policy.mask_rows([("t", "c")], as_text, encoding=encoding)
+        byte_rows, byte_counts = policy.mask_rows([("t", "c")], as_bytes, encoding=encoding)
+        assert [row[0].decode(encoding) for row in byte_rows] == [row[0] for row in text_rows]
+        assert byte_counts == text_counts
