@@ -7,7 +7,7 @@ chapter 55 "Frontend/Backend Protocol", section 55.7 "Message Formats".
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
 PROTOCOL_3_0 = 196608  # 3 << 16
 SSL_REQUEST_CODE = 80877103
@@ -369,6 +369,51 @@ def parse_data_row(body: bytes) -> list[bytes | None]:
     return values
 
 
+def parse_data_rows(data: bytes, pos: int, end: int) -> tuple[list[list[bytes | None]], list[int]]:
+    """The values of the run of whole DataRow messages at ``data[pos:end]``, read in one pass
+    over the buffer (no copy of each message), and the offsets of the messages: where each
+    starts, then where the last one ends. Raises ValueError for a value that runs past the
+    end of its message."""
+    unpack_length = _U32.unpack_from
+    unpack_count = _I16.unpack_from
+    unpack_value = _I32.unpack_from
+    rows: list[list[bytes | None]] = []
+    bounds = [pos]
+    while end - pos >= 5 and data[pos] == 68:
+        stop = pos + 1 + unpack_length(data, pos + 1)[0]
+        if stop > end:
+            break
+        at = pos + 7
+        values: list[bytes | None] = []
+        append = values.append
+        for _ in range(unpack_count(data, pos + 5)[0]):
+            length = unpack_value(data, at)[0]
+            at += 4
+            if length < 0:
+                append(None)
+            else:
+                append(data[at : at + length])
+                at += length
+        if at > stop:
+            raise ValueError("a DataRow value runs past the end of its message")
+        rows.append(values)
+        bounds.append(stop)
+        pos = stop
+    return rows, bounds
+
+
+def data_rows(rows: Iterable[Sequence[bytes | None]]) -> bytes:
+    """The DataRow messages of ``rows``, one after the other."""
+    pack = _I32.pack
+    header = _DATA_ROW_HEADER.pack
+    out: list[bytes] = []
+    for values in rows:
+        body = b"".join([_NULL_VALUE if value is None else pack(len(value)) + value for value in values])
+        out.append(header(b"D", len(body) + 6, len(values)))
+        out.append(body)
+    return b"".join(out)
+
+
 def command_rows(tag: str) -> int | None:
     """Rows returned or affected, from a CommandComplete tag ("SELECT 5", "INSERT 0 3")."""
     last = tag.rpartition(" ")[2]
@@ -420,6 +465,7 @@ def data_row(values: Iterable[bytes | None]) -> bytes:
 
 
 _NULL_VALUE = b"\xff\xff\xff\xff"
+_DATA_ROW_HEADER = struct.Struct("!cIh")
 
 
 def parse_field_list(body: bytes) -> list[tuple[int, bytes]]:

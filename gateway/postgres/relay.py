@@ -906,49 +906,53 @@ class Relay:
     def _mask_data_rows(self, data: bytes, pos: int, n: int) -> tuple[int, bytes | None]:
         """Mask the run of whole DataRows starting at ``pos``: (where the run ends, the
         bytes to send instead, or None when nothing changed)."""
-        unpack = _U32.unpack_from
-        bodies = []
-        while n - pos >= 5 and data[pos] == 68:
-            end = pos + 1 + unpack(data, pos + 1)[0]
-            if end > n:
-                break
-            bodies.append(data[pos + 5 : end])
-            pos = end
+        rows, bounds = pg.parse_data_rows(data, pos, n)
+        pos = bounds[-1]
         record, entry = self._record_for_rows()
         if record is None or entry is None:
             raise ProtocolError("data rows out of step with the client's messages")
         if entry.kind == EXECUTE and record.masker is None and not record.withheld:
             portal = record.portal or b""
-            ncols = _U16.unpack_from(bodies[0], 0)[0] if bodies else None
+            ncols = _U16.unpack_from(data, bounds[0] + 5)[0] if rows else None
             self._build_masker(
                 record, self._portal_fields.get(portal), self._portal_formats.get(portal, ()), ncols
             )
         elif record.masker is None and not record.withheld:
             self._build_masker(record, record.fields, None)
-        record.rows += len(bodies)
+        record.rows += len(rows)
         masker = record.masker
         if masker is None:
             return pos, b""  # withheld: no row goes on
-        rows = [pg.parse_data_row(body) for body in bodies]
         try:
             masked, counts = masker.mask_rows(rows)
         except MaskingError:
             record.withheld = "the result could not be masked"
             return pos, b""
         if len(record.sample) < self.result_rows:
-            for row in masked[: self.result_rows - len(record.sample)]:
-                record.sample.append(self._sample_values(row, record))
+            record.sample.extend(self._sample_rows(masked[: self.result_rows - len(record.sample)], record))
         if not counts:
             return pos, None
         total = record.masked
         for entity, count in counts.items():
             total[entity] = total.get(entity, 0) + count
-        parts = []
-        for body, original, new in zip(bodies, rows, masked, strict=True):
+        # Runs of rows that masking left alone go on as they came; the others are encoded.
+        parts: list[bytes] = []
+        pending: list[tuple[Any, ...]] = []  # changed rows, encoded together
+        run = 0  # where the current run of unchanged rows starts
+        for index, (original, new) in enumerate(zip(rows, masked, strict=True)):
             if tuple(original) == new:
-                parts.append(b"D" + _U32.pack(len(body) + 4) + body)
-            else:
-                parts.append(pg.data_row(new))  # type: ignore[arg-type]
+                continue
+            if run < index:
+                if pending:
+                    parts.append(pg.data_rows(pending))
+                    pending = []
+                parts.append(data[bounds[run] : bounds[index]])
+            pending.append(new)
+            run = index + 1
+        if pending:
+            parts.append(pg.data_rows(pending))
+        if run < len(rows):
+            parts.append(data[bounds[run] : bounds[-1]])
         return pos, b"".join(parts)
 
     def _mask_copy(self, data: bytes, pos: int, n: int) -> tuple[int, bytes | None]:
@@ -1412,6 +1416,23 @@ class Relay:
 
     def _sample_row(self, body: bytes, record: _Statement) -> list[Any]:
         return self._sample_values(pg.parse_data_row(body), record)
+
+    def _sample_rows(self, rows: Sequence[Sequence[Any]], record: _Statement) -> list[list[Any]]:
+        """``_sample_values`` of each row, the columns' formats looked at once."""
+        columns = record.columns or self._last_columns
+        if columns is None or any(c[1] for c in columns):
+            return [self._sample_values(row, record) for row in rows]
+        width = len(columns)
+        sample = []
+        for row in rows:
+            if len(row) == width:
+                try:
+                    sample.append([v if v is None or isinstance(v, str) else v.decode() for v in row])
+                    continue
+                except UnicodeDecodeError:
+                    pass
+            sample.append(self._sample_values(row, record))
+        return sample
 
 
 class _Hold:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import struct
+
+import pytest
 
 from gateway.decision import DecisionPoint
 from gateway.postgres import protocol as pg
@@ -104,3 +107,54 @@ def test_rows_wait_for_the_catalog_when_a_column_rule_could_apply():
     relay.supply_catalog({4242: ("public.t", {1: "id", 2: "secret"})})
     out = relay.from_server(b"")
     assert b"opaque-value" not in out and pg.data_row([b"[MASKED]"]) in out
+
+
+def test_rows_masking_leaves_alone_go_on_as_they_came_between_masked_ones():
+    relay, events = _relay()
+    relay.from_client(pg.query("SELECT note, n"))
+    rows = [
+        [b"nothing here", b"1"],
+        [b"mail dana@example.org", None],
+        [b"plain", None],
+        [None, b"2"],
+        [b"call +1 555 201 3344", b"ip 10.1.2.3"],
+        [b"", b"3"],
+    ]
+    head = _row_description(("note", 0, 0, 25, 0), ("n", 0, 0, 25, 0))
+    tail = pg.message(b"C", b"SELECT 6\x00") + pg.ready_for_query()
+    out = relay.from_server(head + b"".join(pg.data_row(row) for row in rows) + tail)
+    expected = [
+        [b"nothing here", b"1"],
+        [b"mail [EMAIL]", None],
+        [b"plain", None],
+        [None, b"2"],
+        [b"call [PHONE]", b"ip [IP]"],
+        [b"", b"3"],
+    ]
+    assert out == head + b"".join(pg.data_row(row) for row in expected) + tail
+    result = next(payload for kind, payload in events.events if kind == "result")
+    assert result["masked_entities"] == {"email": 1, "phone": 1, "ip": 1}
+    assert result["first_rows"][:2] == [["nothing here", "1"], ["mail [EMAIL]", None]]
+
+
+def test_a_data_row_whose_values_overrun_it_is_a_protocol_error():
+    relay, _ = _relay()
+    relay.from_client(pg.query("SELECT note"))
+    # One value claiming 50 bytes in a message holding 5 of them: its read would run into
+    # the next message.
+    bad = pg.message(b"D", struct.pack("!hi", 1, 50) + b"short")
+    server = _row_description(("note", 0, 0, 25, 0)) + bad + pg.data_row([b"x" * 60])
+    with pytest.raises(pg.ProtocolError, match="malformed 'D' message"):
+        relay.from_server(server)
+
+
+def test_parse_data_rows_reads_every_whole_row_and_where_each_starts():
+    rows = [[b"a", None, b""], [None, None, None], [b"xyz" * 100, b"1", b"2"]]
+    data = b"junk" + b"".join(pg.data_row(row) for row in rows) + pg.message(b"C", b"SELECT 3\x00")
+    parsed, bounds = pg.parse_data_rows(data, 4, len(data))
+    assert parsed == rows
+    assert [data[a:b] for a, b in itertools.pairwise(bounds)] == [pg.data_row(row) for row in rows]
+    assert pg.data_rows(rows) == b"".join(pg.data_row(row) for row in rows)
+    # A row cut short stays for the next read.
+    cut = pg.parse_data_rows(data, 4, len(data) - 20)
+    assert cut[0] == rows[:2]
