@@ -95,6 +95,10 @@ def test_the_cache_is_bounded_and_evicted_entries_are_decided_again():
     for n in range(10):
         policy.evaluate(request(f"SELECT {n}"))
     assert len(policy._cache) == 3
+    # The oldest go first: the last three are still served from the cache.
+    for n in (7, 8, 9):
+        policy.evaluate(request(f"SELECT {n}"))
+    assert (policy.hits, policy.misses) == (3, 10)
     assert policy.evaluate(request("SELECT 0")).action is Action.ALLOW
     assert policy.misses == 11
 
