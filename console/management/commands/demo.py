@@ -19,6 +19,7 @@ from gateway.models import Connection
 from identity import actions as identity_actions
 from identity.models import Agent, User
 from policies.models import Policy
+from policies.packs import HARMLESS_SETTINGS
 
 ACTOR = "demo"
 PEOPLE = (("admin", "admin"), ("reviewer", "reviewer"), ("auditor", "auditor"))
@@ -35,6 +36,14 @@ def demo_policy_spec() -> dict[str, Any]:
         "on_parse_error": "deny",
         "rules": [
             {"name": "reads", "match": {"operations": ["read", "transaction"]}, "action": "allow"},
+            {
+                # What clients set when they connect (psql: application_name and, on a
+                # terminal, client_encoding; JDBC: DateStyle, extra_float_digits, ...):
+                # startup parameters are judged as SET statements.
+                "name": "harmless-settings",
+                "match": {"operations": ["read", "session", "transaction"], "settings": HARMLESS_SETTINGS},
+                "action": "allow",
+            },
             {
                 "name": "writes",
                 "match": {"operations": ["write"]},
@@ -128,9 +137,7 @@ class Command(BaseCommand):
             do_save_policy(
                 ACTOR, POLICY, spec, description="Reads run, writes wait for a reviewer.", comment="demo"
             )
-        return (
-            f"policy    {POLICY:10} created: reads and transactions allowed, writes reviewed, the rest denied"
-        )
+        return f"policy    {POLICY:10} created: reads, transactions and harmless settings allowed, writes reviewed, the rest denied"
 
     def _agent(self, *, new_token: bool) -> list[str]:
         agent = Agent.objects.filter(name=AGENT).first()

@@ -429,3 +429,33 @@ def test_a_search_path_given_at_startup_is_followed(policy_gateway):
     # pg_temp first: "items" may be a temporary table, which public.* does not cover.
     errors_ = [fields(body) for typ, body in messages if typ == "E"]
     assert errors_ and errors_[0]["C"] == "42501"
+
+
+def test_the_demo_policy_lets_psql_connect_and_judges_the_tours_statements(policy_gateway, bob):
+    """The README's tour, step 4, under the policy ``manage.py demo`` creates: psql's
+    startup settings (application_name, and what PG* variables add) are allowed, a read
+    runs, DDL is denied and a write is held (here refused at once, naming its request)."""
+    from console.management.commands.demo import demo_policy_spec
+
+    env = policy_gateway("demo", demo_policy_spec())
+    settings_env = {
+        "PGAPPNAME": "tour",
+        "PGCLIENTENCODING": "UTF8",
+        "PGTZ": "UTC",
+        "PGDATESTYLE": "ISO, MDY",
+    }
+    result = psql(
+        env,
+        "SELECT current_setting('application_name'), 40 + 2",
+        "DROP TABLE t",
+        "INSERT INTO t VALUES (1)",
+        extra_env=settings_env,
+    )
+
+    assert re.search(r"tour\s*\|\s*42", result.stdout), result.stderr
+    assert codes(result) == ["42501", "42501"]
+    assert "no rule matched: the default of policy 'demo' is deny" in result.stderr
+    assert "waiting for approval 1: " in result.stderr and 'rule "writes"' in result.stderr
+    # A setting outside the harmless list is still refused.
+    refused = psql(env, "SET geqo = off")
+    assert codes(refused) == ["42501"]
