@@ -166,6 +166,10 @@ class _Tally:
                 self.denied_count += 1
             elif action == "review":
                 self.review_count += 1
+        elif kind == Event.Kind.APPROVAL:
+            # A held statement's outcome: the gateway records the statement itself with
+            # the decision it ran (or failed) under, so its review shows only here.
+            self.review_count += 1
         elif kind == Event.Kind.ERROR:
             self.error_count += 1
         elif kind == Event.Kind.RESULT and isinstance(payload, dict):

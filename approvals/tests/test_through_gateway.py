@@ -38,6 +38,8 @@ def test_psql_is_told_at_once_and_gets_the_result_once_approved(held_gw, bob, pr
     assert ApprovalRequest.objects.get(pk=req.pk).result == "DELETE 3"
     events = [kind for kind, _ in held_gw.events()]
     assert "approval" in events
+    # The sessions page shows it as a reviewed statement ("had approvals").
+    assert held_gw.session().review_count == 1
 
 
 def test_psql_gets_the_rejection_with_the_reviewer_and_the_reason(held_gw, bob, private_pg):
@@ -52,6 +54,8 @@ def test_psql_gets_the_rejection_with_the_reviewer_and_the_reason(held_gw, bob, 
     assert client.returncode != 0
     assert f"approval request {req.pk} was rejected by bob: use the archive job" in err
     assert count_orders(private_pg) == 20
+    session = held_gw.session()
+    assert (session.review_count, session.denied_count) == (1, 1)
 
 
 def test_an_expired_request_fails_the_statement_and_the_session_goes_on(held_gw, private_pg, settings):
