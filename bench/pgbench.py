@@ -42,6 +42,9 @@ PROFILE = os.environ.get("AIRLOCK_BENCH_PROFILE", "")
 # process, such as recording writes or garbage collection, and the order shows it).
 ONLY = [name for name in os.environ.get("AIRLOCK_BENCH_ONLY", "").split(",") if name]
 MODES = os.environ.get("AIRLOCK_BENCH_MODES", "simple,prepared").split(",")
+# Gateway processes on the gateway's port (``manage.py gateway --workers``); CPU figures
+# add up the workers'.
+GATEWAY_WORKERS = int(os.environ.get("AIRLOCK_BENCH_GATEWAY_WORKERS", "1"))
 SCALE = 10
 # Diagnostics, not ways to deploy: "gw-norec" is the same gateway code with a recorder
 # that drops events (what recording costs; the command has no such switch) and "norec-pol"
@@ -74,18 +77,27 @@ def _wait_port(port: int, proc: subprocess.Popen[str] | None = None, timeout: fl
             time.sleep(0.1)
 
 
+def _children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(child) for child in path.read_text().split()] if path.exists() else []
+
+
 def _cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process and its threads (Linux /proc)."""
+    """User + system CPU time of a process and its threads (Linux /proc), and of its child
+    processes (the gateway's workers with ``AIRLOCK_BENCH_GATEWAY_WORKERS``)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    own = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return own + sum(_cpu_seconds(child) for child in _children(pid))
 
 
 def _loop_cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process's main thread: the gateway's event loop, which
-    relays every byte. The rest of ``_cpu_seconds`` is other threads' (recording writers,
-    the policy watcher, libuv's workers), which compete for the GIL but not for the socket."""
+    """User + system CPU time of a process's main thread (and its child processes'): the
+    gateway's event loop, which relays every byte. The rest of ``_cpu_seconds`` is other
+    threads' (recording writers, the policy watcher, libuv's workers), which compete for the
+    GIL but not for the socket."""
     fields = Path(f"/proc/{pid}/task/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    own = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return own + sum(_loop_cpu_seconds(child) for child in _children(pid))
 
 
 def pgbench(
@@ -400,7 +412,8 @@ def main() -> int:
             "AIRLOCK_LOG_LEVEL": "WARNING",
         }
         gateway = subprocess.Popen(
-            [sys.executable, "manage.py", "gateway", "--postgres-listen", f"127.0.0.1:{gw_port}"],
+            [sys.executable, "manage.py", "gateway", "--postgres-listen", f"127.0.0.1:{gw_port}",
+             "--workers", str(GATEWAY_WORKERS)],
             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
             cwd=Path(__file__).resolve().parent.parent,
         )  # fmt: skip
