@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import fnmatch
 import re
+from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -374,7 +375,11 @@ class CompiledPolicy:
         self.review = review
         self.trusted = _glob_regex(trusted_functions, ignore_case=False) if trusted_functions else None
         self.cache_size = cache_size
-        self._cache: dict[Hashable, Decision] = {}
+        # First in, first out. An OrderedDict, not a dict: deleting a dict's first key
+        # leaves a hole that every later ``next(iter(...))`` walks over until the dict is
+        # rebuilt, so evicting from the front cost 5-8 µs a decision once the cache was
+        # full (pgbench sends a new text every statement), against about 1 µs here.
+        self._cache: OrderedDict[Hashable, Decision] = OrderedDict()
         self.hits = 0
         self.misses = 0
 
@@ -407,8 +412,8 @@ class CompiledPolicy:
         decision = self._decide(request, classify(request))
         if len(self._cache) >= self.cache_size:
             try:
-                del self._cache[next(iter(self._cache))]
-            except (KeyError, RuntimeError, StopIteration):  # another thread evicted first
+                self._cache.popitem(last=False)
+            except KeyError:  # another thread emptied it first
                 pass
         self._cache[key] = decision
         return decision

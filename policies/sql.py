@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, MutableMapping
 from functools import lru_cache
 from typing import Any
@@ -1340,7 +1341,8 @@ def _shape(sql: str, stmts: list[Json], statements: list[StatementInfo], literal
 
 
 MAX_SHAPES = 4096
-_shapes: dict[tuple[str, tuple[str, ...]], _Shape | None] = {}
+# First in, first out; an OrderedDict for the reason ``CompiledPolicy._cache`` is one.
+_shapes: OrderedDict[tuple[str, tuple[str, ...]], _Shape | None] = OrderedDict()
 
 
 def _classify_by_shape(sql: str, path: tuple[str, ...]) -> Classification:
@@ -1357,8 +1359,8 @@ def _classify_by_shape(sql: str, path: tuple[str, ...]) -> Classification:
     classification = _classify(sql, path, {}, found)
     if len(_shapes) >= MAX_SHAPES:
         try:
-            del _shapes[next(iter(_shapes))]
-        except (KeyError, RuntimeError, StopIteration):  # another thread evicted first
+            _shapes.popitem(last=False)
+        except KeyError:  # another thread emptied it first
             pass
     _shapes[key] = found[0] if found else None
     return classification
