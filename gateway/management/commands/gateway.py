@@ -60,6 +60,18 @@ def _postgres_listener(workers: Any) -> Any:
     return PostgresGateway(tls_context=server_context(), workers=workers)
 
 
+async def _orphaned(parent: int, stop: asyncio.Event) -> None:
+    """A worker ends once its supervisor is gone (killed without passing SIGTERM on):
+    workers left on the port would keep serving after the gateway was "stopped"."""
+    while os.getppid() == parent:  # noqa: ASYNC110 - no event tells of a parent's death
+        await asyncio.sleep(SUPERVISOR_CHECK_SECONDS)
+    log.error("the supervising gateway process is gone: this worker stops")
+    stop.set()
+
+
+SUPERVISOR_CHECK_SECONDS = 1.0
+
+
 def worker_sockets(directory: str, count: int) -> tuple[str, ...]:
     """The private Unix socket of each worker process, in ``directory``."""
     return tuple(str(Path(directory) / f"worker-{index}.sock") for index in range(count))
@@ -187,6 +199,7 @@ class Command(BaseCommand):
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         listeners = []
+        watch: asyncio.Task[None] | None = None
         try:
             # Holds left by an earlier run of a gateway (a crash, a restart) are cancelled
             # once no heartbeat comes from them; overdue requests are expired.
@@ -202,9 +215,14 @@ class Command(BaseCommand):
                 listeners.append(listener)
                 self.stdout.write(f"{protocol} gateway listening on {bound[0]}:{bound[1]}")
                 self.stdout.flush()
+            if workers is not None:
+                watch = loop.create_task(_orphaned(os.getppid(), stop), name="supervisor watch")
+                watch.add_done_callback(lambda task: task.cancelled() or task.exception())
             await stop.wait()
             self.stdout.write("shutting down: closing listeners and ending sessions")
         finally:
+            if watch is not None:
+                watch.cancel()
             for listener in listeners:
                 with contextlib.suppress(Exception):
                     await listener.close()

@@ -68,39 +68,80 @@ def test_a_cancel_request_reaching_another_worker_is_passed_to_the_sessions_work
         raw.close()
 
 
-@pytest.mark.timeout(120)
-def test_the_gateway_command_runs_its_workers_on_one_port_and_stops_them(transactional_db, tmp_path):
-    from django.db import connection
+class Supervisor:
+    """``manage.py gateway --workers 2`` on a free port, in a real process."""
 
-    port = free_port()
-    db = connection.settings_dict
-    env = {
-        **os.environ,
-        "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}",
-        "AIRLOCK_GATEWAY_WORKERS": "2",
-    }
-    proc = subprocess.Popen(
-        [sys.executable, "manage.py", "gateway", "--postgres-listen", f"127.0.0.1:{port}"],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    def __init__(self) -> None:
+        from django.db import connection
+
+        self.port = free_port()
+        db = connection.settings_dict
+        env = {
+            **os.environ,
+            "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}",
+            "AIRLOCK_GATEWAY_WORKERS": "2",
+        }
+        self.proc = subprocess.Popen(
+            [sys.executable, "manage.py", "gateway", "--postgres-listen", f"127.0.0.1:{self.port}"],
+            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        self.children: list[int] = []
+
+    def wait_listening(self) -> None:
+        assert self.proc.stdout is not None
+        listening = [self.proc.stdout.readline() for _ in range(2)]
+        assert listening == [f"postgres gateway listening on 127.0.0.1:{self.port}\n"] * 2
+        self.children = [
+            int(pid)
+            for pid in Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text().split()
+        ]
+        assert len(self.children) == 2
+
+    def workers_gone(self) -> bool:
+        return not any(_alive(child) for child in self.children)
+
+    def stop(self) -> None:
+        """Whatever happened in the test, nothing is left running."""
+        for pid in [*self.children, self.proc.pid]:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        self.proc.wait(10)
+
+
+def _alive(pid: int) -> bool:
     try:
-        assert proc.stdout is not None
-        listening = [proc.stdout.readline() for _ in range(2)]
-        assert listening == [f"postgres gateway listening on 127.0.0.1:{port}\n"] * 2
-        children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
-        assert len(children) == 2
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"  # a zombie has ended; only its exit status waits to be read
+
+
+@pytest.mark.timeout(120)
+def test_the_gateway_command_runs_its_workers_on_one_port_and_stops_them(transactional_db):
+    supervisor = Supervisor()
+    try:
+        supervisor.wait_listening()
         for _ in range(4):  # whichever worker takes it, the port answers
-            with socket.create_connection(("127.0.0.1", port), timeout=10) as client:
+            with socket.create_connection(("127.0.0.1", supervisor.port), timeout=10) as client:
                 client.sendall(struct.pack("!ii", 8, pg.SSL_REQUEST_CODE))
                 assert client.recv(1) in (b"S", b"N")  # TLS offered or not: the port answers
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(60) == 0
-        for child in children:
-            wait_until(lambda child=child: not Path(f"/proc/{child}").exists(), what="the workers to end")
+        supervisor.proc.send_signal(signal.SIGTERM)
+        assert supervisor.proc.wait(60) == 0
+        assert supervisor.workers_gone()
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        supervisor.stop()
+
+
+@pytest.mark.timeout(120)
+def test_workers_stop_when_their_supervisor_is_killed(transactional_db):
+    supervisor = Supervisor()
+    try:
+        supervisor.wait_listening()
+        supervisor.proc.kill()  # no SIGTERM passed on
+        supervisor.proc.wait(10)
+        wait_until(supervisor.workers_gone, timeout=60, what="the orphaned workers to stop")
+    finally:
+        supervisor.stop()
 
 
 def test_workers_need_a_fixed_port():
