@@ -42,6 +42,9 @@ PROFILE = os.environ.get("AIRLOCK_BENCH_PROFILE", "")
 # process, such as recording writes or garbage collection, and the order shows it).
 ONLY = [name for name in os.environ.get("AIRLOCK_BENCH_ONLY", "").split(",") if name]
 MODES = os.environ.get("AIRLOCK_BENCH_MODES", "simple,prepared").split(",")
+# Gateway processes on the gateway's port (``manage.py gateway --workers``); CPU figures
+# add up the workers'.
+GATEWAY_WORKERS = int(os.environ.get("AIRLOCK_BENCH_GATEWAY_WORKERS", "1"))
 SCALE = 10
 # Diagnostics, not ways to deploy: "gw-norec" is the same gateway code with a recorder
 # that drops events (what recording costs; the command has no such switch) and "norec-pol"
@@ -74,10 +77,27 @@ def _wait_port(port: int, proc: subprocess.Popen[str] | None = None, timeout: fl
             time.sleep(0.1)
 
 
+def _children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(child) for child in path.read_text().split()] if path.exists() else []
+
+
 def _cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process and its threads (Linux /proc)."""
+    """User + system CPU time of a process and its threads (Linux /proc), and of its child
+    processes (the gateway's workers with ``AIRLOCK_BENCH_GATEWAY_WORKERS``)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    own = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return own + sum(_cpu_seconds(child) for child in _children(pid))
+
+
+def _loop_cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process's main thread (and its child processes'): the
+    gateway's event loop, which relays every byte. The rest of ``_cpu_seconds`` is other
+    threads' (recording writers, the policy watcher, libuv's workers), which compete for the
+    GIL but not for the socket."""
+    fields = Path(f"/proc/{pid}/task/{pid}/stat").read_text().rpartition(")")[2].split()
+    own = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return own + sum(_loop_cpu_seconds(child) for child in _children(pid))
 
 
 def pgbench(
@@ -105,13 +125,16 @@ def pgbench(
     return tps, latencies
 
 
-def summarise(runs: list[tuple[float, list[int]]], cpu_seconds: float = 0.0) -> dict[str, float]:
+def summarise(
+    runs: list[tuple[float, list[int]]], cpu_seconds: float = 0.0, loop_seconds: float = 0.0
+) -> dict[str, float]:
     latencies = sorted(lat for _, run in runs for lat in run)
     return {
         "tps": statistics.median(tps for tps, _ in runs),
         "p50_ms": latencies[len(latencies) // 2] / 1000,
         "p99_ms": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] / 1000,
         "cpu_us": cpu_seconds / len(latencies) * 1e6 if cpu_seconds else 0.0,
+        "loop_us": loop_seconds / len(latencies) * 1e6 if loop_seconds else 0.0,
     }
 
 
@@ -389,7 +412,8 @@ def main() -> int:
             "AIRLOCK_LOG_LEVEL": "WARNING",
         }
         gateway = subprocess.Popen(
-            [sys.executable, "manage.py", "gateway", "--postgres-listen", f"127.0.0.1:{gw_port}"],
+            [sys.executable, "manage.py", "gateway", "--postgres-listen", f"127.0.0.1:{gw_port}",
+             "--workers", str(GATEWAY_WORKERS)],
             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
             cwd=Path(__file__).resolve().parent.parent,
         )  # fmt: skip
@@ -449,6 +473,7 @@ def main() -> int:
         for mode, clients in RUNS:
             runs: dict[str, list[tuple[float, list[int]]]] = {t: [] for t in TARGETS}
             cpu = dict.fromkeys(TARGETS, 0.0)
+            loop_cpu = dict.fromkeys(TARGETS, 0.0)
             order = list(ONLY or TARGETS)
             for round_ in range(ROUNDS):
                 for target in TARGETS:
@@ -461,11 +486,13 @@ def main() -> int:
                 shift = round_ % len(order)
                 for target in order[shift:] + order[:shift]:
                     before = _cpu_seconds(pids[target]) if target in pids else 0.0
+                    loop_before = _loop_cpu_seconds(pids[target]) if target in pids else 0.0
                     runs[target].append(pgbench(*endpoints[target], mode, clients, root))
                     if target in pids:
                         cpu[target] += _cpu_seconds(pids[target]) - before
+                        loop_cpu[target] += _loop_cpu_seconds(pids[target]) - loop_before
             for target in TARGETS:
-                results[(target, mode, clients)] = summarise(runs[target], cpu[target])
+                results[(target, mode, clients)] = summarise(runs[target], cpu[target], loop_cpu[target])
         from recordings.models import Event, Session
 
         recorded = Event.objects.filter(kind="statement").count()
@@ -487,7 +514,7 @@ def main() -> int:
     )
     print(
         f"{'target':<10} {'mode':<9} {'clients':>7} {'tps':>9} {'p50 ms':>8} {'p99 ms':>8} {'vs direct':>9}"
-        f" {'cpu us/txn':>10}"
+        f" {'cpu us/txn':>10} {'loop us':>7}"
     )
     for mode, clients in RUNS:
         direct = results[("direct", mode, clients)]
@@ -495,7 +522,7 @@ def main() -> int:
             r = results[(target, mode, clients)]
             print(
                 f"{target:<10} {mode:<9} {clients:>7} {r['tps']:>9.0f} {r['p50_ms']:>8.3f} {r['p99_ms']:>8.3f}"
-                f" {r['tps'] / direct['tps']:>9.2f} {r['cpu_us']:>10.1f}"
+                f" {r['tps'] / direct['tps']:>9.2f} {r['cpu_us']:>10.1f} {r['loop_us']:>7.1f}"
             )
     for mode in ("simple", "prepared"):
         if mode not in MODES:

@@ -265,6 +265,8 @@ GATEWAY_MAX_MESSAGE_BYTES = env_int("AIRLOCK_MAX_MESSAGE_BYTES", 64 * 1024 * 102
 GATEWAY_IDLE_TIMEOUT = env_int("AIRLOCK_IDLE_TIMEOUT_SECONDS", 3600, minimum=1)
 GATEWAY_SESSION_TIMEOUT = env_int("AIRLOCK_SESSION_TIMEOUT_SECONDS", 12 * 3600, minimum=1)
 GATEWAY_MAX_SESSIONS = env_int("AIRLOCK_MAX_SESSIONS", 1000, minimum=1)
+# Gateway processes sharing the listening ports (SO_REUSEPORT): one event loop uses one CPU.
+GATEWAY_WORKERS = env_int("AIRLOCK_GATEWAY_WORKERS", 1, minimum=1)
 GATEWAY_LOGIN_FAILURES_PER_MINUTE = env_int("AIRLOCK_LOGIN_FAILURES_PER_MINUTE", 10, minimum=1)
 # The gateway process's young-generation garbage-collector threshold (Python's default:
 # 700). Every statement allocates thousands of short-lived objects; at 700 the collector ran

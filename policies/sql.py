@@ -1341,7 +1341,7 @@ def _shape(sql: str, stmts: list[Json], statements: list[StatementInfo], literal
 
 
 MAX_SHAPES = 4096
-# First in, first out (OrderedDict: evicting is O(1); see CompiledPolicy._cache).
+# First in, first out; an OrderedDict for the reason ``CompiledPolicy._cache`` is one.
 _shapes: OrderedDict[tuple[str, tuple[str, ...]], _Shape | None] = OrderedDict()
 
 

@@ -76,6 +76,33 @@ class Limits:
         )
 
 
+@dataclass(frozen=True)
+class Workers:
+    """This process's place among gateway processes sharing one port (``SO_REUSEPORT``).
+
+    The kernel spreads new connections over the processes, so a CancelRequest, which
+    PostgreSQL clients send on a connection of its own, may reach a process other than the
+    session's. The owner is written into the key's process id (``pid % count == index``)
+    and every process listens on a private Unix socket (``sockets[index]``) where the
+    others pass such requests on, unchanged.
+
+    >>> workers = Workers(index=0, count=2, sockets=("/run/airlock/gw-0", "/run/airlock/gw-1"))
+    >>> workers.owner(4242), workers.owner(4243)
+    (0, 1)
+    """
+
+    index: int
+    count: int
+    sockets: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        if self.count < 1 or not 0 <= self.index < self.count or len(self.sockets) != self.count:
+            raise ValueError(f"worker {self.index} of {self.count} with {len(self.sockets)} sockets")
+
+    def owner(self, pid: int) -> int:
+        return pid % self.count
+
+
 class LoginFailed(Exception):
     def __init__(self, code: str, message: str, *, counts_as_failure: bool = False) -> None:
         super().__init__(message)
@@ -320,8 +347,10 @@ class PostgresGateway:
         decision_point_factory: DecisionPointFactory = default_decision_point,
         recorder_factory: RecorderFactory = default_recorder,
         server_secret: bytes | None = None,
+        workers: Workers | None = None,
     ) -> None:
         self.limits = limits or Limits.from_settings()
+        self.workers = workers
         self.tls_context = tls_context
         self.decision_point_factory = decision_point_factory
         self.recorder_factory = recorder_factory
@@ -332,6 +361,7 @@ class PostgresGateway:
         self.sessions: set[Session] = set()
         self.cancel_keys: dict[tuple[int, int], Session] = {}
         self._server: asyncio.AbstractServer | None = None
+        self._private: asyncio.AbstractServer | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._closing = False
         # New policy versions reach open sessions (gateway.policy_watch).
@@ -341,7 +371,13 @@ class PostgresGateway:
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(self._accept, host, port, reuse_address=True, backlog=1024)
+        workers = self.workers
+        if workers is not None:
+            # Cancel requests passed on by the other processes: the same path as the port's.
+            self._private = await loop.create_unix_server(self._accept, workers.sockets[workers.index])
+        self._server = await loop.create_server(
+            self._accept, host, port, reuse_address=True, reuse_port=workers is not None, backlog=1024
+        )
         self.policy_watcher.start()
         sock = self._server.sockets[0].getsockname()
         self._login_audit = loop.create_task(self._write_login_failures(), name="login failures audit")
@@ -370,6 +406,8 @@ class PostgresGateway:
         self._closing = True
         if self._server is not None:
             self._server.close()
+        if self._private is not None:
+            self._private.close()
         for session in list(self.sessions):
             session.end(
                 reason, status="terminated", error=pg.fatal("57P01", f"terminating connection: {reason}")
@@ -410,7 +448,14 @@ class PostgresGateway:
 
     def new_cancel_key(self, session: Session) -> tuple[int, int]:
         while True:
-            pid = secrets.randbits(31) or 1
+            pid = secrets.randbits(31)
+            if self.workers is not None:
+                # The owner's index in the pid, for the process a cancel request reaches.
+                pid -= pid % self.workers.count - self.workers.index
+                if pid >= 1 << 31:
+                    continue
+            if pid == 0:
+                continue
             key = secrets.randbits(32) - (1 << 31)
             if (pid, key) not in self.cancel_keys:
                 self.cancel_keys[(pid, key)] = session
@@ -807,6 +852,10 @@ class Session:
             )
 
     async def _forward_cancel(self, pid: int, key: int) -> None:
+        workers = self.gateway.workers
+        if workers is not None and workers.owner(pid) != workers.index:
+            await self._pass_cancel(workers.sockets[workers.owner(pid)], pid, key)
+            return
         session = self.gateway.cancel_keys.get((pid, key))
         if session is None or session.authorized is None:
             log.info("cancel request from %s for an unknown session", self.address)
@@ -826,6 +875,18 @@ class Session:
         else:
             if session.recorder is not None:
                 session.recorder.append("notice", {"severity": "INFO", "message": "cancel request forwarded"})
+
+    async def _pass_cancel(self, path: str, pid: int, key: int) -> None:
+        """A cancel request for another gateway process, sent on to it as it came."""
+        try:
+            async with asyncio.timeout(self.limits.connect_timeout):
+                _, writer = await asyncio.open_unix_connection(path)
+                writer.write(pg.cancel_request(pid, key))
+                await writer.drain()
+                writer.close()
+                await writer.wait_closed()
+        except (OSError, TimeoutError) as exc:
+            log.warning("cancel request from %s could not be passed to %s: %s", self.address, path, exc)
 
     # -- relay ------------------------------------------------------------------------------------
 

@@ -62,7 +62,7 @@ def test_the_gateway_command_prepares_its_process():
         "os.environ['AIRLOCK_GATEWAY_GC_THRESHOLD'] = '4321';"
         "django.setup();"
         "import gateway.management.commands.gateway as cmd;"
-        "cmd.Command._serve = lambda self, addresses: print('threshold', gc.get_threshold()[0],"
+        "cmd.Command._serve = lambda self, addresses, workers=None: print('threshold', gc.get_threshold()[0],"
         " 'frozen', gc.get_freeze_count() > 0, flush=True) or __import__('asyncio').sleep(0);"
         "from django.core.management import call_command;"
         "call_command('gateway', postgres_listen='127.0.0.1:0')"
