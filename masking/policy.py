@@ -528,6 +528,26 @@ class ResultMasker:
         column as one batch (``Scanner.mask_batch``), or, where that cannot be done, each
         value asks for its own detectors, skipping the trigger scan that would flag them all."""
         column = columns[index]
+        if self._ascii_compatible:
+            # ASCII bytes are the same text in these encodings.
+            whole = scanner.mask_whole_column(column)  # type: ignore[arg-type]  # str values: None
+            if whole is not None:
+                masked_column, rest, found = whole
+                for entity, n in found.items():
+                    counts[entity] = counts.get(entity, 0) + n
+                if rest:
+                    others: list[Sequence[Value | None]] = [[column[row] for row in rest]]
+                    self._mask_dense_values(scanner, others, 0, counts)
+                    for row, value in zip(rest, others[0], strict=True):
+                        masked_column[row] = value  # type: ignore[assignment]  # bytes in, bytes out
+                columns[index] = masked_column
+                return
+        self._mask_dense_values(scanner, columns, index, counts)
+
+    def _mask_dense_values(
+        self, scanner: Scanner, columns: list[Sequence[Value | None]], index: int, counts: Counts
+    ) -> None:
+        column = columns[index]
         encoding = self._encoding
         try:  # the usual column: every value bytes, none NULL
             texts = [v.decode(encoding, "surrogateescape") for v in column]  # type: ignore[union-attr]
