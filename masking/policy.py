@@ -421,6 +421,9 @@ class ResultMasker:
                 if not scanner.active:
                     scanner = None
             scanners.append(scanner)
+        # Looked up once here: a result of a few rows costs little more than these lookups.
+        self._jsonb_binary = [i for i, kind in enumerate(self.kinds) if kind is ValueKind.JSONB_BINARY]
+        self._ruled = [(i, rule, self.kinds[i]) for i, rule in enumerate(self.rules) if rule is not None]
         # Columns scanned by the same scanner are scanned together, as one batch.
         self._scan_groups: dict[int, tuple[Scanner, list[int]]] = {}
         for index, scanner in enumerate(scanners):
@@ -496,6 +499,18 @@ class ResultMasker:
             as_text = render.redacted
             as_bytes = as_text.encode(self._encoding)
             return [None if v is None else as_bytes if isinstance(v, bytes) else as_text for v in column]
+        try:
+            joined: bytes | None = b"\x00".join(column)  # type: ignore[arg-type]  # NULL or str: TypeError
+        except TypeError:
+            joined = None
+        if joined is not None and self._ascii_compatible:
+            # The usual column: bytes, none NULL; each renderer's lookups done once.
+            if render.method is Method.PARTIAL:
+                return render.partial_bytes_each(column)  # type: ignore[arg-type, return-value]
+            if render.method is Method.HASH and joined.isascii():
+                hashed = render.hash_ascii_each(column)  # type: ignore[arg-type]
+                if hashed is not None:
+                    return hashed  # type: ignore[return-value]
         if render.method is Method.PARTIAL and self._ascii_compatible:
             partial = render.partial_bytes
             return [None if v is None else partial(v) if isinstance(v, bytes) else render(v) for v in column]
@@ -630,24 +645,21 @@ class ResultMasker:
         # both ways runs in C (a column is a tuple until something in it changes).
         columns: list[Sequence[Value | None]] = list(zip(*rows, strict=True))
         count = len(rows)
-        for index, kind in enumerate(self.kinds):
-            if kind is ValueKind.JSONB_BINARY and any(
-                v is not None and v[:1] != b"\x01" for v in columns[index]
-            ):
+        for index in self._jsonb_binary:
+            if any(v is not None and v[:1] != b"\x01" for v in columns[index]):
                 # Only version 1 is known; another could hide text from the detectors.
                 raise MaskingError("unknown jsonb binary format version")
-        for index, rule in enumerate(self.rules):
-            if rule is not None:
-                masked = count - columns[index].count(None)
-                columns[index] = self._rule_column(rule, self.kinds[index], columns[index])
-                if masked:
-                    counts[rule.entity] = counts.get(rule.entity, 0) + masked
+        for index, rule, kind in self._ruled:
+            masked = count - columns[index].count(None)
+            columns[index] = self._rule_column(rule, kind, columns[index])
+            if masked:
+                counts[rule.entity] = counts.get(rule.entity, 0) + masked
         for scanner, group in self._scan_groups.values():
             indices = []
             for index in group:
                 if (
-                    self.kinds[index] is ValueKind.TEXT
-                    and count >= _DENSE_MIN_ROWS
+                    count >= _DENSE_MIN_ROWS
+                    and self.kinds[index] is ValueKind.TEXT
                     and scanner.dense(columns[index])
                 ):
                     self._mask_dense(scanner, columns, index, counts)
