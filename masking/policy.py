@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import codecs
 import fnmatch
+import gc
 import json
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from functools import wraps
+from operator import itemgetter
 from typing import Any, ParamSpec, TypeVar, overload
 
 from masking.detectors import ASCII_NORMALISERS, BUILTIN_ENTITIES, NORMALISERS
@@ -329,6 +331,9 @@ class MaskingPolicy:
 
 # Below this many rows the batch trigger scan costs less than sampling a column for density.
 _DENSE_MIN_ROWS = 32
+# From this many rows on, a batch is transposed column by column and masked with the
+# garbage collector paused (``ResultMasker.mask_rows``).
+_LARGE_RESULT = 1024
 
 
 class _JSONNumber(str):
@@ -499,15 +504,15 @@ class ResultMasker:
             as_text = render.redacted
             as_bytes = as_text.encode(self._encoding)
             return [None if v is None else as_bytes if isinstance(v, bytes) else as_text for v in column]
-        try:
-            joined: bytes | None = b"\x00".join(column)  # type: ignore[arg-type]  # NULL or str: TypeError
-        except TypeError:
-            joined = None
-        if joined is not None and self._ascii_compatible:
-            # The usual column: bytes, none NULL; each renderer's lookups done once.
-            if render.method is Method.PARTIAL:
+        if self._ascii_compatible:
+            # The usual column, bytes and no NULL: each renderer's lookups done once for all.
+            try:
+                joined = b"".join(column)  # type: ignore[arg-type]  # NULL or str: TypeError
+            except TypeError:
+                joined = None
+            if joined is not None and render.method is Method.PARTIAL:
                 return render.partial_bytes_each(column)  # type: ignore[arg-type, return-value]
-            if render.method is Method.HASH and joined.isascii():
+            if joined is not None and render.method is Method.HASH and joined.isascii():
                 hashed = render.hash_ascii_each(column)  # type: ignore[arg-type]
                 if hashed is not None:
                     return hashed  # type: ignore[return-value]
@@ -634,6 +639,19 @@ class ResultMasker:
         """The rows (as tuples) with every masked value replaced, and how many of each entity
         were masked. The rows passed in are not changed."""
         rows = rows if isinstance(rows, list) else list(rows)
+        if len(rows) < _LARGE_RESULT or not gc.isenabled():
+            return self._mask_rows(rows)
+        # A large batch allocates a tuple per row and a few objects per column, none in a
+        # reference cycle; left on, the collector would traverse every live object
+        # (the caller's rows among them) several times over for nothing. It runs as usual
+        # once the batch is done.
+        gc.disable()
+        try:
+            return self._mask_rows(rows)
+        finally:
+            gc.enable()
+
+    def _mask_rows(self, rows: list[Row]) -> tuple[list[tuple[Value | None, ...]], Counts]:
         counts: Counts = {}
         if not rows:
             return [], counts
@@ -643,8 +661,12 @@ class ResultMasker:
             return [() for _ in rows], counts
         # Column by column: per-value work runs in comprehensions, and the transposition
         # both ways runs in C (a column is a tuple until something in it changes).
-        columns: list[Sequence[Value | None]] = list(zip(*rows, strict=True))
         count = len(rows)
+        columns: list[Sequence[Value | None]]
+        if count < _LARGE_RESULT:
+            columns = list(zip(*rows, strict=True))
+        else:  # zip(*rows) would make an iterator per row
+            columns = [tuple(map(itemgetter(index), rows)) for index in range(self.width)]
         for index in self._jsonb_binary:
             if any(v is not None and v[:1] != b"\x01" for v in columns[index]):
                 # Only version 1 is known; another could hide text from the detectors.
