@@ -23,7 +23,6 @@ import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from functools import wraps
-from operator import itemgetter
 from typing import Any, ParamSpec, TypeVar, overload
 
 from masking.detectors import ASCII_NORMALISERS, BUILTIN_ENTITIES, NORMALISERS
@@ -331,8 +330,8 @@ class MaskingPolicy:
 
 # Below this many rows the batch trigger scan costs less than sampling a column for density.
 _DENSE_MIN_ROWS = 32
-# From this many rows on, a batch is transposed column by column and masked with the
-# garbage collector paused (``ResultMasker.mask_rows``).
+# From this many rows on, a batch is masked with the garbage collector paused
+# (``ResultMasker.mask_rows``).
 _LARGE_RESULT = 1024
 
 
@@ -507,11 +506,11 @@ class ResultMasker:
         if self._ascii_compatible:
             # The usual column, bytes and no NULL: each renderer's lookups done once for all.
             try:
-                joined = b"".join(column)  # type: ignore[arg-type]  # NULL or str: TypeError
-            except TypeError:
+                if render.method is Method.PARTIAL:
+                    return render.partial_bytes_each(column)  # type: ignore[arg-type, return-value]
+                joined: bytes | None = b"".join(column)  # type: ignore[arg-type]
+            except TypeError:  # NULL or str values: the joins refuse them
                 joined = None
-            if joined is not None and render.method is Method.PARTIAL:
-                return render.partial_bytes_each(column)  # type: ignore[arg-type, return-value]
             if joined is not None and render.method is Method.HASH and joined.isascii():
                 hashed = render.hash_ascii_each(column)  # type: ignore[arg-type]
                 if hashed is not None:
@@ -661,12 +660,8 @@ class ResultMasker:
             return [() for _ in rows], counts
         # Column by column: per-value work runs in comprehensions, and the transposition
         # both ways runs in C (a column is a tuple until something in it changes).
+        columns: list[Sequence[Value | None]] = list(zip(*rows, strict=True))
         count = len(rows)
-        columns: list[Sequence[Value | None]]
-        if count < _LARGE_RESULT:
-            columns = list(zip(*rows, strict=True))
-        else:  # zip(*rows) would make an iterator per row
-            columns = [tuple(map(itemgetter(index), rows)) for index in range(self.width)]
         for index in self._jsonb_binary:
             if any(v is not None and v[:1] != b"\x01" for v in columns[index]):
                 # Only version 1 is known; another could hide text from the detectors.

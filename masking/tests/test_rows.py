@@ -248,7 +248,7 @@ def _large_rows(count: int) -> list[list[bytes | None]]:
 
 
 def test_a_large_batch_is_masked_as_the_same_rows_in_small_batches() -> None:
-    # From _LARGE_RESULT rows on, the batch is transposed another way, the collector paused.
+    # From _LARGE_RESULT rows on, the batch is masked with the collector paused.
     from masking.policy import _LARGE_RESULT
 
     policy = compile_policy(
