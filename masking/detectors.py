@@ -374,3 +374,51 @@ TRIGGER_SHAPES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("[sr]k_(?:live|test)_|whsec_", ("stripe",)),
 )
 TRIGGER = "|".join(f"(?:{shape})" for shape, _ in TRIGGER_SHAPES)
+
+
+# Whole-column forms: for a detector named here, a value of ASCII text that ``form`` (RE2
+# syntax, ASCII classes) matches in full is a value whose first candidate for the detector
+# at its start -- what the scan takes there, lookarounds and all -- is the whole value,
+# with the secret group spanning it. RE2 can then test a whole column, joined with NUL, in
+# one call at DFA speed (``Scanner.mask_whole_column``). Each form is its detector's
+# expression without the lookarounds (or a subset of it), and the argument is the same for
+# each: every quantifier's greedy choice is forced by the next character (a separator
+# class never holds what follows it, a label never holds its dot), so the first path the
+# backtracking engine tries through a value that the form matches in full is the full one,
+# and at the value's two ends the lookbehind and the lookahead both hold.
+@dataclass(frozen=True)
+class WholeForm:
+    """``form`` as above; ``check_each`` gives, for many ASCII values (bytes) at once, the
+    detector's check of each as a whole value (``whole_check``); None: the form implies it."""
+
+    form: str
+    check_each: Callable[[Sequence[bytes]], list[bool]] | None = None
+
+
+def _card_each(values: Sequence[bytes]) -> list[bool]:
+    return v.card_digits_valid_each(v.digits_each(values))
+
+
+def _phone_international_each(values: Sequence[bytes]) -> list[bool]:
+    return [8 <= len(digits) <= 15 for digits in v.digits_each(values)]
+
+
+WHOLE_FORMS: dict[str, WholeForm] = {
+    # Local part: greedy up to the only "@" (no later class holds "@"); labels: each one
+    # ends at its own dot (no label class holds "."), and the loop takes every label
+    # before the TLD, which has no dot after it; the TLD then takes the rest (letters).
+    # No check: the detector has no validator.
+    "email": WholeForm(
+        r"[A-Za-z0-9_.%+-]{1,64}@(?:[A-Za-z0-9](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,63}"
+    ),
+    # Each repetition takes a separator when one is there (a digit never is one).
+    "card": WholeForm(r"[0-9](?:[ -]?[0-9]){12,18}", _card_each),
+    # The run takes all but the last character, which is a digit.
+    "phone_international": WholeForm(r"\+[0-9][0-9 ().-]{6,22}[0-9]", _phone_international_each),
+    # The only choice, the space after "(555)", is forced: a digit 2-9 is no space.
+    "phone_nanp": WholeForm(r"(?:\([2-9][0-9]{2}\) ?|[2-9][0-9]{2}[-. ])[2-9][0-9]{2}[-. ][0-9]{4}"),
+    # Each group of one to three digits is followed by a dot or the end. The form is the
+    # validator's own expression (every octet 0-255, no leading zero), a subset of the
+    # detector's, so it implies the check.
+    "ipv4": WholeForm(v.IPV4_PATTERN),
+}

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import codecs
 import fnmatch
+import gc
 import json
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -329,6 +330,9 @@ class MaskingPolicy:
 
 # Below this many rows the batch trigger scan costs less than sampling a column for density.
 _DENSE_MIN_ROWS = 32
+# From this many rows on, a batch is masked with the garbage collector paused
+# (``ResultMasker.mask_rows``).
+_LARGE_RESULT = 1024
 
 
 class _JSONNumber(str):
@@ -421,6 +425,9 @@ class ResultMasker:
                 if not scanner.active:
                     scanner = None
             scanners.append(scanner)
+        # Looked up once here: a result of a few rows costs little more than these lookups.
+        self._jsonb_binary = [i for i, kind in enumerate(self.kinds) if kind is ValueKind.JSONB_BINARY]
+        self._ruled = [(i, rule, self.kinds[i]) for i, rule in enumerate(self.rules) if rule is not None]
         # Columns scanned by the same scanner are scanned together, as one batch.
         self._scan_groups: dict[int, tuple[Scanner, list[int]]] = {}
         for index, scanner in enumerate(scanners):
@@ -496,6 +503,18 @@ class ResultMasker:
             as_text = render.redacted
             as_bytes = as_text.encode(self._encoding)
             return [None if v is None else as_bytes if isinstance(v, bytes) else as_text for v in column]
+        if self._ascii_compatible:
+            # The usual column, bytes and no NULL: each renderer's lookups done once for all.
+            try:
+                if render.method is Method.PARTIAL:
+                    return render.partial_bytes_each(column)  # type: ignore[arg-type, return-value]
+                joined: bytes | None = b"".join(column)  # type: ignore[arg-type]
+            except TypeError:  # NULL or str values: the joins refuse them
+                joined = None
+            if joined is not None and render.method is Method.HASH and joined.isascii():
+                hashed = render.hash_ascii_each(column)  # type: ignore[arg-type]
+                if hashed is not None:
+                    return hashed  # type: ignore[return-value]
         if render.method is Method.PARTIAL and self._ascii_compatible:
             partial = render.partial_bytes
             return [None if v is None else partial(v) if isinstance(v, bytes) else render(v) for v in column]
@@ -527,6 +546,26 @@ class ResultMasker:
         """A column where most values hold something to mask: the detectors run over the
         column as one batch (``Scanner.mask_batch``), or, where that cannot be done, each
         value asks for its own detectors, skipping the trigger scan that would flag them all."""
+        column = columns[index]
+        if self._ascii_compatible:
+            # ASCII bytes are the same text in these encodings.
+            whole = scanner.mask_whole_column(column)  # type: ignore[arg-type]  # str values: None
+            if whole is not None:
+                masked_column, rest, found = whole
+                for entity, n in found.items():
+                    counts[entity] = counts.get(entity, 0) + n
+                if rest:
+                    others: list[Sequence[Value | None]] = [[column[row] for row in rest]]
+                    self._mask_dense_values(scanner, others, 0, counts)
+                    for row, value in zip(rest, others[0], strict=True):
+                        masked_column[row] = value  # type: ignore[assignment]  # bytes in, bytes out
+                columns[index] = masked_column
+                return
+        self._mask_dense_values(scanner, columns, index, counts)
+
+    def _mask_dense_values(
+        self, scanner: Scanner, columns: list[Sequence[Value | None]], index: int, counts: Counts
+    ) -> None:
         column = columns[index]
         encoding = self._encoding
         try:  # the usual column: every value bytes, none NULL
@@ -599,6 +638,19 @@ class ResultMasker:
         """The rows (as tuples) with every masked value replaced, and how many of each entity
         were masked. The rows passed in are not changed."""
         rows = rows if isinstance(rows, list) else list(rows)
+        if len(rows) < _LARGE_RESULT or not gc.isenabled():
+            return self._mask_rows(rows)
+        # A large batch allocates a tuple per row and a few objects per column, none in a
+        # reference cycle; left on, the collector would traverse every live object
+        # (the caller's rows among them) several times over for nothing. It runs as usual
+        # once the batch is done.
+        gc.disable()
+        try:
+            return self._mask_rows(rows)
+        finally:
+            gc.enable()
+
+    def _mask_rows(self, rows: list[Row]) -> tuple[list[tuple[Value | None, ...]], Counts]:
         counts: Counts = {}
         if not rows:
             return [], counts
@@ -610,24 +662,21 @@ class ResultMasker:
         # both ways runs in C (a column is a tuple until something in it changes).
         columns: list[Sequence[Value | None]] = list(zip(*rows, strict=True))
         count = len(rows)
-        for index, kind in enumerate(self.kinds):
-            if kind is ValueKind.JSONB_BINARY and any(
-                v is not None and v[:1] != b"\x01" for v in columns[index]
-            ):
+        for index in self._jsonb_binary:
+            if any(v is not None and v[:1] != b"\x01" for v in columns[index]):
                 # Only version 1 is known; another could hide text from the detectors.
                 raise MaskingError("unknown jsonb binary format version")
-        for index, rule in enumerate(self.rules):
-            if rule is not None:
-                masked = count - columns[index].count(None)
-                columns[index] = self._rule_column(rule, self.kinds[index], columns[index])
-                if masked:
-                    counts[rule.entity] = counts.get(rule.entity, 0) + masked
+        for index, rule, kind in self._ruled:
+            masked = count - columns[index].count(None)
+            columns[index] = self._rule_column(rule, kind, columns[index])
+            if masked:
+                counts[rule.entity] = counts.get(rule.entity, 0) + masked
         for scanner, group in self._scan_groups.values():
             indices = []
             for index in group:
                 if (
-                    self.kinds[index] is ValueKind.TEXT
-                    and count >= _DENSE_MIN_ROWS
+                    count >= _DENSE_MIN_ROWS
+                    and self.kinds[index] is ValueKind.TEXT
                     and scanner.dense(columns[index])
                 ):
                     self._mask_dense(scanner, columns, index, counts)

@@ -16,7 +16,16 @@ from dataclasses import dataclass, field
 
 import re2  # type: ignore[import-untyped]
 
-from masking.detectors import BUILTIN_DETECTORS, TRIGGER, TRIGGER_SHAPES, Detector, Span, whole_check
+from masking.detectors import (
+    BUILTIN_DETECTORS,
+    TRIGGER,
+    TRIGGER_SHAPES,
+    WHOLE_FORMS,
+    Detector,
+    Span,
+    WholeForm,
+    whole_check,
+)
 from masking.placeholders import Method, Renderer, placeholder_pattern
 
 Counts = dict[str, int]
@@ -136,6 +145,11 @@ class Scanner:
         self._validators = [d.validator for d in self._detectors]
         self._refines = [d.refine for d in self._detectors]
         self._whole_checks = [whole_check(d) for d in self._detectors]
+        self._whole_forms: list[tuple[WholeForm, re2._Regexp] | None] = [
+            None if form is None else (form, re2.compile(f"(?:{form.form})(?:\x00(?:{form.form}))*".encode()))
+            for form in (WHOLE_FORMS.get(d.name) for d in self._detectors)
+        ]
+        self._earlier: dict[tuple[tuple[int, ...], int], re.Pattern[str]] = {}
         # A redacting renderer's placeholder does not depend on the secret.
         self._constants = [
             r.redacted if isinstance(r, Renderer) and r.method is Method.REDACT else None
@@ -419,6 +433,87 @@ class Scanner:
                 entity = entities[index]
                 counts[entity] = counts.get(entity, 0) + n
         return out
+
+    def mask_whole_column(
+        self, values: Sequence[bytes | None]
+    ) -> tuple[list[bytes | None], list[int], Counts] | None:
+        """A column of ASCII values (bytes) where every value is one whole secret of one
+        detector (a column of emails), masked as ``mask_batch`` masks it: the masked
+        column, the indices of the values left for ``mask_batch`` (those the detector's
+        check refuses), and what was masked. None when the column is not of that kind.
+
+        Instead of an expression per value (``_mask_whole``), three passes over the whole
+        column, none in Python per value: RE2 matches the column joined with NUL against
+        the detector's whole form (``WHOLE_FORMS``: the detector's first candidate at a
+        value's start is then all of it), Python's ``re`` finds no value starting with a
+        candidate of the alternatives the scan tries first (a placeholder, an earlier
+        detector: they would win), and the detector's check runs on the column at once.
+        NULL and empty values stay as they are, as in the scan.
+        """
+        if self._custom or not self._detectors:
+            return None
+        present = [value for value in values if value]
+        if not present:
+            return None
+        try:
+            joined = b"\x00".join(present)  # type: ignore[arg-type]  # str values: TypeError
+        except TypeError:
+            return None
+        if not joined.isascii() or joined.count(0) != len(present) - 1:
+            return None
+        selection = self.selection(joined)
+        if not selection:
+            return None
+        combined = self._combined_for(selection)
+        match = combined.whole.match(present[0].decode("ascii"))
+        if match is None:
+            return None
+        index = combined.group_to_detector[match.lastindex or 0]
+        whole = self._whole_forms[index] if index >= 0 else None
+        if whole is None:
+            return None
+        form, column_form = whole
+        if column_form.fullmatch(joined) is None:
+            return None
+        if self._earlier_for(combined, index).search("\x00" + joined.decode("ascii")) is not None:
+            return None
+        rest: list[int] = []
+        if form.check_each is not None:
+            accepted = form.check_each(present)
+            if not all(accepted):
+                rows = [row for row, value in enumerate(values) if value]
+                rest = [row for row, ok in zip(rows, accepted, strict=True) if not ok]
+        placeholder = self._constants[index]
+        out: list[bytes | None]
+        if placeholder is not None:
+            as_bytes = placeholder.encode("ascii")
+            out = [value and as_bytes for value in values]
+        else:
+            render = self._renderers[index]
+            rejected = frozenset(rest)
+            out = [
+                value if not value or row in rejected else render(value.decode("ascii")).encode("ascii")
+                for row, value in enumerate(values)
+            ]
+        for row in rest:
+            out[row] = values[row]
+        masked = len(present) - len(rest)
+        counts: Counts = {self._entities[index]: masked} if masked else {}
+        return out, rest, counts
+
+    def _earlier_for(self, combined: _Combined, index: int) -> re.Pattern[str]:
+        """Matches at a value's start (after NUL, like the start of a value to every
+        alternative) a candidate of what the scan tries before detector ``index``."""
+        key = (combined.selection, index)
+        found = self._earlier.get(key)
+        if found is None:
+            before = combined.selection[: combined.selection.index(index)]
+            parts = [self.placeholders.pattern]
+            parts += [_prefixed(self._detectors[i].pattern, f"d{i}_") for i in before]
+            if len(self._earlier) > 512:
+                self._earlier.clear()
+            found = self._earlier[key] = re.compile("\x00(?:" + "|".join(f"(?:{p})" for p in parts) + ")")
+        return found
 
     def _mask_joined(
         self, texts: Sequence[str], joined: str, selection: tuple[int, ...], counts: Counts

@@ -404,11 +404,11 @@ def parse_data_rows(data: bytes, pos: int, end: int) -> tuple[list[list[bytes | 
 
 def data_rows(rows: Iterable[Sequence[bytes | None]]) -> bytes:
     """The DataRow messages of ``rows``, one after the other."""
-    pack = _I32.pack
+    prefix = _LENGTH_PREFIXES
     header = _DATA_ROW_HEADER.pack
     out: list[bytes] = []
     for values in rows:
-        body = b"".join([_NULL_VALUE if value is None else pack(len(value)) + value for value in values])
+        body = b"".join([_NULL_VALUE if value is None else prefix[len(value)] + value for value in values])
         out.append(header(b"D", len(body) + 6, len(values)))
         out.append(body)
     return b"".join(out)
@@ -465,6 +465,20 @@ def data_row(values: Iterable[bytes | None]) -> bytes:
 
 
 _NULL_VALUE = b"\xff\xff\xff\xff"
+
+
+class _LengthPrefixes(dict[int, bytes]):
+    """A value's length as the Int32 before it, kept for the lengths short values have: a
+    dictionary lookup costs less than packing on every value of every row."""
+
+    def __missing__(self, length: int) -> bytes:
+        prefix = _I32.pack(length)
+        if length < 4096:
+            self[length] = prefix
+        return prefix
+
+
+_LENGTH_PREFIXES = _LengthPrefixes()
 _DATA_ROW_HEADER = struct.Struct("!cIh")
 
 

@@ -234,6 +234,9 @@ class Relay:
         self._unresolved: set[int] = set()
         self.needs_catalog: frozenset[int] | None = None
         self._maskers: dict[Any, ResultMasker] = {}
+        # The masker of a parsed description (``_row_fields`` hands out the same list for
+        # the same RowDescription): (id, formats) -> (that list, kept alive, its masker).
+        self._described: dict[tuple[int, Any], tuple[list[tuple[str, int, int, int, int]], ResultMasker]] = {}
         self._row_fields_seen: dict[bytes, list[tuple[str, int, int, int, int]]] = {}
         self._stmt_fields: dict[bytes, list[tuple[str, int, int, int, int]] | None] = {}
         self._portal_fields: dict[bytes, list[tuple[str, int, int, int, int]] | None] = {}
@@ -600,6 +603,7 @@ class Relay:
             # A table or column renamed or dropped: look identities up afresh.
             self.catalog.clear()
             self._maskers.clear()
+            self._described.clear()
         if decision.session_effects:
             # Applied when the statement is sent rather than when it succeeds: the
             # engine's session state only ever grows, so this errs on the strict side.
@@ -872,6 +876,12 @@ class Relay:
         masking = self.masking
         if masking is None or record.masker is not None or record.withheld:
             return
+        known = None if fields is None else (id(fields), formats)
+        described = None if known is None else self._described.get(known)
+        if described is not None and described[0] is fields:
+            # The same description again (a session repeats its queries): nothing to look up.
+            record.masker = described[1]
+            return
         if fields is None:
             # A portal of a statement the client never described (SQL PREPARE, then Bind by
             # name): without column rules, content detection needs only the values, as
@@ -897,6 +907,10 @@ class Relay:
             if len(self._maskers) > 256:
                 self._maskers.clear()
             self._maskers[key] = masker
+        if known is not None and fields is not None:
+            if len(self._described) > 256:
+                self._described.clear()
+            self._described[known] = (fields, masker)
         record.masker = masker
 
     def _record_for_rows(self) -> tuple[_Statement | None, _Entry | None]:
@@ -1423,6 +1437,17 @@ class Relay:
         if columns is None or any(c[1] for c in columns):
             return [self._sample_values(row, record) for row in rows]
         width = len(columns)
+        if rows and set(map(len, rows)) == {width}:
+            # The usual rows, no NULL among them, as UTF-8: decoded at once, as one join
+            # (it decodes when each value does, since NUL ends no UTF-8 sequence).
+            flat = [value for row in rows for value in row]
+            try:
+                joined = b"\x00".join(flat)
+                if joined.count(0) == len(flat) - 1:
+                    texts = joined.decode().split("\x00")
+                    return [texts[at : at + width] for at in range(0, len(texts), width)]
+            except (TypeError, UnicodeDecodeError):  # NULL or str values; not UTF-8
+                pass
         sample = []
         for row in rows:
             if len(row) == width:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 import re
 
 import pytest
@@ -111,15 +112,38 @@ COLUMN_VALUES = [
 ]
 
 
+# Whole columns take shortcuts too: all ASCII (hashing), no NULL (partial and hashing).
+COLUMN_SETS = {
+    "mixed": COLUMN_VALUES,
+    "ascii": [v for v in COLUMN_VALUES if v.isascii()],
+    "with NULL": [*COLUMN_VALUES[:3], None, *COLUMN_VALUES[6:8]],
+}
+
+
+@pytest.mark.parametrize("column", sorted(COLUMN_SETS))
 @pytest.mark.parametrize("method", ["hash", "partial"])
 @pytest.mark.parametrize("entity", ["email", "card", "phone", "iban", "ssn", "ip", "masked", "password"])
-def test_a_column_rule_masks_bytes_as_it_masks_the_same_text(method: str, entity: str) -> None:
+def test_a_column_rule_masks_bytes_as_it_masks_the_same_text(method: str, entity: str, column: str) -> None:
     # Bytes straight off the wire take shortcuts for ASCII values; they must not show.
     policy = compile_policy({"columns": [{"match": "t.c", "method": method, "entity": entity}]}, hash_key=KEY)
     for encoding in ("utf-8", "latin-1"):
-        as_bytes = [[v.encode(encoding, "surrogateescape")] for v in COLUMN_VALUES]
-        as_text = [[row[0].decode(encoding, "surrogateescape")] for row in as_bytes]
+        as_bytes = [
+            [None if v is None else v.encode(encoding, "surrogateescape")] for v in COLUMN_SETS[column]
+        ]
+        as_text = [
+            [None if row[0] is None else row[0].decode(encoding, "surrogateescape")] for row in as_bytes
+        ]
         text_rows, text_counts = policy.mask_rows([("t", "c")], as_text, encoding=encoding)
         byte_rows, byte_counts = policy.mask_rows([("t", "c")], as_bytes, encoding=encoding)
-        assert [row[0].decode(encoding) for row in byte_rows] == [row[0] for row in text_rows]
+        assert [row[0] and row[0].decode(encoding) for row in byte_rows] == [row[0] for row in text_rows]
         assert byte_counts == text_counts
+
+
+def test_hashing_a_column_at_once_is_hmac_sha256_of_each_value() -> None:
+    policy = compile_policy(
+        {"columns": [{"match": "t.c", "method": "hash", "entity": "email"}]}, hash_key=KEY
+    )
+    values = [b"Bob@Example.COM", b"alice@example.org", b"", b"x"]
+    rows, _ = policy.mask_rows([("t", "c")], [[v] for v in values])
+    expected = [f"[EMAIL:{hmac.digest(KEY, v.lower(), 'sha256').hex()[:8]}]".encode() for v in values]
+    assert [row[0] for row in rows] == expected

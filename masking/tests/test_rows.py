@@ -240,3 +240,50 @@ def test_a_dense_column_and_a_sparse_column_give_the_same_masks_as_single_values
         for value_in, value_out in zip(row_in, row_out, strict=True):
             assert value_out == (None if value_in is None else policy.mask_text(value_in)[0])
     assert counts == {"email": 200 - 29 - 1, "phone": 23}
+
+
+def _large_rows(count: int) -> list[list[bytes | None]]:
+    notes = [b"plain", b"mail bob@example.com", None, b"card 4111 1111 1111 1111", b""]
+    return [[str(i).encode(), notes[i % len(notes)], f"user{i}@example.com".encode()] for i in range(count)]
+
+
+def test_a_large_batch_is_masked_as_the_same_rows_in_small_batches() -> None:
+    # From _LARGE_RESULT rows on, the batch is masked with the collector paused.
+    from masking.policy import _LARGE_RESULT
+
+    policy = compile_policy(
+        {"columns": [{"match": "t.email", "method": "hash", "entity": "email"}]}, hash_key=b"k" * 16
+    )
+    columns = [("t", "id"), ("t", "note"), ("t", "email")]
+    rows = _large_rows(_LARGE_RESULT + 100)
+    whole, counts = policy.mask_rows(columns, rows)
+    pieces: list[tuple[bytes | None, ...]] = []
+    expected_counts: dict[str, int] = {}
+    for start in range(0, len(rows), 100):
+        masked, found = policy.mask_rows(columns, rows[start : start + 100])
+        pieces.extend(masked)
+        for entity, n in found.items():
+            expected_counts[entity] = expected_counts.get(entity, 0) + n
+    assert whole == pieces
+    assert counts == expected_counts
+
+
+def test_the_garbage_collector_is_left_as_it_was_after_a_large_batch() -> None:
+    import gc
+
+    from masking.policy import _LARGE_RESULT
+
+    masker = compile_policy({}).result_masker([None, None, None])
+    rows = _large_rows(_LARGE_RESULT)
+    assert gc.isenabled()
+    masker.mask_rows(rows)
+    assert gc.isenabled()
+    with pytest.raises(MaskingError):
+        masker.mask_rows([*rows, [b"one value short", b""]])
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        masker.mask_rows(rows)
+        assert not gc.isenabled()
+    finally:
+        gc.enable()

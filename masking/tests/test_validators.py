@@ -78,3 +78,20 @@ def test_phone_has_8_to_15_digits() -> None:
     assert v.phone_valid("+1 555 201 3344")
     assert not v.phone_valid("+1 234")
     assert not v.phone_valid("+1234567890123456")
+
+
+def test_luhn_over_a_column_agrees_with_luhn_value_by_value() -> None:
+    import random
+
+    rng = random.Random(5)
+    numbers = ["".join(rng.choice("0123456789") for _ in range(rng.randint(0, 24))) for _ in range(3000)]
+    numbers += ["4111111111111111", "378282246310005", "4222222222222", "0" * 16, "6011000990139424"]
+    numbers += ["4111111111111112", "04111111111111111", "9" * 19, "1234567890123456789"]
+    expected = [v.card_digits_valid(n) for n in numbers]
+    assert v.card_digits_valid_each([n.encode() for n in numbers]) == expected
+    assert any(expected) and not all(expected)
+
+
+def test_digits_over_a_column_are_each_values_digits() -> None:
+    values = [b"+1 (555) 201-3344", b"", b"abc", b"4111 1111"]
+    assert v.digits_each(values) == [v.digits_of(x.decode()).encode() for x in values]

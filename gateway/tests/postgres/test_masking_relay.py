@@ -158,3 +158,54 @@ def test_parse_data_rows_reads_every_whole_row_and_where_each_starts():
     # A row cut short stays for the next read.
     cut = pg.parse_data_rows(data, 4, len(data) - 20)
     assert cut[0] == rows[:2]
+
+
+@pytest.mark.parametrize(
+    "rows",
+    [
+        [[b"plain", b"1"], [b"caf\xc3\xa9", b"2"]],  # every value UTF-8: decoded as one join
+        [[b"plain", None], [None, b"2"]],  # NULLs
+        [[b"\xff\xfe not UTF-8", b"1"], [b"ok", b"2"]],  # recorded as base64
+        [[b"cut \xc3", b"\xa9 off"]],  # a character split across two values is no character
+    ],
+)
+def test_the_recorded_sample_of_masked_rows_is_each_value_decoded_alone(rows):  # type: ignore[no-untyped-def]
+    relay, events = _relay()
+    relay.from_client(pg.query("SELECT note, n"))
+    head = _row_description(("note", 0, 0, 25, 0), ("n", 0, 0, 25, 0))
+    tail = pg.message(b"C", b"SELECT 2\x00") + pg.ready_for_query()
+    relay.from_server(head + b"".join(pg.data_row(row) for row in rows) + tail)
+    result = next(payload for kind, payload in events.events if kind == "result")
+    expected = [relay._sample_values(row, _Columns()) for row in rows]  # type: ignore[arg-type]
+    assert result["first_rows"] == expected
+
+
+class _Columns:
+    """A stand-in statement record for ``_sample_values``: its columns, all text format."""
+
+    def __init__(self) -> None:
+        self.columns = [("note", 0), ("n", 0)]
+
+
+def test_a_table_renamed_by_ddl_is_masked_by_its_new_identity_on_the_same_description():
+    # The masker of a description is kept per session; DDL must drop it with the catalog.
+    relay, _ = _relay({"columns": [{"match": "public.t.secret", "method": "redact"}]})
+    description = _row_description(("s", 4242, 2, 25, 0))
+
+    def select() -> bytes:
+        relay.from_client(pg.query("SELECT s FROM t"))
+        out = relay.from_server(
+            description + pg.data_row([b"value"]) + pg.message(b"C", b"SELECT 1\x00") + pg.ready_for_query()
+        )
+        if relay.needs_catalog is not None:
+            relay.supply_catalog({4242: catalog[0]})
+            out += relay.from_server(b"")
+        return out
+
+    catalog = [("public.t", {2: "secret"})]
+    assert pg.data_row([b"[MASKED]"]) in select()
+    assert pg.data_row([b"[MASKED]"]) in select()  # the kept masker
+    relay.from_client(pg.query("ALTER TABLE t RENAME TO u"))
+    relay.from_server(pg.message(b"C", b"ALTER TABLE\x00") + pg.ready_for_query())
+    catalog[0] = ("public.u", {2: "secret"})
+    assert pg.data_row([b"value"]) in select()
