@@ -432,21 +432,28 @@ def do_cancel(actor: Any, request: RequestRef, *, reason: str) -> bool:
     return True
 
 
-@transaction.atomic
 def do_claim(actor: Any, request: RequestRef, *, session_id: Any = None) -> bool:
     """Take the one run of an approved request. True for exactly one caller, ever (WF-03):
     a conditional update on ``claimed_at``, so two gateways (or a resend racing the
     waiting session) cannot both run it."""
+    return do_claim_and_read(actor, request, session_id=session_id) is not None
+
+
+@transaction.atomic
+def do_claim_and_read(actor: Any, request: RequestRef, *, session_id: Any = None) -> ApprovalRequest | None:
+    """``do_claim``, answering with the request as the claim left it (None: not claimed),
+    for a caller that needs both: the row read for the audit record is its answer."""
     now = timezone.now()
     changed = (
         ApprovalRequest.objects.filter(pk=_pk(request), status=Status.APPROVED, claimed_at__isnull=True)
         .filter(claim_by__gt=now)
         .update(claimed_at=now)
     )
-    if changed:
-        req = ApprovalRequest.objects.get(pk=_pk(request))
-        record(actor, "approval.claimed", req, session=str(session_id) if session_id else "")
-    return bool(changed)
+    if not changed:
+        return None
+    req = ApprovalRequest.objects.get(pk=_pk(request))
+    record(actor, "approval.claimed", req, session=str(session_id) if session_id else "")
+    return req
 
 
 @transaction.atomic

@@ -117,6 +117,31 @@ async def test_only_an_outcome_wakes_the_waiting_gateway(world, bob, settings, m
     assert [status for group, status in sent if group == events.INBOX_GROUP] == ["pending"] * 3 + ["approved"]
 
 
+@pytest.mark.parametrize("woken", [True, False])
+def test_a_woken_waiter_takes_the_approved_run_without_reading_the_request_first(
+    world, bob, woken, django_assert_num_queries
+):
+    # Woken (by an outcome), the claim comes first: its update, the row it read for its
+    # audit record, the record (in one transaction: two more). A poll that was not woken
+    # reads the request first, then claims.
+    req = make_request(world)
+    actions.do_approve(bob, req)
+    with django_assert_num_queries(5 if woken else 6):
+        outcome, _ = gateway._poll(req.pk, heartbeat=False, claim_for=("billing-bot", None), woken=woken)
+    assert outcome.approved and outcome.claimed is True and outcome.decided_by == "bob"
+    assert AuditRecord.objects.filter(action="approval.claimed", target_id=str(req.pk)).count() == 1
+    # Claimed already (another run took it): the woken waiter reads it and is told so.
+    outcome, _ = gateway._poll(req.pk, heartbeat=False, claim_for=("billing-bot", None), woken=True)
+    assert outcome.approved and outcome.claimed is False
+
+
+def test_a_woken_waiter_reads_a_rejection_as_it_is(world, bob):
+    req = make_request(world)
+    actions.do_reject(bob, req, reason="no")
+    outcome, _ = gateway._poll(req.pk, heartbeat=False, claim_for=("billing-bot", None), woken=True)
+    assert outcome.status == Status.REJECTED and outcome.claimed is None
+
+
 async def test_a_lost_channel_message_does_not_strand_the_session(world, bob, settings, monkeypatch):
     settings.APPROVALS_POLL_SECONDS = 0.2
     monkeypatch.setattr("approvals.events._group_send", lambda group, message: None)
