@@ -466,8 +466,33 @@ class _Listener:
                 async with asyncio.timeout(2.0):
                     await self.layer.group_discard(request_group(request_id), self.channel)
 
+    async def close(self) -> None:
+        """Stop receiving, leave the groups still joined and close the layer's connections
+        when it is the listener's own (bounded: a Redis that does not answer must not hold
+        up the gateway's shutdown; group memberships expire by themselves)."""
+        task, self.task = self.task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.wait({task}, timeout=2.0)
+        groups = [request_group(request_id) for request_id in self.waiters]
+        self.waiters.clear()
+        if self.layer is self.shared:
+            return
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(2.0):
+                for group in groups:
+                    await self.layer.group_discard(group, self.channel)
+                await self.layer.close_pools()
+
 
 _listeners: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Listener] = weakref.WeakKeyDictionary()
+
+
+async def close_listener() -> None:
+    """Stop this loop's approvals listener (gateway shutdown, after its sessions ended)."""
+    listener = _listeners.pop(asyncio.get_running_loop(), None)
+    if listener is not None:
+        await listener.close()
 
 
 def _own_layer(layer: Any) -> Any:

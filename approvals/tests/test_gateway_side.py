@@ -142,6 +142,24 @@ def test_a_woken_waiter_reads_a_rejection_as_it_is(world, bob):
     assert outcome.status == Status.REJECTED and outcome.claimed is None
 
 
+async def test_the_listener_closes_cleanly_and_a_later_wait_starts_another(world, bob, settings):
+    # Gateway shutdown: its receive ends and its connections close while the loop runs.
+    settings.APPROVALS_POLL_SECONDS = 30  # so only the channel message can wake it in time
+    req = await in_db(make_request, world)
+    assert (await wait_for_decision(req.pk, max_wait=0.1)).status == Status.PENDING
+    listener = gateway._listener()
+    assert listener is not None and listener.task is not None
+    receiving = listener.task
+    await asyncio.wait_for(gateway.close_listener(), LIMIT)
+    assert receiving.done() and listener.task is None
+    waiter = asyncio.create_task(wait_for_decision(req.pk))
+    await asyncio.sleep(0.2)
+    await in_db(actions.do_approve, bob, req.pk)
+    assert (await asyncio.wait_for(waiter, LIMIT)).status == Status.APPROVED
+    assert gateway._listener() is not listener
+    await asyncio.wait_for(gateway.close_listener(), LIMIT)
+
+
 async def test_a_lost_channel_message_does_not_strand_the_session(world, bob, settings, monkeypatch):
     settings.APPROVALS_POLL_SECONDS = 0.2
     monkeypatch.setattr("approvals.events._group_send", lambda group, message: None)
