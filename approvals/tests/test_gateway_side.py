@@ -121,12 +121,12 @@ async def test_only_an_outcome_wakes_the_waiting_gateway(world, bob, settings, m
 def test_a_woken_waiter_takes_the_approved_run_without_reading_the_request_first(
     world, bob, woken, django_assert_num_queries
 ):
-    # Woken (by an outcome), the claim comes first: its update, the row it read for its
-    # audit record, the record (in one transaction: two more). A poll that was not woken
+    # Woken (by an outcome), the claim comes first: its update answering with the row it
+    # changed, the audit record (in one transaction: two more). A poll that was not woken
     # reads the request first, then claims.
     req = make_request(world)
     actions.do_approve(bob, req)
-    with django_assert_num_queries(5 if woken else 6):
+    with django_assert_num_queries(4 if woken else 5):
         outcome, _ = gateway._poll(req.pk, heartbeat=False, claim_for=("billing-bot", None), woken=woken)
     assert outcome.approved and outcome.claimed is True and outcome.decided_by == "bob"
     assert AuditRecord.objects.filter(action="approval.claimed", target_id=str(req.pk)).count() == 1
