@@ -290,8 +290,8 @@ def _poll(
     that a woken waiter needs one trip to the database thread, not two.
 
     A waiter ``woken`` by an outcome tries the claim before anything else: an approval is
-    what wakes it most, and the row the claim reads for its audit record is then the
-    outcome (one read fewer on the way from the approval to the statement's run)."""
+    what wakes it most, and the row the claim changed (``do_claim_and_read``) is then the
+    outcome (no read before it on the way from the approval to the statement's run)."""
     if heartbeat:
         actions.heartbeat(request_id)
     if woken and claim_for is not None:
