@@ -432,21 +432,45 @@ def do_cancel(actor: Any, request: RequestRef, *, reason: str) -> bool:
     return True
 
 
-@transaction.atomic
 def do_claim(actor: Any, request: RequestRef, *, session_id: Any = None) -> bool:
     """Take the one run of an approved request. True for exactly one caller, ever (WF-03):
     a conditional update on ``claimed_at``, so two gateways (or a resend racing the
     waiting session) cannot both run it."""
-    now = timezone.now()
-    changed = (
-        ApprovalRequest.objects.filter(pk=_pk(request), status=Status.APPROVED, claimed_at__isnull=True)
-        .filter(claim_by__gt=now)
-        .update(claimed_at=now)
+    return do_claim_and_read(actor, request, session_id=session_id) is not None
+
+
+@transaction.atomic
+def do_claim_and_read(actor: Any, request: RequestRef, *, session_id: Any = None) -> ApprovalRequest | None:
+    """``do_claim``, answering with the request as the claim left it (None: not claimed),
+    for a caller that needs both: the row the claim changed is its answer."""
+    req = _claim_returning(_pk(request), timezone.now())
+    if req is None:
+        return None
+    record(actor, "approval.claimed", req, session=str(session_id) if session_id else "")
+    return req
+
+
+def _claim_returning(pk: int, now: datetime) -> ApprovalRequest | None:
+    """The claim's conditional update, answering with the row it changed: ``UPDATE ...
+    RETURNING`` (PostgreSQL; SQLite since 3.35), one statement where ``update()`` and a read
+    after it are two, on the way from an approval to the statement's run."""
+    from django.db import connections
+
+    meta = ApprovalRequest._meta
+    quote = connections[ApprovalRequest.objects.db].ops.quote_name
+
+    def column(name: str) -> str:
+        return quote(meta.get_field(name).column)
+
+    # Names from the model's own metadata, every value a parameter.
+    sql = (
+        f"UPDATE {quote(meta.db_table)} SET {column('claimed_at')} = %s "  # noqa: S608
+        f"WHERE {column('id')} = %s AND {column('status')} = %s "
+        f"AND {column('claimed_at')} IS NULL AND {column('claim_by')} > %s "
+        "RETURNING *"
     )
-    if changed:
-        req = ApprovalRequest.objects.get(pk=_pk(request))
-        record(actor, "approval.claimed", req, session=str(session_id) if session_id else "")
-    return bool(changed)
+    # raw() adapts the datetimes as the ORM stores them (naive UTC on SQLite).
+    return next(iter(ApprovalRequest.objects.raw(sql, [now, pk, str(Status.APPROVED), now])), None)
 
 
 @transaction.atomic

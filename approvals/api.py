@@ -163,23 +163,30 @@ def request_detail(request: HttpRequest, pk: int) -> JsonResponse:
 
 
 def _decide(request: HttpRequest, pk: int, verb: str) -> JsonResponse:
-    req = _get_request_for_user(request.user, pk)
+    # The request is read once, locked, by the action: a decision it accepts was made by a
+    # reviewer of the request's groups, and those see the request (``visible_to``), so no
+    # read beforehand is needed to refuse others. A refused decision is answered as the
+    # request's own page would be first (404: no such request, 403: not theirs to see),
+    # then with why it was refused.
     try:
         data = _body(request)
         if verb == "approve":
             decided = actions.do_approve(
-                request.user, req.pk, comment=data.get("comment", ""), grant_minutes=data.get("grant_minutes")
+                request.user, pk, comment=data.get("comment", ""), grant_minutes=data.get("grant_minutes")
             )
         else:
-            decided = actions.do_reject(request.user, req.pk, reason=data.get("reason", ""))
-    except actions.InvalidInput as exc:
-        return _error(400, str(exc))
-    except actions.NotAllowed as exc:
-        return _error(403, str(exc))
-    except actions.IllegalTransition as exc:
-        if req.is_overdue():
-            actions.do_expire(req.pk)
-        return _error(409, str(exc))
+            decided = actions.do_reject(request.user, pk, reason=data.get("reason", ""))
+    except actions.ApprovalError as exc:
+        req = _get_request_for_user(request.user, pk)
+        if isinstance(exc, actions.InvalidInput):
+            return _error(400, str(exc))
+        if isinstance(exc, actions.NotAllowed):
+            return _error(403, str(exc))
+        if isinstance(exc, actions.IllegalTransition):
+            if req.is_overdue():
+                actions.do_expire(req.pk)
+            return _error(409, str(exc))
+        raise
     # The request as the decision left it (read under its lock, with whether a reviewer
     # group is this person's); its decisions are read again, the new one among them.
     return JsonResponse(as_json(decided, request.user))

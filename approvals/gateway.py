@@ -279,18 +279,33 @@ def outcome_of(request_id: int) -> Outcome:
 
 
 def _poll(
-    request_id: int, *, heartbeat: bool = True, claim_for: tuple[Any, Any] | None = None
+    request_id: int,
+    *,
+    heartbeat: bool = True,
+    claim_for: tuple[Any, Any] | None = None,
+    woken: bool = False,
 ) -> tuple[Outcome, datetime]:
     """Read where the request stands; refresh the hold's heartbeat first (``heartbeat``),
     and when it is approved take its run at once for ``claim_for`` (actor, session id), so
-    that a woken waiter needs one trip to the database thread, not two."""
+    that a woken waiter needs one trip to the database thread, not two.
+
+    A waiter ``woken`` by an outcome tries the claim before anything else: an approval is
+    what wakes it most, and the row the claim changed (``do_claim_and_read``) is then the
+    outcome (no read before it on the way from the approval to the statement's run)."""
     if heartbeat:
         actions.heartbeat(request_id)
+    if woken and claim_for is not None:
+        actor, session_id = claim_for
+        taken = actions.do_claim_and_read(actor, request_id, session_id=session_id)
+        if taken is not None:
+            return replace(_outcome(taken), claimed=True), taken.expires_at
     req = ApprovalRequest.objects.filter(pk=request_id).first()
     if req is None:
         raise actions.ApprovalError(f"approval request {request_id} does not exist")
     outcome = _outcome(req)
     if claim_for is not None and outcome.approved:
+        # Not claimed above: not woken, or approved between the claim and this read (or
+        # already run by someone else, and then this claim fails too).
         actor, session_id = claim_for
         outcome = replace(outcome, claimed=actions.do_claim(actor, request_id, session_id=session_id))
     return outcome, req.expires_at
@@ -451,8 +466,33 @@ class _Listener:
                 async with asyncio.timeout(2.0):
                     await self.layer.group_discard(request_group(request_id), self.channel)
 
+    async def close(self) -> None:
+        """Stop receiving, leave the groups still joined and close the layer's connections
+        when it is the listener's own (bounded: a Redis that does not answer must not hold
+        up the gateway's shutdown; group memberships expire by themselves)."""
+        task, self.task = self.task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.wait({task}, timeout=2.0)
+        groups = [request_group(request_id) for request_id in self.waiters]
+        self.waiters.clear()
+        if self.layer is self.shared:
+            return
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(2.0):
+                for group in groups:
+                    await self.layer.group_discard(group, self.channel)
+                await self.layer.close_pools()
+
 
 _listeners: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Listener] = weakref.WeakKeyDictionary()
+
+
+async def close_listener() -> None:
+    """Stop this loop's approvals listener (gateway shutdown, after its sessions ended)."""
+    listener = _listeners.pop(asyncio.get_running_loop(), None)
+    if listener is not None:
+        await listener.close()
 
 
 def _own_layer(layer: Any) -> Any:
@@ -506,6 +546,11 @@ def _in_db_thread(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[st
         conn._airlock_approvals_thread = True
         with _executor_lock:
             _thread_connections.append(conn)
+    # Kept open as long as it works, whatever CONN_MAX_AGE says: these few threads live as
+    # long as the process, and a connection reopened every CONN_MAX_AGE seconds was paid
+    # (20 ms, 130 ms under load) by the held statement or the approval that came next.
+    # A connection that failed or was left in a transaction is still closed and reopened.
+    conn.close_at = None
     close_old_connections()
     try:
         return fn(*args, **kwargs)
@@ -578,7 +623,9 @@ async def wait_for_decision(
             beat = not woken or loop.time() - beat_at >= poll
             if beat:
                 beat_at = loop.time()
-            outcome, expires_at = await _db(_poll)(request_id, heartbeat=beat, claim_for=claim_for)
+            outcome, expires_at = await _db(_poll)(
+                request_id, heartbeat=beat, claim_for=claim_for, woken=woken
+            )
             if outcome.final:
                 return outcome
             left = (expires_at - timezone.now()).total_seconds()

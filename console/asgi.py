@@ -19,3 +19,9 @@ application = ProtocolTypeRouter(
         "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
     }
 )
+
+from console import process  # noqa: E402
+
+# Under daphne: a short GIL switch interval, the loaded heap frozen, a higher threshold for
+# the garbage collector (console/process.py says why).
+process.prepare()

@@ -358,6 +358,8 @@ STATIC_ROOT.mkdir(parents=True, exist_ok=True)
 # --- All-in-one (manage.py airlock, what `make run` starts) ------------------------------
 # Where daphne serves the console.
 HTTP_LISTEN = env_str("AIRLOCK_HTTP_LISTEN", "127.0.0.1:8000")
+# The web process's young-generation garbage-collector threshold (console/process.py).
+CONSOLE_GC_THRESHOLD = env_int("AIRLOCK_CONSOLE_GC_THRESHOLD", 20_000, minimum=100)
 if not REDIS_URL:
     # kombu's filesystem transport keeps its exchange tables in ./control unless told where.
     CELERY_BROKER_TRANSPORT_OPTIONS["control_folder"] = str(_celery_dir / "control")

@@ -240,3 +240,36 @@ def test_the_count_sent_with_a_card_is_the_count_of_requests_awaiting_the_person
     for req in (first, third):
         _, count = _consumer_of(bob)._payloads(req.pk, False)
         assert count["pending"] == ApprovalRequest.objects.awaiting(bob).count() == 1
+
+
+def test_a_sockets_later_events_are_checked_as_strictly_as_its_first(world, bob):
+    # The per-event queries are built on the first event and run again: each change made
+    # after it must still be seen by the next event, on the same socket.
+    req = make_request(world)
+    key = _logged_in_session_key(bob)
+    consumer = _consumer_of(bob, key)
+    assert consumer._payloads(req.pk, False)
+    bob.groups.remove(Group.objects.get(name="dba"))
+    assert consumer._payloads(req.pk, False) == []  # left the request's reviewer group
+    bob.groups.add(Group.objects.get(name="dba"))
+    assert consumer._payloads(req.pk, False)
+    other = make_request(world, params=("2",))
+    assert consumer._payloads(other.pk, False)[0]["id"] == other.pk  # another request
+    from identity.models import Agent
+
+    Agent.objects.filter(pk=world.agent.pk).update(on_behalf_of=bob)
+    for_bob = make_request(world, params=("3",))
+    assert consumer._payloads(for_bob.pk, False) == []  # the agent now acts for him
+    reviewers = Group.objects.get(name=settings.AIRLOCK_ROLE_GROUPS["reviewer"])
+    bob.groups.remove(reviewers)
+    assert consumer._payloads(req.pk, False) is None  # no longer a reviewer
+    bob.groups.add(reviewers)
+    assert consumer._payloads(req.pk, False)
+    type(bob).objects.filter(pk=bob.pk).update(is_active=False)
+    assert consumer._payloads(req.pk, False) is None  # disabled
+    type(bob).objects.filter(pk=bob.pk).update(is_active=True)
+    assert consumer._payloads(req.pk, False)
+    from django.contrib.sessions.models import Session
+
+    Session.objects.filter(session_key=key).delete()
+    assert consumer._payloads(req.pk, False) is None  # logged out

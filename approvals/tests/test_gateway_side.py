@@ -117,6 +117,67 @@ async def test_only_an_outcome_wakes_the_waiting_gateway(world, bob, settings, m
     assert [status for group, status in sent if group == events.INBOX_GROUP] == ["pending"] * 3 + ["approved"]
 
 
+@pytest.mark.parametrize("woken", [True, False])
+def test_a_woken_waiter_takes_the_approved_run_without_reading_the_request_first(
+    world, bob, woken, django_assert_num_queries
+):
+    # Woken (by an outcome), the claim comes first: its update answering with the row it
+    # changed, the audit record (in one transaction: two more). A poll that was not woken
+    # reads the request first, then claims.
+    req = make_request(world)
+    actions.do_approve(bob, req)
+    with django_assert_num_queries(4 if woken else 5):
+        outcome, _ = gateway._poll(req.pk, heartbeat=False, claim_for=("billing-bot", None), woken=woken)
+    assert outcome.approved and outcome.claimed is True and outcome.decided_by == "bob"
+    assert AuditRecord.objects.filter(action="approval.claimed", target_id=str(req.pk)).count() == 1
+    # Claimed already (another run took it): the woken waiter reads it and is told so.
+    outcome, _ = gateway._poll(req.pk, heartbeat=False, claim_for=("billing-bot", None), woken=True)
+    assert outcome.approved and outcome.claimed is False
+
+
+def test_a_woken_waiter_reads_a_rejection_as_it_is(world, bob):
+    req = make_request(world)
+    actions.do_reject(bob, req, reason="no")
+    outcome, _ = gateway._poll(req.pk, heartbeat=False, claim_for=("billing-bot", None), woken=True)
+    assert outcome.status == Status.REJECTED and outcome.claimed is None
+
+
+async def test_the_listener_closes_cleanly_and_a_later_wait_starts_another(world, bob, settings):
+    # Gateway shutdown: its receive ends and its connections close while the loop runs.
+    settings.APPROVALS_POLL_SECONDS = 30  # so only the channel message can wake it in time
+    req = await in_db(make_request, world)
+    assert (await wait_for_decision(req.pk, max_wait=0.1)).status == Status.PENDING
+    listener = gateway._listener()
+    assert listener is not None and listener.task is not None
+    receiving = listener.task
+    await asyncio.wait_for(gateway.close_listener(), LIMIT)
+    assert receiving.done() and listener.task is None
+    waiter = asyncio.create_task(wait_for_decision(req.pk))
+    await asyncio.sleep(0.2)
+    await in_db(actions.do_approve, bob, req.pk)
+    assert (await asyncio.wait_for(waiter, LIMIT)).status == Status.APPROVED
+    assert gateway._listener() is not listener
+    await asyncio.wait_for(gateway.close_listener(), LIMIT)
+
+
+async def test_the_approvals_threads_keep_their_connections_past_conn_max_age(monkeypatch):
+    # A reconnect on one of these threads is paid by the held statement or the approval
+    # that comes next: they keep a working connection, whatever CONN_MAX_AGE says.
+    from django.db import connection, connections
+
+    if connection.vendor != "postgresql":
+        pytest.skip("reads the server's process id")
+    monkeypatch.setitem(connections.settings["default"], "CONN_MAX_AGE", 0)
+
+    def server_process() -> int:
+        with connections["default"].cursor() as cursor:
+            cursor.execute("SELECT pg_backend_pid()")
+            return int(cursor.fetchone()[0])
+
+    seen = {await gateway.on_db_thread(server_process)() for _ in range(3 * gateway.DB_THREADS)}
+    assert len(seen) <= gateway.DB_THREADS
+
+
 async def test_a_lost_channel_message_does_not_strand_the_session(world, bob, settings, monkeypatch):
     settings.APPROVALS_POLL_SECONDS = 0.2
     monkeypatch.setattr("approvals.events._group_send", lambda group, message: None)

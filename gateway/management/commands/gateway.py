@@ -227,6 +227,12 @@ class Command(BaseCommand):
                 with contextlib.suppress(Exception):
                     await listener.close()
             with contextlib.suppress(ImportError):
+                from approvals.gateway import close_listener
+
+                # After the sessions ended (their waits are over): its receive and its
+                # Redis connections end with the loop's other work, not as the loop closes.
+                await close_listener()
+            with contextlib.suppress(ImportError):
                 from recordings.writer import shutdown_writer
 
                 await asyncio.to_thread(shutdown_writer)
