@@ -546,11 +546,6 @@ def _in_db_thread(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[st
         conn._airlock_approvals_thread = True
         with _executor_lock:
             _thread_connections.append(conn)
-    # Kept open as long as it works, whatever CONN_MAX_AGE says: these few threads live as
-    # long as the process, and a connection reopened every CONN_MAX_AGE seconds was paid
-    # (20 ms, 130 ms under load) by the held statement or the approval that came next.
-    # A connection that failed or was left in a transaction is still closed and reopened.
-    conn.close_at = None
     close_old_connections()
     try:
         return fn(*args, **kwargs)

@@ -160,24 +160,6 @@ async def test_the_listener_closes_cleanly_and_a_later_wait_starts_another(world
     await asyncio.wait_for(gateway.close_listener(), LIMIT)
 
 
-async def test_the_approvals_threads_keep_their_connections_past_conn_max_age(monkeypatch):
-    # A reconnect on one of these threads is paid by the held statement or the approval
-    # that comes next: they keep a working connection, whatever CONN_MAX_AGE says.
-    from django.db import connection, connections
-
-    if connection.vendor != "postgresql":
-        pytest.skip("reads the server's process id")
-    monkeypatch.setitem(connections.settings["default"], "CONN_MAX_AGE", 0)
-
-    def server_process() -> int:
-        with connections["default"].cursor() as cursor:
-            cursor.execute("SELECT pg_backend_pid()")
-            return int(cursor.fetchone()[0])
-
-    seen = {await gateway.on_db_thread(server_process)() for _ in range(3 * gateway.DB_THREADS)}
-    assert len(seen) <= gateway.DB_THREADS
-
-
 async def test_a_lost_channel_message_does_not_strand_the_session(world, bob, settings, monkeypatch):
     settings.APPROVALS_POLL_SECONDS = 0.2
     monkeypatch.setattr("approvals.events._group_send", lambda group, message: None)
