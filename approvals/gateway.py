@@ -472,8 +472,7 @@ class _Listener:
         up the gateway's shutdown; group memberships expire by themselves)."""
         task, self.task = self.task, None
         if task is not None:
-            task.cancel()
-            await asyncio.wait({task}, timeout=2.0)
+            await _cancel_until_done(task, within=2.0)
         groups = [request_group(request_id) for request_id in self.waiters]
         self.waiters.clear()
         if self.layer is self.shared:
@@ -483,6 +482,21 @@ class _Listener:
                 for group in groups:
                     await self.layer.group_discard(group, self.channel)
                 await self.layer.close_pools()
+
+
+async def _cancel_until_done(task: asyncio.Task[Any], within: float) -> None:
+    """Cancel ``task`` again and again until it ends (at most ``within`` seconds).
+
+    One cancellation is not always enough for a channel-layer receive: channels_redis over
+    redis-py sometimes swallows it (redis-py turns a cancellation that arrives during a read
+    into its own TimeoutError) and then waits on its own locks or the next BZPOPMIN, where
+    a second cancellation ends it. A task left running would hold up the loop's closing.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while not task.done() and loop.time() < deadline:
+        task.cancel()
+        await asyncio.wait({task}, timeout=min(0.1, max(0.0, deadline - loop.time())))
 
 
 _listeners: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Listener] = weakref.WeakKeyDictionary()

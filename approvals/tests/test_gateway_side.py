@@ -22,6 +22,15 @@ pytestmark = pytest.mark.django_db(transaction=True)
 LIMIT = 10  # seconds: any wait in these tests that could hang
 
 
+@pytest.fixture(autouse=True)
+async def _listener_closed():  # type: ignore[no-untyped-def]
+    # The test's approvals listener is closed in its own loop (as the gateway's shutdown
+    # does): the loop's closing cancels a leftover task only once, which a channel-layer
+    # receive can swallow (test_channel_layer_cancel.py).
+    yield
+    await gateway.close_listener()
+
+
 def _gate(world, **options) -> ReviewGate:
     options.setdefault("estimate", False)
     return ReviewGate(agent_id=world.agent.pk, connection_id=world.connection.pk, **options)
