@@ -12,6 +12,8 @@ import bench
 
 def main() -> None:
     only = set(sys.argv[1:])
+    # The modules read their own options from sys.argv: the names given here are not theirs.
+    sys.argv[1:] = []
     for module in sorted(m.name for m in pkgutil.iter_modules(bench.__path__)):
         if (module.endswith("_bench") or module == "pgbench") and (not only or module in only):
             print(f"== {module}")
