@@ -35,7 +35,8 @@ DURATION = int(os.environ.get("AIRLOCK_BENCH_SECONDS", "4"))
 # target alike; TPS is the median
 # of the rounds, percentiles are over every transaction of every round.
 ROUNDS = int(os.environ.get("AIRLOCK_BENCH_ROUNDS", "3"))
-# Profiling: AIRLOCK_BENCH_PROFILE=out.txt runs the gateway under py-spy (raw stack counts)
+# Profiling: AIRLOCK_BENCH_PROFILE=out.txt runs the gateway (or the process of the target named by
+# AIRLOCK_BENCH_PROFILE_TARGET: gw-norec, tcp-relay...) under py-spy (raw stack counts)
 # and AIRLOCK_BENCH_ONLY=gateway,gw-policy limits the runs to those targets.
 PROFILE = os.environ.get("AIRLOCK_BENCH_PROFILE", "")
 # (in the order given: a target's run can leave work behind for the next one in the same
@@ -419,23 +420,6 @@ def main() -> int:
         )  # fmt: skip
         procs.append(gateway)
         _wait_port(gw_port, gateway)
-        if PROFILE:
-            spy = [
-                str(Path(sys.executable).with_name("py-spy")),
-                "record",
-                "--format",
-                "raw",
-                "-r",
-                os.environ.get("AIRLOCK_BENCH_PROFILE_RATE", "250"),
-                *(["--gil"] if os.environ.get("AIRLOCK_BENCH_PROFILE_GIL") else []),
-                "-o",
-                PROFILE,
-                "--pid",
-                str(gateway.pid),
-            ]
-            procs.append(
-                subprocess.Popen([*spy, "-d", str(DURATION * 4)], stdout=subprocess.DEVNULL, text=True)
-            )
         norec_port = _free_port()
         norec = subprocess.Popen(
             [sys.executable, "-c", f"from bench.pgbench import serve_without_recording; serve_without_recording({norec_port})"],
@@ -470,6 +454,23 @@ def main() -> int:
             "tcp-relay": relay.pid,
             "pgbouncer": _child_pid(bouncer.pid),
         }
+        if PROFILE:
+            spy = [
+                str(Path(sys.executable).with_name("py-spy")),
+                "record",
+                "--format",
+                "raw",
+                "-r",
+                os.environ.get("AIRLOCK_BENCH_PROFILE_RATE", "250"),
+                *(["--gil"] if os.environ.get("AIRLOCK_BENCH_PROFILE_GIL") else []),
+                "-o",
+                PROFILE,
+                "--pid",
+                str(pids[os.environ.get("AIRLOCK_BENCH_PROFILE_TARGET", "gateway")]),
+            ]
+            procs.append(
+                subprocess.Popen([*spy, "-d", str(DURATION * 4)], stdout=subprocess.DEVNULL, text=True)
+            )
         for mode, clients in RUNS:
             runs: dict[str, list[tuple[float, list[int]]]] = {t: [] for t in TARGETS}
             cpu = dict.fromkeys(TARGETS, 0.0)

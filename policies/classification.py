@@ -90,6 +90,11 @@ class Classification:
     statements: tuple[StatementInfo, ...] = ()
     error: str | None = None
     normalizer: Any = field(default=None, compare=False, repr=False)
+    # Set by a classifier when every string of the same shape (the same statement with
+    # other constants) has this classification but for ``text``: a hashable token naming
+    # that shape (``policies.sql._Shape``). The engine then decides once per shape and
+    # regex outcome (``CompiledPolicy.evaluate``).
+    shape: Any = field(default=None, compare=False, repr=False)
 
     def normalized(self, index: int) -> str:
         """The normalized text of statement ``index`` (what ``regex`` rules see)."""

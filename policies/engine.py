@@ -236,8 +236,16 @@ def _no_where(want: bool) -> Matcher:
     return lambda request, view: ("no_where" in view.facts) is want
 
 
-def _regex(rx: re.Pattern[str]) -> Matcher:
-    return lambda request, view: rx.search(view.normalized()) is not None
+class _Regex:
+    """The ``regex`` match key (a class, not a closure: the policy lists its patterns)."""
+
+    __slots__ = ("rx",)
+
+    def __init__(self, rx: re.Pattern[str]) -> None:
+        self.rx = rx
+
+    def __call__(self, request: Request, view: _View) -> bool:
+        return self.rx.search(view.normalized()) is not None
 
 
 def _tables(view: _View) -> frozenset[str]:
@@ -300,7 +308,7 @@ def _matchers(match: dict[str, Any], covering: bool) -> list[Matcher]:
         elif key == "no_where":
             result.append(_no_where(bool(raw)))
         elif key == "regex":
-            result.append(_regex(re.compile(raw, re.IGNORECASE)))
+            result.append(_Regex(re.compile(raw, re.IGNORECASE)))
     return result
 
 
@@ -380,7 +388,19 @@ class CompiledPolicy:
         # rebuilt, so evicting from the front cost 5-8 µs a decision once the cache was
         # full (pgbench sends a new text every statement), against about 1 µs here.
         self._cache: OrderedDict[Hashable, Decision] = OrderedDict()
+        # Decisions per statement shape (``Classification.shape``): statements that differ
+        # only in their constants (pgbench's ``... WHERE aid = 412345``, an agent's lookups)
+        # have one classification, so they get one decision but for the text, given the same
+        # request context and the same outcome of every ``regex`` of the policy (the one
+        # match key that sees constants). Same bound and eviction as ``_cache``.
+        self._shapes: OrderedDict[Hashable, Decision] = OrderedDict()
+        self._regexes = tuple(
+            dict.fromkeys(
+                matcher.rx for rule in rules for matcher in rule.matchers if isinstance(matcher, _Regex)
+            )
+        )
         self.hits = 0
+        self.shape_hits = 0
         self.misses = 0
 
     def __repr__(self) -> str:
@@ -409,13 +429,21 @@ class CompiledPolicy:
             self.hits += 1
             return cached
         self.misses += 1
-        decision = self._decide(request, classify(request))
-        if len(self._cache) >= self.cache_size:
-            try:
-                self._cache.popitem(last=False)
-            except KeyError:  # another thread emptied it first
-                pass
-        self._cache[key] = decision
+        classification = classify(request)
+        shape = classification.shape
+        if shape is None:
+            decision = self._decide(request, classification)
+        else:
+            normalized = classification.normalized(0) if self._regexes else ""
+            shape_key = (shape, key[1:], tuple(rx.search(normalized) is not None for rx in self._regexes))
+            template = self._shapes.get(shape_key)
+            if template is not None:
+                self.shape_hits += 1
+                decision = _with_text(template, classification.statements[0].text)
+            else:
+                decision = self._decide(request, classification)
+                _bounded_put(self._shapes, shape_key, decision, self.cache_size)
+        _bounded_put(self._cache, key, decision, self.cache_size)
         return decision
 
     def classify(self, request: Request) -> Classification:
@@ -423,6 +451,7 @@ class CompiledPolicy:
 
     def clear_cache(self) -> None:
         self._cache.clear()
+        self._shapes.clear()
 
     # -- deciding -----------------------------------------------------------------------
 
@@ -550,6 +579,31 @@ class CompiledPolicy:
             observed=tuple(observed),
             session_effects=tuple(effect for info in statements for effect in info.effects),
         )
+
+
+def _bounded_put(
+    cache: OrderedDict[Hashable, Decision], key: Hashable, decision: Decision, size: int
+) -> None:
+    if len(cache) >= size:
+        try:
+            cache.popitem(last=False)
+        except KeyError:  # another thread emptied it first
+            pass
+    cache[key] = decision
+
+
+def _with_text(template: Decision, text: str) -> Decision:
+    """``template`` (the decision on a statement of the same shape) for the statement ``text``.
+
+    Only the statement's text differs between statements of one shape; built without
+    ``dataclasses.replace`` (a frozen dataclass's ``__init__`` costs more than the rest).
+    """
+    details = dict(template.classification)
+    details["statements"] = [{**details["statements"][0], "text": text}]
+    decision = object.__new__(Decision)
+    decision.__dict__.update(template.__dict__)
+    decision.__dict__["classification"] = details
+    return decision
 
 
 def _default_message(outcome: _Outcome, policy: str) -> str:

@@ -12,19 +12,25 @@ import re
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pglast import parser as pg_parser
 
-from policies import sql
+from policies import pgquery, sql
 
 PATH = sql.DEFAULT_SEARCH_PATH
 
 
 @pytest.fixture(autouse=True)
 def fresh_caches():
-    sql._shapes.clear()
-    sql._classify_cached.cache_clear()
+    clear()
     yield
+    clear()
+
+
+def clear():
     sql._shapes.clear()
+    sql._simple_shapes.clear()
     sql._classify_cached.cache_clear()
 
 
@@ -126,8 +132,7 @@ def test_every_known_statement_and_its_siblings_classify_as_afresh():
     shared = 0
     for text in corpus:
         for sibling in _siblings(text):
-            sql._shapes.clear()
-            sql._classify_cached.cache_clear()
+            clear()
             sql.classify(sibling)
             try:
                 same_shape = pg_parser.normalize(sibling) == pg_parser.normalize(text)
@@ -138,5 +143,159 @@ def test_every_known_statement_and_its_siblings_classify_as_afresh():
     assert shared > 50  # the cache was really exercised
 
 
+def test_siblings_found_by_their_simple_key_classify_and_normalize_as_afresh():
+    """The same corpus through the parser-free path: a sibling makes the simple entry,
+    then the text is served from it; its classification and its normalized text (what
+    ``regex`` rules see, built from the shape's template) equal a fresh parse's."""
+    served = 0
+    for text in _corpus():
+        for sibling in _siblings(text):
+            clear()
+            sql.classify(sibling)
+            sql.classify(sibling)  # an entry is made when the shape is known
+            simple = sql._simple_key(text)
+            entry = sql._simple_shapes.get((simple[0], simple[1], PATH)) if simple else None
+            got = sql.classify(text)
+            assert got == fresh(text), (sibling, text)
+            if len(got.statements) == 1:
+                assert got.normalized(0) == sql.normalize(got.statements[0].text), (sibling, text)
+            served += entry is not None and entry.parts is not None
+    assert served > 100
+
+
+def test_texts_the_simple_path_cannot_vouch_for_take_the_parser():
+    for text in [
+        "SELECT * FROM t WHERE a = E'x\\ny'",  # escapes
+        "SELECT * FROM t WHERE a = 'it''s'",  # a doubled quote
+        'SELECT * FROM "T\'1" WHERE a = 1',  # a quoted identifier
+        "SELECT $$x$$, $1",  # dollar quotes, parameters
+        "SELECT 1 -- 'comment",
+        "SELECT /* ' */ 1",
+        "SELECT B'101', X'1F', N'x', U&'x'",
+        "SELECT 'unbalanced",
+    ]:
+        assert sql._simple_key(text) is None, text
+    # Constants PostgreSQL does not replace (ORDER BY 1), or replaces with more around them
+    # (-5): the simple key is not PostgreSQL's normalization, so no entry is made.
+    for text in ["SELECT a FROM t ORDER BY 1", "SELECT a FROM t WHERE b = -5", "SELECT 1.5, 1e3"]:
+        sql.classify(text)
+        sql.classify(text)
+        assert not sql._simple_shapes, text
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    template=st.sampled_from(
+        [
+            "SELECT abalance FROM pgbench_accounts WHERE aid = {0};",
+            "select name, email from customers where id in ({0}, {1}) and note <> {2} limit {0}",
+            "UPDATE accounts SET balance = {0}, note = {2} WHERE id = {1}",
+            "INSERT INTO t (a, b, c) VALUES ({0}, {2}, {1}) RETURNING a",
+            "SELECT {2}::date, interval {2}, {0}::int8 FROM t WHERE x LIKE {2}",
+            "SELECT * FROM t WHERE a = {1} OR b BETWEEN {0} AND {1}",
+        ]
+    ),
+    numbers=st.lists(st.integers(min_value=0, max_value=10**12), min_size=2, max_size=2),
+    padded=st.booleans(),
+    text=st.text(st.characters(blacklist_characters="'\\\x00", blacklist_categories=("Cs",)), max_size=12),
+)
+def test_a_normalized_text_built_from_the_template_is_the_deparsers(template, numbers, padded, text):
+    first = [f"{n:03d}" if padded else str(n) for n in numbers]
+    for constants in ([str(n + 1) for n in numbers] + ["'seed'"], [*first, f"'{text}'"]):
+        statement = template.format(*constants)
+        got = sql.classify(statement)
+        assert got == fresh(statement), statement
+        assert got.normalized(0) == pgquery.deparse(statement), statement
+
+
 def test_a_shape_copies_every_field_of_a_statement():
     assert tuple(f.name for f in dataclasses.fields(sql.StatementInfo)) == sql.SHAPE_FIELDS
+
+
+# --- decisions shared by statements of the same shape (CompiledPolicy._shapes) -----------
+
+REGEX_POLICY = {
+    "default": "deny",
+    "rules": [
+        # Regular expressions that look at constants: statements of one shape differ here.
+        {"name": "no-drop-notes", "match": {"regex": r"'[^']*drop[^']*'"}, "action": "deny"},
+        {"name": "watch-seven", "match": {"regex": r"\b7\b"}, "action": "observe", "would": "review"},
+        {"name": "vault", "match": {"tables": ["vault.*"]}, "action": "deny", "message": "no"},
+        {"name": "ops-writes", "match": {"groups": ["ops"], "operations": ["write"]}, "action": "allow"},
+        {"name": "reads", "match": {"operations": ["read"]}, "action": "allow"},
+    ],
+}
+
+
+def everything(decision) -> dict:
+    """Every field of a decision, the classification too (``Decision.__eq__`` skips it)."""
+    return {f.name: getattr(decision, f.name) for f in dataclasses.fields(decision)}
+
+
+def ask(policy, text: str, group: str = "agents"):
+    from policies.types import Request
+
+    return policy.evaluate(
+        Request(
+            protocol="postgres", connection="shop", agent="bot", groups=frozenset({group}), statement=text
+        )
+    )
+
+
+def compiled(spec=REGEX_POLICY, cache_size: int = 10_000):
+    from policies.engine import compile_policy
+
+    return compile_policy("shapes", 1, spec, cache_size=cache_size)
+
+
+def test_statements_of_one_shape_are_decided_once_and_get_their_own_text():
+    policy = compiled()
+    first = ask(policy, "SELECT abalance FROM pgbench_accounts WHERE aid = 412345;")
+    second = ask(policy, "SELECT abalance FROM pgbench_accounts WHERE aid = 99;")
+    assert policy.shape_hits == 1
+    assert everything(second) == everything(
+        ask(compiled(), "SELECT abalance FROM pgbench_accounts WHERE aid = 99;")
+    )
+    assert (
+        second.classification["statements"][0]["text"]
+        == "SELECT abalance FROM pgbench_accounts WHERE aid = 99"
+    )
+    assert first.classification["statements"][0]["text"].endswith("412345")
+    assert first.action == second.action == "allow"
+
+
+def test_a_regex_that_sees_a_constant_splits_a_shape():
+    policy = compiled()
+    template = "SELECT note FROM notes WHERE note = '{}' AND id = {}"
+    assert ask(policy, template.format("fine", 1)).action == "allow"
+    assert ask(policy, template.format("fine", 2)).action == "allow"
+    assert policy.shape_hits == 1
+    dropped = ask(policy, template.format("please drop it", 3))
+    assert (dropped.action, dropped.rule) == ("deny", "no-drop-notes")
+    seven = ask(policy, template.format("fine", 7))
+    assert (seven.action, seven.observed) == ("allow", ("watch-seven",))
+    assert ask(policy, template.format("fine", 8)).observed == ()
+    assert ask(policy, template.format("drop", 8)).action == "deny"
+    assert policy.shape_hits == 3  # ids 2 and 8 and the second drop
+
+
+def test_the_request_context_is_part_of_a_shape_decision():
+    policy = compiled()
+    assert ask(policy, "UPDATE accounts SET balance = 1 WHERE id = 2", "ops").action == "allow"
+    assert ask(policy, "UPDATE accounts SET balance = 3 WHERE id = 4", "agents").action == "deny"
+    assert ask(policy, "UPDATE accounts SET balance = 5 WHERE id = 6", "ops").action == "allow"
+
+
+def test_every_known_statement_and_its_siblings_are_decided_as_afresh():
+    """The corpus of classification and security cases, each after siblings with other
+    literals, through a policy whose regular expressions look at literals: a decision
+    served for the shape equals, field for field, the decision made with no cache."""
+    corpus = _corpus()
+    policy = compiled(cache_size=64)
+    for text in corpus:
+        for sibling in _siblings(text):
+            ask(policy, sibling)
+            ask(policy, sibling, "ops")
+        for group in ("agents", "ops"):
+            assert everything(ask(policy, text, group)) == everything(ask(compiled(), text, group)), text
+    assert policy.shape_hits > 100  # the shape cache was really exercised
