@@ -18,7 +18,11 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench.pgbench import DURATION, ROUNDS, _cpu_seconds, _free_port, _wait_port, summarise
+from bench.pgbench import DURATION, PROFILE, ROUNDS, _cpu_seconds, _free_port, _wait_port, summarise
+
+# Diagnostics: AIRLOCK_BENCH_MASKING_TARGETS=masked runs one target only, and with
+# AIRLOCK_BENCH_PROFILE=out.txt py-spy records the gateway meanwhile (raw stack counts).
+TARGETS = [t for t in os.environ.get("AIRLOCK_BENCH_MASKING_TARGETS", "plain,masked").split(",") if t]
 
 ROWS = 10_000
 SCRIPT = "\\set a random(1, 9990)\nSELECT * FROM customers WHERE id BETWEEN :a AND :a + 9;\n"
@@ -85,6 +89,7 @@ def main() -> int:
     server = start_private_postgres(_free_port())
     root = Path(tempfile.mkdtemp(prefix="airlock-bench-masking-"))
     gateway = None
+    profiler: subprocess.Popen[bytes] | None = None
     try:
         with server.admin() as admin:
             admin.execute("CREATE DATABASE bench OWNER scram_user")
@@ -110,19 +115,25 @@ def main() -> int:
             cwd=Path(__file__).resolve().parent.parent,
         )  # fmt: skip
         _wait_port(gw_port, gateway)
+        if PROFILE:  # py-spy over the whole run (AIRLOCK_BENCH_MASKING_TARGETS=masked: that one only)
+            spy = [str(Path(sys.executable).with_name("py-spy")), "record", "--format", "raw", "-r", "1000",
+                   "-o", PROFILE, "--pid", str(gateway.pid), "-d", str(DURATION * ROUNDS * 4 * len(TARGETS))]  # fmt: skip
+            profiler = subprocess.Popen(spy, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         results = {}
         for mode in ("simple", "prepared"):
             for clients in (1, 8):
                 runs: dict[str, list[tuple[float, list[int]]]] = {"plain": [], "masked": []}
                 cpu = {"plain": 0.0, "masked": 0.0}
                 for _ in range(ROUNDS):
-                    for target in ("plain", "masked"):
+                    for target in TARGETS:
                         before = _cpu_seconds(gateway.pid)
                         runs[target].append(_run_db(gw_port, "bench-bot", token, clients, root, mode, target))
                         cpu[target] += _cpu_seconds(gateway.pid) - before
                 for target in runs:
-                    results[(target, mode, clients)] = summarise(runs[target], cpu[target])
+                    results[(target, mode, clients)] = summarise(runs[target] or [(1.0, [0])], cpu[target])
     finally:
+        if profiler is not None:
+            profiler.wait(timeout=120)
         if gateway is not None:
             gateway.terminate()
             _, errors = gateway.communicate(timeout=30)
