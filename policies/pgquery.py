@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import ctypes
 from collections.abc import Callable
+from typing import Any
 
 from pglast import parser as pg_parser
 
@@ -140,7 +141,7 @@ def _pglast_deparse(text: str) -> str:
     return str(pg_parser.deparse_protobuf(pg_parser.parse_sql_protobuf(text)))
 
 
-_lib = _load()
+_lib: Any = _load()  # the functions' types are set in _load
 AVAILABLE = _lib is not None
 
 normalize: Callable[[str], str] = _normalize if AVAILABLE else pg_parser.normalize
