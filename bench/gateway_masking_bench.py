@@ -23,6 +23,9 @@ from bench.pgbench import DURATION, PROFILE, ROUNDS, _cpu_seconds, _free_port, _
 # Diagnostics: AIRLOCK_BENCH_MASKING_TARGETS=masked runs one target only, and with
 # AIRLOCK_BENCH_PROFILE=out.txt py-spy records the gateway meanwhile (raw stack counts).
 TARGETS = [t for t in os.environ.get("AIRLOCK_BENCH_MASKING_TARGETS", "plain,masked").split(",") if t]
+# AIRLOCK_BENCH_MASKING_NOREC=1: the gateway with its events dropped (bench.pgbench's
+# diagnostic "gw-norec" copy), to see what recording's share of the process does to the ratio.
+NOREC = os.environ.get("AIRLOCK_BENCH_MASKING_NOREC") == "1"
 
 ROWS = 10_000
 SCRIPT = "\\set a random(1, 9990)\nSELECT * FROM customers WHERE id BETWEEN :a AND :a + 9;\n"
@@ -109,8 +112,11 @@ def main() -> int:
             "AIRLOCK_LOG_LEVEL": "WARNING",
             "AIRLOCK_MASKING_DEFAULT": "off",  # the "plain" connection has no masking at all
         }
+        command = [sys.executable, "manage.py", "gateway", "--postgres-listen", f"127.0.0.1:{gw_port}"]
+        if NOREC:
+            command = [sys.executable, "-c", f"from bench.pgbench import serve_without_recording; serve_without_recording({gw_port})"]  # fmt: skip
         gateway = subprocess.Popen(
-            [sys.executable, "manage.py", "gateway", "--postgres-listen", f"127.0.0.1:{gw_port}"],
+            command,
             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
             cwd=Path(__file__).resolve().parent.parent,
         )  # fmt: skip
