@@ -122,7 +122,7 @@ def main() -> int:
         )  # fmt: skip
         _wait_port(gw_port, gateway)
         if PROFILE:  # py-spy over the whole run (AIRLOCK_BENCH_MASKING_TARGETS=masked: that one only)
-            spy = [str(Path(sys.executable).with_name("py-spy")), "record", "--format", "raw", "-r", "1000",
+            spy = [str(Path(sys.executable).with_name("py-spy")), "record", "--nonblocking", "--format", "raw", "-r", "500",
                    "-o", PROFILE, "--pid", str(gateway.pid), "-d", str(DURATION * ROUNDS * 4 * len(TARGETS))]  # fmt: skip
             profiler = subprocess.Popen(spy, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         results = {}

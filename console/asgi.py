@@ -5,7 +5,15 @@ import os
 from django.core.asgi import get_asgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "console.settings")
+# Each request runs in a thread of its own: its database connection comes from a pool
+# (console/settings.py says why). Read when the settings load, here; taken out again so
+# that processes this one starts (none in production) keep their own default.
+_POOL_DEFAULT = "AIRLOCK_DB_POOL" not in os.environ
+if _POOL_DEFAULT:
+    os.environ["AIRLOCK_DB_POOL"] = "1"
 django_asgi_app = get_asgi_application()
+if _POOL_DEFAULT:
+    del os.environ["AIRLOCK_DB_POOL"]
 
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402

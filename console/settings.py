@@ -110,6 +110,24 @@ else:
             "init_command": "PRAGMA journal_mode=WAL;",
         },
     }
+# The console's web process (console/asgi.py sets AIRLOCK_DB_POOL=1 before loading this):
+# Django runs each request's synchronous code in a thread of its own (asgiref's
+# ThreadSensitiveContext), and a database connection belongs to its thread, so without a
+# pool every request opened a new PostgreSQL connection, whatever CONN_MAX_AGE says
+# (docs/performance.md: 10-15 ms of each approve request). A psycopg pool hands each
+# request's thread an open connection. Other processes (gateway, Celery) keep their
+# threads, and their connections with them (CONN_MAX_AGE).
+if (
+    DATABASE_URL
+    and _db.get("ENGINE") == "django.db.backends.postgresql"
+    and env_bool("AIRLOCK_DB_POOL", False)
+):
+    _db["CONN_MAX_AGE"] = 0  # Django's pool replaces persistent connections
+    _db.setdefault("OPTIONS", {})["pool"] = {
+        "min_size": env_int("AIRLOCK_DB_POOL_MIN", 2, minimum=0),
+        "max_size": env_int("AIRLOCK_DB_POOL_MAX", 20, minimum=1),
+        "timeout": env_int("AIRLOCK_DB_POOL_TIMEOUT_SECONDS", 10, minimum=1),
+    }
 DATABASES = {"default": _db}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 IS_EMBEDDED = not DATABASE_URL

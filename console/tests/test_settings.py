@@ -46,3 +46,42 @@ def test_the_settings_module_refuses_a_bad_database_url():
     )
     assert result.returncode != 0
     assert "DATABASE_URL: scheme must be one of" in result.stderr
+
+
+def _web_settings(database_url: str | None, **extra: str) -> dict:
+    """The default database's settings as the console's web process (console.asgi) loads them."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "AIRLOCK_DB_POOL")}
+    if database_url:
+        env["DATABASE_URL"] = database_url
+    env.update(extra)
+    code = (
+        "import json, os, console.asgi; from django.conf import settings; "
+        "db = settings.DATABASES['default']; "
+        "print(json.dumps({'max_age': db['CONN_MAX_AGE'], 'pool': db.get('OPTIONS', {}).get('pool'), "
+        "'leaked': os.environ.get('AIRLOCK_DB_POOL')}))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_the_web_process_takes_postgresql_connections_from_a_pool(tmp_path):
+    # Each request runs in a thread of its own: without a pool, a new connection each time.
+    got = _web_settings("postgres://postgres@127.0.0.1:5432/airlock", AIRLOCK_DB_POOL_MAX="7")
+    assert got == {"max_age": 0, "pool": {"min_size": 2, "max_size": 7, "timeout": 10}, "leaked": None}
+    # Switched off explicitly: persistent connections as elsewhere.
+    got = _web_settings("postgres://postgres@127.0.0.1:5432/airlock", AIRLOCK_DB_POOL="0")
+    assert got["pool"] is None and got["max_age"] == 60
+    # The embedded SQLite database has no pool.
+    got = _web_settings(None, AIRLOCK_DATA_DIR=str(tmp_path))
+    assert got["pool"] is None
+
+
+def test_other_processes_keep_persistent_connections():
+    from django.conf import settings
+
+    assert "pool" not in settings.DATABASES["default"].get("OPTIONS", {})
