@@ -27,7 +27,7 @@ from django.contrib.auth.models import Group
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from approvals.events import publish_change
+from approvals.events import publish_change, wait_until_published
 from approvals.models import (
     TRANSITIONS,
     ApprovalDecision,
@@ -103,6 +103,11 @@ def _after_commit(
         publish_change(req_id, status, created=created)
 
     transaction.on_commit(publish)
+    if work:
+        # Notifications (Celery) after the messages are out: queued alongside, their
+        # broker round trips competed with the sends, which the agent and the inboxes wait
+        # on (approvals.events.wait_until_published).
+        transaction.on_commit(wait_until_published)
     for job in work:
         transaction.on_commit(_safe(job))
 

@@ -134,8 +134,11 @@ def estimate_in_background(
 
     def run() -> None:
         from approvals.actions import do_record_estimate
+        from approvals.events import wait_until_published
         from gateway.models import Connection
 
+        # The new request's card first: its publish was just queued.
+        wait_until_published()
         close_old_connections()
         try:
             try:

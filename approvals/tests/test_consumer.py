@@ -188,6 +188,17 @@ def _consumer_of(user, session_key: str | None = None):
     return consumer
 
 
+def _as_channels_hands_it_over(consumer):
+    """The scope's session as Channels' SessionMiddleware leaves it: a LazyObject around the
+    store, resolved before the consumer runs."""
+    from django.utils.functional import LazyObject
+
+    wrapped = LazyObject()
+    wrapped._wrapped = consumer.scope["session"]
+    consumer.scope["session"] = wrapped
+    return consumer
+
+
 def _logged_in_session_key(user) -> str:
     client = Client()
     client.force_login(user)
@@ -206,6 +217,21 @@ def test_an_event_costs_three_queries_the_re_check_included(world, bob, created,
     assert card["id"] == req.pk and card["section"] == "pending" and (card["notify"] is not None) == created
     assert "erin" in card["html"]
     assert count == {"type": "count", "pending": 1}
+
+
+def test_the_session_channels_wraps_is_checked_in_the_same_three_queries(
+    world, bob, django_assert_num_queries
+):
+    req = make_request(world)
+    key = _logged_in_session_key(bob)
+    consumer = _as_channels_hands_it_over(_consumer_of(bob, key))
+    with django_assert_num_queries(3):
+        card, _ = consumer._payloads(req.pk, False)
+    assert card["id"] == req.pk
+    from django.contrib.sessions.models import Session
+
+    Session.objects.filter(session_key=key).delete()
+    assert consumer._payloads(req.pk, False) is None  # logged out
 
 
 def test_the_per_event_check_refuses_what_the_slower_checks_refused(world, bob, mallory):
