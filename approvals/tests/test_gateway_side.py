@@ -105,9 +105,9 @@ async def test_only_an_outcome_wakes_the_waiting_gateway(world, bob, settings, m
     sent: list[tuple[str, str]] = []
     group_send = events._group_send
 
-    def recorded(group, message):
+    def recorded(group, message, after=None):
         sent.append((group, message["status"]))
-        group_send(group, message)
+        return group_send(group, message, after=after)
 
     monkeypatch.setattr(events, "_group_send", recorded)
     req = await in_db(make_request, world, decision=review_decision(approvals=2))
@@ -171,7 +171,7 @@ async def test_the_listener_closes_cleanly_and_a_later_wait_starts_another(world
 
 async def test_a_lost_channel_message_does_not_strand_the_session(world, bob, settings, monkeypatch):
     settings.APPROVALS_POLL_SECONDS = 0.2
-    monkeypatch.setattr("approvals.events._group_send", lambda group, message: None)
+    monkeypatch.setattr("approvals.events._group_send", lambda group, message, after=None: None)
     req = await in_db(make_request, world)
     waiter = asyncio.create_task(wait_for_decision(req.pk))
     await in_db(actions.do_reject, bob, req.pk, reason="not in business hours")

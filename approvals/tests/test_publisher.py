@@ -53,3 +53,27 @@ def test_waiting_is_bounded_and_free_when_nothing_is_pending(monkeypatch):
     events.wait_until_published(0.2)  # a send that never ends does not hold the caller
     assert 0.15 < time.monotonic() - started < 2
     layer.release.set()
+
+
+def test_a_send_given_after_another_waits_for_it(monkeypatch):
+    publisher = events._Publisher()
+    monkeypatch.setattr(events, "_publisher", publisher)
+    held = _HeldLayer()
+    first = publisher.send(held, "outcome", {"type": "x"})
+
+    class Recording:
+        """A layer that notes when it is used (stands in for the second send's Redis)."""
+
+        def __init__(self) -> None:
+            self.sent: list[str] = []
+
+        async def group_send(self, group: str, message: dict) -> None:
+            self.sent.append(group)
+
+    second = Recording()
+    publisher.send(second, "inbox", {"type": "y"}, after=first)
+    time.sleep(0.1)
+    assert second.sent == []  # the outcome is still being sent
+    held.release.set()
+    events.wait_until_published(5.0)
+    assert held.sent == ["outcome"] and second.sent == ["inbox"]
