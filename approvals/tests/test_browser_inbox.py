@@ -87,6 +87,32 @@ def test_a_rejection_needs_a_reason_and_shows_it(console_server, browser, world,
         context.close()
 
 
+def test_a_card_updated_while_its_reviewer_types_keeps_what_was_typed(console_server, browser, world, bob):
+    from approvals import actions
+
+    context, page = _inbox(browser, console_server, "bob")
+    try:
+        req = make_request(world)
+        card = page.locator(f"#approval-{req.pk}")
+        expect(card).to_be_visible()
+        reason = card.locator("form.reject input[name=reason]")
+        reason.fill("the whole table? no")
+        card.locator("form.approve input[name=comment]").fill("half a thought")
+        reason.focus()
+        # The rows estimate arrives: the card is sent again and replaced.
+        actions.do_record_estimate(req.pk, rows=12345)
+        expect(card.locator(".estimated-rows")).to_have_text("12345")
+        expect(reason).to_have_value("the whole table? no")
+        expect(card.locator("form.approve input[name=comment]")).to_have_value("half a thought")
+        assert page.evaluate("document.activeElement.name") == "reason"
+        card.locator("form.reject button").click()
+        expect(page.locator(f"#approvals-history #approval-{req.pk} .reason")).to_have_text(
+            "the whole table? no"
+        )
+    finally:
+        context.close()
+
+
 def test_an_expired_request_leaves_the_pending_list_by_itself(console_server, browser, world, bob):
     context, page = _inbox(browser, console_server, "bob")
     try:

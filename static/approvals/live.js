@@ -42,18 +42,45 @@
     if (empty && pending) empty.hidden = pending.children.length > 0;
   }
 
+  // A card replaced while its reviewer types in it (the rows estimate arriving, another
+  // reviewer's approval) keeps what was typed, and the cursor where it was.
+  function carryOver(old, card) {
+    var focused = null;
+    old.querySelectorAll("form[data-verb] input[name], form[data-verb] textarea[name], form[data-verb] select[name]")
+      .forEach(function (field) {
+        if (field.type === "hidden" || field.type === "submit") return;
+        var twin = card.querySelector(
+          "form[data-verb='" + field.form.dataset.verb + "'] [name='" + field.name + "']"
+        );
+        if (!twin) return;
+        if (field.type === "checkbox" || field.type === "radio") twin.checked = field.checked;
+        else twin.value = field.value;
+        if (field === document.activeElement) focused = { twin: twin, start: field.selectionStart, end: field.selectionEnd };
+      });
+    return focused;
+  }
+
+  function swap(old, card) {
+    var focused = carryOver(old, card);
+    old.replaceWith(card);
+    if (focused) {
+      focused.twin.focus();
+      try { focused.twin.setSelectionRange(focused.start, focused.end); } catch (e) { /* not a text field */ }
+    }
+  }
+
   function placeCard(msg) {
     var card = fragment(msg.html);
     if (!card) return;
     var old = document.getElementById("approval-" + msg.id);
     if (detail && String(msg.id) === detail.dataset.id && old) {
-      old.replaceWith(card);
+      swap(old, card);
       return;
     }
     if (!inbox) return;
     var target = document.getElementById(msg.section === "pending" ? "approvals-pending" : "approvals-history");
     if (old && old.parentElement === target) {
-      old.replaceWith(card);
+      swap(old, card);
     } else {
       if (old) old.remove();
       if (msg.section === "pending") target.appendChild(card);
