@@ -123,13 +123,13 @@ class _Publisher:
         """Send ``message`` to ``group``; with ``after``, once that send has ended (so that
         the first has the loop, and the connection, to itself)."""
 
-        async def send() -> None:
+        async def run() -> None:
             if after is not None:
                 with contextlib.suppress(Exception):
                     await asyncio.wrap_future(after)
             await layer.group_send(group, message)
 
-        future = asyncio.run_coroutine_threadsafe(send(), self.loop)
+        future = asyncio.run_coroutine_threadsafe(run(), self.loop)
         with self._lock:
             self._pending.add(future)
         future.add_done_callback(self._sent)

@@ -442,8 +442,8 @@ class CompiledPolicy:
                 decision = _with_text(template, classification.statements[0].text)
             else:
                 decision = self._decide(request, classification)
-                _bounded_put(self._shapes, shape_key, decision, self.cache_size)
-        _bounded_put(self._cache, key, decision, self.cache_size)
+                sql.bounded_put(self._shapes, shape_key, decision, self.cache_size)
+        sql.bounded_put(self._cache, key, decision, self.cache_size)
         return decision
 
     def classify(self, request: Request) -> Classification:
@@ -579,17 +579,6 @@ class CompiledPolicy:
             observed=tuple(observed),
             session_effects=tuple(effect for info in statements for effect in info.effects),
         )
-
-
-def _bounded_put(
-    cache: OrderedDict[Hashable, Decision], key: Hashable, decision: Decision, size: int
-) -> None:
-    if len(cache) >= size:
-        try:
-            cache.popitem(last=False)
-        except KeyError:  # another thread emptied it first
-            pass
-    cache[key] = decision
 
 
 def _with_text(template: Decision, text: str) -> Decision:

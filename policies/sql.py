@@ -32,7 +32,7 @@ import re
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, MutableMapping
 from functools import lru_cache
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from pglast import ast as pg_ast
@@ -1346,6 +1346,20 @@ MAX_SHAPES = 4096
 # First in, first out; an OrderedDict for the reason ``CompiledPolicy._cache`` is one.
 _shapes: OrderedDict[tuple[str, tuple[str, ...]], _Shape | None] = OrderedDict()
 
+_K = TypeVar("_K")
+_V = TypeVar("_V")
+
+
+def bounded_put(cache: OrderedDict[_K, _V], key: _K, value: _V, size: int) -> None:
+    """``cache[key] = value``, first evicting the oldest entry when ``cache`` holds ``size``
+    (the shape and decision caches: first in, first out, shared between threads)."""
+    if len(cache) >= size:
+        try:
+            cache.popitem(last=False)
+        except KeyError:  # another thread emptied it first
+            pass
+    cache[key] = value
+
 
 # --- shapes found without the parser ------------------------------------------------------
 #
@@ -1401,13 +1415,16 @@ class _Simple:
         return "".join(out)
 
 
+def _is_int4(token: str) -> bool:
+    """PostgreSQL's lexer reads an integer that fits in int4 as an integer (the deparser
+    prints its value) and a larger one as a numeric constant (printed as written)."""
+    return len(token) < 10 or int(token) <= _INT4_MAX
+
+
 def _deparsed_constant(token: str) -> str:
     if token[0] == "'":
         return token
-    value = int(token)
-    # PostgreSQL reads an integer that fits in int4 as an integer (printed as its value)
-    # and a larger one as a numeric constant (printed as written).
-    return str(value) if value <= _INT4_MAX else token
+    return str(int(token)) if _is_int4(token) else token
 
 
 def _simple_key(sql: str) -> tuple[tuple[str, ...], str, list[str]] | None:
@@ -1431,9 +1448,7 @@ def _simple_key(sql: str) -> tuple[tuple[str, ...], str, list[str]] | None:
             # taken as a constant right after a letter.
             return None
     constants = parts[1::2]
-    kinds = "".join(
-        "s" if c[0] == "'" else "i" if len(c) < 10 or int(c) <= _INT4_MAX else "n" for c in constants
-    )
+    kinds = "".join("s" if c[0] == "'" else "i" if _is_int4(c) else "n" for c in constants)
     return skeleton, kinds, constants
 
 
@@ -1479,12 +1494,7 @@ def _remember_simple(
     entry = _Simple(shape, template)
     if entry.render(simple[2]) != normalize(sql):
         entry = _Simple(shape, None)
-    if len(_simple_shapes) >= MAX_SHAPES:
-        try:
-            _simple_shapes.popitem(last=False)
-        except KeyError:  # another thread emptied it first
-            pass
-    _simple_shapes[(simple[0], simple[1], path)] = entry
+    bounded_put(_simple_shapes, (simple[0], simple[1], path), entry, MAX_SHAPES)
 
 
 def _classify_by_shape(sql: str, path: tuple[str, ...]) -> Classification:
@@ -1506,13 +1516,8 @@ def _classify_by_shape(sql: str, path: tuple[str, ...]) -> Classification:
         return _classify_cached(sql, path)
     found: list[_Shape | None] = []
     classification = _classify(sql, path, {}, found)
-    if len(_shapes) >= MAX_SHAPES:
-        try:
-            _shapes.popitem(last=False)
-        except KeyError:  # another thread emptied it first
-            pass
     shape = found[0] if found else None
-    _shapes[key] = shape
+    bounded_put(_shapes, key, shape, MAX_SHAPES)
     if shape is not None:
         _remember_simple(sql, simple, normalized, path, shape)
         return Classification(statements=classification.statements, normalizer=normalize, shape=shape)
