@@ -12,9 +12,15 @@ VENDOR_STAMP := $(VENDOR)/.installed-$(shell cat package-lock.json | sha1sum | c
 
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/airlock
 TEST_REDIS_URL ?= redis://127.0.0.1:6379/14
-TEST_ENV := DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) AIRLOCK_DATA_DIR=$(CURDIR)/var/test
+TEST_ENV := DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) AIRLOCK_DATA_DIR=$(CURDIR)/var/test AIRLOCK_NATIVE=require
 
-.PHONY: run test lint typecheck migrations-check unit browser bench venv vendor system clean
+# The gateway's hot loops compiled with mypyc (scripts/build_native.py, gateway/native.py),
+# once per version of their sources. Without a C compiler the build fails with a message
+# and the gateway runs them interpreted; `make test` requires the compiled build.
+NATIVE_SOURCES := gateway/postgres/datarows.py gateway/native.py scripts/build_native.py
+NATIVE_STAMP := $(VENV)/.native-$(shell cat $(NATIVE_SOURCES) requirements-dev.txt | sha1sum | cut -c1-12)
+
+.PHONY: run test lint typecheck migrations-check unit browser bench venv vendor native system clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "Python 3.11 or newer is needed"; exit 1; }
@@ -35,7 +41,15 @@ $(VENDOR_STAMP): package.json package-lock.json
 
 vendor: $(VENDOR_STAMP)
 
-venv: $(STAMP) $(VENDOR_STAMP)
+$(NATIVE_STAMP): $(STAMP) $(NATIVE_SOURCES)
+	@rm -f $(VENV)/.native-*
+	@command -v cc >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+	  && echo "installing system packages: gcc" && DEBIAN_FRONTEND=noninteractive apt-get install -y -q gcc >/dev/null; } || true
+	@$(PY) scripts/build_native.py && touch $@ || echo "(the gateway will run its hot loops interpreted)"
+
+native: $(NATIVE_STAMP)
+
+venv: $(STAMP) $(VENDOR_STAMP) $(NATIVE_STAMP)
 
 run: venv
 	$(PY) manage.py migrate --noinput -v 0
@@ -55,15 +69,15 @@ typecheck: venv
 migrations-check: venv
 	AIRLOCK_DATA_DIR=$(CURDIR)/var/migrations-check $(PY) manage.py makemigrations --check --dry-run
 
-unit: venv system
+unit: venv system native
 	$(TEST_ENV) $(VENV)/bin/pytest -m "not browser" -q
 
-browser: venv system
+browser: venv system native
 	$(TEST_ENV) $(VENV)/bin/pytest -m browser -q -p no:randomly
 
 test: lint typecheck migrations-check unit browser
 
-bench: venv system
+bench: venv system native
 	$(TEST_ENV) $(PY) -m bench
 
 clean:

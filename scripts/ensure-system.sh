@@ -15,6 +15,7 @@ have npm || need_pkgs+=(npm)
 [ -x /usr/sbin/sshd ] || need_pkgs+=(openssh-server)
 have ssh || need_pkgs+=(openssh-client)
 [ -x /usr/sbin/pgbouncer ] || need_pkgs+=(pgbouncer)
+have cc || need_pkgs+=(gcc)  # the compiled gateway loops (scripts/build_native.py)
 
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && have apt-get; then

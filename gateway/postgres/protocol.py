@@ -7,7 +7,26 @@ chapter 55 "Frontend/Backend Protocol", section 55.7 "Message Formats".
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING
+
+from gateway import native
+from gateway.postgres import datarows as _datarows
+
+# DataRows, the bulk of every result: read and written by gateway/postgres/datarows.py,
+# compiled when it was built (gateway/native.py).
+if TYPE_CHECKING:
+    from gateway.postgres.datarows import data_row as data_row
+    from gateway.postgres.datarows import data_rows as data_rows
+    from gateway.postgres.datarows import parse_data_row as parse_data_row
+    from gateway.postgres.datarows import parse_data_rows as parse_data_rows
+else:
+    _rows = native.load(_datarows)
+    parse_data_rows = _rows.parse_data_rows
+    parse_data_row = _rows.parse_data_row
+    data_rows = _rows.data_rows
+    data_row = _rows.data_row
+NULL_VALUE = _datarows.NULL_VALUE
 
 PROTOCOL_3_0 = 196608  # 3 << 16
 SSL_REQUEST_CODE = 80877103
@@ -354,66 +373,6 @@ def parse_row_description(body: bytes) -> list[tuple[str, int]]:
     return columns
 
 
-def parse_data_row(body: bytes) -> list[bytes | None]:
-    count = _I16.unpack_from(body, 0)[0]
-    pos = 2
-    values: list[bytes | None] = []
-    for _ in range(count):
-        length = _I32.unpack_from(body, pos)[0]
-        pos += 4
-        if length < 0:
-            values.append(None)
-        else:
-            values.append(body[pos : pos + length])
-            pos += length
-    return values
-
-
-def parse_data_rows(data: bytes, pos: int, end: int) -> tuple[list[list[bytes | None]], list[int]]:
-    """The values of the run of whole DataRow messages at ``data[pos:end]``, read in one pass
-    over the buffer (no copy of each message), and the offsets of the messages: where each
-    starts, then where the last one ends. Raises ValueError for a value that runs past the
-    end of its message."""
-    unpack_length = _U32.unpack_from
-    unpack_count = _I16.unpack_from
-    unpack_value = _I32.unpack_from
-    rows: list[list[bytes | None]] = []
-    bounds = [pos]
-    while end - pos >= 5 and data[pos] == 68:
-        stop = pos + 1 + unpack_length(data, pos + 1)[0]
-        if stop > end:
-            break
-        at = pos + 7
-        values: list[bytes | None] = []
-        append = values.append
-        for _ in range(unpack_count(data, pos + 5)[0]):
-            length = unpack_value(data, at)[0]
-            at += 4
-            if length < 0:
-                append(None)
-            else:
-                append(data[at : at + length])
-                at += length
-        if at > stop:
-            raise ValueError("a DataRow value runs past the end of its message")
-        rows.append(values)
-        bounds.append(stop)
-        pos = stop
-    return rows, bounds
-
-
-def data_rows(rows: Iterable[Sequence[bytes | None]]) -> bytes:
-    """The DataRow messages of ``rows``, one after the other."""
-    prefix = _LENGTH_PREFIXES
-    header = _DATA_ROW_HEADER.pack
-    out: list[bytes] = []
-    for values in rows:
-        body = b"".join([_NULL_VALUE if value is None else prefix[len(value)] + value for value in values])
-        out.append(header(b"D", len(body) + 6, len(values)))
-        out.append(body)
-    return b"".join(out)
-
-
 def command_rows(tag: str) -> int | None:
     """Rows returned or affected, from a CommandComplete tag ("SELECT 5", "INSERT 0 3")."""
     last = tag.rpartition(" ")[2]
@@ -453,33 +412,6 @@ def bind_result_formats(body: bytes) -> tuple[int, ...]:
     if count < 0:
         raise ProtocolError("Bind result format count is negative")
     return tuple(struct.unpack_from(f"!{count}h", body, pos + 2)) if count else ()
-
-
-def data_row(values: Iterable[bytes | None]) -> bytes:
-    values = values if isinstance(values, (list, tuple)) else list(values)
-    pack = _I32.pack
-    body = _I16.pack(len(values)) + b"".join(
-        [_NULL_VALUE if value is None else pack(len(value)) + value for value in values]
-    )
-    return _HEADER.pack(b"D", len(body) + 4) + body
-
-
-_NULL_VALUE = b"\xff\xff\xff\xff"
-
-
-class _LengthPrefixes(dict[int, bytes]):
-    """A value's length as the Int32 before it, kept for the lengths short values have: a
-    dictionary lookup costs less than packing on every value of every row."""
-
-    def __missing__(self, length: int) -> bytes:
-        prefix = _I32.pack(length)
-        if length < 4096:
-            self[length] = prefix
-        return prefix
-
-
-_LENGTH_PREFIXES = _LengthPrefixes()
-_DATA_ROW_HEADER = struct.Struct("!cIh")
 
 
 def parse_field_list(body: bytes) -> list[tuple[int, bytes]]:

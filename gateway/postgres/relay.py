@@ -1429,7 +1429,11 @@ class Relay:
         return row
 
     def _sample_row(self, body: bytes, record: _Statement) -> list[Any]:
-        return self._sample_values(pg.parse_data_row(body), record)
+        try:
+            values = pg.parse_data_row(body)
+        except ValueError as exc:
+            raise ProtocolError(f"malformed 'D' message from the server: {exc}") from None
+        return self._sample_values(values, record)
 
     def _sample_rows(self, rows: Sequence[Sequence[Any]], record: _Statement) -> list[list[Any]]:
         """``_sample_values`` of each row, the columns' formats looked at once."""
