@@ -66,6 +66,17 @@ def console_server(transactional_db):  # type: ignore[no-untyped-def]
     Yields the base URL. Runs as a separate process so that pages and websockets go
     through exactly the stack production runs.
     """
+    yield from _serve_console()
+
+
+@pytest.fixture
+def console_server_in_memory(transactional_db):  # type: ignore[no-untyped-def]
+    """``console_server`` on the embedded default's channel layer (no ``REDIS_URL``): what
+    the test process publishes, as the gateway would from its own process, never reaches it."""
+    yield from _serve_console(without=("REDIS_URL",))
+
+
+def _serve_console(without: tuple[str, ...] = ()):  # type: ignore[no-untyped-def]
     import os
     import subprocess
     import sys
@@ -78,7 +89,7 @@ def console_server(transactional_db):  # type: ignore[no-untyped-def]
     from django.db import connection
 
     port = free_port()
-    env = dict(os.environ)
+    env = {name: value for name, value in os.environ.items() if name not in without}
     db = settings.DATABASES["default"]
     if db["ENGINE"].endswith("postgresql"):
         env["DATABASE_URL"] = (

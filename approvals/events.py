@@ -40,6 +40,24 @@ INBOX_GROUP = "approvals.inbox"
 OUTCOME_STATUSES = frozenset({Status.APPROVED, Status.REJECTED, Status.EXPIRED, Status.CANCELLED})
 
 
+def layer_crosses_processes() -> bool:
+    """Whether the default channel layer carries messages between processes.
+
+    The in-memory layer (the embedded default, without ``REDIS_URL``) reaches only the
+    process that sent: what the gateway or a Celery worker publishes never reaches the
+    console's websockets, so the inbox page asks the console for its lists instead
+    (``static/approvals/live.js``). No layer at all crosses nothing either.
+    """
+    from django.conf import settings
+    from django.utils.module_loading import import_string
+
+    backend = getattr(settings, "CHANNEL_LAYERS", {}).get("default", {}).get("BACKEND")
+    if not backend:
+        return False
+    layer_class = import_string(backend)
+    return not (isinstance(layer_class, type) and issubclass(layer_class, InMemoryChannelLayer))
+
+
 def request_group(request_id: int) -> str:
     """The group a gateway waiting on ``request_id`` listens to."""
     return f"approvals.request.{request_id}"

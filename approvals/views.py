@@ -1,7 +1,9 @@
 """Reviewer pages: the live inbox, a request's own page, and form fallbacks for deciding.
 
 The inbox and the request page work without JavaScript (plain forms); with it, the inbox
-updates over the websocket (``approvals.consumers``) and decisions go through the JSON API.
+updates over the websocket (``approvals.consumers``), and on the embedded default's
+in-memory channel layer also reloads its lists from the page every few seconds (the
+context processor's ``approvals_updates``), and decisions go through the JSON API.
 """
 
 from __future__ import annotations

@@ -202,3 +202,119 @@ def test_an_inbox_that_lost_its_connection_reconnects_and_shows_what_it_missed(
         expect(page.locator("#approvals-count")).to_have_text("2")
     finally:
         context.close()
+
+
+# Counts the page's own reloads of its lists (fetches of the page's address) and how many
+# were on their way at once; ``__hide(true)`` makes the tab look hidden, as a tab in the
+# background does.
+FETCHES = """
+window.__pageFetches = 0;
+window.__inFlight = 0;
+window.__mostInFlight = 0;
+(function () {
+  var real = window.fetch;
+  window.fetch = function (url, options) {
+    if (String(url) !== window.location.href) return real.apply(this, arguments);
+    window.__pageFetches += 1;
+    window.__inFlight += 1;
+    window.__mostInFlight = Math.max(window.__mostInFlight, window.__inFlight);
+    var done = function () { window.__inFlight -= 1; };
+    return real.apply(this, arguments).then(
+      function (response) { done(); return response; },
+      function (error) { done(); throw error; }
+    );
+  };
+  var hidden = false;
+  Object.defineProperty(document, "visibilityState", { get: function () { return hidden ? "hidden" : "visible"; } });
+  window.__hide = function (yes) { hidden = yes; document.dispatchEvent(new Event("visibilitychange")); };
+})();
+"""
+
+
+def test_on_the_embedded_default_the_inbox_and_a_requests_page_keep_up_by_themselves(
+    console_server_in_memory, browser, world, bob
+):
+    """Without REDIS_URL the channel layer is in memory: what the test process publishes, as
+    the gateway does from its own, never reaches the console's websockets. The pages fetch
+    themselves again instead, every 2 s while visible, keeping what a reviewer types."""
+    from approvals import actions
+
+    base = console_server_in_memory
+    context = browser.new_context()
+    context.add_init_script(NOTIFICATIONS)
+    context.add_init_script(FETCHES)
+    page = context.new_page()
+    page.set_default_timeout(10_000)
+    try:
+        login(page, base, "bob")
+        page.goto(base + "/approvals/")
+        expect(page.locator("#live-status")).to_have_text("live")
+        expect(page.locator("#approvals-inbox")).to_have_attribute("data-updates", "poll")
+        page.evaluate("window.__sameDocument = true")  # gone if the page were reloaded
+
+        held = make_request(world)
+        card = page.locator(f"#approvals-pending #approval-{held.pk}")
+        expect(card).to_be_visible(timeout=5_000)
+        expect(card.locator("pre.statement")).to_have_text("DELETE FROM orders\nWHERE id = $1")
+        expect(page.locator("#approvals-count")).to_have_text("1")
+        expect(page.locator("#approvals-pending-empty")).to_be_hidden()
+
+        # A reviewer typing: the card stays put through the reloads, and when it does change
+        # (the rows estimate) what was typed and the cursor are kept.
+        reason = card.locator("form.reject input[name=reason]")
+        reason.fill("not on a Friday")
+        card.locator("form.approve input[name=comment]").fill("half a thought")
+        reason.focus()
+        actions.do_record_estimate(held.pk, rows=12345)
+        expect(card.locator(".estimated-rows")).to_have_text("12345", timeout=5_000)
+        expect(reason).to_have_value("not on a Friday")
+        expect(card.locator("form.approve input[name=comment]")).to_have_value("half a thought")
+        assert page.evaluate("document.activeElement.name") == "reason"
+
+        # A second request, its own page open in another tab, decided by another reviewer.
+        other = make_request(world, params=("43",))
+        expect(page.locator(f"#approvals-pending #approval-{other.pk}")).to_be_visible(timeout=5_000)
+        expect(page.locator("#approvals-count")).to_have_text("2")
+        detail = context.new_page()
+        detail.set_default_timeout(10_000)
+        detail.goto(base + f"/approvals/{other.pk}/")
+        expect(detail.locator("#approval-detail")).to_have_attribute("data-updates", "poll")
+        expect(detail.locator(f"#approval-{other.pk} form.approve")).to_be_visible()
+        actions.do_approve(world.erin, other.pk, comment="looks right")
+        expect(page.locator(f"#approvals-pending #approval-{other.pk}")).to_have_count(0, timeout=5_000)
+        done = page.locator(f"#approvals-history #approval-{other.pk}")
+        expect(done.locator(".outcome")).to_contain_text("Approved by erin")
+        expect(done).to_contain_text("looks right")
+        expect(page.locator("#approvals-count")).to_have_text("1")
+        expect(detail.locator(f"#approval-{other.pk} .outcome")).to_contain_text(
+            "Approved by erin", timeout=5_000
+        )
+        expect(detail.locator(f"#approval-{other.pk} form.approve")).to_have_count(0)
+        # The half-typed rejection of the first is still there, and still pending.
+        expect(page.locator(f"#approvals-pending #approval-{held.pk}")).to_be_visible()
+        expect(reason).to_have_value("not on a Friday")
+
+        # A hidden tab asks nothing; shown again, it catches up at once.
+        page.evaluate("window.__hide(true)")
+        time.sleep(0.5)  # a reload already on its way may finish
+        asked = page.evaluate("window.__pageFetches")
+        actions.do_reject(world.erin, held.pk, reason="erin said no")
+        time.sleep(5)
+        assert page.evaluate("window.__pageFetches") == asked
+        expect(page.locator(f"#approvals-pending #approval-{held.pk}")).to_be_visible()
+        page.evaluate("window.__hide(false)")
+        expect(page.locator(f"#approvals-history #approval-{held.pk} .reason")).to_have_text(
+            "erin said no", timeout=1_500
+        )
+        expect(page.locator("#approvals-pending-empty")).to_be_visible()
+        expect(page.locator("#approvals-count")).to_have_text("0")
+
+        assert page.evaluate("window.__mostInFlight") == 1  # never two reloads at once
+        assert page.evaluate("window.__sameDocument") is True
+        assert detail.evaluate("window.__mostInFlight") == 1
+        # No reload left on its way when the console stops (daphne waits for it).
+        for tab in (page, detail):
+            tab.evaluate("window.__hide(true)")
+            tab.wait_for_function("window.__inFlight === 0")
+    finally:
+        context.close()

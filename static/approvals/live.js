@@ -7,16 +7,32 @@
 // websocket timeout, a proxy, a laptop waking up) it reconnects with a growing delay, and
 // after a reconnection reloads the inbox's lists (or the request's card) from the page, so
 // that what changed while it was away is shown; the count comes with the new socket.
+//
+// The page says how changes reach it (data-updates on the inbox or the request's card):
+// "push", a channel layer shared by every process (Redis), sends them all to the socket;
+// "poll", the in-memory layer of the embedded default, reaches only the console's own
+// process (a decision made in a browser), not what the gateway or the worker publish (a
+// statement held, a request expired). There the lists are reloaded from the page every
+// POLL_MS while the tab is visible, one request at a time.
 (function () {
   "use strict";
 
+  var POLL_MS = 2000;
   var inbox = document.getElementById("approvals-inbox");
   var detail = document.getElementById("approval-detail");
+  var lists = inbox || detail;
+  var polling = !!lists && lists.dataset.updates === "poll";
   var statusBadge = document.getElementById("live-status");
   var notifyButton = document.getElementById("enable-notifications");
   var retry = 500;
   var socket = null;
   var connectedBefore = false;
+  var syncing = false;
+  var syncAgain = false;
+  var pollTimer = null;
+  // While a reload of the lists is on its way: what the socket sent meanwhile (newer than
+  // the page being fetched, which must not undo it). Request ids, and "count".
+  var pushedSince = null;
 
   function setState(state, text) {
     if (!statusBadge) return;
@@ -25,6 +41,7 @@
   }
 
   function setCount(n) {
+    if (pushedSince) pushedSince.count = true;
     document.querySelectorAll("[data-approvals-count]").forEach(function (el) {
       el.textContent = String(n);
     });
@@ -69,9 +86,24 @@
     }
   }
 
+  // A card as the server rendered it, less what changes on every rendering (the seconds
+  // left, the CSRF token): taken before the page touches it, so that what a reviewer does
+  // with the card (typing, a refusal shown) does not count as a change.
+  function signature(card) {
+    if (card.airlockSignature === undefined) {
+      var copy = card.cloneNode(true);
+      copy.querySelectorAll(".time-left").forEach(function (el) { el.textContent = ""; });
+      copy.querySelectorAll("input[name=csrfmiddlewaretoken]").forEach(function (el) { el.remove(); });
+      card.airlockSignature = copy.outerHTML;
+    }
+    return card.airlockSignature;
+  }
+
   function placeCard(msg) {
     var card = fragment(msg.html);
     if (!card) return;
+    signature(card);
+    if (pushedSince) pushedSince[String(msg.id)] = true;
     var old = document.getElementById("approval-" + msg.id);
     if (detail && String(msg.id) === detail.dataset.id && old) {
       swap(old, card);
@@ -121,25 +153,90 @@
     };
   }
 
-  // After a reconnection: the lists (or the card) as the page now shows them.
+  // Brings a list (or the request's card) here to what the page now shows, card by card: a
+  // card the server renders as before is left alone, a changed one is swapped (keeping what
+  // was typed in it), new ones are put in their place and gone ones removed. Cards the
+  // socket sent while the page was on its way are newer: they stay as they are.
+  function merge(here, now) {
+    var fresh = function (el) { return !!(pushedSince && el.dataset && pushedSince[el.dataset.id]); };
+    var want = [];
+    Array.prototype.slice.call(now.children).forEach(function (card) {
+      if (fresh(card)) return;
+      var old = card.id ? document.getElementById(card.id) : null;
+      if (old && signature(old) === signature(card)) {
+        want.push(old);
+        return;
+      }
+      if (old && old.parentElement === here) swap(old, card);
+      else if (old) old.remove();
+      want.push(card);
+    });
+    Array.prototype.slice.call(here.children).forEach(function (el) {
+      if (want.indexOf(el) < 0 && !fresh(el)) el.remove();
+    });
+    var cursor = here.firstElementChild;
+    want.forEach(function (card) {
+      while (cursor && cursor !== card && fresh(cursor)) cursor = cursor.nextElementSibling;
+      if (cursor === card) cursor = cursor.nextElementSibling;
+      else here.insertBefore(card, cursor);
+    });
+  }
+
+  // The lists (or the card) as the page now shows them: after a reconnection, and every
+  // POLL_MS where the socket does not hear of every change. Never two at a time.
   function resync() {
-    if (!inbox && !detail) return;
-    fetch(window.location.href, { credentials: "same-origin", headers: { "Accept": "text/html" } })
-      .then(function (response) { return response.ok ? response.text() : null; })
+    if (!lists) return;
+    window.clearTimeout(pollTimer);
+    pollTimer = null;
+    if (syncing) { syncAgain = true; return; }
+    syncing = true;
+    syncAgain = false;
+    pushedSince = {};
+    fetch(window.location.href, { credentials: "same-origin", cache: "no-store", headers: { "Accept": "text/html" } })
+      .then(function (response) { return response.ok && !response.redirected ? response.text() : null; })
       .then(function (html) {
         if (!html) return;
         var page = new DOMParser().parseFromString(html, "text/html");
+        var active = document.activeElement;
+        var selection = null;
+        try { selection = [active.selectionStart, active.selectionEnd]; } catch (e) { /* not a text field */ }
         var ids = inbox ? ["approvals-pending", "approvals-history"] : ["approval-detail"];
         ids.forEach(function (id) {
           var now = page.getElementById(id);
           var here = document.getElementById(id);
-          if (now && here) here.innerHTML = now.innerHTML;
+          if (now && here) merge(here, now);
         });
+        // A card moved in the list loses the focus: give it back.
+        if (active && active !== document.activeElement && document.contains(active)) {
+          active.focus();
+          try { if (selection) active.setSelectionRange(selection[0], selection[1]); } catch (e) { /* not a text field */ }
+        }
+        var count = page.getElementById("approvals-count");
+        if (count && !pushedSince.count) setCount(count.textContent.trim());
         updateEmptyNote();
         tick();
       })
-      .catch(function () { /* the next reconnection tries again */ });
+      .catch(function () { /* the next reconnection, or the next poll, tries again */ })
+      .then(function () {
+        syncing = false;
+        pushedSince = null;
+        if (syncAgain) resync();
+        else schedulePoll();
+      });
   }
+
+  function schedulePoll() {
+    if (!polling || pollTimer !== null) return;
+    pollTimer = window.setTimeout(function () {
+      pollTimer = null;
+      // A hidden tab asks nothing: it catches up when it is shown again.
+      if (document.visibilityState === "visible") resync();
+    }, POLL_MS);
+  }
+
+  document.addEventListener("visibilitychange", function () {
+    if (polling && document.visibilityState === "visible") resync();
+  });
 
   // Time left on pending cards.
   function tick() {
@@ -191,7 +288,9 @@
     });
   }
 
+  document.querySelectorAll(".card.approval").forEach(signature);
   tick();
   window.setInterval(tick, 1000);
   connect();
+  schedulePoll();
 })();
