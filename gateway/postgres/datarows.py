@@ -93,3 +93,24 @@ def data_rows(rows: Sequence[Sequence[bytes | None]]) -> bytes:
 def data_row(values: Sequence[bytes | None]) -> bytes:
     """One DataRow message."""
     return data_rows([values])
+
+
+def decode_rows(rows: Sequence[Sequence[object]]) -> list[list[str | None]] | None:
+    """Each row's values as UTF-8 text (NULL stays None), for a result all in the text
+    format; None when a value is not UTF-8 (the caller records it otherwise). Raises
+    TypeError for a value that is neither bytes nor None."""
+    out: list[list[str | None]] = []
+    for row in rows:
+        texts: list[str | None] = []
+        for value in row:
+            if value is None:
+                texts.append(None)
+            elif isinstance(value, bytes):
+                try:
+                    texts.append(value.decode())
+                except UnicodeDecodeError:
+                    return None
+            else:
+                raise TypeError(f"a row value is bytes or None, not {type(value).__name__}")
+        out.append(texts)
+    return out

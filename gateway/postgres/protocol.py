@@ -18,6 +18,7 @@ from gateway.postgres import datarows as _datarows
 if TYPE_CHECKING:
     from gateway.postgres.datarows import data_row as data_row
     from gateway.postgres.datarows import data_rows as data_rows
+    from gateway.postgres.datarows import decode_rows as decode_rows
     from gateway.postgres.datarows import parse_data_row as parse_data_row
     from gateway.postgres.datarows import parse_data_rows as parse_data_rows
 else:
@@ -26,6 +27,7 @@ else:
     parse_data_row = _rows.parse_data_row
     data_rows = _rows.data_rows
     data_row = _rows.data_row
+    decode_rows = _rows.decode_rows
 NULL_VALUE = _datarows.NULL_VALUE
 
 PROTOCOL_3_0 = 196608  # 3 << 16

@@ -1411,9 +1411,11 @@ class Relay:
         if columns is not None and len(columns) == len(values) and not any(c[1] for c in columns):
             # Every column in the text format (the usual case): one pass, in C where it can.
             try:
-                return [v if v is None or isinstance(v, str) else v.decode() for v in values]
-            except UnicodeDecodeError:
-                pass
+                texts = pg.decode_rows((values,))
+            except TypeError:  # str values
+                texts = None
+            if texts is not None:
+                return texts[0]
         row: list[Any] = []
         for i, value in enumerate(values):
             if value is None or isinstance(value, str):
@@ -1442,16 +1444,13 @@ class Relay:
             return [self._sample_values(row, record) for row in rows]
         width = len(columns)
         if rows and set(map(len, rows)) == {width}:
-            # The usual rows, no NULL among them, as UTF-8: decoded at once, as one join
-            # (it decodes when each value does, since NUL ends no UTF-8 sequence).
-            flat = [value for row in rows for value in row]
+            # The usual rows, every value bytes of UTF-8 text or NULL: decoded in one call.
             try:
-                joined = b"\x00".join(flat)
-                if joined.count(0) == len(flat) - 1:
-                    texts = joined.decode().split("\x00")
-                    return [texts[at : at + width] for at in range(0, len(texts), width)]
-            except (TypeError, UnicodeDecodeError):  # NULL or str values; not UTF-8
-                pass
+                texts = pg.decode_rows(rows)
+            except TypeError:  # str values (masked ones keep their type; rows are bytes)
+                texts = None
+            if texts is not None:
+                return texts  # type: ignore[return-value]
         sample = []
         for row in rows:
             if len(row) == width:

@@ -128,3 +128,23 @@ def test_a_stale_or_missing_build_is_never_used(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setenv("AIRLOCK_NATIVE", "sometimes")
     with pytest.raises(ImportError, match="expected auto, off or require"):
         native.load(pure)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.lists(st.none() | st.text(max_size=20).map(str.encode) | st.binary(max_size=8), max_size=6),
+        max_size=5,
+    )
+)
+def test_rows_are_decoded_as_utf8_or_not_at_all(rows: list[list[bytes | None]]) -> None:
+    try:
+        expected: list[list[str | None]] | None = [
+            [None if v is None else v.decode() for v in row] for row in rows
+        ]
+    except UnicodeDecodeError:
+        expected = None
+    for module in _implementations():
+        assert module.decode_rows(rows) == expected
+        with pytest.raises(TypeError):
+            module.decode_rows([["text, not bytes"]])
