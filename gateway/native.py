@@ -53,5 +53,5 @@ def load(pure: ModuleType) -> ModuleType:
         raise ImportError(
             f"the compiled build of {pure.__name__} is required (AIRLOCK_NATIVE=require): {problem}"
         )
-    log.info("using the interpreted %s: %s", pure.__name__, problem)
+    log.warning("using the interpreted %s: %s", pure.__name__, problem)
     return pure
