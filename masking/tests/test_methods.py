@@ -6,6 +6,8 @@ import hmac
 import re
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from masking import MaskingSpecError, compile_policy
 
@@ -147,3 +149,35 @@ def test_hashing_a_column_at_once_is_hmac_sha256_of_each_value() -> None:
     rows, _ = policy.mask_rows([("t", "c")], [[v] for v in values])
     expected = [f"[EMAIL:{hmac.digest(KEY, v.lower(), 'sha256').hex()[:8]}]".encode() for v in values]
     assert [row[0] for row in rows] == expected
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(st.from_regex(r"[a-z0-9.]{1,12}@[a-z]{1,8}\.(com|org)", fullmatch=True), min_size=1, max_size=30)
+)
+def test_the_hash_methods_cache_gives_the_placeholder_the_hmac_gives_and_keeps_no_secret(
+    emails: list[str],
+) -> None:
+    from masking import placeholders
+    from masking.detectors import ASCII_NORMALISERS, NORMALISERS
+
+    renderer = placeholders.Renderer(
+        "email", placeholders.Method.HASH, b"k" * 32, NORMALISERS.get("email"), ASCII_NORMALISERS.get("email")
+    )
+    values = [e.encode() for e in emails]
+    first = renderer.hash_ascii_each(values)
+    again = renderer.hash_ascii_each(list(reversed(values)))  # every one from the cache now
+    assert first == [renderer(e).encode() for e in emails]
+    assert again == list(reversed(first))
+    assert all(type(key) is int for key in renderer._hashed)
+    assert not any(v in repr(renderer._hashed) for v in emails)
+
+
+def test_the_hash_methods_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    from masking import placeholders
+
+    monkeypatch.setattr(placeholders, "HASH_CACHE_SIZE", 8)
+    renderer = placeholders.Renderer("email", placeholders.Method.HASH, b"k" * 32)
+    values = [f"user{i}@example.com".encode() for i in range(50)]
+    assert renderer.hash_ascii_each(values) == [renderer(v.decode()).encode() for v in values]
+    assert len(renderer._hashed) <= 8
