@@ -131,11 +131,16 @@ class Renderer:
         normalise = self._normalise_ascii
         if normalise is None or self._inner is None or self._outer is None or not secret.isascii():
             return None
+        return self._hmac_placeholder(normalise(secret))
+
+    def _hmac_placeholder(self, message: bytes) -> bytes:
+        """The ``hash`` placeholder of ``message`` (normalised already), as ASCII bytes."""
+        assert self._inner is not None and self._outer is not None  # noqa: S101 - HASH renderers only
         inner = self._inner.copy()
-        inner.update(normalise(secret))
+        inner.update(message)
         outer = self._outer.copy()
         outer.update(inner.digest())
-        return self._hash_prefix + outer.hexdigest()[:HASH_HEX_DIGITS].encode("ascii") + b"]"
+        return self._hash_prefix + hexlify(outer.digest()[:_HASH_BYTES]) + b"]"
 
     def partial_bytes_each(self, secrets: Sequence[bytes]) -> list[bytes]:
         """``partial_bytes`` of each of ``secrets`` (none holding NUL), the letters and digits
@@ -155,7 +160,6 @@ class Renderer:
         normalise = self._normalise_ascii
         if normalise is None or self._inner is None or self._outer is None:
             return None
-        inner_copy, outer_copy, prefix = self._inner.copy, self._outer.copy, self._hash_prefix
         cache = self._hashed
         out: list[bytes] = []
         append = out.append
@@ -163,11 +167,7 @@ class Renderer:
             key = hash(secret)
             placeholder = cache.get(key)
             if placeholder is None:
-                inner = inner_copy()
-                inner.update(normalise(secret))
-                outer = outer_copy()
-                outer.update(inner.digest())
-                placeholder = prefix + hexlify(outer.digest()[:_HASH_BYTES]) + b"]"
+                placeholder = self._hmac_placeholder(normalise(secret))
                 if len(cache) >= HASH_CACHE_SIZE:
                     cache.clear()
                 cache[key] = placeholder

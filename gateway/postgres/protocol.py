@@ -28,7 +28,6 @@ else:
     data_rows = _rows.data_rows
     data_row = _rows.data_row
     decode_rows = _rows.decode_rows
-NULL_VALUE = _datarows.NULL_VALUE
 
 PROTOCOL_3_0 = 196608  # 3 << 16
 SSL_REQUEST_CODE = 80877103
