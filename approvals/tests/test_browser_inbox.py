@@ -26,11 +26,13 @@ window.Notification.requestPermission = function () { return Promise.resolve("gr
 """
 
 
-def _inbox(browser, base: str, username: str):
+def _inbox(browser, base: str, username: str, *scripts: str, timeout: float = 10_000):
+    """A reviewer's inbox, open and live; ``scripts`` run in the page before its own."""
     context = browser.new_context()
-    context.add_init_script(NOTIFICATIONS)
+    for script in (NOTIFICATIONS, *scripts):
+        context.add_init_script(script)
     page = context.new_page()
-    page.set_default_timeout(10_000)
+    page.set_default_timeout(timeout)
     login(page, base, username)
     page.goto(base + "/approvals/")
     expect(page.locator("#live-status")).to_have_text("live")
@@ -169,15 +171,8 @@ window.__sockets = [];
 def test_an_inbox_that_lost_its_connection_reconnects_and_shows_what_it_missed(
     console_server, browser, world, bob
 ):
-    context = browser.new_context()
-    context.add_init_script(NOTIFICATIONS)
-    context.add_init_script(OUTAGE)
-    page = context.new_page()
-    page.set_default_timeout(20_000)
+    context, page = _inbox(browser, console_server, "bob", OUTAGE, timeout=20_000)
     try:
-        login(page, console_server, "bob")
-        page.goto(console_server + "/approvals/")
-        expect(page.locator("#live-status")).to_have_text("live")
         before = make_request(world)
         expect(page.locator(f"#approvals-pending #approval-{before.pk}")).to_be_visible()
         page.evaluate("window.__offline = true; window.__dropSockets()")
@@ -240,15 +235,8 @@ def test_on_the_embedded_default_the_inbox_and_a_requests_page_keep_up_by_themse
     from approvals import actions
 
     base = console_server_in_memory
-    context = browser.new_context()
-    context.add_init_script(NOTIFICATIONS)
-    context.add_init_script(FETCHES)
-    page = context.new_page()
-    page.set_default_timeout(10_000)
+    context, page = _inbox(browser, base, "bob", FETCHES)
     try:
-        login(page, base, "bob")
-        page.goto(base + "/approvals/")
-        expect(page.locator("#live-status")).to_have_text("live")
         expect(page.locator("#approvals-inbox")).to_have_attribute("data-updates", "poll")
         page.evaluate("window.__sameDocument = true")  # gone if the page were reloaded
 
