@@ -45,6 +45,9 @@ $(NATIVE_STAMP): $(STAMP) $(NATIVE_SOURCES)
 	@rm -f $(VENV)/.native-*
 	@command -v cc >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
 	  && echo "installing system packages: gcc" && DEBIAN_FRONTEND=noninteractive apt-get install -y -q gcc >/dev/null; } || true
+	@$(PY) -c 'import os, sys, sysconfig; sys.exit(not os.path.exists(sysconfig.get_paths()["include"] + "/Python.h"))' \
+	  || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && [ "$$($(PY) -c 'import sys; print(sys.base_prefix)')" = /usr ] \
+	  && echo "installing system packages: python3-dev" && DEBIAN_FRONTEND=noninteractive apt-get install -y -q python3-dev >/dev/null; } || true
 	@$(PY) scripts/build_native.py && touch $@ || echo "(the gateway will run its hot loops interpreted)"
 
 native: $(NATIVE_STAMP)
