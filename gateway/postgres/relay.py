@@ -215,6 +215,9 @@ class Relay:
         self._effects: deque[_Entry] = deque()
         self._batch = 0
         self._ignore_syncs = False
+        # The server skips what the client sends between an extended-protocol error and
+        # the next Sync (docs 55.2.3); True while it does and that Sync has not come yet.
+        self._discarding = False
         self._cbuf = bytearray()
         self._cneed = 0
         self._sbuf = bytearray()
@@ -372,6 +375,8 @@ class Relay:
         return b"".join(out)
 
     def _client_message(self, typ: int, body: bytes) -> bytes | _Hold | None:
+        if self._discarding:
+            return self._while_discarding(typ, body)
         if typ == pg.MSG_BIND:
             self._on_bind(body)
             return None
@@ -427,6 +432,31 @@ class Relay:
             return None
         if typ == pg.MSG_FUNCTION_CALL:
             return self._on_function_call(body)
+        raise ProtocolError(f"invalid frontend message type {chr(typ)!r}")
+
+    def _while_discarding(self, typ: int, body: bytes) -> bytes | _Hold | None:
+        """A message sent after the server's error in an extended-protocol batch, before the
+        Sync that ends the batch: the server reads and discards it unanswered (docs 55.2.3),
+        so nothing is expected of it and it defines nothing. Sync and Terminate end the
+        skipping there as here, and CopyDone/CopyFail keep the copy's Sync bookkeeping. What
+        would run if the server did not skip it is replaced by the marker statement, which
+        fails: a mistaken belief that the server skips never lets a statement through
+        undecided, it puts the session out of step (a protocol error that ends it)."""
+        if typ in (pg.MSG_SYNC, pg.MSG_TERMINATE):
+            self._discarding = False
+            return self._client_message(typ, body)
+        if typ in (pg.MSG_COPY_DONE, pg.MSG_COPY_FAIL):
+            self._discarding = False
+            try:
+                return self._client_message(typ, body)
+            finally:
+                self._discarding = True
+        if typ == pg.MSG_EXECUTE:
+            return pg.parse_message(self._marker_bytes, self._marker_sql().encode())
+        if typ in (pg.MSG_QUERY, pg.MSG_FUNCTION_CALL):
+            return pg.query(self._marker_sql())
+        if typ in (pg.MSG_PARSE, pg.MSG_BIND, pg.MSG_DESCRIBE, pg.MSG_CLOSE, pg.MSG_FLUSH):
+            return None
         raise ProtocolError(f"invalid frontend message type {chr(typ)!r}")
 
     def _push(self, kind: int) -> _Entry:
@@ -1337,6 +1367,8 @@ class Relay:
             # Docs 55.2.3: after an error the server discards messages until Sync.
             while self._fifo and self._fifo[0].kind != SYNC:
                 self._pop()
+            # No Sync sent yet: what the client sends until it is gets discarded too.
+            self._discarding = not self._fifo
             self._rebuild_tentative()
         if denial is not None and self._marker_bytes in body:
             message = denial.message or f'statement denied by Airlock rule "{denial.rule}"'

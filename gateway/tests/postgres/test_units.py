@@ -279,6 +279,35 @@ def test_a_failed_named_parse_in_an_earlier_batch_holds_the_next_decision():
     assert relay.nonce.encode() in resumed  # judged on "SELECT forbidden": denied
 
 
+def test_messages_sent_after_a_batch_error_and_before_its_sync_expect_no_answer():
+    # A pipelining client may still be sending its batch when the server's error for an
+    # earlier message of it arrives. The server skips what follows until Sync (docs
+    # 55.2.3) and answers that Sync alone: the relay must not wait for answers to the rest.
+    relay, events = _relay()
+    relay.from_client(_parse(b"", b"SELECT forbidden") + _bind(b"", b"") + _execute())
+    error = pg.error_response(
+        "22P02", f'invalid input syntax for type integer: "airlock_denied_{relay.nonce}"'
+    )
+    answered = pg.Framer(1 << 20).feed(relay.from_server(pg.message(b"1") + pg.message(b"2") + error))
+    assert pg.parse_fields(answered[2][1])["C"] == "42501"
+    late = _parse(b"", b"SELECT 2") + _bind(b"", b"") + _execute()
+    sent = relay.from_client(late)
+    # Skipped by the server; an Execute is still never sent undecided, it becomes the marker.
+    assert sent.startswith(_parse(b"", b"SELECT 2") + _bind(b"", b""))
+    assert relay.nonce.encode() in sent and not sent.endswith(_execute())
+    assert relay.from_client(SYNC) == SYNC
+    assert relay.from_server(READY) == READY
+    assert not relay.busy()
+    # The session goes on normally after the Sync.
+    data = _parse(b"", b"SELECT 3") + _bind(b"", b"") + _execute() + SYNC
+    assert relay.from_client(data) == data
+    answer = pg.message(b"1") + pg.message(b"2") + pg.message(b"C", b"SELECT 1\x00") + READY
+    assert relay.from_server(answer) == answer
+    assert not relay.busy()
+    statements = [p["text"] for k, p in events.events if k == "statement"]
+    assert statements == ["SELECT forbidden", "SELECT 3"]
+
+
 def test_a_review_holds_the_message_until_decided():
     relay, _ = _relay()
     assert relay.from_client(pg.query("SELECT ask")) == b""
