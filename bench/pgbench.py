@@ -53,7 +53,8 @@ SCALE = 10
 # recording writes on a busy database), "tcp-relay" a plain uvloop byte relay that parses
 # nothing (the floor for any asyncio relay here).
 TARGETS = ("direct", "gateway", "gw-policy", "gw-norec", "norec-pol", "tcp-relay", "pgbouncer")
-RUNS = [(mode, clients) for mode in ("simple", "prepared") if mode in MODES for clients in (1, 8)]
+CLIENTS = [int(c) for c in os.environ.get("AIRLOCK_BENCH_CLIENTS", "1,8").split(",")]
+RUNS = [(mode, clients) for mode in ("simple", "prepared") if mode in MODES for clients in CLIENTS]
 
 
 def _free_port() -> int:

@@ -310,6 +310,9 @@ RECORDING_SIGNING_KEY_FILE = env_str(
 RECORDING_STRICT = env_bool("AIRLOCK_RECORDING_STRICT", True)
 RECORDING_RESULT_ROWS = env_int("AIRLOCK_RECORDING_RESULT_ROWS", 20, minimum=0)
 RECORDING_FLUSH_SECONDS = env_int("AIRLOCK_RECORDING_FLUSH_MS", 200, minimum=1) / 1000
+# manage.py gateway writes recordings from a child process, off the event loop's GIL
+# (recordings/writer_process.py); false: on threads of the gateway's own process.
+RECORDING_WRITER_PROCESS = env_bool("AIRLOCK_RECORDING_WRITER_PROCESS", True)
 RECORDING_PERSIST_TIMEOUT = env_int("AIRLOCK_RECORDING_PERSIST_TIMEOUT_SECONDS", 10, minimum=1)
 # Public keys (PEM files) of earlier signing keys, so recordings they sealed still verify.
 RECORDING_VERIFY_KEY_FILES = env_list("AIRLOCK_RECORDING_VERIFY_KEY_FILES", [])

@@ -282,26 +282,63 @@ def _writer_threads() -> _WriterThreads:
 
 
 def shutdown_writer(timeout: float = 10.0) -> None:
-    """Stop the writer threads and close their database connections.
+    """Stop the writer threads (or process) and close their database connections.
 
     Call after ``close_all()`` when the process stops (and between tests). A later
     recorder starts a new set of threads.
     """
-    global _pool
+    global _pool, _process
     with _pool_lock:
         pool, _pool = _pool, None
+        process, _process = _process, None
     if pool is not None:
         pool.shutdown(timeout)
+    if process is not None:
+        process.stop(timeout)
+
+
+# ``manage.py gateway`` runs the jobs in a writer process (recordings/writer_process.py says
+# why); elsewhere (the console, tests, scripts) they run on this process's writer threads.
+_process_mode = False
+_process: Any = None  # the WriterProcess, once a job has started it
+
+
+def use_writer_process(enabled: bool) -> None:
+    """Run later writes in a child process (True) or on this process's threads (False)."""
+    global _process_mode
+    _process_mode = enabled
+
+
+def _writer_process() -> Any:
+    global _process
+    from recordings.writer_process import WriterProcess
+
+    loop = asyncio.get_running_loop()
+    with _pool_lock:
+        current = _process
+        if current is None or current.closed or current.loop is not loop:
+            if current is not None and not current.closed:
+                # A new event loop (tests, a restarted server): the old child finishes and ends.
+                threading.Thread(target=current.stop, args=(10.0,), daemon=True).start()
+            current = _process = WriterProcess(loop)
+        return current
 
 
 def _submit(fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
-    future = asyncio.wrap_future(_writer_threads().submit(fn, *args))
+    if _process_mode:
+        future = _writer_process().submit(_JOB_NAMES[fn], *args)
+    else:
+        future = asyncio.wrap_future(_writer_threads().submit(fn, *args))
     # A write abandoned at its deadline may still fail later; nobody awaits it then.
     future.add_done_callback(lambda f: f.cancelled() or f.exception())
     return future
 
 
 def _describe(exc: BaseException) -> str:
+    from recordings.writer_process import WriterJobFailed
+
+    if isinstance(exc, WriterJobFailed):
+        return str(exc)  # described in the writer process already
     # First line only: a database error's DETAIL can quote the failing row, i.e. payload.
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     return f"{type(exc).__name__}: {first}"[:200] if first else type(exc).__name__
@@ -491,6 +528,14 @@ def _finalise(
 
 def _load_key_id() -> str:
     return keys.signing_key_id()
+
+
+# The jobs a writer process may run, by name (recordings/writer_process.py).
+_JOB_NAMES: dict[Callable[..., Any], str] = {
+    _persist: "persist",
+    _finalise: "finalise",
+    _load_key_id: "load_key_id",
+}
 
 
 # --- the recorder -----------------------------------------------------------------------

@@ -131,7 +131,10 @@ class Command(BaseCommand):
                 raise CommandError("--worker-index needs --worker-sockets")
             workers = Workers(index=index, count=count, sockets=worker_sockets(directory, count))
         from gateway import process
+        from recordings.writer import use_writer_process
 
+        # Recording writes in a child process, so that they do not share this one's GIL.
+        use_writer_process(bool(settings.RECORDING_WRITER_PROCESS))
         # A short GIL switch interval, the start-up heap frozen, a higher young-generation
         # threshold for the garbage collector (gateway/process.py says why).
         process.prepare()

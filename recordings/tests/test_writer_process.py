@@ -1,0 +1,122 @@
+"""The recording writer in a child process (``manage.py gateway``'s default), against the real
+PostgreSQL: what it writes verifies, a killed writer process loses nothing, a failing write
+reaches strict mode with its first line only, and stopping ends the child."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+
+import pytest
+
+from recordings import writer
+from recordings.tests.conftest import in_db
+from recordings.tests.factories import BILLING_BOT, record_session, statement_events
+from recordings.tests.test_writer import _admin_conn, _session, _until, _verify
+from recordings.writer import SessionRecorder, shutdown_writer, use_writer_process
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(90)]
+
+
+@pytest.fixture(autouse=True)
+def writer_process():  # type: ignore[no-untyped-def]
+    shutdown_writer()
+    use_writer_process(True)
+    yield
+    use_writer_process(False)
+    shutdown_writer()
+
+
+def _child() -> int:
+    process = writer._process
+    assert process is not None and not process.closed
+    assert process.proc.pid != os.getpid() and process.proc.poll() is None
+    return int(process.proc.pid)
+
+
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    # A zombie not reaped yet counts as gone.
+    with open(f"/proc/{pid}/stat") as stat:
+        return stat.read().rpartition(")")[2].split()[0] == "Z"
+
+
+async def test_a_session_written_by_the_writer_process_verifies_and_stopping_ends_the_process():
+    async with asyncio.timeout(60):
+        recorder = await record_session(statement_events(40))
+        pid = _child()
+        session = await in_db(_session, recorder.session_id)
+        result = await in_db(_verify, recorder.session_id)
+    assert session.event_count == 1 + 40 * 3 + 1 and session.statement_count == 40
+    assert session.seal and result.ok, result.reason
+    await asyncio.to_thread(shutdown_writer)
+    deadline = time.monotonic() + 10
+    while not _gone(pid):
+        assert time.monotonic() < deadline, "the writer process did not end"
+        await asyncio.sleep(0.05)
+
+
+async def test_a_writer_process_killed_with_a_write_in_flight_loses_nothing(settings):
+    settings.RECORDING_PERSIST_TIMEOUT = 20
+    failures: list[str] = []
+    admin = await asyncio.to_thread(_admin_conn)
+    try:
+        async with asyncio.timeout(60):
+            recorder = await SessionRecorder.start(**BILLING_BOT, on_failure=failures.append)
+            first = _child()
+            # Hold the next write in the child: the lock keeps its COPY waiting.
+            await asyncio.to_thread(admin.execute, "BEGIN")
+            await asyncio.to_thread(admin.execute, "LOCK TABLE recordings_event IN EXCLUSIVE MODE")
+            for kind, payload in statement_events(10):
+                recorder.append(kind, payload)
+            await _until(lambda: recorder._inflight is not None)
+            await asyncio.sleep(0.3)
+            os.kill(first, signal.SIGKILL)
+            await asyncio.to_thread(admin.execute, "COMMIT")
+            for kind, payload in statement_events(5):
+                recorder.append(kind, payload)
+            await recorder.close(reason="done")
+            second = _child()
+            session = await in_db(_session, recorder.session_id)
+            result = await in_db(_verify, recorder.session_id)
+    finally:
+        await asyncio.to_thread(admin.close)
+    assert second != first
+    assert failures == []
+    assert session.event_count == 1 + 15 * 3 + 1 and session.dropped_events == 0
+    assert result.ok, result.reason
+
+
+async def test_a_write_failing_in_the_writer_process_fails_its_session_with_the_first_line_only(settings):
+    settings.RECORDING_PERSIST_TIMEOUT = 1
+    failures: dict[str, list[str]] = {"doomed": [], "fine": []}
+    admin = await asyncio.to_thread(_admin_conn)
+    try:
+        async with asyncio.timeout(60):
+            doomed = await SessionRecorder.start(**BILLING_BOT, on_failure=failures["doomed"].append)
+            fine = await SessionRecorder.start(**BILLING_BOT, on_failure=failures["fine"].append)
+            await asyncio.to_thread(
+                admin.execute,
+                f"ALTER TABLE recordings_event ADD CONSTRAINT doomed CHECK (session_id <> '{doomed.session_id}') NOT VALID",
+            )
+            for kind, payload in statement_events(20):
+                doomed.append(kind, payload)
+                fine.append(kind, payload)
+            await _until(lambda: failures["doomed"])
+            await fine.close(reason="done")
+            await doomed.close(reason="recording failed", status="terminated")
+            fine_result = await in_db(_verify, fine.session_id)
+    finally:
+        await asyncio.to_thread(
+            admin.execute, "ALTER TABLE recordings_event DROP CONSTRAINT IF EXISTS doomed"
+        )
+        await asyncio.to_thread(admin.close)
+    assert failures["doomed"][0].startswith("recording write failed: IntegrityError: new row for relation")
+    assert "Failing row" not in failures["doomed"][0]
+    assert len(failures["doomed"]) == 1 and failures["fine"] == []
+    assert fine_result.ok, fine_result.reason
