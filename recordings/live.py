@@ -1,7 +1,7 @@
 """Live sessions on the channel layer: the messages the writer, the console and the gateway share.
 
-Group ``session-<id>``, published by the writer (``recordings.writer``) after each batch it
-commits, never per event:
+Group ``session-<id>``, published by the writer (``recordings.writer``) after the batches it
+commits, never per event and at most once a second per session (``Announcer``):
 
 - ``{"type": "session.events", "session_id": str, "last_seq": int}``: events up to
   ``last_seq`` are committed; watchers read what they have not seen from the database.
@@ -28,6 +28,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import logging
+import time
 import uuid
 import weakref
 from typing import Any
@@ -38,6 +39,7 @@ EVENTS = "session.events"
 ENDED = "session.ended"
 TERMINATE = "session.terminate"
 PUBLISH_TIMEOUT = 2.0  # seconds a publish may take before it is given up
+ANNOUNCE_INTERVAL = 1.0  # seconds between two progress announcements of one session, at least
 
 
 def events_group(session_id: uuid.UUID | str) -> str:
@@ -81,6 +83,11 @@ class Announcer:
     ``announce`` only remembers the message and starts a task if none is running; messages
     that pile up while a publish is in flight are coalesced (the newest ``last_seq`` says
     all the earlier ones did), so a slow channel layer costs one task, not a queue.
+    Progress is published at most once per ``ANNOUNCE_INTERVAL`` per session: the first
+    batch after a quiet spell goes out at once, a busy session's batches (one every
+    ``RECORDING_FLUSH_SECONDS``) are announced together. Each publish is a few Redis round
+    trips on the gateway's event loop; at 8 busy sessions per process they took about 8%
+    of the loop (docs/performance.md). The end of a session is never held back.
     """
 
     def __init__(self, session_id: uuid.UUID) -> None:
@@ -88,6 +95,7 @@ class Announcer:
         self._layer = _channel_layer()
         self._pending: list[dict[str, Any]] = []
         self._task: asyncio.Task[None] | None = None
+        self._last = -ANNOUNCE_INTERVAL  # time.monotonic() of the last publish
 
     def announce(self, message: dict[str, Any]) -> None:
         if self._layer is None:
@@ -103,6 +111,11 @@ class Announcer:
 
     async def _publish(self) -> None:
         while self._pending:
+            wait = self._last + ANNOUNCE_INTERVAL - time.monotonic()
+            if wait > 0 and all(m["type"] == EVENTS for m in self._pending):
+                await asyncio.sleep(wait)  # what is announced meanwhile replaces the message
+                continue
+            self._last = time.monotonic()
             message = self._pending.pop(0)
             try:
                 async with asyncio.timeout(PUBLISH_TIMEOUT):

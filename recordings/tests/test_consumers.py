@@ -185,3 +185,48 @@ async def test_a_watcher_who_loses_the_role_is_cut_off_before_the_next_event(coo
     finally:
         await communicator.disconnect()
         await recorder.close(reason="test over")
+
+
+async def test_a_busy_sessions_progress_is_announced_at_most_once_a_second_and_its_end_at_once():
+    import time
+    import uuid
+
+    from channels.layers import get_channel_layer
+
+    layer = get_channel_layer()
+    session_id = uuid.uuid4()
+    channel = await layer.new_channel()
+    await layer.group_add(live.events_group(session_id), channel)
+    announcer = live.Announcer(session_id)
+    received: list[tuple[float, dict[str, Any]]] = []
+
+    async def listen() -> None:
+        while True:
+            message = await layer.receive(channel)
+            received.append((time.monotonic(), message))
+
+    listener = asyncio.get_running_loop().create_task(listen())
+    try:
+        start = time.monotonic()
+        for seq in range(1, 31):  # a batch every 50 ms for 1.5 s
+            announcer.announce(live.events_message(session_id, seq))
+            await asyncio.sleep(0.05)
+        announcer.announce(live.ended_message(session_id, "ended", "client disconnected"))
+        ended_at = time.monotonic()
+        await announcer.drain()
+        async with asyncio.timeout(WAIT):
+            while not received or received[-1][1]["type"] != live.ENDED:
+                await asyncio.sleep(0.01)
+    finally:
+        listener.cancel()
+        await layer.group_discard(live.events_group(session_id), channel)
+    progress = [(at, m["last_seq"]) for at, m in received if m["type"] == live.EVENTS]
+    # The first at once, then no two within the interval, each the newest there was.
+    assert progress[0][1] == 1 and progress[0][0] - start < 0.5
+    assert 2 <= len(progress) <= 3, progress
+    assert all(
+        b[0] - a[0] >= live.ANNOUNCE_INTERVAL * 0.9 for a, b in zip(progress, progress[1:], strict=False)
+    )
+    assert [seq for _, seq in progress] == sorted(seq for _, seq in progress)
+    assert progress[-1][1] == 30  # nothing is left unannounced before the end
+    assert received[-1][1]["type"] == live.ENDED and received[-1][0] - ended_at < 1.5
