@@ -25,7 +25,7 @@ import struct
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from gateway.postgres import protocol as pg
 from gateway.postgres.copyout import CopyOut, copy_out
@@ -131,6 +131,14 @@ class _Statement:
         self.copy_header = False
 
 
+class _PendingStatement(NamedTuple):
+    """A statement whose events are still to be recorded (``Relay.flush_records``)."""
+
+    record: _Statement
+    params: tuple[str | None, ...]
+    via: str
+
+
 class _Entry:
     __slots__ = ("batch", "denial", "extra", "index", "kind", "name", "statements", "target", "value")
 
@@ -215,6 +223,8 @@ class Relay:
         self._effects: deque[_Entry] = deque()
         self._batch = 0
         self._ignore_syncs = False
+        self.defer_records = False
+        self._later: list[Any] = []
         # The server skips what the client sends between an extended-protocol error and
         # the next Sync (docs 55.2.3); True while it does and that Sync has not come yet.
         self._discarding = False
@@ -295,6 +305,8 @@ class Relay:
     # --- client -> server ----------------------------------------------------------------
 
     def from_client(self, data: bytes) -> bytes:
+        if self._later:
+            self.flush_records()
         if self._cbuf or self.blocked is not None:
             self._cbuf += data
             if self.blocked is not None or len(self._cbuf) < self._cneed:
@@ -658,10 +670,49 @@ class Relay:
         self._types.clear()
         self._stmts.clear()
 
+    # --- recording ----------------------------------------------------------------------
+    #
+    # With ``defer_records`` (the session sets it) events are queued in order and handed to
+    # the recorder by ``flush_records``, which the session calls after writing what the
+    # relay returned: a statement's recording (masking its text and parameters, building
+    # and snapshotting the events) then runs while the server works on the statement, not
+    # before the statement goes out. Until its events are flushed a statement's ``text``
+    # is the raw text; everything that records it runs after a flush (``from_client``
+    # and ``from_server`` flush first).
+
+    def _record(self, kind: str, payload: dict[str, Any]) -> None:
+        if self.defer_records:
+            self._later.append((kind, payload))
+        else:
+            self.recorder.append(kind, payload)
+
+    def flush_records(self) -> None:
+        """Hand the queued events to the recorder, in order."""
+        later = self._later
+        if not later:
+            return
+        self._later = []
+        append = self.recorder.append
+        for item in later:
+            if type(item) is _PendingStatement:
+                self._statement_events(item.record, item.params, item.via)
+            else:
+                append(*item)
+
     def _record_statement(
         self, text: str, params: tuple[str | None, ...], decision: Decision, via: str
     ) -> _Statement:
-        shown_text, shown_params = self._mask_for_record(text, params)
+        record = _Statement(text, decision, self.clock())
+        if self.defer_records:
+            self._later.append(_PendingStatement(record, params, via))
+        else:
+            self._statement_events(record, params, via)
+        return record
+
+    def _statement_events(self, record: _Statement, params: tuple[str | None, ...], via: str) -> None:
+        decision = record.decision
+        shown_text, shown_params = self._mask_for_record(record.text, params)
+        record.text = shown_text
         payload: dict[str, Any] = {
             "text": shown_text,
             "params": shown_params,
@@ -675,9 +726,10 @@ class Relay:
         if decision.observed:
             # Observe rules that matched: what they would have done, enforced nothing.
             payload["observed"] = list(decision.observed)
-        self.recorder.append("statement", payload)
+        append = self.recorder.append
+        append("statement", payload)
         if decision.action is not Action.ALLOW:
-            self.recorder.append(
+            append(
                 "decision",
                 {
                     "action": str(decision.action),
@@ -688,7 +740,6 @@ class Relay:
                     "statement": shown_text,
                 },
             )
-        return _Statement(shown_text, decision, self.clock())
 
     def _mask_for_record(self, text: str, params: tuple[str | None, ...]) -> tuple[str, list[str | None]]:
         masking = self.masking
@@ -737,6 +788,8 @@ class Relay:
     # --- server -> client ----------------------------------------------------------------
 
     def from_server(self, data: bytes) -> bytes:
+        if self._later:
+            self.flush_records()
         if self.needs_catalog is not None:
             # Output waits while column identities are looked up.
             self._sbuf += data
@@ -1115,7 +1168,7 @@ class Relay:
             out.append(pg.parameter_status(name, shown))
         for notice in notices:
             fields, masked = self._masked_fields(b"N", notice[5:])
-            self.recorder.append(
+            self._record(
                 "notice",
                 {
                     "severity": fields.get("V", ""),
@@ -1256,7 +1309,7 @@ class Relay:
             return self._on_error(data[start:end])
         if typ == 78:  # 'N' NoticeResponse
             notice_fields, notice = self._masked_fields(b"N", data[start:end])
-            self.recorder.append(
+            self._record(
                 "notice",
                 {
                     "severity": notice_fields.get("V", ""),
@@ -1270,7 +1323,7 @@ class Relay:
             channel, pos = pg.read_cstring(body, 4)
             payload, _ = pg.read_cstring(body, pos)
             shown = self._mask_text(_decode(payload))
-            self.recorder.append(
+            self._record(
                 "notice",
                 {"notification": True, "channel": _decode(channel), "payload": shown},
             )
@@ -1379,7 +1432,7 @@ class Relay:
                     detail += f" version {denial.policy_version}"
             replacement = pg.error_response("42501", message, detail=detail.strip())
             fields = {"C": "42501", "M": message, "V": "ERROR"}
-        self.recorder.append(
+        self._record(
             "error",
             {
                 "code": fields.get("C", ""),
@@ -1416,7 +1469,7 @@ class Relay:
             payload["columns"] = [c[0] for c in columns] if columns else []
             payload["first_rows"] = record.sample
             record.sample = []
-        self.recorder.append("result", payload)
+        self._record("result", payload)
         record.rows = 0
         if self.on_statement_done is not None and not suspended:
             self.on_statement_done(record.decision, True, tag)
@@ -1427,7 +1480,7 @@ class Relay:
         reason = record.withheld
         record.withheld = None
         record.masker = None
-        self.recorder.append(
+        self._record(
             "error",
             {
                 "code": "XX000",

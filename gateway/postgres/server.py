@@ -582,10 +582,18 @@ class Session:
 
             await stop_watching(self.recorder.session_id)
         if self.recorder is not None:
+            if self.relay is not None:
+                self.relay.flush_records()
             try:
                 await self.recorder.close(reason=self._end_reason, status=self._end_status)
             except Exception:
                 log.exception("session %s: the recording could not be closed", self.peer)
+
+    def _append(self, kind: str, payload: dict[str, Any]) -> None:
+        """Record a session-level event after the relay's queued ones (their order is kept)."""
+        if self.relay is not None:
+            self.relay.flush_records()
+        self.recorder.append(kind, payload)
 
     def end(self, reason: str, *, status: str = "ended", error: bytes | None = None) -> None:
         """End the session (idempotent): optionally tell the client why, close both sides."""
@@ -621,7 +629,7 @@ class Session:
         why = terminated_reason(by, reason)
         message = f"terminating connection: {why}"
         if self.recorder is not None:
-            self.recorder.append("error", {"code": "57P01", "message": message, "severity": "FATAL"})
+            self._append("error", {"code": "57P01", "message": message, "severity": "FATAL"})
         self.end(why, status="terminated", error=pg.fatal("57P01", message))
 
     def recording_failed(self, reason: str) -> None:
@@ -818,6 +826,8 @@ class Session:
         out.append(pg.backend_key_data(*self.cancel_key))
         out.append(pg.ready_for_query(upstream.status))
         self.relay = relay
+        # Statements' recording runs after what they send is written (Relay.flush_records).
+        relay.defer_records = True
         if self.relay.uses_identity:
             from gateway.masking_runtime import CatalogLookup
 
@@ -874,7 +884,7 @@ class Session:
             log.warning("cancel for session %s could not be sent: %s", session.peer, exc)
         else:
             if session.recorder is not None:
-                session.recorder.append("notice", {"severity": "INFO", "message": "cancel request forwarded"})
+                session._append("notice", {"severity": "INFO", "message": "cancel request forwarded"})
 
     async def _pass_cancel(self, path: str, pid: int, key: int) -> None:
         """A cancel request for another gateway process, sent on to it as it came."""
@@ -922,6 +932,7 @@ class Session:
             return
         if out:
             self.upstream.write(out)
+        relay.flush_records()
         if relay.blocked is not None:
             self._blocked()
         if relay.ended is not None:
@@ -939,6 +950,7 @@ class Session:
             return
         if out:
             self.client.write(out)
+        relay.flush_records()
         if relay.needs_catalog is not None and self._catalog_task is None and self.upstream is not None:
             self.upstream.pause_reading("catalog")
             self._catalog_task = self._loop.create_task(self._lookup(relay.needs_catalog))
@@ -1024,7 +1036,7 @@ class Session:
                 if decision.action is Action.ALLOW and review.request_id is not None and not review.granted:
                     self._approved = review
             if self.recorder is not None:
-                self.recorder.append(
+                self._append(
                     "approval",
                     {"action": decision.action.value, "rule": decision.rule, "message": decision.message},
                 )
@@ -1066,6 +1078,7 @@ class Session:
             return
         if out:
             self.upstream.write(out)
+        relay.flush_records()
         if relay.blocked is not None:
             self._blocked()
         else:

@@ -209,3 +209,28 @@ def test_a_table_renamed_by_ddl_is_masked_by_its_new_identity_on_the_same_descri
     relay.from_server(pg.message(b"C", b"ALTER TABLE\x00") + pg.ready_for_query())
     catalog[0] = ("public.u", {2: "secret"})
     assert pg.data_row([b"value"]) in select()
+
+
+def test_deferred_recording_keeps_the_order_and_never_records_a_statement_unmasked():
+    # As the session runs it: events are queued and handed over after each write.
+    relay, events = _relay()
+    relay.defer_records = True
+    sent = pg.query("SELECT 'ann@example.com' AS e")
+    assert relay.from_client(sent) == sent  # what goes upstream is the agent's own text
+    assert events.events == []  # nothing recorded before the statement went out
+    relay.flush_records()
+    assert events.events == [("statement", events.events[0][1])]
+    assert events.events[0][1]["text"] == "SELECT '[EMAIL]' AS e"
+    # A second statement not flushed by the caller: the server's answer flushes it first.
+    relay.from_server(pg.message(b"C", b"SELECT 0\x00") + pg.ready_for_query())
+    relay.from_client(pg.query("SELECT 'bob@example.com'"))
+    relay.from_server(pg.message(b"C", b"SELECT 0\x00") + pg.ready_for_query())
+    relay.flush_records()
+    kinds = [(k, p.get("text", p.get("statement"))) for k, p in events.events]
+    assert kinds == [
+        ("statement", "SELECT '[EMAIL]' AS e"),
+        ("result", "SELECT '[EMAIL]' AS e"),
+        ("statement", "SELECT '[EMAIL]'"),
+        ("result", "SELECT '[EMAIL]'"),
+    ]
+    assert "example.com" not in repr(events.events)
