@@ -529,8 +529,9 @@ class Relay:
         output has none). The probe's messages never reach the client. None: no change."""
         pieces: list[str] = []
         last = 0
-        for record, (start, _) in zip(records, spans, strict=False):
-            found = copy_out(record.text)
+        for record, (start, end) in zip(records, spans, strict=False):
+            # The statement as the client sent it (the record's text is masked for the record).
+            found = copy_out(text[start:end])
             record.copy_out = found
             if found is None or not self.uses_identity or found.probe is None or found.format is None:
                 continue
