@@ -324,6 +324,12 @@ def _writer_process() -> Any:
         return current
 
 
+def prestart_writer() -> None:
+    """Start the writer process now (process mode, on the running loop); else nothing."""
+    if _process_mode:
+        _writer_process()
+
+
 def _submit(fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
     if _process_mode:
         future = _writer_process().submit(_JOB_NAMES[fn], *args)

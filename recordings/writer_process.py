@@ -174,8 +174,12 @@ class WriterProcess:
             size = _HEAD.unpack_from(buf, pos)[0]
             if len(buf) - pos - 4 < size:
                 break
-            # The child this process started, over a socket no one else holds (docstring).
-            job, ok, value = pickle.loads(bytes(buf[pos + 4 : pos + 4 + size]))  # noqa: S301
+            try:
+                # The child this process started, over a socket no one else holds (docstring).
+                job, ok, value = pickle.loads(bytes(buf[pos + 4 : pos + 4 + size]))  # noqa: S301
+            except Exception as exc:
+                self._lost(f"the recording writer process sent an unreadable answer: {type(exc).__name__}")
+                return
             pos += 4 + size
             future = self._futures.pop(job, None)
             if future is None or future.done():

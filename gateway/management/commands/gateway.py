@@ -212,6 +212,10 @@ class Command(BaseCommand):
                 await asyncio.to_thread(_closing(sweep))
             except Exception as exc:
                 self.stderr.write(f"approvals: the start-up sweep failed: {exc}")
+            from recordings.writer import prestart_writer
+
+            # The writer process boots Django meanwhile, not during the first agent's login.
+            prestart_writer()
             for protocol, (host, port) in addresses.items():
                 listener = LISTENERS[protocol][2](workers)
                 bound = await listener.start(host, port)
