@@ -583,7 +583,11 @@ class Session:
             await stop_watching(self.recorder.session_id)
         if self.recorder is not None:
             if self.relay is not None:
-                self.relay.flush_records()
+                try:
+                    self.relay.flush_records()
+                except Exception:
+                    # Never keeps the recording from being closed and sealed below.
+                    log.exception("session %s: queued events could not be recorded", self.peer)
             try:
                 await self.recorder.close(reason=self._end_reason, status=self._end_status)
             except Exception:
