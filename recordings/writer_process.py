@@ -11,8 +11,8 @@ pickles each batch (once per batch, not per event) onto a socket.
 The channel: a ``socketpair`` made by the gateway and inherited by the child alone; frames
 of a 4-byte length and a pickle. Pickle is safe here because both ends are this program and
 nothing else holds the socket. The parent side is driven by the event loop itself
-(``add_reader``/``add_writer``, no helper thread). Jobs are named from a fixed list, never
-pickled functions.
+(``add_reader``/``add_writer``, no helper thread). Jobs are named from a fixed list
+(``recordings.writer._JOB_NAMES``), never pickled functions.
 
 Failures: when the child ends (killed, crashed, out of memory), every job in flight fails
 with ``WriterProcessLost``; the recorder treats that as any failed write (it may have
@@ -59,12 +59,6 @@ class WriterJobFailed(Exception):
     """A job raised in the writer process; the message is its first line (``_describe``)."""
 
 
-def _jobs() -> dict[str, Any]:
-    from recordings import writer
-
-    return {"persist": writer._persist, "finalise": writer._finalise, "load_key_id": writer._load_key_id}
-
-
 def _frame(obj: Any) -> bytes:
     data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
     return _HEAD.pack(len(data)) + data
@@ -102,7 +96,6 @@ class WriterProcess:
                 pass_fds=[theirs.fileno()],
                 env=env,
                 cwd=str(settings.BASE_DIR),
-                start_new_session=False,
             )
         finally:
             theirs.close()
@@ -251,23 +244,25 @@ def _child(fd: int, overrides: dict[str, Any]) -> None:
     settings.RECORDING_SIGNING_KEY_FILE = overrides["key_file"]
     from recordings import writer
 
-    jobs = _jobs()
+    jobs = {name: fn for fn, name in writer._JOB_NAMES.items()}
     pool = writer._WriterThreads(overrides["threads"])
     sock = socket.socket(fileno=fd)
     send_lock = threading.Lock()
 
-    def reply(job: int, future: Any) -> None:
-        exc = future.exception()
-        if exc is None:
-            message = (job, True, future.result())
-        else:
-            message = (job, False, writer._describe(exc))
+    def send(job: int, ok: bool, value: Any) -> None:
         try:
-            frame = _frame(message)
+            frame = _frame((job, ok, value))
         except Exception as error:  # a result that cannot travel
             frame = _frame((job, False, writer._describe(error)))
         with send_lock, contextlib.suppress(OSError):
             sock.sendall(frame)
+
+    def reply(job: int, future: Any) -> None:
+        exc = future.exception()
+        if exc is None:
+            send(job, True, future.result())
+        else:
+            send(job, False, writer._describe(exc))
 
     reader = sock.makefile("rb")
     try:
@@ -284,21 +279,13 @@ def _child(fd: int, overrides: dict[str, Any]) -> None:
             job, name, args = pickle.loads(body)  # noqa: S301 - from the gateway that started us
             fn = jobs.get(name)
             if fn is None:
-                reply(job, _failed(ValueError(f"unknown recording job {name!r}")))
+                send(job, False, f"ValueError: unknown recording job {name!r}")
                 continue
             future = pool.submit(fn, *args)
             future.add_done_callback(functools.partial(reply, job))
     finally:
         # The gateway closed its end (stopping) or went away: finish what was handed over.
         pool.shutdown(timeout=float(settings.RECORDING_PERSIST_TIMEOUT) * 3)
-
-
-def _failed(exc: BaseException) -> Any:
-    import concurrent.futures
-
-    future: concurrent.futures.Future[Any] = concurrent.futures.Future()
-    future.set_exception(exc)
-    return future
 
 
 if __name__ == "__main__":
