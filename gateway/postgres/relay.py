@@ -434,10 +434,7 @@ class Relay:
         if typ == pg.MSG_FLUSH:
             return None
         if typ in (pg.MSG_COPY_DONE, pg.MSG_COPY_FAIL):
-            if self._ignore_syncs:
-                self._ignore_syncs = False
-            else:
-                self._push(COPY_END)
+            self._on_copy_end()
             return None
         if typ == pg.MSG_TERMINATE:
             self.ended = "client disconnected"
@@ -458,11 +455,8 @@ class Relay:
             self._discarding = False
             return self._client_message(typ, body)
         if typ in (pg.MSG_COPY_DONE, pg.MSG_COPY_FAIL):
-            self._discarding = False
-            try:
-                return self._client_message(typ, body)
-            finally:
-                self._discarding = True
+            self._on_copy_end()
+            return None
         if typ == pg.MSG_EXECUTE:
             return pg.parse_message(self._marker_bytes, self._marker_sql().encode())
         if typ in (pg.MSG_QUERY, pg.MSG_FUNCTION_CALL):
@@ -470,6 +464,12 @@ class Relay:
         if typ in (pg.MSG_PARSE, pg.MSG_BIND, pg.MSG_DESCRIBE, pg.MSG_CLOSE, pg.MSG_FLUSH):
             return None
         raise ProtocolError(f"invalid frontend message type {chr(typ)!r}")
+
+    def _on_copy_end(self) -> None:
+        if self._ignore_syncs:
+            self._ignore_syncs = False
+        else:
+            self._push(COPY_END)
 
     def _push(self, kind: int) -> _Entry:
         entry = _Entry(kind, self._batch)
