@@ -282,12 +282,16 @@ async def test_strict_mode_calls_on_failure_once_when_the_table_is_locked(settin
     assert result.ok, result.reason
 
 
-async def test_strict_mode_fails_one_session_whose_writes_error_and_leaves_the_other_alone(settings):
-    settings.RECORDING_PERSIST_TIMEOUT = 1
+async def one_session_whose_writes_fail(
+    *, fine_after: int = 0, within: float = 30
+) -> tuple[dict[str, list[str]], SessionRecorder, SessionRecorder]:
+    """Two strict sessions, 20 statements each, every write of the "doomed" one failing on
+    a real constraint from its second batch on; ``fine_after`` more statements for the other
+    once the doomed one has failed; both closed. (failures per session, doomed, fine)"""
     failures: dict[str, list[str]] = {"doomed": [], "fine": []}
     admin = await asyncio.to_thread(_admin_conn)
     try:
-        async with asyncio.timeout(30):
+        async with asyncio.timeout(within):
             doomed = await SessionRecorder.start(**BILLING_BOT, on_failure=failures["doomed"].append)
             fine = await SessionRecorder.start(**BILLING_BOT, on_failure=failures["fine"].append)
             # A real write error for one session's events only.
@@ -299,19 +303,25 @@ async def test_strict_mode_fails_one_session_whose_writes_error_and_leaves_the_o
                 doomed.append(kind, payload)
                 fine.append(kind, payload)
             await _until(lambda: failures["doomed"])
-            for kind, payload in statement_events(5):
+            for kind, payload in statement_events(fine_after):
                 fine.append(kind, payload)
             await fine.close(reason="done")
             await doomed.close(reason="recording failed", status="terminated")
-            doomed_session = await in_db(_session, doomed.session_id)
-            fine_session = await in_db(_session, fine.session_id)
-            fine_result = await in_db(_verify, fine.session_id)
-            doomed_result = await in_db(_verify, doomed.session_id)
     finally:
         await asyncio.to_thread(
             admin.execute, "ALTER TABLE recordings_event DROP CONSTRAINT IF EXISTS doomed"
         )
         await asyncio.to_thread(admin.close)
+    return failures, doomed, fine
+
+
+async def test_strict_mode_fails_one_session_whose_writes_error_and_leaves_the_other_alone(settings):
+    settings.RECORDING_PERSIST_TIMEOUT = 1
+    failures, doomed, fine = await one_session_whose_writes_fail(fine_after=5)
+    doomed_session = await in_db(_session, doomed.session_id)
+    fine_session = await in_db(_session, fine.session_id)
+    fine_result = await in_db(_verify, fine.session_id)
+    doomed_result = await in_db(_verify, doomed.session_id)
     assert failures["doomed"][0].startswith("recording write failed: IntegrityError: new row for relation")
     assert len(failures["doomed"]) == 1 and failures["fine"] == []
     assert "Failing row" not in failures["doomed"][0]

@@ -14,7 +14,13 @@ import pytest
 from recordings import writer
 from recordings.tests.conftest import in_db
 from recordings.tests.factories import BILLING_BOT, record_session, statement_events
-from recordings.tests.test_writer import _admin_conn, _session, _until, _verify
+from recordings.tests.test_writer import (
+    _admin_conn,
+    _session,
+    _until,
+    _verify,
+    one_session_whose_writes_fail,
+)
 from recordings.writer import SessionRecorder, shutdown_writer, use_writer_process
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(90)]
@@ -94,28 +100,8 @@ async def test_a_writer_process_killed_with_a_write_in_flight_loses_nothing(sett
 
 async def test_a_write_failing_in_the_writer_process_fails_its_session_with_the_first_line_only(settings):
     settings.RECORDING_PERSIST_TIMEOUT = 1
-    failures: dict[str, list[str]] = {"doomed": [], "fine": []}
-    admin = await asyncio.to_thread(_admin_conn)
-    try:
-        async with asyncio.timeout(60):
-            doomed = await SessionRecorder.start(**BILLING_BOT, on_failure=failures["doomed"].append)
-            fine = await SessionRecorder.start(**BILLING_BOT, on_failure=failures["fine"].append)
-            await asyncio.to_thread(
-                admin.execute,
-                f"ALTER TABLE recordings_event ADD CONSTRAINT doomed CHECK (session_id <> '{doomed.session_id}') NOT VALID",
-            )
-            for kind, payload in statement_events(20):
-                doomed.append(kind, payload)
-                fine.append(kind, payload)
-            await _until(lambda: failures["doomed"])
-            await fine.close(reason="done")
-            await doomed.close(reason="recording failed", status="terminated")
-            fine_result = await in_db(_verify, fine.session_id)
-    finally:
-        await asyncio.to_thread(
-            admin.execute, "ALTER TABLE recordings_event DROP CONSTRAINT IF EXISTS doomed"
-        )
-        await asyncio.to_thread(admin.close)
+    failures, _, fine = await one_session_whose_writes_fail(within=60)
+    fine_result = await in_db(_verify, fine.session_id)
     assert failures["doomed"][0].startswith("recording write failed: IntegrityError: new row for relation")
     assert "Failing row" not in failures["doomed"][0]
     assert len(failures["doomed"]) == 1 and failures["fine"] == []
