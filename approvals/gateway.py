@@ -605,7 +605,11 @@ def close_db_threads() -> None:
 
 
 async def wait_for_decision(
-    request_id: int, max_wait: float | None = None, *, claim_for: tuple[Any, Any] | None = None
+    request_id: int,
+    max_wait: float | None = None,
+    *,
+    claim_for: tuple[Any, Any] | None = None,
+    created_here: bool = False,
 ) -> Outcome:
     """Wait until request ``request_id`` leaves ``pending`` and return its outcome.
 
@@ -615,7 +619,9 @@ async def wait_for_decision(
     running. ``max_wait`` (seconds) bounds the wait further: when it passes first the
     outcome is returned still pending and the request is left as it is. With ``claim_for``
     (actor, session id), an approval read here is claimed in the same database call
-    (``Outcome.claimed``).
+    (``Outcome.claimed``). ``created_here``: the request was just created by this waiter,
+    its heartbeat with it, so the first read does not refresh it (two statements fewer at
+    the moment reviewers open the new card).
     """
     loop = asyncio.get_running_loop()
     started = loop.time()
@@ -625,11 +631,12 @@ async def wait_for_decision(
     try:
         poll = float(settings.APPROVALS_POLL_SECONDS)
         woken = False
-        beat_at = -poll
+        beat_at = loop.time() if created_here else -poll
         while True:
             event.clear()
-            # A wake-up reads only: the heartbeat is refreshed once per poll interval.
-            beat = not woken or loop.time() - beat_at >= poll
+            # The heartbeat is refreshed once per poll interval (a wake-up or the end of a
+            # shorter ``max_wait`` reads only).
+            beat = loop.time() - beat_at >= poll
             if beat:
                 beat_at = loop.time()
             outcome, expires_at = await _db(_poll)(
@@ -752,7 +759,9 @@ class ReviewGate:
         if not held.agent_waits:
             return Review(self._final(decision, Action.DENY, _deferred_message(held)), held.id)
         try:
-            outcome = await wait_for_decision(held.id, claim_for=(request.agent, self.session_id))
+            outcome = await wait_for_decision(
+                held.id, claim_for=(request.agent, self.session_id), created_here=True
+            )
         except asyncio.CancelledError:
             # The client went away or cancelled: the request must not stay pending (WF-05).
             await asyncio.shield(_db(cancel)(held.id, "the agent disconnected or cancelled the statement"))

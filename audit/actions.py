@@ -14,7 +14,8 @@ SYSTEM = "system"
 log = logging.getLogger("airlock.audit")
 
 
-def _actor_fields(actor: Any) -> dict[str, Any]:
+def actor_fields(actor: Any) -> dict[str, Any]:
+    """The actor columns of an audit record for ``actor`` (see ``record``)."""
     from identity.models import Agent
 
     if actor is None:
@@ -47,7 +48,7 @@ def record(
     ``before`` and ``after`` must be snapshots without secrets (models offer
     ``audit_snapshot()`` for that).
     """
-    fields = _actor_fields(actor)
+    fields = actor_fields(actor)
     if target is not None:
         fields.update(
             target_type=target._meta.label_lower,
@@ -62,10 +63,15 @@ def record(
         source_address=source_address,
         **fields,
     )
-    if getattr(settings, "AUDIT_FORWARD_URL", ""):
-        record_id = created.pk
-        transaction.on_commit(lambda: _queue_forward(record_id), robust=True)
+    forward_after_commit(created.pk)
     return created
+
+
+def forward_after_commit(record_id: int) -> None:
+    """Queue the record for the audit sink once its transaction commits (when a sink is
+    configured): for records written by ``record`` and by statements that write their own."""
+    if getattr(settings, "AUDIT_FORWARD_URL", ""):
+        transaction.on_commit(lambda: _queue_forward(record_id), robust=True)
 
 
 def _queue_forward(record_id: int) -> None:

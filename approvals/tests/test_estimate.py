@@ -9,7 +9,7 @@ import time
 import psycopg
 import pytest
 
-from approvals.estimate import EstimateFailed, explain_rows, short_reason, wants_estimate
+from approvals.estimate import EstimateFailed, TargetConnections, explain_rows, short_reason, wants_estimate
 from approvals.models import ApprovalRequest
 from approvals.tests.factories import make_request, review_decision
 from console.tests.factories import make_connection
@@ -172,3 +172,129 @@ def test_a_new_request_gets_its_estimate_in_the_background(world, target, bob):
     unknown.refresh_from_db()
     assert (unknown.estimate_status, unknown.estimated_rows) == ("unknown", None)
     assert unknown.estimate_note == "the server refused the EXPLAIN (SQLSTATE 22P02)"
+
+
+# --- connections kept between estimates -------------------------------------------------------
+
+
+def _estimate_backends(target) -> int:
+    return _sql(
+        target,
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'airlock-approval-estimate'",
+    )
+
+
+def _until(check, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "the condition never held"
+        time.sleep(0.02)
+
+
+def test_estimates_on_a_target_share_one_connection(shop, target):
+    kept = TargetConnections()
+    try:
+        for _ in range(3):
+            assert (
+                explain_rows(shop, "DELETE FROM orders WHERE id = $1", ["7"], timeout=5, connections=kept)
+                == 1
+            )
+        # A refused EXPLAIN leaves the connection usable (its transaction rolled back).
+        with pytest.raises(EstimateFailed, match="22P02"):
+            explain_rows(shop, "DELETE FROM orders WHERE id = $1", ["x"], timeout=5, connections=kept)
+        assert explain_rows(shop, "UPDATE orders SET note = 'x'", [], timeout=5, connections=kept) == ROWS
+        assert len(kept) == 1 and _estimate_backends(target) == 1
+    finally:
+        kept.close()
+    _until(lambda: _estimate_backends(target) == 0)
+
+
+def test_a_connection_the_target_closed_is_replaced(shop, target):
+    kept = TargetConnections()
+    try:
+        assert explain_rows(shop, "DELETE FROM orders WHERE id = $1", ["7"], timeout=5, connections=kept) == 1
+        _sql(
+            target,
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+            " WHERE application_name = 'airlock-approval-estimate'",
+        )
+        _until(lambda: _estimate_backends(target) == 0)
+        assert explain_rows(shop, "DELETE FROM orders WHERE id = $1", ["7"], timeout=5, connections=kept) == 1
+        assert len(kept) == 1 and _estimate_backends(target) == 1
+    finally:
+        kept.close()
+
+
+def test_a_changed_secret_is_never_bypassed_by_a_kept_connection(shop, target):
+    from gateway import secrets
+
+    kept = TargetConnections()
+    try:
+        assert explain_rows(shop, "DELETE FROM orders WHERE id = $1", ["7"], timeout=5, connections=kept) == 1
+        secrets.set_secrets(shop, {"password": "not-" + PASSWORD})
+        shop.save(update_fields=["secret_ciphertext"])
+        with pytest.raises(psycopg.OperationalError):
+            explain_rows(shop, "DELETE FROM orders WHERE id = $1", ["7"], timeout=5, connections=kept)
+        secrets.set_secrets(shop, {"password": PASSWORD})
+        shop.save(update_fields=["secret_ciphertext"])
+        assert explain_rows(shop, "DELETE FROM orders WHERE id = $1", ["7"], timeout=5, connections=kept) == 1
+    finally:
+        kept.close()
+
+
+def test_an_idle_connection_is_closed(shop, target):
+    kept = TargetConnections(idle=0.2)
+    try:
+        assert explain_rows(shop, "DELETE FROM orders WHERE id = $1", ["7"], timeout=5, connections=kept) == 1
+        assert _estimate_backends(target) == 1
+        time.sleep(0.3)
+        kept.close_idle()
+        assert len(kept) == 0
+        _until(lambda: _estimate_backends(target) == 0)
+    finally:
+        kept.close()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_storing_an_estimate_does_not_hold_the_request_while_it_writes(world, monkeypatch):
+    # A reviewer's decision locks the request's row; an estimate arriving meanwhile holds
+    # that lock for its last statement only, not while it writes its audit record.
+    from django.db import connection
+
+    from approvals import actions
+
+    req = make_request(world)
+    writing, done = threading.Event(), threading.Event()
+    original = actions.record
+
+    def slow_record(*args, **kwargs):
+        created = original(*args, **kwargs)
+        writing.set()
+        done.wait(10)
+        return created
+
+    monkeypatch.setattr(actions, "record", slow_record)
+
+    def store_estimate():
+        try:
+            actions.do_record_estimate(req.pk, rows=3)
+        finally:
+            connection.close()  # this thread's own
+
+    store = threading.Thread(target=store_estimate)
+    store.start()
+    try:
+        assert writing.wait(10)
+        db = connection.settings_dict
+        with psycopg.connect(
+            host=db["HOST"] or "127.0.0.1", port=db["PORT"] or 5432, user=db["USER"], dbname=db["NAME"]
+        ) as other:
+            locked = other.execute(
+                "SELECT id FROM approvals_approvalrequest WHERE id = %s FOR UPDATE NOWAIT", (req.pk,)
+            ).fetchone()
+            assert locked == (req.pk,)
+    finally:
+        done.set()
+        store.join(10)
+    req.refresh_from_db()
+    assert (req.estimate_status, req.estimated_rows) == ("ok", 3)

@@ -130,12 +130,12 @@ async def test_only_an_outcome_wakes_the_waiting_gateway(world, bob, settings, m
 def test_a_woken_waiter_takes_the_approved_run_without_reading_the_request_first(
     world, bob, woken, django_assert_num_queries
 ):
-    # Woken (by an outcome), the claim comes first: its update answering with the row it
-    # changed, the audit record (in one transaction: two more). A poll that was not woken
-    # reads the request first, then claims.
+    # Woken (by an outcome), the claim comes first: one statement, its update answering
+    # with the row it changed and writing the audit record (PostgreSQL). A poll that was
+    # not woken reads the request first, then claims.
     req = make_request(world)
     actions.do_approve(bob, req)
-    with django_assert_num_queries(4 if woken else 5):
+    with django_assert_num_queries(1 if woken else 2):
         outcome, _ = gateway._poll(req.pk, heartbeat=False, claim_for=("billing-bot", None), woken=woken)
     assert outcome.approved and outcome.claimed is True and outcome.decided_by == "bob"
     assert AuditRecord.objects.filter(action="approval.claimed", target_id=str(req.pk)).count() == 1
@@ -205,6 +205,25 @@ async def test_waiting_refreshes_the_holds_heartbeat(world, settings):
     await wait_for_decision(req.pk, max_wait=0.35)
     seen = (await in_db(ApprovalRequest.objects.get, pk=req.pk)).waiter_seen_at
     assert timezone.now() - seen < timedelta(seconds=5)
+
+
+async def test_a_waiter_that_just_created_its_request_does_not_refresh_its_heartbeat_at_once(
+    world, settings, monkeypatch
+):
+    # The request was written with its heartbeat a moment ago: the first read alone, then
+    # one refresh per poll interval as usual.
+    settings.APPROVALS_POLL_SECONDS = 0.2
+    beats: list[int] = []
+    heartbeat = actions.heartbeat
+    monkeypatch.setattr(actions, "heartbeat", lambda pk, **kw: beats.append(pk) or heartbeat(pk, **kw))
+    req = await in_db(make_request, world)
+    await wait_for_decision(req.pk, max_wait=0.05, created_here=True)
+    assert beats == []
+    await wait_for_decision(req.pk, max_wait=0.05)
+    assert beats == [req.pk]
+    beats.clear()
+    await wait_for_decision(req.pk, max_wait=0.5, created_here=True)
+    assert beats == [req.pk, req.pk]  # after 0.2 s and 0.4 s
 
 
 # --- the gate ----------------------------------------------------------------------------------

@@ -170,6 +170,35 @@ def test_a_run_is_claimed_exactly_once(world, bob):
     assert actions.do_claim("billing-bot", req) is False
 
 
+@pytest.mark.parametrize("one_statement", [True, False], ids=["one-statement", "transaction"])
+def test_the_claim_writes_the_audit_record_that_record_would(world, bob, monkeypatch, one_statement):
+    # On PostgreSQL the claim and its record are one statement; the record must be what
+    # audit.actions.record writes for the claimed row (the transaction is what SQLite does).
+    monkeypatch.setattr(actions, "_claims_in_one_statement", lambda: one_statement)
+    req = _in_state(world, bob, Status.APPROVED)
+    before = AuditRecord.objects.count()
+    claimed = actions.do_claim_and_read(world.agent, req.pk, session_id="5e2c")
+    assert claimed is not None and claimed.pk == req.pk and claimed.claimed_at is not None
+    assert claimed.status == Status.APPROVED and claimed.statement == req.statement
+    row = AuditRecord.objects.get(action="approval.claimed", target_id=str(req.pk))
+    assert (row.actor_kind, row.actor, row.actor_user) == ("agent", "billing-bot", None)
+    assert (row.target_type, row.target_repr) == ("approvals.approvalrequest", str(claimed))
+    assert (row.before, row.after, row.detail, row.source_address) == (None, None, {"session": "5e2c"}, "")
+    assert timedelta(0) <= row.at - claimed.claimed_at < timedelta(seconds=5)
+    # A second claim changes nothing and records nothing.
+    assert actions.do_claim_and_read(bob, req.pk) is None
+    assert AuditRecord.objects.count() == before + 1
+    assert _audit_actions(req)[-2:] == ["approval.approved", "approval.claimed"]
+
+
+def test_a_claim_by_a_person_names_them_in_its_record(world, bob):
+    req = _in_state(world, bob, Status.APPROVED)
+    assert actions.do_claim(bob, req)
+    row = AuditRecord.objects.get(action="approval.claimed", target_id=str(req.pk))
+    assert (row.actor_kind, row.actor, row.actor_user) == ("person", bob.username, bob)
+    assert row.detail == {"session": ""}
+
+
 def test_an_approval_not_run_in_time_can_no_longer_be_claimed(world, bob):
     req = _in_state(world, bob, Status.APPROVED)
     ApprovalRequest.objects.filter(pk=req.pk).update(claim_by=timezone.now() - timedelta(seconds=1))
