@@ -23,8 +23,7 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
-from django.db import close_old_connections
-from django.db import connection as db_connection
+from django.db import close_old_connections, connections
 
 log = logging.getLogger("airlock.approvals")
 
@@ -234,14 +233,31 @@ def short_reason(exc: BaseException) -> str:
 
 
 class _Estimator:
-    """The estimates of this process, one at a time on a thread of their own that keeps
-    its database connection and its connections to targets between estimates."""
+    """The estimates of this process, on a few threads of their own; each keeps its
+    database connection and its connections to targets between estimates. Several, so
+    that a target that does not answer (each estimate bounded by its timeout) does not
+    hold up the estimates of the others."""
 
     def __init__(self) -> None:
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="approval-estimate")
-        self.targets = TargetConnections(idle=IDLE_SECONDS)
+        self.executor = ThreadPoolExecutor(max_workers=THREADS, thread_name_prefix="approval-estimate")
+        self.local = threading.local()
         self.pending: set[Future[None]] = set()
+        self.kept: list[TargetConnections] = []
+        self.databases: list[Any] = []
         self.lock = threading.Lock()
+
+    def targets(self) -> TargetConnections:
+        """This thread's connections to targets (and its database connection registered
+        to be closed from the thread that closes the estimator)."""
+        kept: TargetConnections | None = getattr(self.local, "targets", None)
+        if kept is None:
+            kept = self.local.targets = TargetConnections(idle=IDLE_SECONDS)
+            database = connections["default"]
+            database.inc_thread_sharing()  # closed by close(), from another thread
+            with self.lock:
+                self.kept.append(kept)
+                self.databases.append(database)
+        return kept
 
     def submit(self, job: Callable[[], None]) -> Future[None]:
         future = self.executor.submit(job)
@@ -258,18 +274,20 @@ class _Estimator:
         with self.lock:
             pending = list(self.pending)
         wait(pending, timeout=timeout)
-
-        def close_connections() -> None:
-            self.targets.close()
-            db_connection.close()
-
-        with contextlib.suppress(RuntimeError):  # already shut down
-            self.executor.submit(close_connections).result(timeout=timeout)
         self.executor.shutdown(wait=False)
+        with self.lock:
+            kept, self.kept = self.kept, []
+            databases, self.databases = self.databases, []
+        for targets in kept:
+            targets.close()
+        for database in databases:
+            with contextlib.suppress(Exception):
+                database.close()
 
 
 # A connection to a target is kept this long after its last estimate.
 IDLE_SECONDS = 60.0
+THREADS = 3
 _estimator: _Estimator | None = None
 _estimator_lock = threading.Lock()
 
@@ -296,7 +314,7 @@ def estimate_in_background(
             try:
                 target = Connection.objects.get(pk=target_id)
                 rows: int | None = explain_rows(
-                    target, statement, list(params), timeout=timeout, connections=estimator.targets
+                    target, statement, list(params), timeout=timeout, connections=estimator.targets()
                 )
                 note = ""
             except Exception as exc:

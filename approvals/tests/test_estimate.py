@@ -300,3 +300,37 @@ def test_storing_an_estimate_does_not_hold_the_request_while_it_writes(world, mo
         store.join(10)
     req.refresh_from_db()
     assert (req.estimate_status, req.estimated_rows) == ("ok", 3)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_target_that_does_not_answer_does_not_hold_up_the_estimates_of_others(world, target, settings):
+    import socket
+
+    from approvals.estimate import estimate_in_background
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)  # the kernel accepts; nothing ever answers
+    try:
+        mute = make_connection(
+            "mute", host="127.0.0.1", port=silent.getsockname()[1], database="shop",
+            username="shop_app", secret_values={"password": PASSWORD},
+        )  # fmt: skip
+        live = make_connection(
+            "shop-live", host="127.0.0.1", port=target.port, database="shop",
+            username="shop_app", secret_values={"password": PASSWORD},
+        )  # fmt: skip
+        held = make_request(world, statement="DELETE FROM orders WHERE id = $1", params=("7",))
+        other = make_request(world, statement="DELETE FROM orders WHERE id = $1", params=("7",))
+        started = time.monotonic()
+        stuck = estimate_in_background(held.pk, mute.pk, held.statement, ["7"], timeout=3)
+        estimate_in_background(other.pk, live.pk, other.statement, ["7"], timeout=3)
+        while ApprovalRequest.objects.get(pk=other.pk).estimate_status != "ok":
+            assert time.monotonic() - started < 2.5, "the live target's estimate waited for the mute one"
+            time.sleep(0.02)
+        assert not stuck.done()
+        stuck.result(timeout=15)
+        held.refresh_from_db()
+        assert (held.estimate_status, held.estimate_note) == ("unknown", "could not connect to the target")
+    finally:
+        silent.close()
