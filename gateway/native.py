@@ -24,7 +24,10 @@ from types import ModuleType
 log = logging.getLogger("airlock.gateway.native")
 
 # Source module -> the name of its compiled build.
-NATIVE_MODULES = {"gateway.postgres.datarows": "_airlock_datarows"}
+NATIVE_MODULES = {
+    "gateway.postgres.datarows": "_airlock_datarows",
+    "gateway.postgres.relay": "_airlock_relay",
+}
 
 
 def source_digest(path: str | Path) -> str:

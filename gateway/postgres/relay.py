@@ -788,6 +788,11 @@ class Relay:
 
     # --- server -> client ----------------------------------------------------------------
 
+    def _waiting_for_catalog(self) -> bool:
+        # A method, not the test inline: mypy keeps ``needs_catalog`` narrowed to None
+        # across the calls that set it, and the compiled relay checks what mypy believes.
+        return self.needs_catalog is not None
+
     def from_server(self, data: bytes) -> bytes:
         if self._later:
             self.flush_records()
@@ -884,7 +889,7 @@ class Relay:
         if pos < n:
             self._sbuf += data[pos:]
             self._sneed = 5 if n - pos < 5 else 1 + unpack(data, pos + 1)[0]
-            if self.needs_catalog is not None:
+            if self._waiting_for_catalog():
                 self._sneed = 0
         if run == 0 and pos == n:
             return data
@@ -927,7 +932,7 @@ class Relay:
             self._unresolved |= wanted
             return
         self.catalog.update(found)
-        for table in wanted - found.keys():
+        for table in wanted.difference(found):
             # Not a table any more (dropped): its columns have no identity.
             self.catalog[table] = ("", {})
 

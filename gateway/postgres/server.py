@@ -16,7 +16,7 @@ import ssl
 import struct
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
@@ -24,9 +24,9 @@ from django.conf import settings
 from gateway.decision import DecisionPoint
 from gateway.login_audit import LoginFailureLog
 from gateway.postgres import protocol as pg
+from gateway.postgres.compiled import relay as _relay
 from gateway.postgres.link import Link
 from gateway.postgres.protocol import ProtocolError
-from gateway.postgres.relay import CONFIRM, Relay, ReviewNeeded
 from gateway.postgres.scram import MECHANISM, ScramError, ScramServer, fake_salt
 from gateway.postgres.startup import (
     ClientStartup,
@@ -47,6 +47,12 @@ from gateway.postgres.upstream import (
 from gateway.ratelimit import LoginThrottle
 from masking import MaskingError
 from policies.types import Action, Decision
+
+# The compiled relay when built (gateway/postgres/compiled.py).
+if TYPE_CHECKING:
+    from gateway.postgres.relay import CONFIRM, Relay, ReviewNeeded
+else:
+    CONFIRM, Relay, ReviewNeeded = _relay.CONFIRM, _relay.Relay, _relay.ReviewNeeded
 
 log = logging.getLogger("airlock.gateway.postgres")
 

@@ -9,8 +9,11 @@ import pytest
 
 from gateway.decision import DecisionPoint
 from gateway.postgres import protocol as pg
-from gateway.postgres.relay import Relay
+from gateway.postgres.compiled import relay as _compiled
 from masking import compile_policy
+from policies.types import Action, Decision
+
+Relay = _compiled.Relay
 
 
 class Events:
@@ -176,15 +179,15 @@ def test_the_recorded_sample_of_masked_rows_is_each_value_decoded_alone(rows):  
     tail = pg.message(b"C", b"SELECT 2\x00") + pg.ready_for_query()
     relay.from_server(head + b"".join(pg.data_row(row) for row in rows) + tail)
     result = next(payload for kind, payload in events.events if kind == "result")
-    expected = [relay._sample_values(row, _Columns()) for row in rows]  # type: ignore[arg-type]
+    expected = [relay._sample_values(row, _columns_record()) for row in rows]
     assert result["first_rows"] == expected
 
 
-class _Columns:
-    """A stand-in statement record for ``_sample_values``: its columns, all text format."""
-
-    def __init__(self) -> None:
-        self.columns = [("note", 0), ("n", 0)]
+def _columns_record():  # type: ignore[no-untyped-def]
+    """A statement record for ``_sample_values``: its columns, all text format."""
+    record = _compiled._Statement("SELECT note, n", Decision(action=Action.ALLOW), 0.0)
+    record.columns = [("note", 0), ("n", 0)]
+    return record
 
 
 def test_a_table_renamed_by_ddl_is_masked_by_its_new_identity_on_the_same_description():

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from gateway.decision import DecisionPoint
 from gateway.postgres import protocol as pg
-from gateway.postgres.relay import CONFIRM, Relay, ReviewNeeded
+from gateway.postgres.compiled import relay as _compiled
 from gateway.postgres.scram import ScramError, ScramServer, fake_salt
 from gateway.postgres.sqltext import prepared_names_touched, split_statements
 from gateway.postgres.startup import Kind, StartupRefused, check_startup, parse_startup_packet
@@ -20,6 +20,8 @@ from gateway.postgres.values import param_text
 from gateway.ratelimit import LoginThrottle
 from identity.tokens import generate_token, make_verifier, new_salt
 from policies.types import Action, Decision
+
+CONFIRM, Relay, ReviewNeeded = _compiled.CONFIRM, _compiled.Relay, _compiled.ReviewNeeded
 
 # --- framing --------------------------------------------------------------------------
 
@@ -371,3 +373,15 @@ def test_the_throttle_forgets_failures_after_a_minute():
 )
 def test_parameters_are_shown_as_text(raw, binary, oid, text):
     assert param_text(raw, binary, oid) == text
+
+
+def test_the_gateway_runs_the_compiled_relay_when_the_suite_requires_it() -> None:
+    import os
+
+    from gateway.postgres import relay as source
+    from gateway.postgres import server
+
+    if os.environ.get("AIRLOCK_NATIVE") != "require":
+        pytest.skip("runs under make test (AIRLOCK_NATIVE=require)")
+    assert server.Relay is Relay and server.ReviewNeeded is ReviewNeeded
+    assert Relay.__module__ == "_airlock_relay" and Relay is not source.Relay
