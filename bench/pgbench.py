@@ -597,7 +597,7 @@ async def _micro_case(mode: str, recorder_kind: str, n: int, policy: Any) -> dic
 
     from gateway.decision import DecisionPoint
     from gateway.postgres import protocol as pg
-    from gateway.postgres.relay import Relay
+    from gateway.postgres.compiled import relay as compiled
     from masking import compile_policy
 
     point = DecisionPoint(
@@ -626,7 +626,7 @@ async def _micro_case(mode: str, recorder_kind: str, n: int, policy: Any) -> dic
         )
     else:
         recorder = Dropped()
-    relay = Relay(
+    relay = compiled.Relay(
         point, recorder, max_message=settings.GATEWAY_MAX_MESSAGE_BYTES,
         result_rows=settings.RECORDING_RESULT_ROWS, masking=masking,
     )  # fmt: skip
