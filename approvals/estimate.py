@@ -23,7 +23,7 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
-from django.db import close_old_connections, connections
+from django.db import close_old_connections
 
 log = logging.getLogger("airlock.approvals")
 
@@ -154,7 +154,8 @@ class TargetConnections:
         kept = self._open.pop(key, None)
         conn = kept[0] if kept is not None else None
         if conn is not None and (conn.closed or conn.broken):
-            conn = None
+            _close(conn)
+            conn = kept = None  # known dead: the first try is already on a new connection
         for attempt in (1, 2):
             if conn is None:
                 conn = _connect(target, values, timeout)
@@ -243,20 +244,19 @@ class _Estimator:
         self.local = threading.local()
         self.pending: set[Future[None]] = set()
         self.kept: list[TargetConnections] = []
-        self.databases: list[Any] = []
         self.lock = threading.Lock()
 
     def targets(self) -> TargetConnections:
-        """This thread's connections to targets (and its database connection registered
-        to be closed from the thread that closes the estimator)."""
+        """This thread's connections to targets (its database connection is kept like the
+        approvals database threads', and closed with them by ``close_db_threads()``)."""
         kept: TargetConnections | None = getattr(self.local, "targets", None)
         if kept is None:
+            from approvals.gateway import keep_thread_connection
+
+            keep_thread_connection()
             kept = self.local.targets = TargetConnections(idle=IDLE_SECONDS)
-            database = connections["default"]
-            database.inc_thread_sharing()  # closed by close(), from another thread
             with self.lock:
                 self.kept.append(kept)
-                self.databases.append(database)
         return kept
 
     def submit(self, job: Callable[[], None]) -> Future[None]:
@@ -277,12 +277,8 @@ class _Estimator:
         self.executor.shutdown(wait=False)
         with self.lock:
             kept, self.kept = self.kept, []
-            databases, self.databases = self.databases, []
         for targets in kept:
             targets.close()
-        for database in databases:
-            with contextlib.suppress(Exception):
-                database.close()
 
 
 # A connection to a target is kept this long after its last estimate.
@@ -331,7 +327,8 @@ def estimate_in_background(
 
 def wait_for_estimates(timeout: float = 15.0) -> None:
     """Wait for the estimates still running (gateway shutdown, tests: each is bounded by its
-    own timeout), then close the connections they kept; the next estimate starts anew."""
+    own timeout), then close their connections to targets; the next estimate starts anew.
+    Their database connections are closed by ``close_db_threads()``, which calls this."""
     global _estimator
     with _estimator_lock:
         estimator, _estimator = _estimator, None

@@ -552,14 +552,19 @@ _thread_connections: list[Any] = []
 _executor_lock = threading.Lock()
 
 
-def _in_db_thread(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+def keep_thread_connection() -> None:
+    """Keep this thread's database connection open between calls; ``close_db_threads()``
+    closes it, from another thread (the approvals database threads and the estimates')."""
     conn = connections["default"]
     if not getattr(conn, "_airlock_approvals_thread", False):
-        # Closed later from another thread by close_db_threads().
         conn.inc_thread_sharing()
         conn._airlock_approvals_thread = True
         with _executor_lock:
             _thread_connections.append(conn)
+
+
+def _in_db_thread(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    keep_thread_connection()
     close_old_connections()
     try:
         return fn(*args, **kwargs)
