@@ -464,6 +464,7 @@ def main() -> int:
                 "-r",
                 os.environ.get("AIRLOCK_BENCH_PROFILE_RATE", "250"),
                 *(["--gil"] if os.environ.get("AIRLOCK_BENCH_PROFILE_GIL") else []),
+                *(["--native"] if os.environ.get("AIRLOCK_BENCH_PROFILE_NATIVE") else ["--nonblocking"]),
                 "-o",
                 PROFILE,
                 "--pid",

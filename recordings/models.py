@@ -78,8 +78,8 @@ class Session(models.Model):
     signing_key_id = models.CharField(max_length=64, blank=True)
     legal_hold = models.BooleanField(default=False)
     # The distinct words of the session's statements and typed input, without positions
-    # (PostgreSQL only; see recordings.search). Kept up to date by the writer in the same
-    # UPDATE that moves the counters, so searching costs the hot path no round trip.
+    # (PostgreSQL only; see recordings.search): written once, when the session is sealed,
+    # from the words its batches added to ``SearchWords`` meanwhile.
     search_vector = SearchVectorField(null=True, blank=True, editable=False)
 
     objects = SessionManager()
@@ -224,6 +224,19 @@ class Event(models.Model):
 
     def __str__(self) -> str:
         return f"{self.session_id}#{self.seq} {self.kind}"
+
+
+class SearchWords(models.Model):
+    """The searchable words of one written batch of a session not merged yet (PostgreSQL
+    only; see ``recordings.search``): a row per batch, so that writing a batch costs what
+    its own words cost, however long the session already is. Sealing the session folds
+    its rows into ``Session.search_vector`` and deletes them."""
+
+    session = models.ForeignKey(Session, on_delete=models.CASCADE, related_name="+")
+    words = SearchVectorField()
+
+    def __str__(self) -> str:
+        return f"words of {self.session_id}"
 
 
 def masked_by_entity(

@@ -1,12 +1,15 @@
 """Full-text search over the statements and commands of sessions.
 
-PostgreSQL: each session carries ``search_vector``, the distinct words (``simple``
-configuration, no stemming: SQL names and literals are searched as written) of its
-statements and typed terminal input, without positions. The writer folds each batch's
-words in with ``recordings_search_append()`` in the UPDATE it already makes for the
-counters (see ``recordings.writer``), so the hot path pays no extra round trip. A GIN index
-answers searches over any number of sessions. Every word of a query must match the start
-of a word of the session (``invo`` finds ``invoices``).
+PostgreSQL: the words (``simple`` configuration, no stemming: SQL names and literals are
+searched as written) of a session's statements and typed terminal input, without
+positions. While the session runs, each batch the writer commits adds a row of its own
+words to ``SearchWords`` (in the batch's transaction: the statement path pays nothing, and
+a batch costs what its own words cost, however long the session); once the session is
+sealed, ``merge_session_words`` folds its rows into ``Session.search_vector`` (written
+once) and deletes them. A search matches the sealed sessions whose document holds every
+word of the query (a GIN index on the documents, one lookup for the whole query) and the
+others, few, whose rows hold each word in one of them. A word matches the start of a word
+of the session (``invo`` finds ``invoices``).
 
 SQLite (the embedded default): the statement and input events are scanned with a
 case-insensitive substring match, which is fine for the sessions one machine holds.
@@ -17,7 +20,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-from django.db import connection
+from django.db import connection, transaction
 from django.db.models import BooleanField, Exists, OuterRef, Q, QuerySet
 from django.db.models.expressions import RawSQL
 
@@ -28,12 +31,14 @@ BATCH_CHARS = 256 * 1024
 SEARCHED_KINDS = ("statement", "input")
 _WORD = re.compile(r"\w")
 
-# Each word of the query becomes a prefix match, all of them required. The query's words
-# are what PostgreSQL's parser makes of it, so a search splits text the way indexing did.
-_PREFIX_QUERY = (
-    "to_tsquery('simple', (SELECT string_agg('''' || replace(replace(w, '\\', '\\\\'), '''', '''''')"
-    " || ''':*', ' & ') FROM unnest(tsvector_to_array(to_tsvector('simple', %s))) AS w))"
-)
+# The query's words are what PostgreSQL's parser makes of it, so that a search splits
+# text the way indexing did; each becomes a prefix match (quotes and backslashes escaped:
+# tsquery operators in a query are only words).
+_QUERY_WORDS = "SELECT DISTINCT w FROM unnest(tsvector_to_array(to_tsvector('simple', %s))) AS w"
+
+
+def _prefix(word: str) -> str:
+    return "'" + word.replace("\\", "\\\\").replace("'", "''") + "':*"
 
 
 def batch_words(events: Iterable[tuple[str, object]]) -> str:
@@ -62,17 +67,62 @@ def batch_words(events: Iterable[tuple[str, object]]) -> str:
     return "\n".join(parts)[:BATCH_CHARS]
 
 
+def add_batch_words(session_id: object, words: str) -> None:
+    """Add a batch's searchable text (``batch_words``) to its session's search rows, in
+    the caller's transaction (PostgreSQL only)."""
+    from recordings.models import SearchWords
+
+    table = connection.ops.quote_name(SearchWords._meta.db_table)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            # Only constant SQL is formatted in; the words are a bound parameter.
+            f"INSERT INTO {table} (session_id, words) SELECT %s, w"  # noqa: S608
+            " FROM recordings_search_words(%s) AS w WHERE w IS NOT NULL",
+            [session_id, words],
+        )
+
+
+def merge_session_words(session_id: object, timeout: float) -> bool:
+    """Fold a sealed session's search rows into its document and delete them (PostgreSQL
+    only; in a transaction of its own). False when the words are too many for one
+    document: the rows stay, and are searched as they are."""
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("SELECT set_config('statement_timeout', %s, true)", [f"{int(timeout * 1000)}ms"])
+        cursor.execute("SELECT recordings_search_merge(%s)", [session_id])
+        return bool(cursor.fetchone()[0])
+
+
 def search_sessions(sessions: QuerySet, text: str) -> QuerySet:  # type: ignore[type-arg]
     """``sessions`` narrowed to those whose statements or typed commands match ``text``."""
     text = text.strip()
     if not _WORD.search(text):
         return sessions  # only punctuation: no words to look for
     if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute(_QUERY_WORDS, [text])
+            words = sorted(row[0] for row in cursor.fetchall())
+        if not words:
+            return sessions
+        from recordings.models import SearchWords
+
+        # Sessions not merged yet (live, or too wordy): each word in one of their rows.
+        matched = " & ".join(_prefix(w) for w in words)
+        having = " AND ".join(["bool_or(words @@ to_tsquery('simple', %s))"] * len(words))
+        table = connection.ops.quote_name(SearchWords._meta.db_table)
+        with connection.cursor() as cursor:
+            cursor.execute(
+                # Only constant SQL is formatted in; the words are bound parameters.
+                f"SELECT session_id FROM {table} WHERE words @@ to_tsquery('simple', %s)"  # noqa: S608
+                f" GROUP BY session_id HAVING {having}",
+                [" | ".join(_prefix(w) for w in words), *[_prefix(w) for w in words]],
+            )
+            unmerged = [row[0] for row in cursor.fetchall()]
         table = connection.ops.quote_name(sessions.model._meta.db_table)
-        return sessions.filter(
-            # The query text is a bound parameter; only constant SQL is formatted in.
-            RawSQL(f"{table}.search_vector @@ {_PREFIX_QUERY}", [text], output_field=BooleanField())  # noqa: S611
+        # Sealed sessions: their one document holds every word.
+        in_document = RawSQL(  # noqa: S611 - constant SQL, the query is a bound parameter
+            f"{table}.search_vector @@ to_tsquery('simple', %s)", [matched], output_field=BooleanField()
         )
+        return sessions.filter(Q(in_document) | Q(pk__in=unmerged))
     from recordings.models import Event
 
     # Each word may match a different event of the session.

@@ -4,8 +4,8 @@
 Each recorder has a flusher task that hands queued events, in batches, to writer threads
 (started as needed, at most ``WRITER_THREADS``, each with its own database connection),
 which chain them (seq, SHA-256 hash), insert them with one COPY (PostgreSQL; multi-row
-INSERTs elsewhere) and update the session's counters (and, on PostgreSQL, its search
-document: ``recordings.search``) in the same transaction. After each committed batch the
+INSERTs elsewhere) and update the session's counters (and, on PostgreSQL, add the batch's
+search words: ``recordings.search``) in the same transaction. After each committed batch the
 recorder announces the new last seq on the channel layer (``recordings.live``), from its
 event loop, without waiting for it. A batch is written ``RECORDING_FLUSH_SECONDS`` after its
 oldest event was appended, or at once when ``FLUSH_AT`` events are waiting; under load the
@@ -51,7 +51,6 @@ from typing import Any, ClassVar, NamedTuple
 import orjson
 from django.conf import settings
 from django.db import close_old_connections, connection, connections, transaction
-from django.db.models.expressions import RawSQL
 
 from recordings import chain, keys, live, search
 from recordings.models import Event, Session
@@ -96,7 +95,7 @@ def _snapshot(payload: dict[str, Any]) -> bytes | str:
 
 
 # What the writer thread needs of a payload besides its canonical bytes: the counters
-# (``_Tally``) and the search document (``search.batch_words``) read only these fields.
+# (``_Tally``) and the search words (``search.batch_words``) read only these fields.
 _FACT_KEYS: dict[str, tuple[str, ...]] = {
     Event.Kind.STATEMENT: ("text",),
     Event.Kind.DECISION: ("action",),
@@ -491,13 +490,11 @@ def _persist(
         rows, state = _chain_rows(session_id, base, items, searched)
         if rows:
             _insert_events(session_id, rows)
-        extra: dict[str, Any] = {}
         words = search.batch_words(searched) if connection.vendor == "postgresql" else ""
         if words:
-            # Folded into the session's search document in the same UPDATE (no round trip).
-            extra["search_vector"] = RawSQL("recordings_search_append(search_vector, %s)", [words])
+            search.add_batch_words(session_id, words)
         Session.objects.filter(pk=session_id).update(
-            last_hash=state.last_hash, dropped_events=dropped, **state.tally.fields(), **extra
+            last_hash=state.last_hash, dropped_events=dropped, **state.tally.fields()
         )
     return state
 
@@ -530,6 +527,13 @@ def _finalise(
             signing_key_id=chain.key_id(private_key.public_key()),
             **state.tally.fields(),
         )
+    if connection.vendor == "postgresql":
+        # After the seal, in a transaction of its own: an index's housekeeping never puts
+        # the seal at risk. Best effort: unmerged words are searched all the same.
+        try:
+            search.merge_session_words(session_id, timeout)
+        except Exception as exc:
+            log.warning("session %s: search words not merged: %s", session_id, _describe(exc))
 
 
 def _load_key_id() -> str:
