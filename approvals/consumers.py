@@ -29,7 +29,7 @@ from django.db.models.query import RawQuerySet
 from approvals.cards import render_card, section_of
 from approvals.events import INBOX_GROUP, CardPayload, CountPayload
 from approvals.gateway import on_db_thread
-from approvals.models import ApprovalDecision, ApprovalRequest
+from approvals.models import ApprovalDecision, ApprovalRequest, Status
 
 # Close codes (4000-4999 are the application's): not logged in / no longer a reviewer.
 CLOSE_UNAUTHENTICATED = 4401
@@ -164,7 +164,8 @@ class ApprovalInboxConsumer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
         """What this person is sent about request ``request_id``; None: close the socket.
 
         Three queries: the person (still a logged-in reviewer), the request if they review
-        it with their count of requests awaiting them, and its decisions.
+        it with their count of requests awaiting them, and its decisions (none to read for
+        the event of a request just created).
         """
         user = self._user()
         if user is None:
@@ -177,7 +178,9 @@ class ApprovalInboxConsumer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
         if req is None:
             # Not theirs: say nothing at all, not even that something changed.
             return []
-        _prefetch_decisions(req)
+        # A request just created has no decisions: one query less before its card goes
+        # out (a decision made meanwhile publishes a change, and its card, of its own).
+        _prefetch_decisions(req, none=created and req.status == Status.PENDING)
         notify = None
         decide = req.may_decide(user)
         can_decide = decide[0]
@@ -192,12 +195,12 @@ class ApprovalInboxConsumer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
         return [card.json(), count.json()]
 
 
-def _prefetch_decisions(req: ApprovalRequest) -> None:
+def _prefetch_decisions(req: ApprovalRequest, *, none: bool = False) -> None:
     """``req.decisions.all()`` read in one query and kept, as ``prefetch_related`` would:
     Django's prefetching of a raw query's rows cost more CPU than the other two queries of
-    an event together."""
+    an event together. ``none``: the request has none yet (no query)."""
     decisions = req.decisions.all()
-    decisions._result_cache = list(ApprovalDecision.objects.filter(request_id=req.pk))
+    decisions._result_cache = [] if none else list(ApprovalDecision.objects.filter(request_id=req.pk))
     decisions._prefetch_done = True
     req._prefetched_objects_cache = {"decisions": decisions}
 

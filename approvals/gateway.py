@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import threading
 import weakref
@@ -40,7 +41,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import close_old_connections, connections
-from django.db.models import Q
+from django.db.models import Exists, Q
 from django.utils import timezone
 
 from approvals import actions
@@ -170,12 +171,22 @@ def open_request(
     mask = mask_text or (lambda text: text)
     pretty = _pretty(request.statement, request.protocol)
     masked_params = [None if value is None else mask(value) for value in request.params]
-    agent = (
-        Agent.objects.select_related("on_behalf_of", "owner").filter(pk=agent_id).first()
-        if agent_id
-        else None
-    )
-    connection = Connection.objects.filter(pk=connection_id).first() if connection_id else None
+    connection: Connection | None = None
+    if agent_id:
+        # The agent, the people on its side, and whether the connection still exists: one
+        # query (each round trip is a measurable part of the time to the reviewers' card).
+        agent = (
+            Agent.objects.select_related("on_behalf_of", "owner")
+            .filter(pk=agent_id)
+            .annotate(airlock_connection=Exists(Connection.objects.filter(pk=connection_id or 0)))
+            .first()
+        )
+        if agent is not None and connection_id and agent.airlock_connection:
+            connection = Connection(pk=connection_id)  # only its key is used below
+    else:
+        agent = None
+    if connection is None and connection_id and agent is None:
+        connection = Connection.objects.filter(pk=connection_id).first()
     classification = _strip_texts(decision.classification)
     estimated = estimate and connection is not None and wants_estimate(request.protocol, classification)
     req = actions.do_create_request(
@@ -253,6 +264,14 @@ def find_preapproved(
         if actions.do_use_grant(actor, pk, now=now):
             return Review(Decision(action=Action.ALLOW), pk, granted=True)
     return None
+
+
+def _preapproved_or_open(
+    preapproved: Callable[[], Review | None], opening: Callable[..., Held]
+) -> Review | Held:
+    """``preapproved()`` (a grant or an approval not run yet), else a new request that the
+    agent waits for (``opening``)."""
+    return preapproved() or opening(agent_waits=True)
 
 
 def find_pending(*, agent_id: int | None, connection_id: int | None, binding: str) -> Held | None:
@@ -717,39 +736,44 @@ class ReviewGate:
     ) -> Review:
         """The final decision (allow or deny) for a statement ``decision`` holds for review."""
         binding = _binding_of(request)
-        pre = await _db(find_preapproved)(
+        preapproved = functools.partial(
+            find_preapproved,
             agent_id=self.agent_id,
             connection_id=self.connection_id,
             binding=binding,
             actor=request.agent,
             session_id=self.session_id,
         )
-        if pre is not None:
-            how = "a grant of" if pre.granted else "approved"
-            return replace(
-                pre, decision=self._final(decision, Action.ALLOW, f"{how} approval request {pre.request_id}")
-            )
-        agent_waits = self.waits_for(decision)
-        if not agent_waits:
-            existing = await _db(find_pending)(
-                agent_id=self.agent_id, connection_id=self.connection_id, binding=binding
-            )
-            if existing is not None:
-                return Review(self._final(decision, Action.DENY, _deferred_message(existing)), existing.id)
-        creating = asyncio.ensure_future(
-            _db(open_request)(
-                decision,
-                request,
-                agent_id=self.agent_id,
-                connection_id=self.connection_id,
-                session_id=self.session_id,
-                agent_waits=agent_waits,
-                mask_text=self.mask_text,
-                estimate=self.estimate,
-            )
+        opening = functools.partial(
+            open_request,
+            decision,
+            request,
+            agent_id=self.agent_id,
+            connection_id=self.connection_id,
+            session_id=self.session_id,
+            mask_text=self.mask_text,
+            estimate=self.estimate,
         )
+        agent_waits = self.waits_for(decision)
+        if agent_waits:
+            # What already lets it run, else a new request: one call on a database thread
+            # (a thread hop less before the reviewers' card is published).
+            creating = asyncio.ensure_future(_db(_preapproved_or_open)(preapproved, opening))
+        else:
+            pre = await _db(preapproved)()
+            if pre is None:
+                existing = await _db(find_pending)(
+                    agent_id=self.agent_id, connection_id=self.connection_id, binding=binding
+                )
+                if existing is not None:
+                    return Review(
+                        self._final(decision, Action.DENY, _deferred_message(existing)), existing.id
+                    )
+                creating = asyncio.ensure_future(_db(opening)(agent_waits=False))
+            else:
+                creating = asyncio.ensure_future(asyncio.sleep(0, pre))
         try:
-            held = await asyncio.shield(creating)
+            found = await asyncio.shield(creating)
         except actions.NoEligibleReviewers as exc:
             return Review(self._final(decision, Action.DENY, str(exc)))
         except asyncio.CancelledError:
@@ -757,8 +781,16 @@ class ReviewGate:
             # cancel it, so that a client gone during creation leaves no pending request.
             with contextlib.suppress(Exception):
                 created = await creating
-                await _db(cancel)(created.id, "the agent disconnected or cancelled the statement")
+                if isinstance(created, Held):
+                    await _db(cancel)(created.id, "the agent disconnected or cancelled the statement")
             raise
+        if isinstance(found, Review):
+            how = "a grant of" if found.granted else "approved"
+            return replace(
+                found,
+                decision=self._final(decision, Action.ALLOW, f"{how} approval request {found.request_id}"),
+            )
+        held = found
         if notice is not None:
             notice(f"waiting for approval {held.id}: {held.url}")
         if not held.agent_waits:

@@ -543,3 +543,39 @@ async def test_a_cancelled_waiter_stops_even_when_the_channel_layer_turns_the_ca
     listener.task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await asyncio.wait_for(listener.task, LIMIT)
+
+
+def test_a_request_is_opened_in_seven_statements(world, monkeypatch, django_assert_num_queries):
+    # The agent with the people on its side and whether the connection exists; the
+    # reviewer groups with how many may approve; the request, its groups, its audit record;
+    # the savepoint around them and its release. One more is a regression to explain.
+    from approvals import tasks
+
+    # The notifications' own work (run at once in tests) is not counted here.
+    monkeypatch.setattr(tasks.notify_reviewers, "delay", lambda *args: None)
+    monkeypatch.setattr(tasks.expire_request, "apply_async", lambda *args, **kwargs: None)
+    with django_assert_num_queries(7):
+        held = gateway.open_request(
+            review_decision(),
+            statement_request(DELETE, ("42",)),
+            agent_id=world.agent.pk,
+            connection_id=world.connection.pk,
+            estimate=False,
+        )
+    req = ApprovalRequest.objects.get(pk=held.id)
+    assert req.connection_id == world.connection.pk and req.agent_id == world.agent.pk
+    assert list(req.reviewer_groups.values_list("name", flat=True)) == ["dba"]
+
+
+def test_a_request_on_a_connection_deleted_meanwhile_is_opened_without_it(world):
+    connection_id = world.connection.pk
+    world.connection.delete()
+    held = gateway.open_request(
+        review_decision(),
+        statement_request(DELETE, ("42",)),
+        agent_id=world.agent.pk,
+        connection_id=connection_id,
+        estimate=False,
+    )
+    req = ApprovalRequest.objects.get(pk=held.id)
+    assert req.connection_id is None and req.connection_name == "shop"
