@@ -62,6 +62,10 @@ FLUSH_AT = 500  # events waiting that trigger a write before the flush interval 
 INSERT_ROWS = 500  # rows per INSERT where COPY is not available: 3,500 parameters (SQLite's limit is 32,766)
 MAX_QUEUED = 100_000  # events waiting per recorder before appends are dropped
 WRITER_THREADS = 8  # at most, per process; each holds a database connection
+# The signing key's id is the first job a new writer process runs, so its wait includes
+# that process starting (an interpreter and Django: seconds on a loaded machine): it is
+# bounded by this, or by RECORDING_PERSIST_TIMEOUT when that is longer.
+KEY_LOAD_SECONDS = 15.0
 _KINDS = frozenset(Event.Kind.values)
 _STATUSES = frozenset(Session.Status.values) - {Session.Status.LIVE}
 
@@ -632,7 +636,7 @@ class SessionRecorder:
         )
         first = self._queue[0]
         try:
-            key_id = await asyncio.wait_for(_submit(_load_key_id), self._timeout)
+            key_id = await asyncio.wait_for(_submit(_load_key_id), max(self._timeout, KEY_LOAD_SECONDS))
         except Exception as exc:
             # Without the key no recording could ever be sealed: a configuration error.
             raise RecordingUnavailable(f"recording signing key unavailable: {_describe(exc)}") from None
