@@ -171,21 +171,21 @@ def open_request(
     mask = mask_text or (lambda text: text)
     pretty = _pretty(request.statement, request.protocol)
     masked_params = [None if value is None else mask(value) for value in request.params]
+    # The agent, the people on its side, and whether the connection still exists: one
+    # query (each round trip is a measurable part of the time to the reviewers' card).
+    agent = (
+        Agent.objects.select_related("on_behalf_of", "owner")
+        .filter(pk=agent_id)
+        .annotate(airlock_connection=Exists(Connection.objects.filter(pk=connection_id or 0)))
+        .first()
+        if agent_id
+        else None
+    )
     connection: Connection | None = None
-    if agent_id:
-        # The agent, the people on its side, and whether the connection still exists: one
-        # query (each round trip is a measurable part of the time to the reviewers' card).
-        agent = (
-            Agent.objects.select_related("on_behalf_of", "owner")
-            .filter(pk=agent_id)
-            .annotate(airlock_connection=Exists(Connection.objects.filter(pk=connection_id or 0)))
-            .first()
-        )
-        if agent is not None and connection_id and agent.airlock_connection:
+    if agent is not None:
+        if connection_id and agent.airlock_connection:
             connection = Connection(pk=connection_id)  # only its key is used below
-    else:
-        agent = None
-    if connection is None and connection_id and agent is None:
+    elif connection_id:
         connection = Connection.objects.filter(pk=connection_id).first()
     classification = _strip_texts(decision.classification)
     estimated = estimate and connection is not None and wants_estimate(request.protocol, classification)
@@ -731,6 +731,13 @@ class ReviewGate:
     def _final(decision: Decision, action: Action, message: str) -> Decision:
         return replace(decision, action=action, message=message)
 
+    def _allowed(self, pre: Review, decision: Decision) -> Review:
+        """The statement runs under ``pre``: an approval not run yet, or a grant."""
+        how = "a grant of" if pre.granted else "approved"
+        return replace(
+            pre, decision=self._final(decision, Action.ALLOW, f"{how} approval request {pre.request_id}")
+        )
+
     async def review(
         self, request: Request, decision: Decision, *, notice: Callable[[str], Any] | None = None
     ) -> Review:
@@ -754,24 +761,20 @@ class ReviewGate:
             mask_text=self.mask_text,
             estimate=self.estimate,
         )
-        agent_waits = self.waits_for(decision)
-        if agent_waits:
+        if self.waits_for(decision):
             # What already lets it run, else a new request: one call on a database thread
             # (a thread hop less before the reviewers' card is published).
             creating = asyncio.ensure_future(_db(_preapproved_or_open)(preapproved, opening))
         else:
             pre = await _db(preapproved)()
-            if pre is None:
-                existing = await _db(find_pending)(
-                    agent_id=self.agent_id, connection_id=self.connection_id, binding=binding
-                )
-                if existing is not None:
-                    return Review(
-                        self._final(decision, Action.DENY, _deferred_message(existing)), existing.id
-                    )
-                creating = asyncio.ensure_future(_db(opening)(agent_waits=False))
-            else:
-                creating = asyncio.ensure_future(asyncio.sleep(0, pre))
+            if pre is not None:
+                return self._allowed(pre, decision)
+            existing = await _db(find_pending)(
+                agent_id=self.agent_id, connection_id=self.connection_id, binding=binding
+            )
+            if existing is not None:
+                return Review(self._final(decision, Action.DENY, _deferred_message(existing)), existing.id)
+            creating = asyncio.ensure_future(_db(opening)(agent_waits=False))
         try:
             found = await asyncio.shield(creating)
         except actions.NoEligibleReviewers as exc:
@@ -785,11 +788,7 @@ class ReviewGate:
                     await _db(cancel)(created.id, "the agent disconnected or cancelled the statement")
             raise
         if isinstance(found, Review):
-            how = "a grant of" if found.granted else "approved"
-            return replace(
-                found,
-                decision=self._final(decision, Action.ALLOW, f"{how} approval request {found.request_id}"),
-            )
+            return self._allowed(found, decision)
         held = found
         if notice is not None:
             notice(f"waiting for approval {held.id}: {held.url}")

@@ -20,7 +20,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-from django.db import connection, transaction
+from django.db import connection
 from django.db.models import BooleanField, Exists, OuterRef, Q, QuerySet
 from django.db.models.expressions import RawSQL
 
@@ -82,12 +82,11 @@ def add_batch_words(session_id: object, words: str) -> None:
         )
 
 
-def merge_session_words(session_id: object, timeout: float) -> bool:
+def merge_session_words(session_id: object) -> bool:
     """Fold a sealed session's search rows into its document and delete them (PostgreSQL
-    only; in a transaction of its own). False when the words are too many for one
-    document: the rows stay, and are searched as they are."""
-    with transaction.atomic(), connection.cursor() as cursor:
-        cursor.execute("SELECT set_config('statement_timeout', %s, true)", [f"{int(timeout * 1000)}ms"])
+    only). False when the words are too many for one document: the rows stay, and are
+    searched as they are."""
+    with connection.cursor() as cursor:
         cursor.execute("SELECT recordings_search_merge(%s)", [session_id])
         return bool(cursor.fetchone()[0])
 
@@ -105,8 +104,8 @@ def search_sessions(sessions: QuerySet, text: str) -> QuerySet:  # type: ignore[
             return sessions
         from recordings.models import SearchWords
 
+        prefixes = [_prefix(w) for w in words]
         # Sessions not merged yet (live, or too wordy): each word in one of their rows.
-        matched = " & ".join(_prefix(w) for w in words)
         having = " AND ".join(["bool_or(words @@ to_tsquery('simple', %s))"] * len(words))
         table = connection.ops.quote_name(SearchWords._meta.db_table)
         with connection.cursor() as cursor:
@@ -114,13 +113,15 @@ def search_sessions(sessions: QuerySet, text: str) -> QuerySet:  # type: ignore[
                 # Only constant SQL is formatted in; the words are bound parameters.
                 f"SELECT session_id FROM {table} WHERE words @@ to_tsquery('simple', %s)"  # noqa: S608
                 f" GROUP BY session_id HAVING {having}",
-                [" | ".join(_prefix(w) for w in words), *[_prefix(w) for w in words]],
+                [" | ".join(prefixes), *prefixes],
             )
             unmerged = [row[0] for row in cursor.fetchall()]
         table = connection.ops.quote_name(sessions.model._meta.db_table)
         # Sealed sessions: their one document holds every word.
         in_document = RawSQL(  # noqa: S611 - constant SQL, the query is a bound parameter
-            f"{table}.search_vector @@ to_tsquery('simple', %s)", [matched], output_field=BooleanField()
+            f"{table}.search_vector @@ to_tsquery('simple', %s)",
+            [" & ".join(prefixes)],
+            output_field=BooleanField(),
         )
         return sessions.filter(Q(in_document) | Q(pk__in=unmerged))
     from recordings.models import Event

@@ -472,12 +472,8 @@ def _persist(
     chain really ends, and the batch is chained from there.
     """
     with transaction.atomic():
-        if connection.vendor == "postgresql":
-            with connection.cursor() as cursor:
-                # Frees this thread when a lock holds the write longer than a recorder waits.
-                cursor.execute(
-                    "SELECT set_config('statement_timeout', %s, true)", [f"{int(timeout * 1000)}ms"]
-                )
+        # Frees this thread when a lock holds the write longer than a recorder waits.
+        _limit_statements(timeout)
         if uncertain or create is not None:
             committed = _committed_state(session_id)
             if committed is None:
@@ -515,11 +511,7 @@ def _finalise(
     private_key = keys.signing_key()
     signature = chain.seal(private_key, session_id, state.last_hash, state.seq)
     with transaction.atomic():
-        if connection.vendor == "postgresql":
-            with connection.cursor() as cursor:
-                cursor.execute(
-                    "SELECT set_config('statement_timeout', %s, true)", [f"{int(timeout * 1000)}ms"]
-                )
+        _limit_statements(timeout)
         Session.objects.filter(pk=session_id).update(
             status=status,
             ended_at=ended_at,
@@ -535,9 +527,18 @@ def _finalise(
         # After the seal, in a transaction of its own: an index's housekeeping never puts
         # the seal at risk. Best effort: unmerged words are searched all the same.
         try:
-            search.merge_session_words(session_id, timeout)
+            with transaction.atomic():
+                _limit_statements(timeout)
+                search.merge_session_words(session_id)
         except Exception as exc:
             log.warning("session %s: search words not merged: %s", session_id, _describe(exc))
+
+
+def _limit_statements(timeout: float) -> None:
+    """Bound each statement of the current transaction by ``timeout`` (PostgreSQL)."""
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT set_config('statement_timeout', %s, true)", [f"{int(timeout * 1000)}ms"])
 
 
 def _load_key_id() -> str:

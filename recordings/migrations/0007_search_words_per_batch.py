@@ -14,7 +14,8 @@ import django.contrib.postgres.search
 import django.db.models.deletion
 from django.db import migrations, models
 
-# The function that folded a batch into the session's document (kept for the way back).
+# The function that folded a batch into the session's document (kept for the way back),
+# and the helper that runs SQL on PostgreSQL only.
 _BEFORE = importlib.import_module("recordings.migrations.0003_replay_search")
 
 POSTGRES_FORWARD = [
@@ -86,13 +87,7 @@ POSTGRES_BACKWARD = [
 ]
 
 
-def _on_postgres(statements):
-    def run(apps, schema_editor):
-        if schema_editor.connection.vendor == "postgresql":
-            for sql in statements:
-                schema_editor.execute(sql)
-
-    return run
+_on_postgres = _BEFORE._on_postgres
 
 
 class Migration(migrations.Migration):

@@ -100,7 +100,7 @@ def test_a_session_too_wordy_to_merge_keeps_its_rows_and_is_found():
                 [session.pk, first + " " + " ".join(base36(n) for n in span)],
             )
     assert len(_words(session.pk)) == 2
-    assert merge_session_words(session.pk, 30) is False
+    assert merge_session_words(session.pk) is False
     assert len(_words(session.pk)) == 2 and _document(session.pk) == "None"
     assert [s.pk for s in _found("alpha beta")] == [session.pk]
 
