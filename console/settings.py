@@ -168,9 +168,11 @@ CELERY_BEAT_SCHEDULE: dict[str, dict] = {}
 
 # --- Identity ---------------------------------------------------------------------
 AUTH_USER_MODEL = "identity.User"
+# Django's and allauth's backends, reading a person's roles with the person
+# (identity/backends.py).
 AUTHENTICATION_BACKENDS = [
-    "django.contrib.auth.backends.ModelBackend",
-    "allauth.account.auth_backends.AuthenticationBackend",
+    "identity.backends.ModelBackend",
+    "identity.backends.AuthenticationBackend",
 ]
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},

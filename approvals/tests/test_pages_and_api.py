@@ -58,6 +58,22 @@ def test_decided_requests_are_in_the_history_with_who_when_and_why(world, bob):
     assert 'id="approvals-pending-empty">' in html
 
 
+def test_an_executed_request_says_when_it_ran_and_who_approved_it(world, bob):
+    # The reviewer approved; the agent's statement ran. The card never says the reviewer
+    # executed it.
+    req = make_request(world)
+    actions.do_approve(world.erin, req)
+    assert actions.do_claim("gateway", req)
+    actions.do_mark_executed("gateway", req, result="DELETE 1")
+    req.refresh_from_db()
+    html = _html(_client(bob).get(reverse("approvals:inbox")))
+    outcome = re.search(rf'id="approval-{req.pk}".*?<p class="outcome">(.*?)</p>', html, re.S)
+    assert outcome, html
+    text = re.sub(r"<[^>]+>", "", outcome.group(1))
+    ran, decided = (f"{t:%Y-%m-%d %H:%M:%S} UTC" for t in (req.finished_at, req.decided_at))
+    assert text == f"Executed at {ran} (DELETE 1); approved by erin at {decided}"
+
+
 def test_the_inbox_leaves_out_what_the_person_may_not_decide(world, bob):
     mine = make_request(world)
     html = _html(_client(world.dave).get(reverse("approvals:inbox")))
@@ -254,10 +270,10 @@ def test_an_approval_after_the_deadline_expires_the_request(world, bob):
 @pytest.mark.parametrize(
     ("verb", "body", "status"), [("approve", {}, "approved"), ("reject", {"reason": "no"}, "rejected")]
 )
-def test_deciding_through_the_api_takes_eleven_statements(
+def test_deciding_through_the_api_takes_ten_statements(
     world, bob, verb, body, status, monkeypatch, django_assert_num_queries
 ):
-    # Session, person, roles; the lock (with whether a reviewer group is theirs: the
+    # Session, person with roles; the lock (with whether a reviewer group is theirs: the
     # request is not read before it), the decisions, the new decision, the request, the
     # audit record (in one transaction: two more); the decisions for the answer. Exactly:
     # a statement more is a regression, one fewer a change to look at (and to pin here).
@@ -266,7 +282,7 @@ def test_deciding_through_the_api_takes_eleven_statements(
     monkeypatch.setattr(tasks.notify_decision, "delay", lambda *args: None)  # the broker is not timed here
     req = make_request(world)
     client = _client(bob)
-    with django_assert_num_queries(11):
+    with django_assert_num_queries(10):
         answer, body = _post(client, f"api_{verb}", req.pk, body)
     assert answer == 200 and body["status"] == status and body["decided_by"] == "bob"
     assert [d["reviewer"] for d in body["decisions"]] == ["bob"] and body["can_decide"] is False

@@ -140,3 +140,29 @@ def test_an_outsider_is_refused_the_admin_pages(console_server, page, mallory):
         assert response.status == 403
         expect(page.locator("h1")).to_have_text("Not allowed")
     assert _nav(page) == []
+
+
+def test_the_pages_of_each_role_load_without_a_browser_error(console_server, page, alice, bob, carol):
+    # What a person would see in the developer tools: a failed request (the icon the
+    # browser asks for on its own among them), a script error, a console error.
+    problems: list[str] = []
+    page.on("console", lambda message: problems.append(message.text) if message.type == "error" else None)
+    page.on("pageerror", lambda error: problems.append(str(error)))
+    page.on("requestfailed", lambda request: problems.append(f"failed: {request.url}"))
+    pages = {
+        "alice": ["/", "/connections/", "/agents/", "/people/", "/groups/", "/policies/", "/audit/", "/recordings/"],
+        "bob": ["/", "/approvals/", "/account/tokens/"],
+        "carol": ["/", "/recordings/", "/audit/"],
+    }
+    page.goto(console_server + "/accounts/login/")
+    page.wait_for_load_state("networkidle")
+    for person, paths in pages.items():
+        login(page, console_server, person)
+        expect(page.locator("h1")).to_have_text("Dashboard")
+        for path in paths:
+            response = page.goto(console_server + path)
+            assert response is not None and response.status == 200, path
+            page.wait_for_load_state("networkidle")
+        page.get_by_role("button", name="Log out").click()
+        expect(page).to_have_url(re.compile(r"/accounts/login/$"))
+    assert problems == []

@@ -34,3 +34,36 @@ def test_a_role_given_or_taken_shows_at_the_next_read(bob, role_groups):
     bob.groups.remove(role_groups["reviewer"])
     bob.groups.add(role_groups["auditor"])
     assert with_roles(User.objects.filter(pk=bob.pk)).get().role_names() == {"auditor"}
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    "path", ["identity.backends.ModelBackend", "identity.backends.AuthenticationBackend"]
+)
+def test_a_logged_in_person_is_read_with_their_roles_in_one_statement(
+    path, bob, role_groups, django_assert_num_queries
+):
+    from django.contrib.auth import load_backend
+
+    backend = load_backend(path)
+    with django_assert_num_queries(1):
+        person = backend.get_user(bob.pk)
+        assert person is not None and person.role_names() == {"reviewer"} and person.has_role("reviewer")
+    bob.is_active = False
+    bob.save(update_fields=["is_active"])
+    assert backend.get_user(bob.pk) is None
+    assert backend.get_user(10**9) is None
+
+
+@pytest.mark.django_db
+def test_a_session_request_reads_session_and_person_in_two_statements(bob, client):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    client.force_login(bob)
+    with CaptureQueriesContext(connection) as seen:
+        answer = client.get("/api/approvals/?status=pending")
+    assert answer.status_code == 200
+    # The session, then the person with their roles; what follows is the view's own.
+    assert "django_session" in seen.captured_queries[0]["sql"]
+    assert "airlock_holds_reviewer" in seen.captured_queries[1]["sql"]
