@@ -178,7 +178,7 @@ def test_the_claim_writes_the_audit_record_that_record_would(world, bob, monkeyp
 
     if one_statement and connection.vendor != "postgresql":
         pytest.skip("the one-statement claim is PostgreSQL's (a data-modifying WITH)")
-    monkeypatch.setattr(actions, "_claims_in_one_statement", lambda: one_statement)
+    monkeypatch.setattr(actions, "_writes_in_one_statement", lambda: one_statement)
     req = _in_state(world, bob, Status.APPROVED)
     before = AuditRecord.objects.count()
     claimed = actions.do_claim_and_read(world.agent, req.pk, session_id="5e2c")
@@ -384,3 +384,85 @@ def test_inactive_people_do_not_count_as_reviewers(world, bob):
     with pytest.raises(actions.NoEligibleReviewers):
         make_request(world, decision=review_decision(reviewers=("night-shift",)))
     assert group.user_set.count() == 1
+
+
+def _decision_rows(req: ApprovalRequest) -> dict[str, object]:
+    """What a decision left in the database, without its ids and clocks."""
+    req.refresh_from_db()
+    records = AuditRecord.objects.filter(
+        target_type="approvals.approvalrequest", target_id=str(req.pk)
+    ).order_by("at", "id")
+
+    def snapshot(value: dict[str, object] | None) -> dict[str, object] | None:
+        # The request's own deadline (each request has its own) stands as a marker.
+        if value and value.get("expires_at") == req.expires_at.isoformat():
+            return {**value, "expires_at": "<the request's>"}
+        return value
+
+    return {
+        "request": (req.status, req.decided_by_name, req.reason, req.claim_by is not None, req.grant_until),
+        "decisions": list(req.decisions.values_list("reviewer_name", "verdict", "comment", "grant_minutes")),
+        "audit": [
+            (r.action, r.actor_kind, r.actor, r.actor_user_id, r.target_type, r.target_repr)
+            + (snapshot(r.before), snapshot(r.after), r.detail)
+            for r in records
+        ],
+    }
+
+
+@pytest.mark.parametrize("case", ["approve", "approve-partly", "reject", "quorum-with-grants"])
+def test_a_decision_written_in_one_statement_writes_what_the_locked_transaction_does(
+    world, bob, monkeypatch, case
+):
+    # On PostgreSQL a decision is first written in one statement (the decision, the
+    # request's update, the audit record); the locked transaction is its fallback and
+    # SQLite's way. Both must leave the same rows.
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        pytest.skip("the one-statement decision is PostgreSQL's (a data-modifying WITH)")
+    erin = world.erin
+    found = {}
+    for one_statement in (True, False):
+        monkeypatch.setattr(actions, "_writes_in_one_statement", lambda one=one_statement: one)
+        approvals = 2 if case in ("approve-partly", "quorum-with-grants") else 1
+        req = make_request(world, decision=review_decision(approvals=approvals))
+        if case == "reject":
+            decided = actions.do_reject(bob, req.pk, reason="not during the freeze")
+        elif case == "quorum-with-grants":
+            actions.do_approve(bob, req.pk, comment="ok", grant_minutes=30)
+            decided = actions.do_approve(erin, req.pk, grant_minutes=10)
+        else:
+            decided = actions.do_approve(bob, req.pk, comment="looks right")
+        # The returned request is the decided one, its decisions read afresh.
+        assert decided.pk == req.pk and decided.status == req.__class__.objects.get(pk=req.pk).status
+        assert len(decided.decisions.all()) == (2 if case == "quorum-with-grants" else 1)
+        rows = _decision_rows(req)
+        rows["audit"] = [
+            (*r[:5], r[5].replace(f"request {req.pk} ", "request N "), *r[6:]) for r in rows["audit"]
+        ]
+        grant_until = rows["request"][4]
+        rows["request"] = (
+            *rows["request"][:4],
+            None if grant_until is None else round((grant_until - req.created_at).total_seconds() / 60),
+        )
+        found[one_statement] = rows
+    assert found[True] == found[False]
+    expected_status = {"approve": "approved", "approve-partly": "pending", "reject": "rejected"}.get(
+        case, "approved"
+    )
+    assert found[True]["request"][0] == expected_status
+    if case == "quorum-with-grants":
+        assert found[True]["request"][4] == 10  # the shortest grant asked for
+
+
+def test_a_second_decision_by_the_same_reviewer_in_one_statement_is_refused_by_the_constraint(
+    world, bob, monkeypatch
+):
+    # may_decide refuses a reviewer who already decided; the unique constraint stands
+    # behind it when the decisions read are stale (here: not read at all).
+    req = make_request(world, decision=review_decision(approvals=2))
+    actions.do_approve(bob, req.pk)
+    monkeypatch.setattr(ApprovalRequest, "may_decide", lambda self, user: (True, ""))
+    with pytest.raises(actions.NotAllowed, match="already decided"):
+        actions.do_approve(bob, req.pk)

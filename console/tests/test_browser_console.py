@@ -150,7 +150,16 @@ def test_the_pages_of_each_role_load_without_a_browser_error(console_server, pag
     page.on("pageerror", lambda error: problems.append(str(error)))
     page.on("requestfailed", lambda request: problems.append(f"failed: {request.url}"))
     pages = {
-        "alice": ["/", "/connections/", "/agents/", "/people/", "/groups/", "/policies/", "/audit/", "/recordings/"],
+        "alice": [
+            "/",
+            "/connections/",
+            "/agents/",
+            "/people/",
+            "/groups/",
+            "/policies/",
+            "/audit/",
+            "/recordings/",
+        ],
         "bob": ["/", "/approvals/", "/account/tokens/"],
         "carol": ["/", "/recordings/", "/audit/"],
     }
