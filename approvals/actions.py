@@ -456,7 +456,8 @@ def _read_to_decide(request: RequestRef, user: Any) -> ApprovalRequest:
     try:
         return (
             ApprovalRequest.objects.with_reviewer_check(user)
-            .annotate(row_version=RawSQL("xmin::text", ()))
+            # The table name from the model's metadata, quoted: no value in the SQL.
+            .annotate(row_version=RawSQL(f"{_sql_names(ApprovalRequest)[0]}.xmin::text", ()))  # noqa: S611
             .prefetch_related("decisions")
             .get(pk=_pk(request))
         )

@@ -201,7 +201,9 @@ class Event(models.Model):
         DROPPED = "dropped"
         SESSION_END = "session_end"
 
-    session = models.ForeignKey(Session, on_delete=models.CASCADE, related_name="events")
+    # No index of its own: the unique (session, seq) index serves every lookup by session,
+    # and a second one would cost every recorded event one more index insertion.
+    session = models.ForeignKey(Session, on_delete=models.CASCADE, related_name="events", db_index=False)
     seq = models.PositiveIntegerField()
     at = models.DateTimeField()
     offset_ms = models.FloatField(help_text="Milliseconds since the session started.")
