@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -74,26 +75,27 @@ def _pk(request: RequestRef) -> int:
     return request.pk if isinstance(request, ApprovalRequest) else int(request)
 
 
-def _lock(request: RequestRef) -> ApprovalRequest:
+def _get(requests: QuerySet[ApprovalRequest], request: RequestRef) -> ApprovalRequest:
     try:
-        return ApprovalRequest.objects.select_for_update().get(pk=_pk(request))
+        return requests.get(pk=_pk(request))
     except ApprovalRequest.DoesNotExist:
         raise ApprovalError(f"approval request {_pk(request)} does not exist") from None
+
+
+def _lock(request: RequestRef) -> ApprovalRequest:
+    return _get(ApprovalRequest.objects.select_for_update(), request)
+
+
+def _to_decide(user: Any) -> QuerySet[ApprovalRequest]:
+    """Requests read with what ``may_decide(user)`` asks: whether a reviewer group is
+    theirs, the decisions so far."""
+    return ApprovalRequest.objects.with_reviewer_check(user).prefetch_related("decisions")
 
 
 def _lock_to_decide(request: RequestRef, user: Any) -> ApprovalRequest:
-    """Lock the request for ``user``'s decision, read with what ``may_decide(user)`` asks
-    (whether a reviewer group is theirs, the decisions so far). Under the row lock the
+    """Lock the request for ``user``'s decision (``_to_decide``). Under the row lock the
     decisions read are all there are: every decision is made holding it."""
-    try:
-        return (
-            ApprovalRequest.objects.select_for_update()
-            .with_reviewer_check(user)
-            .prefetch_related("decisions")
-            .get(pk=_pk(request))
-        )
-    except ApprovalRequest.DoesNotExist:
-        raise ApprovalError(f"approval request {_pk(request)} does not exist") from None
+    return _get(_to_decide(user).select_for_update(), request)
 
 
 def _check(req: ApprovalRequest, to: str) -> None:
@@ -306,15 +308,22 @@ def _decide_checks(req: ApprovalRequest, user: Any, now: datetime) -> None:
         raise NotAllowed(why)
 
 
+@contextmanager
+def _one_decision_per_reviewer() -> Iterator[None]:
+    """A decision written inside is refused (NotAllowed) when the reviewer has one already:
+    the unique constraint stands behind may_decide's check of the decisions read."""
+    try:
+        yield
+    except IntegrityError:
+        raise NotAllowed("you have already decided this request") from None
+
+
 def _add_decision(decision: ApprovalDecision) -> None:
     """Save a planned decision (its request locked by ``_lock_to_decide``)."""
-    try:
-        # No savepoint: a failure here fails the whole action, whose transaction (or
-        # savepoint, when nested) is rolled back as the exception leaves it.
+    # No savepoint: a failure here fails the whole action, whose transaction (or
+    # savepoint, when nested) is rolled back as the exception leaves it.
+    with _one_decision_per_reviewer():
         decision.save(force_insert=True)
-    except IntegrityError:
-        # The unique constraint stands behind may_decide's check of the decisions read.
-        raise NotAllowed("you have already decided this request") from None
 
 
 def do_approve(
@@ -382,10 +391,7 @@ def _plan_decision(
     )  # fmt: skip
     if verdict == ApprovalDecision.Verdict.REJECT:
         _check(req, Status.REJECTED)
-        req.status = Status.REJECTED
-        req.decided_at = now
-        req.decided_by = user
-        req.decided_by_name = user.get_username()
+        _set_decided(req, Status.REJECTED, user, now)
         req.reason = text
         fields = ["status", "decided_at", "decided_by", "decided_by_name", "reason"]
         return _Decision(
@@ -400,16 +406,20 @@ def _plan_decision(
         )
     _check(req, Status.APPROVED)
     grants = [a.grant_minutes for a in approvals]
-    req.status = Status.APPROVED
-    req.decided_at = now
-    req.decided_by = user
-    req.decided_by_name = user.get_username()
+    _set_decided(req, Status.APPROVED, user, now)
     req.claim_by = now + timedelta(seconds=settings.APPROVALS_CLAIM_SECONDS)
     if all(grants):
         req.grant_until = now + timedelta(minutes=min(g for g in grants if g))
     fields = ["status", "decided_at", "decided_by", "decided_by_name", "claim_by", "grant_until"]
     detail = {"comment": text, "approvers": [a.reviewer_name for a in approvals]}
     return _Decision(decision, fields, "approval.approved", before, req.audit_snapshot(), detail, True)
+
+
+def _set_decided(req: ApprovalRequest, status: str, user: Any, now: datetime) -> None:
+    req.status = status
+    req.decided_at = now
+    req.decided_by = user
+    req.decided_by_name = user.get_username()
 
 
 def _decide(user: Any, request: RequestRef, verdict: str, text: str, grant: int | None) -> ApprovalRequest:
@@ -451,18 +461,11 @@ def _decided(req: ApprovalRequest, plan: _Decision) -> None:
 
 
 def _read_to_decide(request: RequestRef, user: Any) -> ApprovalRequest:
-    """The request, unlocked, with its row version (``xmin``), the reviewer check and its
-    decisions (two statements)."""
-    try:
-        return (
-            ApprovalRequest.objects.with_reviewer_check(user)
-            # The table name from the model's metadata, quoted: no value in the SQL.
-            .annotate(row_version=RawSQL(f"{_sql_names(ApprovalRequest)[0]}.xmin::text", ()))  # noqa: S611
-            .prefetch_related("decisions")
-            .get(pk=_pk(request))
-        )
-    except ApprovalRequest.DoesNotExist:
-        raise ApprovalError(f"approval request {_pk(request)} does not exist") from None
+    """The request, unlocked, with its row version (``xmin``) and what ``_to_decide``
+    reads (two statements)."""
+    # The table name from the model's metadata, quoted: no value in the SQL.
+    version = RawSQL(f"{_sql_names(ApprovalRequest)[0]}.xmin::text", ())  # noqa: S611
+    return _get(_to_decide(user).annotate(row_version=version), request)
 
 
 def _write_unless_changed(req: ApprovalRequest, user: Any, plan: _Decision) -> bool:
@@ -471,7 +474,7 @@ def _write_unless_changed(req: ApprovalRequest, user: Any, plan: _Decision) -> b
     A second decision by the same reviewer fails on the unique constraint (NotAllowed)."""
     from django.db import connections
 
-    from audit.actions import actor_fields, forward_after_commit
+    from audit.actions import forward_after_commit
     from audit.models import AuditRecord
 
     table, column = _sql_names(ApprovalRequest)
@@ -485,18 +488,13 @@ def _write_unless_changed(req: ApprovalRequest, user: Any, plan: _Decision) -> b
         values.append(field.get_db_prep_save(getattr(req, field.attname), connection))
     decision = plan.decision
     decision_names = ["request", "reviewer", "reviewer_name", "verdict", "comment", "grant_minutes", "at"]
-    who = actor_fields(user)
-    actor_user = who.get("actor_user")
-    audit_names = [
-        "at", "actor_kind", "actor", "actor_user", "action", "target_type", "target_id",
-        "target_repr", "before", "after", "detail", "source_address",
-    ]  # fmt: skip
+    actor_kind, actor, actor_user = _audit_actor(user)
     sql = (
         f"WITH u AS (UPDATE {table} SET {', '.join(sets)} "  # noqa: S608 - names from the models' metadata
         f"WHERE {column('id')} = %s AND xmin::text = %s AND {column('status')} = %s RETURNING {column('id')}), "
         f"d AS (INSERT INTO {decision_table} ({', '.join(decision_column(n) for n in decision_names)}) "
         f"SELECT u.{column('id')}, %s, %s, %s, %s, %s, %s FROM u RETURNING {decision_column('id')}), "
-        f"a AS (INSERT INTO {audit_table} ({', '.join(audit_column(n) for n in audit_names)}) "
+        f"a AS (INSERT INTO {audit_table} ({', '.join(audit_column(n) for n in _AUDIT_COLUMNS)}) "
         "SELECT %s, %s, %s, %s, %s, %s, %s, %s, %s::jsonb, %s::jsonb, %s::jsonb, '' FROM u "
         f"RETURNING {audit_column('id')}) "
         f"SELECT d.{decision_column('id')}, a.{audit_column('id')} FROM d, a"
@@ -504,17 +502,13 @@ def _write_unless_changed(req: ApprovalRequest, user: Any, plan: _Decision) -> b
     params = [
         *values, req.pk, req.row_version, str(Status.PENDING),
         user.pk, decision.reviewer_name, decision.verdict, decision.comment, decision.grant_minutes, decision.at,
-        timezone.now(), str(who["actor_kind"]), who["actor"], actor_user.pk if actor_user is not None else None,
+        timezone.now(), actor_kind, actor, actor_user,
         plan.action, req._meta.label_lower, str(req.pk), str(req)[:255],
         json.dumps(plan.before), json.dumps(plan.after), json.dumps(plan.detail),
     ]  # fmt: skip
-    try:
-        with connection.cursor() as cursor:
-            cursor.execute(sql, params)
-            row = cursor.fetchone()
-    except IntegrityError:
-        # The unique constraint stands behind may_decide's check of the decisions read.
-        raise NotAllowed("you have already decided this request") from None
+    with _one_decision_per_reviewer(), connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        row = cursor.fetchone()
     if row is None:
         return False
     decision.pk = row[0]
@@ -628,17 +622,12 @@ def _claim_and_record(actor: Any, pk: int, now: datetime, detail: dict[str, Any]
     only when the update changed the row) in one statement. The record holds what
     ``audit.actions.record`` would write for the claimed row; ``target_repr`` is the
     request's ``__str__`` spelt in SQL (a test compares the two)."""
-    from audit.actions import actor_fields, forward_after_commit
+    from audit.actions import forward_after_commit
     from audit.models import AuditRecord
 
     table, column = _sql_names(ApprovalRequest)
     audit_table, audit_column = _sql_names(AuditRecord)
-    who = actor_fields(actor)
-    user = who.get("actor_user")
-    names = [
-        "at", "actor_kind", "actor", "actor_user", "action", "target_type", "target_id",
-        "target_repr", "before", "after", "detail", "source_address",
-    ]  # fmt: skip
+    actor_kind, name, user_pk = _audit_actor(actor)
     shown = (
         f"'approval request ' || c.{column('id')} || ' (' || c.{column('agent_name')} || '@' || "
         f"c.{column('connection_name')} || ', ' || c.{column('status')} || ')'"
@@ -646,7 +635,7 @@ def _claim_and_record(actor: Any, pk: int, now: datetime, detail: dict[str, Any]
     sql = (
         f"WITH c AS (UPDATE {table} SET {column('claimed_at')} = %s "  # noqa: S608
         f"WHERE {_claim_condition(column)} RETURNING *), "
-        f"a AS (INSERT INTO {audit_table} ({', '.join(audit_column(n) for n in names)}) "
+        f"a AS (INSERT INTO {audit_table} ({', '.join(audit_column(n) for n in _AUDIT_COLUMNS)}) "
         f"SELECT %s, %s, %s, %s, 'approval.claimed', %s, c.{column('id')}::text, left({shown}, 255), "
         "NULL, NULL, %s::jsonb, '' FROM c "
         f"RETURNING {audit_column('id')}) "
@@ -654,13 +643,30 @@ def _claim_and_record(actor: Any, pk: int, now: datetime, detail: dict[str, Any]
     )
     params = [
         now, pk, str(Status.APPROVED), now,
-        now, str(who["actor_kind"]), who["actor"], user.pk if user is not None else None,
+        now, actor_kind, name, user_pk,
         ApprovalRequest._meta.label_lower, json.dumps(detail),
     ]  # fmt: skip
     req = next(iter(ApprovalRequest.objects.raw(sql, params)), None)
     if req is not None:
         forward_after_commit(req.audit_record_id)
     return req
+
+
+# The columns of an audit record written by a statement of its own (the claim, a
+# decision), in the order their values are given.
+_AUDIT_COLUMNS = (
+    "at", "actor_kind", "actor", "actor_user", "action", "target_type", "target_id",
+    "target_repr", "before", "after", "detail", "source_address",
+)  # fmt: skip
+
+
+def _audit_actor(actor: Any) -> tuple[str, str, int | None]:
+    """The actor columns ``audit.actions.record`` writes for ``actor``: kind, name, person."""
+    from audit.actions import actor_fields
+
+    who = actor_fields(actor)
+    person = who.get("actor_user")
+    return str(who["actor_kind"]), who["actor"], person.pk if person is not None else None
 
 
 def _sql_names(model: Any) -> tuple[str, Callable[[str], str]]:

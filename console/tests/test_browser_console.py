@@ -163,8 +163,6 @@ def test_the_pages_of_each_role_load_without_a_browser_error(console_server, pag
         "bob": ["/", "/approvals/", "/account/tokens/"],
         "carol": ["/", "/recordings/", "/audit/"],
     }
-    page.goto(console_server + "/accounts/login/")
-    page.wait_for_load_state("networkidle")
     for person, paths in pages.items():
         login(page, console_server, person)
         expect(page.locator("h1")).to_have_text("Dashboard")
