@@ -152,6 +152,7 @@ def main() -> int:
     print(f"gateway, 10-row 8-column result per transaction, {ROUNDS} x {DURATION}s, {os.cpu_count()} CPUs")
     print(
         f"{'mode':<9} {'clients':>7} {'off tps':>9} {'on tps':>9} {'on/off':>7} {'off cpu us':>10} {'on cpu us':>10}"
+        f" {'off p50/p99 ms':>15} {'on p50/p99 ms':>15}"
     )
     both = set(TARGETS) >= {"plain", "masked"}
     worst = 1.0
@@ -164,12 +165,14 @@ def main() -> int:
                 "on/off": f"{on['tps'] / off['tps']:.2f}" if both else "-",
                 "off cpu": f"{off['cpu_us']:.1f}" if "plain" in TARGETS else "-",
                 "on cpu": f"{on['cpu_us']:.1f}" if "masked" in TARGETS else "-",
+                "off lat": f"{off['p50_ms']:.3f}/{off['p99_ms']:.3f}" if "plain" in TARGETS else "-",
+                "on lat": f"{on['p50_ms']:.3f}/{on['p99_ms']:.3f}" if "masked" in TARGETS else "-",
             }
             if both:
                 worst = min(worst, on["tps"] / off["tps"])
             print(
                 f"{mode:<9} {clients:>7} {figures['off tps']:>9} {figures['on tps']:>9} {figures['on/off']:>7}"
-                f" {figures['off cpu']:>10} {figures['on cpu']:>10}"
+                f" {figures['off cpu']:>10} {figures['on cpu']:>10} {figures['off lat']:>15} {figures['on lat']:>15}"
             )
     if not both:
         # A diagnostic run of one target (AIRLOCK_BENCH_MASKING_TARGETS) has no ratio to judge.

@@ -5,6 +5,12 @@ of the agent's groups, else its default binding, else ``settings.AIRLOCK_MASKING
 ``CatalogLookup`` resolves the table OIDs of a RowDescription to names on a second
 upstream connection, opened the first time a result needs it, so that column rules apply
 by a column's identity (which survives ``AS``), never by the name the client sees.
+
+The gateway's policies are compiled by ``engine``: the masking engine's compiled build
+(``masking/policy.py`` with ``scanner.py`` and ``placeholders.py``, ``gateway/native.py``)
+when it was built from the source in use, else ``masking.policy`` itself. Its classes are
+the build's own: code here and in the relay calls their methods and never checks them
+with ``isinstance`` against ``masking``'s.
 """
 
 from __future__ import annotations
@@ -15,15 +21,19 @@ from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 
+import masking.policy
+from gateway import native
 from gateway.postgres import protocol as pg
 from gateway.postgres.upstream import UpstreamError, UpstreamTarget, connect_upstream
-from masking import MaskingPolicy, compile_policy
+from masking import MaskingPolicy
 
 if TYPE_CHECKING:
     from gateway.models import Connection
     from gateway.postgres.link import Link
 
 log = logging.getLogger("airlock.gateway.masking")
+
+engine = native.load(masking.policy)
 
 
 class MaskingUnavailable(Exception):
@@ -42,7 +52,7 @@ def compile_masking(policy_id: int, version: int, spec: dict[str, Any]) -> Maski
     key = (policy_id, version)
     compiled = _compiled.get(key)
     if compiled is None:
-        compiled = compile_policy(spec, hash_key=hash_key())
+        compiled = engine.compile_policy(spec, hash_key=hash_key())
         if len(_compiled) > 512:
             _compiled.clear()
         _compiled[key] = compiled
@@ -74,7 +84,7 @@ def masking_for(connection: Connection, groups: frozenset[str]) -> MaskingPolicy
         if settings.AIRLOCK_MASKING_DEFAULT == "off":
             return None
         if not _builtin:
-            _builtin.append(compile_policy({}))
+            _builtin.append(engine.compile_policy({}))
         return _builtin[0].for_groups(groups)
     except Exception as exc:
         raise MaskingUnavailable(f"the masking policy cannot be compiled: {exc}") from None

@@ -7,6 +7,11 @@ when it exists and its stamp matches the source file of ``pure_module`` as it is
 ``pure_module`` otherwise: an edited source is never shadowed by a stale build, and a
 machine without a C compiler runs the same code interpreted.
 
+Modules of a group (``NATIVE_GROUPS``: the masking engine's three) are compiled together,
+each one's imports of the others pointing at their compiled names, so that the calls
+between them are native calls; each is stamped with the digest of the whole group's
+sources, so an edit to any of them makes every one of them stale.
+
 ``AIRLOCK_NATIVE``: ``auto`` (default) as above; ``off`` always the interpreted modules;
 ``require`` raises ``ImportError`` when a compiled module is missing or stale (the test
 suite runs so, so that it proves the compiled code).
@@ -23,15 +28,41 @@ from types import ModuleType
 
 log = logging.getLogger("airlock.gateway.native")
 
+ROOT = Path(__file__).resolve().parent.parent
+
 # Source module -> the name of its compiled build.
 NATIVE_MODULES = {
     "gateway.postgres.datarows": "_airlock_datarows",
     "gateway.postgres.relay": "_airlock_relay",
+    "masking.placeholders": "_airlock_masking_placeholders",
+    "masking.scanner": "_airlock_masking_scanner",
+    "masking.policy": "_airlock_masking_policy",
 }
+
+# Modules compiled together, in dependency order; every other module is a group of its own.
+NATIVE_GROUPS: tuple[tuple[str, ...], ...] = (("masking.placeholders", "masking.scanner", "masking.policy"),)
+
+
+def group_of(module: str) -> tuple[str, ...]:
+    """The modules compiled together with ``module`` (itself included)."""
+    return next((group for group in NATIVE_GROUPS if module in group), (module,))
+
+
+def source_path(module: str) -> Path:
+    return ROOT / (module.replace(".", "/") + ".py")
 
 
 def source_digest(path: str | Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def group_digest(module: str) -> str:
+    """The stamp of ``module``'s build: the SHA-256 of its group's sources, in order (for a
+    module of its own, ``source_digest`` of its file)."""
+    digest = hashlib.sha256()
+    for member in group_of(module):
+        digest.update(source_path(member).read_bytes())
+    return digest.hexdigest()
 
 
 def load(pure: ModuleType) -> ModuleType:
@@ -48,10 +79,10 @@ def load(pure: ModuleType) -> ModuleType:
     except ImportError as exc:
         problem = f"not built ({exc}); run `make venv` (it needs a C compiler)"
     else:
-        assert pure.__file__ is not None  # noqa: S101 - a source module has a file
-        if getattr(native, "SOURCE_SHA256", None) == source_digest(pure.__file__):
+        if getattr(native, "SOURCE_SHA256", None) == group_digest(pure.__name__):
             return native
-        problem = f"{name} was built from another version of {pure.__file__}; run `make venv` to rebuild it"
+        sources = ", ".join(m.replace(".", "/") + ".py" for m in group_of(pure.__name__))
+        problem = f"{name} was built from another version of {sources}; run `make venv` to rebuild it"
     if mode == "require":
         raise ImportError(
             f"the compiled build of {pure.__name__} is required (AIRLOCK_NATIVE=require): {problem}"

@@ -64,6 +64,11 @@ def _identity_bytes(value: bytes) -> bytes:
     return value
 
 
+# What a scanner calls to turn a secret into its placeholder: a ``Renderer``, or a function
+# wrapping one (``MaskingPolicy.traced_scanner``).
+Render = Callable[[str], str]
+
+
 class Renderer:
     """Turns a secret into its placeholder for one entity and method."""
 

@@ -13,6 +13,7 @@ import bisect
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import cast
 
 import re2  # type: ignore[import-untyped]
 
@@ -26,7 +27,7 @@ from masking.detectors import (
     WholeForm,
     whole_check,
 )
-from masking.placeholders import Method, Renderer, placeholder_pattern
+from masking.placeholders import Method, Render, Renderer, placeholder_pattern
 
 Counts = dict[str, int]
 Value = str | bytes
@@ -50,7 +51,7 @@ class CustomEntity:
     part masked) with an optional validator, and/or a deny list of literal values."""
 
     name: str
-    render: Renderer
+    render: Render
     pattern: re.Pattern[str] | None = None
     validator: Callable[[str], bool] | None = None
     deny: re.Pattern[str] | None = None
@@ -123,7 +124,7 @@ class Scanner:
 
     def __init__(
         self,
-        renderers: Mapping[str, Renderer],
+        renderers: Mapping[str, Render],
         custom: Sequence[CustomEntity] = (),
         labels: Iterable[str] = (),
     ) -> None:
@@ -435,8 +436,8 @@ class Scanner:
         return out
 
     def mask_whole_column(
-        self, values: Sequence[bytes | None]
-    ) -> tuple[list[bytes | None], list[int], Counts] | None:
+        self, values: Sequence[Value | None]
+    ) -> tuple[list[Value | None], list[int], Counts] | None:
         """A column of ASCII values (bytes) where every value is one whole secret of one
         detector (a column of emails), masked as ``mask_batch`` masks it: the masked
         column, the indices of the values left for ``mask_batch`` (those the detector's
@@ -448,7 +449,8 @@ class Scanner:
         value's start is then all of it), Python's ``re`` finds no value starting with a
         candidate of the alternatives the scan tries first (a placeholder, an earlier
         detector: they would win), and the detector's check runs on the column at once.
-        NULL and empty values stay as they are, as in the scan.
+        NULL and empty values stay as they are, as in the scan. A column with ``str``
+        values is not of that kind either.
         """
         if self._custom or not self._detectors:
             return None
@@ -465,7 +467,10 @@ class Scanner:
         if not selection:
             return None
         combined = self._combined_for(selection)
-        match = combined.whole.match(present[0].decode("ascii"))
+        first = present[0]
+        if not isinstance(first, bytes):
+            return None
+        match = combined.whole.match(first.decode("ascii"))
         if match is None:
             return None
         index = combined.group_to_detector[match.lastindex or 0]
@@ -479,12 +484,12 @@ class Scanner:
             return None
         rest: list[int] = []
         if form.check_each is not None:
-            accepted = form.check_each(present)
+            accepted = form.check_each(cast("list[bytes]", present))  # the join took only bytes
             if not all(accepted):
                 rows = [row for row, value in enumerate(values) if value]
                 rest = [row for row, ok in zip(rows, accepted, strict=True) if not ok]
         placeholder = self._constants[index]
-        out: list[bytes | None]
+        out: list[Value | None]
         if placeholder is not None:
             as_bytes = placeholder.encode("ascii")
             out = [value and as_bytes for value in values]
@@ -492,7 +497,9 @@ class Scanner:
             render = self._renderers[index]
             rejected = frozenset(rest)
             out = [
-                value if not value or row in rejected else render(value.decode("ascii")).encode("ascii")
+                render(value.decode("ascii")).encode("ascii")
+                if value and row not in rejected and isinstance(value, bytes)
+                else value
                 for row, value in enumerate(values)
             ]
         for row in rest:

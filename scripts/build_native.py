@@ -4,7 +4,10 @@ Run by ``make venv`` as ``.venv/bin/python scripts/build_native.py``. For each m
 ``gateway.native.NATIVE_MODULES`` the source is copied under its compiled name into a
 build directory, stamped with the SHA-256 of the source (``SOURCE_SHA256``, which
 ``gateway.native.load`` compares with the source in use), compiled with mypyc (part of
-the pinned mypy) and the extension placed in site-packages.
+the pinned mypy) and the extension placed in site-packages. The modules of a group
+(``gateway.native.NATIVE_GROUPS``) are compiled in one mypyc run, each copy importing the
+others by their compiled names, and stamped with the digest of the group's sources; mypyc
+then also makes a shared library for the group, placed beside them.
 
 Exit status 0 when every module was built, 1 otherwise, with the reason on stderr (no C
 compiler or no Python headers, say): the gateway then runs the interpreted modules.
@@ -12,8 +15,8 @@ compiler or no Python headers, say): the gateway then runs the interpreted modul
 
 from __future__ import annotations
 
-import hashlib
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -24,37 +27,56 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from gateway.native import NATIVE_MODULES  # noqa: E402 - after the path is set
+from gateway.native import NATIVE_GROUPS, NATIVE_MODULES, group_digest, source_path  # noqa: E402
 
 
-def build(module: str, name: str, target: Path) -> None:
-    source = ROOT / (module.replace(".", "/") + ".py")
-    text = source.read_bytes()
-    digest = hashlib.sha256(text).hexdigest()
+def _renamed(text: str, names: dict[str, str]) -> str:
+    """``text`` with its ``from <module> import`` lines of the group's modules pointing at
+    their compiled names (the only form in which they import each other)."""
+    for module, name in names.items():
+        text = re.sub(rf"^(\s*)from {re.escape(module)} import ", rf"\1from {name} import ", text, flags=re.M)
+    return text
+
+
+def build(group: tuple[str, ...], target: Path) -> None:
+    names = {module: NATIVE_MODULES[module] for module in group}
     with tempfile.TemporaryDirectory(prefix="airlock-native-") as work:
-        copy = Path(work) / f"{name}.py"
-        copy.write_bytes(
-            text + f'\n\nimport typing as _typing\n\nSOURCE_SHA256: _typing.Final = "{digest}"\n'.encode()
-        )
+        for module, name in names.items():
+            text = _renamed(source_path(module).read_text(encoding="utf-8"), names)
+            stamp = (
+                f'\n\nimport typing as _typing\n\nSOURCE_SHA256: _typing.Final = "{group_digest(module)}"\n'
+            )
+            (Path(work) / f"{name}.py").write_text(text + stamp, encoding="utf-8")
         # The project on mypy's path: a module that imports the project's others (the
         # relay) is compiled against their types; they stay Python modules. Modules
         # outside the project are taken as untyped.
         result = subprocess.run(  # noqa: S603 - the pinned mypyc on our own source
-            [sys.executable, "-m", "mypyc", "--ignore-missing-imports", copy.name],
+            [
+                sys.executable,
+                "-m",
+                "mypyc",
+                "--ignore-missing-imports",
+                *(f"{name}.py" for name in names.values()),
+            ],
             cwd=work,
             capture_output=True,
             text=True,
             check=False,
             env={**os.environ, "MYPYC_OPT_LEVEL": "3", "MYPYPATH": str(ROOT)},
         )
-        built = sorted(Path(work).glob(f"{name}.*.so"))
-        if result.returncode != 0 or not built:
+        built = {name: sorted(Path(work).glob(f"{name}.*.so")) for name in names.values()}
+        shared = sorted(Path(work).glob("*__mypyc.*.so"))  # a group's runtime library
+        if result.returncode != 0 or not all(built.values()):
+            sources = ", ".join(str(source_path(module)) for module in group)
             raise RuntimeError(
-                f"mypyc could not compile {source}:\n{result.stdout[-3000:]}{result.stderr[-3000:]}"
+                f"mypyc could not compile {sources}:\n{result.stdout[-3000:]}{result.stderr[-3000:]}"
             )
-        for old in target.glob(f"{name}.*.so"):
-            old.unlink()
-        for path in built:
+        for name, paths in built.items():
+            for old in target.glob(f"{name}.*.so"):
+                old.unlink()
+            for path in paths:
+                shutil.copy2(path, target / path.name)
+        for path in shared:
             shutil.copy2(path, target / path.name)
 
 
@@ -67,14 +89,17 @@ def main() -> int:
         return 1
     target = Path(sysconfig.get_paths()["platlib"])
     failed = 0
-    for module, name in NATIVE_MODULES.items():
+    grouped = {module for group in NATIVE_GROUPS for module in group}
+    groups = [*NATIVE_GROUPS, *((module,) for module in NATIVE_MODULES if module not in grouped)]
+    for group in groups:
         try:
-            build(module, name, target)
+            build(group, target)
         except (OSError, RuntimeError) as exc:
             print(f"build_native: {exc}", file=sys.stderr)
             failed += 1
         else:
-            print(f"build_native: {module} compiled as {name}")
+            for module in group:
+                print(f"build_native: {module} compiled as {NATIVE_MODULES[module]}")
     return 1 if failed else 0
 
 
