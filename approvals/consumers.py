@@ -19,17 +19,16 @@ afresh each time (nothing read is kept), so the check is the same as the ORM's.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
-from django.db.models import Exists, IntegerField, Model, QuerySet, Subquery
-from django.db.models.query import RawQuerySet
+from django.db.models import Exists, IntegerField, QuerySet, Subquery
 
 from approvals.cards import render_card, section_of
 from approvals.events import INBOX_GROUP, CardPayload, CountPayload
 from approvals.gateway import on_db_thread
 from approvals.models import ApprovalDecision, ApprovalRequest, Status
+from console.prebuilt import BuiltQuery
 
 # Close codes (4000-4999 are the application's): not logged in / no longer a reviewer.
 CLOSE_UNAUTHENTICATED = 4401
@@ -39,42 +38,11 @@ CLOSE_FORBIDDEN = 4403
 _ANY_REQUEST = -7_300_917_411
 
 
-@dataclass(frozen=True)
-class _BuiltQuery:
-    """A queryset's SQL, built once, run again with the value in one place replaced.
-
-    >>> built = _BuiltQuery.of(Request.objects.filter(pk=_ANY_REQUEST), _ANY_REQUEST)  # doctest: +SKIP
-    >>> built.run(42).prefetch_related("decisions")                                # doctest: +SKIP
-    """
-
-    model: type[Model]
-    sql: str
-    params: tuple[Any, ...]
-    slot: int | None = None
-
-    @classmethod
-    def of(cls, queryset: QuerySet[Any], placeholder: int | None = None) -> _BuiltQuery:
-        sql, params = queryset.query.sql_with_params()
-        slot = None
-        if placeholder is not None:
-            slots = [n for n, value in enumerate(params) if isinstance(value, int) and value == placeholder]
-            if len(slots) != 1:
-                raise ValueError(f"the placeholder is in {len(slots)} places of the query, not one")
-            slot = slots[0]
-        return cls(queryset.model, sql, tuple(params), slot)
-
-    def run(self, value: Any = None) -> RawQuerySet[Any]:
-        params = list(self.params)
-        if self.slot is not None:
-            params[self.slot] = value
-        return self.model._default_manager.raw(self.sql, params)
-
-
 class ApprovalInboxConsumer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
     user_id: int | None = None
     # This socket's two per-event queries, built on first use (see the module docstring).
-    _person_query: _BuiltQuery | None = None
-    _request_query: _BuiltQuery | None = None
+    _person_query: BuiltQuery | None = None
+    _request_query: BuiltQuery | None = None
 
     async def connect(self) -> None:
         user = self.scope.get("user")
@@ -113,6 +81,7 @@ class ApprovalInboxConsumer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
     def _user(self) -> Any:
         """The person, if still active, a reviewer and logged in: one query for all three."""
         from django.contrib.sessions.backends.db import SessionStore as DatabaseSession
+        from django.contrib.sessions.models import Session
 
         # A logged-out session no longer holds this socket open (the session row is gone).
         session = self.scope.get("session")
@@ -120,9 +89,9 @@ class ApprovalInboxConsumer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
         # Channels hands the session over wrapped in a LazyObject (resolved by now: the key
         # was read): the store's own type says whether its row can be checked in the query.
         store = getattr(session, "_wrapped", session)
-        in_query = bool(key) and type(store) is DatabaseSession
+        in_query = bool(key) and isinstance(store, DatabaseSession) and store.get_model_class() is Session
         if self._person_query is None:
-            self._person_query = _BuiltQuery.of(self._people(key if in_query else None))
+            self._person_query = BuiltQuery.of(self._people(key if in_query else None))
         user = next(iter(self._person_query.run()), None)
         if user is None or not user.has_role("reviewer"):
             return None
@@ -173,7 +142,7 @@ class ApprovalInboxConsumer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
         if self._request_query is None:
             # Built for a person who is a reviewer now (``for_reviewer`` asks); whether they
             # still are is checked by ``_user()`` above on every event.
-            self._request_query = _BuiltQuery.of(self._requests(user), _ANY_REQUEST)
+            self._request_query = BuiltQuery.of(self._requests(user), _ANY_REQUEST)
         req = next(iter(self._request_query.run(request_id)), None)
         if req is None:
             # Not theirs: say nothing at all, not even that something changed.

@@ -67,3 +67,43 @@ def test_a_session_request_reads_session_and_person_in_two_statements(bob, clien
     # The session, then the person with their roles; what follows is the view's own.
     assert "django_session" in seen.captured_queries[0]["sql"]
     assert "airlock_holds_reviewer" in seen.captured_queries[1]["sql"]
+
+
+@pytest.mark.django_db
+def test_the_precompiled_read_gives_what_the_orm_gives(role_groups, django_assert_num_queries):
+    from identity.backends import person_with_roles
+
+    people = []
+    for size in range(len(ROLES) + 1):
+        for held in combinations(ROLES, size):
+            user = User.objects.create_user(
+                username="q-" + ("-".join(held) or "none"), email=f"{size}@example.com"
+            )
+            user.groups.add(*(role_groups[role] for role in held))
+            people.append(user)
+    people.append(User.objects.create_user(username="q-root", is_superuser=True))
+    for user in people:
+        expected = with_roles(User.objects.filter(pk=user.pk)).first()
+        with django_assert_num_queries(1):
+            found = person_with_roles(user.pk)
+            assert found is not None and found.role_names() == expected.role_names()
+        assert type(found) is User
+        assert [getattr(found, f.attname) for f in User._meta.concrete_fields] == [
+            getattr(expected, f.attname) for f in User._meta.concrete_fields
+        ]
+        assert person_with_roles(str(user.pk)).pk == user.pk  # as a session keeps it
+    for not_a_key in ("abc", "", None, 10**30, -(10**30), 10**9):
+        assert person_with_roles(not_a_key) is None
+
+
+@pytest.mark.django_db
+def test_the_precompiled_read_follows_the_role_groups_setting(bob, role_groups, settings):
+    from django.contrib.auth.models import Group
+
+    from identity.backends import person_with_roles
+
+    assert person_with_roles(bob.pk).role_names() == {"reviewer"}
+    auditors = Group.objects.create(name="audit-team")
+    bob.groups.add(auditors)
+    settings.AIRLOCK_ROLE_GROUPS = {**settings.AIRLOCK_ROLE_GROUPS, "auditor": "audit-team"}
+    assert person_with_roles(bob.pk).role_names() == {"reviewer", "auditor"}
