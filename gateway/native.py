@@ -65,6 +65,25 @@ def group_digest(module: str) -> str:
     return digest.hexdigest()
 
 
+def _find(pure: ModuleType) -> tuple[ModuleType | None, str]:
+    """(the compiled build of ``pure`` if it was built from the sources in use, why not)."""
+    name = NATIVE_MODULES[pure.__name__]
+    try:
+        native = importlib.import_module(name)
+    except ImportError as exc:
+        return None, f"not built ({exc}); run `make venv` (it needs a C compiler)"
+    if getattr(native, "SOURCE_SHA256", None) == group_digest(pure.__name__):
+        return native, ""
+    sources = ", ".join(m.replace(".", "/") + ".py" for m in group_of(pure.__name__))
+    return None, f"{name} was built from another version of {sources}; run `make venv` to rebuild it"
+
+
+def built(pure: ModuleType) -> ModuleType | None:
+    """The compiled build of ``pure`` if it was built from the sources in use, whatever
+    ``AIRLOCK_NATIVE`` says (for tests comparing the two)."""
+    return _find(pure)[0]
+
+
 def load(pure: ModuleType) -> ModuleType:
     """The compiled build of ``pure`` when it is usable, else ``pure`` itself."""
     mode = os.environ.get("AIRLOCK_NATIVE", "auto").strip().lower() or "auto"
@@ -72,17 +91,9 @@ def load(pure: ModuleType) -> ModuleType:
         raise ImportError(f"AIRLOCK_NATIVE: expected auto, off or require, got {mode!r}")
     if mode == "off":
         return pure
-    name = NATIVE_MODULES[pure.__name__]
-    problem = ""
-    try:
-        native = importlib.import_module(name)
-    except ImportError as exc:
-        problem = f"not built ({exc}); run `make venv` (it needs a C compiler)"
-    else:
-        if getattr(native, "SOURCE_SHA256", None) == group_digest(pure.__name__):
-            return native
-        sources = ", ".join(m.replace(".", "/") + ".py" for m in group_of(pure.__name__))
-        problem = f"{name} was built from another version of {sources}; run `make venv` to rebuild it"
+    native, problem = _find(pure)
+    if native is not None:
+        return native
     if mode == "require":
         raise ImportError(
             f"the compiled build of {pure.__name__} is required (AIRLOCK_NATIVE=require): {problem}"

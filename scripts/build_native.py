@@ -27,7 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from gateway.native import NATIVE_GROUPS, NATIVE_MODULES, group_digest, source_path  # noqa: E402
+from gateway.native import NATIVE_MODULES, group_digest, group_of, source_path  # noqa: E402
 
 
 def _renamed(text: str, names: dict[str, str]) -> str:
@@ -89,9 +89,7 @@ def main() -> int:
         return 1
     target = Path(sysconfig.get_paths()["platlib"])
     failed = 0
-    grouped = {module for group in NATIVE_GROUPS for module in group}
-    groups = [*NATIVE_GROUPS, *((module,) for module in NATIVE_MODULES if module not in grouped)]
-    for group in groups:
+    for group in dict.fromkeys(group_of(module) for module in NATIVE_MODULES):
         try:
             build(group, target)
         except (OSError, RuntimeError) as exc:

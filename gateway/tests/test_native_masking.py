@@ -11,7 +11,6 @@ missing or stale build fails rather than skips.
 
 from __future__ import annotations
 
-import importlib
 import os
 import sys
 from pathlib import Path
@@ -65,17 +64,9 @@ IDENTITIES = [
 ]
 
 
-def _compiled() -> ModuleType | None:
-    try:
-        module = importlib.import_module(native.NATIVE_MODULES[pure.__name__])
-    except ImportError:
-        return None
-    return module if module.SOURCE_SHA256 == native.group_digest(pure.__name__) else None
-
-
 @pytest.fixture(scope="module")
 def compiled() -> ModuleType:
-    module = _compiled()
+    module = native.built(pure)
     if module is None:
         if os.environ.get("AIRLOCK_NATIVE") == "require":
             pytest.fail("AIRLOCK_NATIVE=require but the compiled masking engine is missing or stale")
@@ -201,7 +192,7 @@ cells = st.one_of(
 def test_random_rows_are_masked_as_the_source_masks_them(
     rows: list[list[str | None]], as_bytes: bool
 ) -> None:
-    build = _compiled()
+    build = native.built(pure)
     if build is None:
         pytest.skip("the compiled masking engine is not built (make venv)")
     source_policy, build_policy = (

@@ -9,7 +9,6 @@ rather than skips when the build is missing or stale.
 
 from __future__ import annotations
 
-import importlib
 import os
 import struct
 import sys
@@ -31,17 +30,8 @@ def _reference_row(values: list[bytes | None]) -> bytes:
     return b"D" + struct.pack("!I", len(body) + 4) + body
 
 
-def _compiled() -> ModuleType | None:
-    try:
-        module = importlib.import_module(native.NATIVE_MODULES[pure.__name__])
-    except ImportError:
-        return None
-    assert pure.__file__ is not None
-    return module if module.SOURCE_SHA256 == native.source_digest(pure.__file__) else None
-
-
 def _implementations() -> list[ModuleType]:
-    compiled = _compiled()
+    compiled = native.built(pure)
     if compiled is None and os.environ.get("AIRLOCK_NATIVE") == "require":
         pytest.fail("AIRLOCK_NATIVE=require but the compiled _airlock_datarows is missing or stale")
     return [pure] if compiled is None else [pure, compiled]
