@@ -48,14 +48,12 @@ class SessionStore(db.SessionStore):
                 )
                 built = _statements[(model, alias)] = BuiltQuery.of(reads, _PLACEHOLDER_KEY, marker)
             found = next(iter(built.run(self.session_key, _as_sent(model, alias, timezone.now()))), None)
-            if found is None:
-                raise model.DoesNotExist
-            return found
-        except (model.DoesNotExist, SuspiciousOperation) as exc:
-            if isinstance(exc, SuspiciousOperation):
-                logging.getLogger(f"django.security.{exc.__class__.__name__}").warning(str(exc))
+        except SuspiciousOperation as exc:  # as Django's store: logged, the session not loaded
+            logging.getLogger(f"django.security.{exc.__class__.__name__}").warning(str(exc))
+            found = None
+        if found is None:
             self._session_key = None
-            return None
+        return found
 
     async def _aget_session_from_db(self) -> Any:
         return await sync_to_async(self._get_session_from_db)()
