@@ -107,10 +107,14 @@ class CsrfViewMiddleware(_OnTheLoop, _CsrfViewMiddleware):
 
     @staticmethod
     def _body_in_thread(request: HttpRequest) -> bool:
+        """Whether the check's read of ``request.POST`` may parse a multipart body or read
+        one spooled to disk (Django parses only form bodies: a JSON body is never read)."""
         if request.method in _SAFE_METHODS:
             return False
         if request.content_type == "multipart/form-data":
             return True
+        if request.content_type != "application/x-www-form-urlencoded":
+            return False
         try:
             length = int(request.META.get("CONTENT_LENGTH") or "")
         except ValueError:

@@ -237,3 +237,20 @@ def test_the_console_s_middleware_is_django_s():
         assert issubclass(import_string(path), import_string(django_path))
     assert middleware.SessionMiddleware.__acall__ is middleware._OnTheLoop.__acall__
     assert sync.iscoroutinefunction(middleware._OnTheLoop.__acall__)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_json_post_is_checked_on_the_loop(monkeypatch):
+    # Django never reads a JSON body for request.POST: nothing to parse, whatever its length says.
+    switches = _Switches(monkeypatch)
+    refused = asyncio.run(
+        _get(
+            "/api/approvals/999/approve/",
+            method="POST",
+            body=b"{}",
+            headers=[(b"content-type", b"application/json")],
+        )
+    )
+    # The API checks CSRF itself, in the view, for session requests (approvals/api.py).
+    assert refused["status"] == 403 and b"CSRF" in refused["body"]
+    assert switches.middleware() == []
