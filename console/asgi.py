@@ -15,6 +15,11 @@ django_asgi_app = get_asgi_application()
 if _POOL_DEFAULT:
     del os.environ["AIRLOCK_DB_POOL"]
 
+from console.middleware import skip_request_start_housekeeping  # noqa: E402
+
+# Nothing to tidy in a request's new thread when it starts (console/middleware.py).
+skip_request_start_housekeeping()
+
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402

@@ -37,6 +37,24 @@ from whitenoise.middleware import WhiteNoiseMiddleware as _WhiteNoiseMiddleware
 _SAFE_METHODS = ("GET", "HEAD", "OPTIONS", "TRACE")
 
 
+def skip_request_start_housekeeping() -> None:
+    """Disconnect the database housekeeping Django runs when a request starts (the web
+    process calls this: ``console.asgi``).
+
+    Under ASGI each request's synchronous code runs in a thread made for that request
+    (asgiref's ``ThreadSensitiveContext``), which holds no database connection when the
+    request starts: ``close_old_connections`` and ``reset_queries`` have nothing to do
+    there, and running them cost every request a switch to that thread and back. At the
+    end of the request (``request_finished``, in the request's thread) the connection is
+    closed or returned to the pool as before.
+    """
+    from django.core import signals
+    from django.db import close_old_connections, reset_queries
+
+    signals.request_started.disconnect(close_old_connections)
+    signals.request_started.disconnect(reset_queries)
+
+
 class _OnTheLoop:
     """Calls a ``MiddlewareMixin`` middleware's hooks on the event loop (async mode), each
     in a thread instead when ``request_in_thread`` / ``response_in_thread`` say it may do

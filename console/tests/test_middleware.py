@@ -138,8 +138,30 @@ def test_a_request_that_needs_no_io_runs_no_middleware_hook_in_a_thread(monkeypa
     assert len(switches.ran) <= 3, switches.ran
 
 
+@pytest.fixture
+def _as_the_web_process():
+    """Django's request_started receivers disconnected as ``console.asgi`` does, then back."""
+    from django.core import signals
+    from django.db import close_old_connections, reset_queries
+
+    middleware.skip_request_start_housekeeping()
+    yield
+    signals.request_started.connect(reset_queries)
+    signals.request_started.connect(close_old_connections)
+
+
 @pytest.mark.django_db(transaction=True)
-def test_login_saves_the_session_and_its_messages_in_a_thread(monkeypatch):
+def test_the_web_process_starts_a_request_without_a_thread(monkeypatch, _as_the_web_process):
+    switches = _Switches(monkeypatch)
+    assert asyncio.run(_get("/healthz"))["status"] == 200
+    assert len(switches.ran) == 2, switches.ran  # the view, and the response's close
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("web_process", [False, True])
+def test_login_saves_the_session_and_its_messages_in_a_thread(monkeypatch, request, web_process):
+    if web_process:
+        request.getfixturevalue("_as_the_web_process")
     identity_actions.do_create_user(None, "mia", password="mia-Pass-1234")
     handler = ASGIHandler()
     form = asyncio.run(_get("/accounts/login/", handler=handler))
