@@ -126,6 +126,7 @@ def main() -> int:
                    "-o", PROFILE, "--pid", str(gateway.pid), "-d", str(DURATION * ROUNDS * 4 * len(TARGETS))]  # fmt: skip
             profiler = subprocess.Popen(spy, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         results = {}
+        paired: dict[tuple[str, int], list[float]] = {}
         for mode in ("simple", "prepared"):
             for clients in (1, 8):
                 runs: dict[str, list[tuple[float, list[int]]]] = {"plain": [], "masked": []}
@@ -137,6 +138,12 @@ def main() -> int:
                         cpu[target] += _cpu_seconds(gateway.pid) - before
                 for target in runs:
                     results[(target, mode, clients)] = summarise(runs[target] or [(1.0, [0])], cpu[target])
+                if runs["plain"] and runs["masked"]:
+                    # Each round runs off and on back to back: their ratio is spared the drift
+                    # of the machine's speed between rounds, which the medians are not.
+                    paired[(mode, clients)] = [
+                        on[0] / off[0] for off, on in zip(runs["plain"], runs["masked"], strict=True)
+                    ]
     finally:
         if profiler is not None:
             profiler.wait(timeout=120)
@@ -174,6 +181,10 @@ def main() -> int:
                 f"{mode:<9} {clients:>7} {figures['off tps']:>9} {figures['on tps']:>9} {figures['on/off']:>7}"
                 f" {figures['off cpu']:>10} {figures['on cpu']:>10} {figures['off lat']:>15} {figures['on lat']:>15}"
             )
+    for (mode, clients), ratios in paired.items():
+        print(
+            f"paired on/off, {mode}, {clients} client(s), round by round: {' '.join(f'{r:.2f}' for r in ratios)}"
+        )
     if not both:
         # A diagnostic run of one target (AIRLOCK_BENCH_MASKING_TARGETS) has no ratio to judge.
         print("target (masking on >= 0.75 x off): not judged, one target only")
