@@ -191,39 +191,32 @@ def test_login_saves_the_session_and_its_messages_in_a_thread(monkeypatch, reque
     assert page["status"] == 200 and b"mia" in page["body"]
 
 
-@pytest.mark.django_db(transaction=True)
-def test_a_forged_post_is_refused_with_django_s_page(monkeypatch):
-    switches = _Switches(monkeypatch)
-    refused = asyncio.run(
-        _get(
-            "/accounts/login/",
-            method="POST",
-            body=b"login=mia&password=x",
-            headers=[(b"content-type", b"application/x-www-form-urlencoded")],
-        )
-    )
-    assert refused["status"] == 403 and b"CSRF" in refused["body"]
-    # Checked on the loop, refused; checked again in a thread, where the page is made.
-    assert switches.middleware().count("CsrfViewMiddleware") == 1
+_MULTIPART = b'--b\r\nContent-Disposition: form-data; name="login"\r\n\r\nmia\r\n--b--\r\n'
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_multipart_body_is_checked_in_a_thread(monkeypatch):
+@pytest.mark.parametrize(
+    ("path", "content_type", "body", "refusal", "in_thread"),
+    [
+        # A forged form: checked on the loop, refused, checked again in a thread, where
+        # Django's page is made.
+        ("/accounts/login/", b"application/x-www-form-urlencoded", b"login=mia&password=x", b"CSRF", 1),
+        # A multipart body is parsed in a thread from the start.
+        ("/accounts/login/", b"multipart/form-data; boundary=b", _MULTIPART, b"", 1),
+        # Django never reads a JSON body for request.POST: checked on the loop whatever its
+        # length says (the API checks CSRF itself, in its view, for session requests).
+        ("/api/approvals/999/approve/", b"application/json", b"{}", b"CSRF", 0),
+    ],
+    ids=["forged-form", "multipart", "json"],
+)
+def test_where_a_post_s_csrf_check_runs(monkeypatch, path, content_type, body, refusal, in_thread):
     switches = _Switches(monkeypatch)
-    body = b'--b\r\nContent-Disposition: form-data; name="login"\r\n\r\nmia\r\n--b--\r\n'
-    refused = asyncio.run(
-        _get(
-            "/accounts/login/",
-            method="POST",
-            body=body,
-            headers=[
-                (b"content-type", b"multipart/form-data; boundary=b"),
-                (b"content-length", str(len(body)).encode()),
-            ],
-        )
-    )
-    assert refused["status"] == 403
-    assert switches.middleware() == ["CsrfViewMiddleware"]
+    headers = [(b"content-type", content_type)]
+    if content_type.startswith(b"multipart/"):
+        headers.append((b"content-length", str(len(body)).encode()))
+    refused = asyncio.run(_get(path, method="POST", body=body, headers=headers))
+    assert refused["status"] == 403 and refusal in refused["body"]
+    assert switches.middleware() == ["CsrfViewMiddleware"] * in_thread
 
 
 def test_django_s_security_checks_see_the_console_s_middleware(settings, capsys):
@@ -259,20 +252,3 @@ def test_the_console_s_middleware_is_django_s():
         assert issubclass(import_string(path), import_string(django_path))
     assert middleware.SessionMiddleware.__acall__ is middleware._OnTheLoop.__acall__
     assert sync.iscoroutinefunction(middleware._OnTheLoop.__acall__)
-
-
-@pytest.mark.django_db(transaction=True)
-def test_a_json_post_is_checked_on_the_loop(monkeypatch):
-    # Django never reads a JSON body for request.POST: nothing to parse, whatever its length says.
-    switches = _Switches(monkeypatch)
-    refused = asyncio.run(
-        _get(
-            "/api/approvals/999/approve/",
-            method="POST",
-            body=b"{}",
-            headers=[(b"content-type", b"application/json")],
-        )
-    )
-    # The API checks CSRF itself, in the view, for session requests (approvals/api.py).
-    assert refused["status"] == 403 and b"CSRF" in refused["body"]
-    assert switches.middleware() == []
