@@ -396,6 +396,7 @@ def main() -> int:
     root = Path(tempfile.mkdtemp(prefix="airlock-bench-"))
     procs: list[subprocess.Popen[str]] = []
     results: dict[tuple[str, str, int], dict[str, float]] = {}
+    paired: dict[tuple[str, int], list[float]] = {}
     try:
         with server.admin() as admin:
             admin.execute("CREATE DATABASE bench OWNER scram_user")
@@ -496,6 +497,12 @@ def main() -> int:
                         loop_cpu[target] += _loop_cpu_seconds(pids[target]) - loop_before
             for target in TARGETS:
                 results[(target, mode, clients)] = summarise(runs[target], cpu[target], loop_cpu[target])
+            if runs["direct"] and runs["gateway"]:
+                # Each round runs every target once, close together: the ratio within a round
+                # is spared most of the drift of the machine's speed between rounds.
+                paired[(mode, clients)] = [
+                    gw[0] / direct[0] for direct, gw in zip(runs["direct"], runs["gateway"], strict=True)
+                ]
         from recordings.models import Event, Session
 
         recorded = Event.objects.filter(kind="statement").count()
@@ -527,6 +534,10 @@ def main() -> int:
                 f"{target:<10} {mode:<9} {clients:>7} {r['tps']:>9.0f} {r['p50_ms']:>8.3f} {r['p99_ms']:>8.3f}"
                 f" {r['tps'] / direct['tps']:>9.2f} {r['cpu_us']:>10.1f} {r['loop_us']:>7.1f}"
             )
+    for (mode, clients), ratios in paired.items():
+        print(
+            f"gateway vs direct, {mode}, {clients} client(s), round by round: {' '.join(f'{r:.2f}' for r in ratios)}"
+        )
     for mode in ("simple", "prepared"):
         if mode not in MODES:
             continue
