@@ -2,7 +2,7 @@
 
 import os
 
-from django.core.asgi import get_asgi_application
+import django
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "console.settings")
 # Each request runs in a thread of its own: its database connection comes from a pool
@@ -11,13 +11,18 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "console.settings")
 _POOL_DEFAULT = "AIRLOCK_DB_POOL" not in os.environ
 if _POOL_DEFAULT:
     os.environ["AIRLOCK_DB_POOL"] = "1"
-django_asgi_app = get_asgi_application()
+django.setup(set_prefix=False)  # as get_asgi_application() does
+
+from console.handlers import ASGIHandler  # noqa: E402
+
+# Django's handler, each request's thread taken from a pool (console/handlers.py).
+django_asgi_app = ASGIHandler()
 if _POOL_DEFAULT:
     del os.environ["AIRLOCK_DB_POOL"]
 
 from console.middleware import skip_request_start_housekeeping  # noqa: E402
 
-# Nothing to tidy in a request's new thread when it starts (console/middleware.py).
+# Nothing to tidy on a request's thread when it starts (console/middleware.py).
 skip_request_start_housekeeping()
 
 from channels.auth import AuthMiddlewareStack  # noqa: E402

@@ -41,12 +41,14 @@ def skip_request_start_housekeeping() -> None:
     """Disconnect the database housekeeping Django runs when a request starts (the web
     process calls this: ``console.asgi``).
 
-    Under ASGI each request's synchronous code runs in a thread made for that request
-    (asgiref's ``ThreadSensitiveContext``), which holds no database connection when the
-    request starts: ``close_old_connections`` and ``reset_queries`` have nothing to do
-    there, and running them cost every request a switch to that thread and back. At the
-    end of the request (``request_finished``, in the request's thread) the connection is
-    closed or returned to the pool as before.
+    Under ASGI each request's synchronous code runs on a thread of its own
+    (``console.handlers``), on which the previous request's end already did that
+    housekeeping (``request_finished``: the connection closed, or returned to the web
+    process's pool, when obsolete or broken), so ``close_old_connections`` and
+    ``reset_queries`` have nothing to do when a request starts, and running them cost every
+    request a switch to that thread and back. (Where connections are kept, a thread idle
+    longer than ``CONN_MAX_AGE`` uses its connection for one more request before the end of
+    that request closes it.)
     """
     from django.core import signals
     from django.db import close_old_connections, reset_queries

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import re
+import threading
+import time
 from urllib.parse import urlencode
 
 import pytest
@@ -20,7 +22,7 @@ from django.core.management import call_command
 from django.utils.module_loading import import_string
 
 from console import checks as console_checks
-from console import middleware
+from console import handlers, middleware
 from identity import actions as identity_actions
 
 
@@ -140,30 +142,86 @@ def test_a_request_that_needs_no_io_runs_no_middleware_hook_in_a_thread(monkeypa
 
 @pytest.fixture
 def _as_the_web_process():
-    """Django's request_started receivers disconnected as ``console.asgi`` does, then back."""
+    """The handler ``console.asgi`` serves with (threads from a pool), Django's
+    request_started receivers disconnected as it does; then back."""
     from django.core import signals
     from django.db import close_old_connections, reset_queries
 
     middleware.skip_request_start_housekeeping()
-    yield
+    yield handlers.ASGIHandler()
     signals.request_started.connect(reset_queries)
     signals.request_started.connect(close_old_connections)
 
 
+class _Threads:
+    """The names of the threads that ended requests (``request_finished`` runs on the
+    request's own thread)."""
+
+    def __init__(self) -> None:
+        from django.core import signals
+
+        self.names: list[str] = []
+        signals.request_finished.connect(self.record)
+
+    def record(self, **kwargs: object) -> None:
+        self.names.append(threading.current_thread().name)
+
+    def close(self) -> None:
+        from django.core import signals
+
+        signals.request_finished.disconnect(self.record)
+
+
 @pytest.mark.django_db(transaction=True)
-def test_the_web_process_starts_a_request_without_a_thread(monkeypatch, _as_the_web_process):
-    switches = _Switches(monkeypatch)
-    assert asyncio.run(_get("/healthz"))["status"] == 200
-    assert len(switches.ran) == 2, switches.ran  # the view, and the response's close
+def test_the_web_process_runs_requests_on_threads_it_keeps(monkeypatch, _as_the_web_process):
+    handler = _as_the_web_process
+    threads = _Threads()
+    try:
+        switches = _Switches(monkeypatch)
+        assert asyncio.run(_get("/healthz", handler=handler))["status"] == 200
+        assert len(switches.ran) == 2, switches.ran  # the view, and the response's close
+        for _ in range(3):
+            assert asyncio.run(_get("/healthz", handler=handler))["status"] == 200
+    finally:
+        threads.close()
+    # One thread made, and used again for each request after the first.
+    assert len(set(threads.names)) == 1 and threads.names[0].startswith("airlock-request"), threads.names
+    assert handler.threads.created == 1
+
+
+def test_the_thread_pool_never_shares_a_busy_thread():
+    pool = handlers.ThreadPool(max_idle=2)
+    first, second = pool.take(), pool.take()
+    assert first is not second  # two requests at once: two threads
+    release = threading.Event()
+    busy = first.submit(release.wait, 10)  # a view still running after its request ended
+    pool.give_back(first)
+    pool.give_back(second)
+    deadline = time.monotonic() + 5
+    while pool.idle() < 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert pool.idle() == 1 and pool.take() is second  # the idle one only
+    release.set()
+    busy.result(5)
+    while pool.idle() < 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert pool.take() is first  # back once its work was done
+    # Beyond max_idle, executors given back are shut down rather than kept.
+    extra = [pool.take() for _ in range(3)]
+    for executor in extra:
+        pool.give_back(executor)
+    while pool.idle() < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.1)
+    assert pool.idle() == 2
+    assert sum(executor._shutdown for executor in extra) == 1
 
 
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize("web_process", [False, True])
 def test_login_saves_the_session_and_its_messages_in_a_thread(monkeypatch, request, web_process):
-    if web_process:
-        request.getfixturevalue("_as_the_web_process")
+    handler = request.getfixturevalue("_as_the_web_process") if web_process else ASGIHandler()
     identity_actions.do_create_user(None, "mia", password="mia-Pass-1234")
-    handler = ASGIHandler()
     form = asyncio.run(_get("/accounts/login/", handler=handler))
     cookies = _cookies(form)
     token = re.search(rb'name="csrfmiddlewaretoken" value="([^"]+)"', form["body"]).group(1).decode()
