@@ -13,17 +13,14 @@ if _POOL_DEFAULT:
     os.environ["AIRLOCK_DB_POOL"] = "1"
 django.setup(set_prefix=False)  # as get_asgi_application() does
 
-from console.handlers import ASGIHandler  # noqa: E402
+from console.handlers import ASGIHandler, skip_request_start_housekeeping  # noqa: E402
 
-# Django's handler, each request's thread taken from a pool (console/handlers.py).
+# Django's handler, each request's thread taken from a pool, with nothing to tidy on that
+# thread when a request starts (console/handlers.py).
 django_asgi_app = ASGIHandler()
+skip_request_start_housekeeping()
 if _POOL_DEFAULT:
     del os.environ["AIRLOCK_DB_POOL"]
-
-from console.middleware import skip_request_start_housekeeping  # noqa: E402
-
-# Nothing to tidy on a request's thread when it starts (console/middleware.py).
-skip_request_start_housekeeping()
 
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402

@@ -55,17 +55,17 @@ _WHEN_PRESENT = (
 
 def as_django_names(middleware: list[str]) -> list[str]:
     """``middleware`` with each subclass of a watched Django middleware named as Django's."""
+    watched = {name: import_string(name) for name in WATCHED}
     named = []
     for path in middleware:
         try:
             cls = import_string(path)
         except ImportError:
+            cls = None
+        if not isinstance(cls, type):
             named.append(path)
             continue
-        parent = next(
-            (name for name in WATCHED if isinstance(cls, type) and issubclass(cls, import_string(name))), path
-        )
-        named.append(parent)
+        named.append(next((name for name, parent in watched.items() if issubclass(cls, parent)), path))
     return named
 
 

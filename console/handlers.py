@@ -19,6 +19,9 @@ the database settings keep connections (``CONN_MAX_AGE``; Django closes an obsol
 broken one at the end of each request, and with the pool of the web process every request
 returns its connection at its end). Django's per-request state (the active language, the
 time zone, URL prefixes) lives in context variables, not on the thread.
+
+``skip_request_start_housekeeping`` (called by ``console.asgi``) drops the database
+housekeeping Django runs on that thread when a request starts.
 """
 
 from __future__ import annotations
@@ -28,7 +31,9 @@ import threading
 from typing import Any
 
 from asgiref.sync import ThreadSensitiveContext
+from django.core import signals
 from django.core.handlers.asgi import ASGIHandler as _DjangoASGIHandler
+from django.db import close_old_connections, reset_queries
 
 MAX_IDLE = 32
 
@@ -71,6 +76,23 @@ class ThreadPool:
 
 def _nothing() -> None:
     return None
+
+
+def skip_request_start_housekeeping() -> None:
+    """Disconnect the database housekeeping Django runs when a request starts (the web
+    process calls this: ``console.asgi``).
+
+    Under ASGI each request's synchronous code runs on a thread of its own
+    (``ASGIHandler``), on which the previous request's end already did that
+    housekeeping (``request_finished``: the connection closed, or returned to the web
+    process's pool, when obsolete or broken), so ``close_old_connections`` and
+    ``reset_queries`` have nothing to do when a request starts, and running them cost every
+    request a switch to that thread and back. (Where connections are kept, a thread idle
+    longer than ``CONN_MAX_AGE`` uses its connection for one more request before the end of
+    that request closes it.)
+    """
+    signals.request_started.disconnect(close_old_connections)
+    signals.request_started.disconnect(reset_queries)
 
 
 class ASGIHandler(_DjangoASGIHandler):

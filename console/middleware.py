@@ -37,26 +37,6 @@ from whitenoise.middleware import WhiteNoiseMiddleware as _WhiteNoiseMiddleware
 _SAFE_METHODS = ("GET", "HEAD", "OPTIONS", "TRACE")
 
 
-def skip_request_start_housekeeping() -> None:
-    """Disconnect the database housekeeping Django runs when a request starts (the web
-    process calls this: ``console.asgi``).
-
-    Under ASGI each request's synchronous code runs on a thread of its own
-    (``console.handlers``), on which the previous request's end already did that
-    housekeeping (``request_finished``: the connection closed, or returned to the web
-    process's pool, when obsolete or broken), so ``close_old_connections`` and
-    ``reset_queries`` have nothing to do when a request starts, and running them cost every
-    request a switch to that thread and back. (Where connections are kept, a thread idle
-    longer than ``CONN_MAX_AGE`` uses its connection for one more request before the end of
-    that request closes it.)
-    """
-    from django.core import signals
-    from django.db import close_old_connections, reset_queries
-
-    signals.request_started.disconnect(close_old_connections)
-    signals.request_started.disconnect(reset_queries)
-
-
 class _OnTheLoop:
     """Calls a ``MiddlewareMixin`` middleware's hooks on the event loop (async mode), each
     in a thread instead when ``request_in_thread`` / ``response_in_thread`` say it may do
@@ -126,9 +106,12 @@ class CsrfViewMiddleware(_OnTheLoop, _CsrfViewMiddleware):
         return bool(settings.CSRF_USE_SESSIONS)
 
     @staticmethod
-    def _body_in_thread(request: HttpRequest) -> bool:
-        """Whether the check's read of ``request.POST`` may parse a multipart body or read
-        one spooled to disk (Django parses only form bodies: a JSON body is never read)."""
+    def _view_in_thread(request: HttpRequest) -> bool:
+        """Whether the check may read the session (``CSRF_USE_SESSIONS``), or its read of
+        ``request.POST`` may parse a multipart body or read one spooled to disk (Django
+        parses only form bodies: a JSON body is never read)."""
+        if settings.CSRF_USE_SESSIONS:
+            return True
         if request.method in _SAFE_METHODS:
             return False
         if request.content_type == "multipart/form-data":
@@ -150,7 +133,7 @@ class CsrfViewMiddleware(_OnTheLoop, _CsrfViewMiddleware):
         self, request: HttpRequest, callback: Any, callback_args: Any, callback_kwargs: Any
     ) -> HttpResponse | None:
         check = super().process_view  # Django's, bound
-        if not (settings.CSRF_USE_SESSIONS or self._body_in_thread(request)):
+        if not self._view_in_thread(request):
             request._airlock_csrf_on_loop = True  # type: ignore[attr-defined]
             try:
                 return check(request, callback, callback_args, callback_kwargs)  # type: ignore[no-any-return]

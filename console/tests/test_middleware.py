@@ -147,7 +147,7 @@ def _as_the_web_process():
     from django.core import signals
     from django.db import close_old_connections, reset_queries
 
-    middleware.skip_request_start_housekeeping()
+    handlers.skip_request_start_housekeeping()
     yield handlers.ASGIHandler()
     signals.request_started.connect(reset_queries)
     signals.request_started.connect(close_old_connections)
