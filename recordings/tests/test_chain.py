@@ -261,6 +261,18 @@ def test_the_one_pass_canonical_form_declines_what_needs_normalising(value):
 def test_the_one_pass_canonical_form_of_plain_data():
     payload = {"text": "SELECT 1", "params": ("a", None), "rows": 1, "ms": 0.5, "nested": {"b": 1, "a": True}}
     assert chain.canonical_plain(payload) == chain.canonical_payload(payload)
+    # The bytes its check looks for first ("+", "\\") without what follows them in a
+    # number or an escape that jsonb alters: still the one pass.
+    rows = {"first_rows": [["2026-11-05 10:44:00+00", 'say "hi"', "a+b", "x\\y", "-0.5"]], "ms": -0.25}
+    assert chain.canonical_plain(rows) == chain.canonical_payload(rows)
+
+
+@pytest.mark.parametrize("text", ["1e+17 as text", "NUL as text: \\u0000", "-0.0 as text"])
+def test_the_one_pass_canonical_form_declines_text_that_looks_altered(text):
+    # Only the encoded text is looked at: a string that reads like what jsonb would alter
+    # takes the slow path, whose result is the same canonical form.
+    assert chain.canonical_plain({"text": text}) is None
+    assert chain.canonical_decoded_payload({"text": text}) == chain.canonical_payload({"text": text})
 
 
 @pytest.mark.parametrize(
