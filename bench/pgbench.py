@@ -500,9 +500,12 @@ def main() -> int:
                     loop_before = _loop_cpu_seconds(pids[target]) if target in pids else 0.0
                     sampled = PERF and round_ == 0 and target == PROFILE_TARGET and target in pids
                     recorder = perfsplit.start(pids[target], root / "perf.data") if sampled else None
-                    runs[target].append(pgbench(*endpoints[target], mode, clients, root))
+                    try:
+                        runs[target].append(pgbench(*endpoints[target], mode, clients, root))
+                    finally:
+                        if recorder is not None:
+                            perfsplit.stop(recorder)
                     if recorder is not None:
-                        perfsplit.stop(recorder)
                         title = f"{target} {mode} {clients} client(s), first round"
                         perfsplit.report(root / "perf.data", len(runs[target][-1][1]), title=title)
                     if target in pids:
