@@ -154,16 +154,18 @@ def _as_the_web_process():
 
 
 class _Threads:
-    """The names of the threads that ended requests (``request_finished`` runs on the
-    request's own thread)."""
+    """The threads that ended requests (``request_finished`` runs on the request's own
+    thread), and their names."""
 
     def __init__(self) -> None:
         from django.core import signals
 
+        self.seen: list[threading.Thread] = []
         self.names: list[str] = []
         signals.request_finished.connect(self.record)
 
     def record(self, **kwargs: object) -> None:
+        self.seen.append(threading.current_thread())
         self.names.append(threading.current_thread().name)
 
     def close(self) -> None:
@@ -181,12 +183,24 @@ def test_the_web_process_runs_requests_on_threads_it_keeps(monkeypatch, _as_the_
         assert asyncio.run(_get("/healthz", handler=handler))["status"] == 200
         assert len(switches.ran) == 2, switches.ran  # the view, and the response's close
         for _ in range(3):
+            # The thread goes back to the pool once a marker queued after the request has
+            # run on it, a moment after the response: a request that comes sooner gets a
+            # thread of its own (test_the_thread_pool_never_shares_a_busy_thread).
+            _wait_idle(handler.threads, 1)
             assert asyncio.run(_get("/healthz", handler=handler))["status"] == 200
     finally:
         threads.close()
     # One thread made, and used again for each request after the first.
-    assert len(set(threads.names)) == 1 and threads.names[0].startswith("airlock-request"), threads.names
+    assert len({id(thread) for thread in threads.seen}) == 1, threads.names
+    assert threads.names[0].startswith("airlock-request"), threads.names
     assert handler.threads.created == 1
+
+
+def _wait_idle(pool: handlers.ThreadPool, count: int) -> None:
+    deadline = time.monotonic() + 5
+    while pool.idle() != count:
+        assert time.monotonic() < deadline, f"{pool.idle()} idle threads, not {count}"
+        time.sleep(0.001)
 
 
 def test_the_thread_pool_never_shares_a_busy_thread():
