@@ -109,6 +109,11 @@ def _loop_cpu_seconds(pid: int) -> float:
     return own + sum(_loop_cpu_seconds(child) for child in _children(pid))
 
 
+def _ran(*targets: str) -> bool:
+    """Whether every one of ``targets`` ran (``AIRLOCK_BENCH_ONLY`` may leave some out)."""
+    return all(not ONLY or target in ONLY for target in targets)
+
+
 def pgbench(
     port: int, user: str, dbname: str, password: str, mode: str, clients: int, logdir: Path
 ) -> tuple[float, list[int]]:
@@ -513,7 +518,7 @@ def main() -> int:
                         loop_cpu[target] += _loop_cpu_seconds(pids[target]) - loop_before
             for target in TARGETS:
                 results[(target, mode, clients)] = summarise(runs[target], cpu[target], loop_cpu[target])
-            if runs["direct"] and runs["gateway"]:
+            if _ran("direct", "gateway"):
                 # Each round runs every target once, close together: the ratio within a round
                 # is spared most of the drift of the machine's speed between rounds.
                 paired[(mode, clients)] = [
@@ -545,17 +550,20 @@ def main() -> int:
     for mode, clients in RUNS:
         direct = results[("direct", mode, clients)]
         for target in TARGETS:
+            if not _ran(target):
+                continue
             r = results[(target, mode, clients)]
+            versus = f"{r['tps'] / direct['tps']:>9.2f}" if _ran("direct") else f"{'-':>9}"
             print(
                 f"{target:<10} {mode:<9} {clients:>7} {r['tps']:>9.0f} {r['p50_ms']:>8.3f} {r['p99_ms']:>8.3f}"
-                f" {r['tps'] / direct['tps']:>9.2f} {r['cpu_us']:>10.1f} {r['loop_us']:>7.1f}"
+                f" {versus} {r['cpu_us']:>10.1f} {r['loop_us']:>7.1f}"
             )
     for (mode, clients), ratios in paired.items():
         print(
             f"gateway vs direct, {mode}, {clients} client(s), round by round: {' '.join(f'{r:.2f}' for r in ratios)}"
         )
     for mode in ("simple", "prepared"):
-        if mode not in MODES:
+        if mode not in MODES or 1 not in CLIENTS or not _ran("direct", "gateway"):
             continue
         added = results[("gateway", mode, 1)]["p50_ms"] - results[("direct", mode, 1)]["p50_ms"]
         print(f"gateway p50 added latency, 1 client, {mode}: {added:.3f} ms")
@@ -563,13 +571,15 @@ def main() -> int:
     print(_realistic_path())
     ratios = []
     for mode, clients in RUNS:
-        ratio = results[("gw-policy", mode, clients)]["tps"] / results[("gateway", mode, clients)]["tps"]
-        ratios.append(ratio)
-        bare = results[("norec-pol", mode, clients)]["tps"] / results[("gw-norec", mode, clients)]["tps"]
-        print(
-            f"gw-policy vs gateway (allow-all), {mode}, {clients} client(s): {ratio:.3f} x TPS"
-            f" (without recording: norec-pol vs gw-norec {bare:.3f} x)"
-        )
+        if _ran("gw-policy", "gateway"):
+            ratio = results[("gw-policy", mode, clients)]["tps"] / results[("gateway", mode, clients)]["tps"]
+            ratios.append(ratio)
+            print(f"gw-policy vs gateway (allow-all), {mode}, {clients} client(s): {ratio:.3f} x TPS")
+        if _ran("norec-pol", "gw-norec"):
+            bare = results[("norec-pol", mode, clients)]["tps"] / results[("gw-norec", mode, clients)]["tps"]
+            print(
+                f"  without recording (norec-pol vs gw-norec), {mode}, {clients} client(s): {bare:.3f} x TPS"
+            )
     # A run limited to some targets or cases (AIRLOCK_BENCH_ONLY, _CLIENTS, _MODES) judges nothing.
     partial = "not judged: only some targets or cases ran"
     print(
