@@ -147,15 +147,11 @@ def canonical_decoded_payload(payload: Any) -> bytes:
     """``canonical_payload`` for a value that a JSON reader produced, faster.
 
     Decoded JSON has only string keys, so normalising is needed only for what jsonb
-    would alter; orjson refuses some of it and the encoded text shows the rest.
+    would alter (an integer beyond 64 bits, a lone surrogate...): ``canonical_plain``
+    declines exactly that, and only then is the payload normalised.
     """
-    try:
-        text = orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)
-    except TypeError:  # an integer beyond 64 bits, a lone surrogate
-        return canonical_payload(payload)
-    if _altered_by_jsonb(text):
-        return canonical_payload(payload)
-    return text
+    text = canonical_plain(payload)
+    return canonical_payload(payload) if text is None else text
 
 
 def canonical_plain(payload: Any) -> bytes | None:
