@@ -28,7 +28,6 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TextIO
 
 RATE = 1000  # samples per second: one sample is a millisecond of CPU
 # (label, frame): a sample belongs to the first part whose frame is on its stack.
@@ -109,48 +108,49 @@ def stacks(data: Path) -> Iterator[list[str]]:
         yield stack
 
 
-def split(samples: list[list[str]]) -> tuple[collections.Counter[str], dict[str, collections.Counter[str]]]:
-    """(samples per part, and for each ``DETAILED`` frame, its samples by what it called)."""
+def split(
+    samples: list[list[str]],
+) -> tuple[collections.Counter[str], collections.Counter[str], dict[str, collections.Counter[str]]]:
+    """(samples per part; the samples of no part, by the function sampled; and for each
+    ``DETAILED`` frame, its samples by what it called)."""
     parts: collections.Counter[str] = collections.Counter()
+    others: collections.Counter[str] = collections.Counter()
     detail: dict[str, collections.Counter[str]] = {frame: collections.Counter() for frame in DETAILED}
     for stack in samples:
         on = set(stack)
-        parts[next((label for label, frame in PARTS if frame in on), "other")] += 1
+        part = next((label for label, frame in PARTS if frame in on), None)
+        if part is None:
+            part = "other"
+            others[stack[0]] += 1
+        parts[part] += 1
         for frame in DETAILED:
             if frame in on:
                 below = [f for f in reversed(stack[: stack.index(frame)]) if f not in _PLUMBING][:2]
                 detail[frame][" > ".join(below) or "(itself)"] += 1
-    return parts, detail
+    return parts, others, detail
 
 
-def report(data: Path, transactions: int, *, title: str = "", out: TextIO | None = None) -> None:
+def report(data: Path, transactions: int, *, title: str = "") -> None:
     """Print CPU per transaction by part (and the detailed parts' biggest callees)."""
-
-    def write(text: str) -> None:
-        print(text, file=out)
-
     samples = list(stacks(data))
     per = 1e6 / RATE / max(transactions, 1)  # microseconds of CPU per sample, per transaction
-    parts, detail = split(samples)
-    write(
+    parts, others, detail = split(samples)
+    print(
         f"{title or 'CPU'} by part: {len(samples) * per:.1f} us per transaction over {transactions} "
         f"({len(samples)} samples at {RATE}/s, perf)"
     )
     for label, count in parts.most_common():
-        write(f"  {count * per:7.1f} us  {label}")
-    others = collections.Counter(
-        stack[0] for stack in samples if not any(frame in stack for _, frame in PARTS)
-    )
+        print(f"  {count * per:7.1f} us  {label}")
     if others:
-        write("  other, by the function sampled (_PyEval_EvalFrameDefault: interpreted Python):")
+        print("  other, by the function sampled (_PyEval_EvalFrameDefault: interpreted Python):")
         for function, count in others.most_common(6):
-            write(f"    {count * per:7.1f} us  {function[:110]}")
+            print(f"    {count * per:7.1f} us  {function[:110]}")
     for frame in DETAILED:
         if not detail[frame]:
             continue
-        write(f"  {frame.removeprefix('CPyDef_')} calls, largest:")
+        print(f"  {frame.removeprefix('CPyDef_')} calls, largest:")
         for callee, count in detail[frame].most_common(6):
-            write(f"    {count * per:7.1f} us  {callee[:110]}")
+            print(f"    {count * per:7.1f} us  {callee[:110]}")
 
 
 def main() -> int:

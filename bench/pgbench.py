@@ -582,22 +582,20 @@ def main() -> int:
             )
     # A run limited to some targets or cases (AIRLOCK_BENCH_ONLY, _CLIENTS, _MODES) judges nothing.
     partial = "not judged: only some targets or cases ran"
+    targets = "targets (>=0.6 x direct at 1 client, >=0.35 at 8, p50 added < 0.15 ms):"
     print(
         "guardrails target (realistic policy within 10% of allow-all in every case):",
         partial if ONLY else "met" if min(ratios) >= 0.9 else "NOT met",
     )
     if ONLY or "simple" not in MODES or not {1, 8} <= set(CLIENTS):
-        print("targets (>=0.6 x direct at 1 client, >=0.35 at 8, p50 added < 0.15 ms):", partial)
+        print(targets, partial)
         return 0
     targets_met = (
         results[("gateway", "simple", 1)]["tps"] / results[("direct", "simple", 1)]["tps"] >= 0.6
         and results[("gateway", "simple", 8)]["tps"] / results[("direct", "simple", 8)]["tps"] >= 0.35
         and results[("gateway", "simple", 1)]["p50_ms"] - results[("direct", "simple", 1)]["p50_ms"] < 0.15
     )
-    print(
-        "targets (>=0.6 x direct at 1 client, >=0.35 at 8, p50 added < 0.15 ms):",
-        "met" if targets_met else "NOT met",
-    )
+    print(targets, "met" if targets_met else "NOT met")
     return 0
 
 
