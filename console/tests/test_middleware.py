@@ -155,18 +155,20 @@ def _as_the_web_process():
 
 class _Threads:
     """The threads that ended requests (``request_finished`` runs on the request's own
-    thread), and their names."""
+    thread)."""
 
     def __init__(self) -> None:
         from django.core import signals
 
         self.seen: list[threading.Thread] = []
-        self.names: list[str] = []
         signals.request_finished.connect(self.record)
 
     def record(self, **kwargs: object) -> None:
         self.seen.append(threading.current_thread())
-        self.names.append(threading.current_thread().name)
+
+    @property
+    def names(self) -> list[str]:
+        return [thread.name for thread in self.seen]
 
     def close(self) -> None:
         from django.core import signals
@@ -211,21 +213,17 @@ def test_the_thread_pool_never_shares_a_busy_thread():
     busy = first.submit(release.wait, 10)  # a view still running after its request ended
     pool.give_back(first)
     pool.give_back(second)
-    deadline = time.monotonic() + 5
-    while pool.idle() < 1 and time.monotonic() < deadline:
-        time.sleep(0.01)
+    _wait_idle(pool, 1)
     assert pool.idle() == 1 and pool.take() is second  # the idle one only
     release.set()
     busy.result(5)
-    while pool.idle() < 1 and time.monotonic() < deadline:
-        time.sleep(0.01)
+    _wait_idle(pool, 1)
     assert pool.take() is first  # back once its work was done
     # Beyond max_idle, executors given back are shut down rather than kept.
     extra = [pool.take() for _ in range(3)]
     for executor in extra:
         pool.give_back(executor)
-    while pool.idle() < 2 and time.monotonic() < deadline:
-        time.sleep(0.01)
+    _wait_idle(pool, 2)
     time.sleep(0.1)
     assert pool.idle() == 2
     assert sum(executor._shutdown for executor in extra) == 1
