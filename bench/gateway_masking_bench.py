@@ -18,10 +18,13 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench.pgbench import DURATION, PROFILE, ROUNDS, _cpu_seconds, _free_port, _wait_port, summarise
+from bench import perfsplit
+from bench.pgbench import DURATION, PERF, PROFILE, ROUNDS, _cpu_seconds, _free_port, _wait_port, summarise
 
 # Diagnostics: AIRLOCK_BENCH_MASKING_TARGETS=masked runs one target only, and with
-# AIRLOCK_BENCH_PROFILE=out.txt py-spy records the gateway meanwhile (raw stack counts).
+# AIRLOCK_BENCH_PROFILE=out.txt py-spy records the gateway meanwhile (raw stack counts);
+# AIRLOCK_BENCH_PERF=1 samples the first round of each case and target with perf and prints
+# the gateway's CPU per transaction part by part (bench.perfsplit).
 TARGETS = [t for t in os.environ.get("AIRLOCK_BENCH_MASKING_TARGETS", "plain,masked").split(",") if t]
 # AIRLOCK_BENCH_MASKING_NOREC=1: the gateway with its events dropped (bench.pgbench's
 # diagnostic "gw-norec" copy), to see what recording's share of the process does to the ratio.
@@ -131,11 +134,22 @@ def main() -> int:
             for clients in (1, 8):
                 runs: dict[str, list[tuple[float, list[int]]]] = {"plain": [], "masked": []}
                 cpu = {"plain": 0.0, "masked": 0.0}
-                for _ in range(ROUNDS):
+                for round_ in range(ROUNDS):
                     for target in TARGETS:
                         before = _cpu_seconds(gateway.pid)
-                        runs[target].append(_run_db(gw_port, "bench-bot", token, clients, root, mode, target))
+                        sampled = PERF and round_ == 0
+                        recorder = perfsplit.start(gateway.pid, root / "perf.data") if sampled else None
+                        try:
+                            runs[target].append(
+                                _run_db(gw_port, "bench-bot", token, clients, root, mode, target)
+                            )
+                        finally:
+                            if recorder is not None:
+                                perfsplit.stop(recorder)
                         cpu[target] += _cpu_seconds(gateway.pid) - before
+                        if recorder is not None:
+                            title = f"{target} {mode} {clients} client(s), first round"
+                            perfsplit.report(root / "perf.data", len(runs[target][-1][1]), title=title)
                 for target in runs:
                     results[(target, mode, clients)] = summarise(runs[target] or [(1.0, [0])], cpu[target])
                 if runs["plain"] and runs["masked"]:

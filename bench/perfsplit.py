@@ -48,6 +48,7 @@ DETAILED = (
     "CPyDef_Relay____on_execute",
     "CPyDef_Relay___flush_records",
     "CPyDef_Relay____mask_data_rows",
+    "CPyDef_Relay___from_server",
 )
 # Call machinery skipped when naming what a part called.
 _PLUMBING = frozenset(

@@ -700,11 +700,14 @@ def micro() -> int:
     import django
 
     django.setup()
+    from django.conf import settings
     from django.db import connection
 
     from policies.actions import do_save_policy
-    from recordings.writer import shutdown_writer
+    from recordings.writer import shutdown_writer, use_writer_process
 
+    # The recorder's jobs where the gateway runs them (a writer process, by default).
+    use_writer_process(bool(settings.RECORDING_WRITER_PROCESS))
     n = int(os.environ.get("AIRLOCK_BENCH_MICRO_N", "20000"))
     profile = os.environ.get("AIRLOCK_BENCH_PROFILE", "")
     base_name = connection.settings_dict["NAME"]
