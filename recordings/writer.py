@@ -723,7 +723,9 @@ class SessionRecorder:
     def _push(self, kind: str, payload: dict[str, Any]) -> None:
         text, canonical, facts = _take(kind, payload)
         mono = time.monotonic()
-        item = _Queued(mono, time.time(), round((mono - self._t0) * 1000, 3), kind, text, canonical, facts)
+        # Milliseconds to the microsecond (integer arithmetic: round(x, 3) formats decimals).
+        offset_ms = int((mono - self._t0) * 1_000_000) / 1000
+        item = _Queued(mono, time.time(), offset_ms, kind, text, canonical, facts)
         if len(self._queue) >= MAX_QUEUED and kind != Event.Kind.SESSION_END:
             self._overflowed(item)
             return

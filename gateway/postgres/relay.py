@@ -247,6 +247,9 @@ class Relay:
         self._unresolved: set[int] = set()
         self.needs_catalog: frozenset[int] | None = None
         self._maskers: dict[Any, ResultMasker] = {}
+        # A prepared statement's text as recorded (masked), by its text: each Execute of it
+        # records the same text, which is masked once (``_mask_for_record``).
+        self._recorded_texts: dict[str, str] = {}
         # The masker of a parsed description (``_row_fields`` hands out the same list for
         # the same RowDescription): (id, formats) -> (that list, kept alive, its masker).
         self._described: dict[tuple[int, Any], tuple[list[tuple[str, int, int, int, int]], ResultMasker]] = {}
@@ -712,7 +715,7 @@ class Relay:
 
     def _statement_events(self, record: _Statement, params: tuple[str | None, ...], via: str) -> None:
         decision = record.decision
-        shown_text, shown_params = self._mask_for_record(record.text, params)
+        shown_text, shown_params = self._mask_for_record(record.text, params, via == "extended")
         record.text = shown_text
         payload: dict[str, Any] = {
             "text": shown_text,
@@ -742,12 +745,24 @@ class Relay:
                 },
             )
 
-    def _mask_for_record(self, text: str, params: tuple[str | None, ...]) -> tuple[str, list[str | None]]:
+    def _mask_for_record(
+        self, text: str, params: tuple[str | None, ...], prepared: bool
+    ) -> tuple[str, list[str | None]]:
         masking = self.masking
         if masking is None:
             return text, list(params)
         try:
-            shown = masking.mask_text(text)[0]
+            if prepared:
+                # The session's masking never changes, so neither does a text's masked form.
+                cached = self._recorded_texts.get(text)
+                if cached is None:
+                    cached = masking.mask_text(text)[0]
+                    if len(self._recorded_texts) >= 256:
+                        self._recorded_texts.clear()
+                    self._recorded_texts[text] = cached
+                shown = cached
+            else:
+                shown = masking.mask_text(text)[0]  # a Query's text is new each time
             return shown, [None if p is None else masking.mask_text(p)[0] for p in params]
         except MaskingError:
             return "<statement withheld: it could not be masked>", ["<withheld>" for _ in params]
@@ -1460,7 +1475,8 @@ class Relay:
             "statement": record.text,
             "command_tag": tag,
             "rows": rows if rows is not None else record.rows,
-            "duration_ms": round((self.clock() - record.started) * 1000, 3),
+            # To the microsecond (integer arithmetic: round(x, 3) formats decimals).
+            "duration_ms": int((self.clock() - record.started) * 1_000_000) / 1000,
         }
         if suspended:
             payload["suspended"] = True

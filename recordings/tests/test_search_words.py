@@ -138,3 +138,35 @@ def test_migration_0007_keeps_the_documents_and_folds_rows_back_on_the_way_back(
     finally:
         executor = MigrationExecutor(connection)
         executor.migrate(executor.loader.graph.leaf_nodes())
+
+
+_TRICKY = [
+    "SELECT abalance FROM pgbench_accounts WHERE aid = 412345;\nSELECT abalance FROM pgbench_accounts WHERE aid = 99;",
+    "INSERT INTO notes VALUES ('mail me at ann@example.com', 'http://x.org/a b', 1.5e+10, -3.2, 'naïve café')",
+    "UPDATE \"Weird Table\" SET col = 'a-b-c' WHERE x <> 'it''s' AND path = '/usr/local/bin/x y';",
+    "SELECT '<a href=\"x y\">link</a>', $$dollar  quoted$$, E'\\ttab', 1_000, '~/.ssh/id_rsa' -- done",
+    "kubectl get pods -n prod && rm -rf /tmp/x* ; cat /srv/app.log | grep 'ERROR  42'",
+]
+
+
+def _lexemes(text: str) -> set[str]:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT unnest(tsvector_to_array(recordings_search_words(%s)))", [text])
+        return {row[0] for row in cursor.fetchall()}
+
+
+@pytest.mark.django_db
+def test_a_batch_gives_each_word_once_and_the_same_lexemes_as_its_whole_text():
+    from recordings.search import batch_words
+
+    events = [("statement", {"text": text}) for text in _TRICKY]
+    events += [("input", {"data": chunk}) for chunk in ("cat /srv/", "app.log", "\r")]
+    events.append(("statement", {"text": _TRICKY[0]}))  # a repeated statement adds nothing
+    words = batch_words(events)
+    assert len(words.split()) == len(set(words.split()))
+    whole = "\n".join([*_TRICKY, _TRICKY[0], "cat /srv/app.log\r"])
+    assert len(words) < len(whole) * 0.7
+    assert _lexemes(words) == _lexemes(whole)
+    assert {"pgbench", "accounts", "ann@example.com", "412345", "99", "/srv/app.log", "weird"} <= _lexemes(
+        words
+    )

@@ -237,3 +237,35 @@ def test_deferred_recording_keeps_the_order_and_never_records_a_statement_unmask
         ("result", "SELECT '[EMAIL]'"),
     ]
     assert "example.com" not in repr(events.events)
+
+
+def test_each_execute_of_a_prepared_statement_records_its_text_masked_and_its_parameters_afresh():
+    relay, events = _relay()
+    masking = relay.masking
+    calls: list[str] = []
+
+    class Counting:
+        """The session's masking, counting the texts it is asked to mask."""
+
+        def __getattr__(self, name):  # type: ignore[no-untyped-def]
+            return getattr(masking, name)
+
+        def mask_text(self, text):  # type: ignore[no-untyped-def]
+            calls.append(text)
+            return masking.mask_text(text)
+
+    relay.masking = Counting()
+    text = b"SELECT * FROM t WHERE owner = 'ann@example.com' AND note = $1"
+    relay.from_client(pg.parse_message(b"s1", text) + pg.message(b"S"))
+    relay.from_server(pg.message(b"1") + pg.ready_for_query())
+    for param in (b"call +44 20 7946 0000", b"plain"):
+        bind = b"\x00s1\x00" + b"\x00\x00" + struct.pack("!hI", 1, len(param)) + param + b"\x00\x00"
+        relay.from_client(
+            pg.message(b"B", bind) + pg.message(b"E", b"\x00\x00\x00\x00\x00") + pg.message(b"S")
+        )
+        relay.from_server(pg.message(b"2") + pg.message(b"C", b"SELECT 0\x00") + pg.ready_for_query())
+    statements = [p for kind, p in events.events if kind == "statement"]
+    assert [s["text"] for s in statements] == ["SELECT * FROM t WHERE owner = '[EMAIL]' AND note = $1"] * 2
+    assert [s["params"] for s in statements] == [["call [PHONE]"], ["plain"]]
+    assert calls.count(text.decode()) == 1  # the text once, each parameter each time
+    assert calls.count("plain") == 1
