@@ -60,6 +60,9 @@ SCALE = 10
 # recording writes on a busy database), "tcp-relay" a plain uvloop byte relay that parses
 # nothing (the floor for any asyncio relay here).
 TARGETS = ("direct", "gateway", "gw-policy", "gw-norec", "norec-pol", "tcp-relay", "pgbouncer")
+# The targets whose sessions are recorded (into the Django database on the machine's
+# PostgreSQL): the table's "rec db us" is that database's CPU per transaction for them.
+RECORDED = ("gateway", "gw-policy")
 CLIENTS = [int(c) for c in os.environ.get("AIRLOCK_BENCH_CLIENTS", "1,8").split(",")]
 RUNS = [(mode, clients) for mode in ("simple", "prepared") if mode in MODES for clients in CLIENTS]
 
@@ -109,6 +112,40 @@ def _loop_cpu_seconds(pid: int) -> float:
     return own + sum(_loop_cpu_seconds(child) for child in _children(pid))
 
 
+def _recording_db_cpu_seconds() -> float:
+    """User + system CPU time of the PostgreSQL backends connected to the Django database
+    (the recording writers' connections, on the machine's own server), this process's own
+    connection left out: what persisting the events costs the database. Taken before and
+    after a run; a backend that starts meanwhile counts whole, one that ends is lost
+    (the writers keep theirs open)."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+        pids = [row[0] for row in cursor.fetchall()]
+    total = 0.0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        except OSError:  # ended meanwhile, or the server is on another host
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def _wait_sealed(timeout: float = 30.0) -> None:
+    """Until no recorded session is live (the gateway has written and sealed every one)."""
+    from recordings.models import Session
+
+    deadline = time.monotonic() + timeout
+    while Session.objects.filter(status=Session.Status.LIVE).exists():
+        if time.monotonic() > deadline:
+            raise RuntimeError("the gateway's sessions were not sealed within 30 s of the run")
+        time.sleep(0.05)
+
+
 def _ran(*targets: str) -> bool:
     """Whether every one of ``targets`` ran (``AIRLOCK_BENCH_ONLY`` may leave some out)."""
     return all(not ONLY or target in ONLY for target in targets)
@@ -140,10 +177,14 @@ def pgbench(
 
 
 def summarise(
-    runs: list[tuple[float, list[int]]], cpu_seconds: float = 0.0, loop_seconds: float = 0.0
+    runs: list[tuple[float, list[int]]],
+    cpu_seconds: float = 0.0,
+    loop_seconds: float = 0.0,
+    db_seconds: float = 0.0,
 ) -> dict[str, float]:
     latencies = sorted(lat for _, run in runs for lat in run)
     return {
+        "db_us": db_seconds / len(latencies) * 1e6 if db_seconds else 0.0,
         "tps": statistics.median(tps for tps, _ in runs),
         "p50_ms": latencies[len(latencies) // 2] / 1000,
         "p99_ms": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] / 1000,
@@ -490,6 +531,7 @@ def main() -> int:
             runs: dict[str, list[tuple[float, list[int]]]] = {t: [] for t in TARGETS}
             cpu = dict.fromkeys(TARGETS, 0.0)
             loop_cpu = dict.fromkeys(TARGETS, 0.0)
+            db_cpu = dict.fromkeys(TARGETS, 0.0)
             order = list(ONLY or TARGETS)
             for round_ in range(ROUNDS):
                 for target in TARGETS:
@@ -503,6 +545,7 @@ def main() -> int:
                 for target in order[shift:] + order[:shift]:
                     before = _cpu_seconds(pids[target]) if target in pids else 0.0
                     loop_before = _loop_cpu_seconds(pids[target]) if target in pids else 0.0
+                    db_before = _recording_db_cpu_seconds() if target in RECORDED else 0.0
                     sampled = PERF and round_ == 0 and target == PROFILE_TARGET and target in pids
                     recorder = perfsplit.start(pids[target], root / "perf.data") if sampled else None
                     try:
@@ -513,11 +556,18 @@ def main() -> int:
                     if recorder is not None:
                         title = f"{target} {mode} {clients} client(s), first round"
                         perfsplit.report(root / "perf.data", len(runs[target][-1][1]), title=title)
+                    if target in RECORDED:
+                        # The sessions' last batches and seals are written after pgbench
+                        # leaves: counted here, not in the next target's run.
+                        _wait_sealed()
+                        db_cpu[target] += _recording_db_cpu_seconds() - db_before
                     if target in pids:
                         cpu[target] += _cpu_seconds(pids[target]) - before
                         loop_cpu[target] += _loop_cpu_seconds(pids[target]) - loop_before
             for target in TARGETS:
-                results[(target, mode, clients)] = summarise(runs[target], cpu[target], loop_cpu[target])
+                results[(target, mode, clients)] = summarise(
+                    runs[target], cpu[target], loop_cpu[target], db_cpu[target]
+                )
             if _ran("direct", "gateway"):
                 # Each round runs every target once, close together: the ratio within a round
                 # is spared most of the drift of the machine's speed between rounds.
@@ -545,7 +595,7 @@ def main() -> int:
     )
     print(
         f"{'target':<10} {'mode':<9} {'clients':>7} {'tps':>9} {'p50 ms':>8} {'p99 ms':>8} {'vs direct':>9}"
-        f" {'cpu us/txn':>10} {'loop us':>7}"
+        f" {'cpu us/txn':>10} {'loop us':>7} {'rec db us':>9}"
     )
     for mode, clients in RUNS:
         direct = results[("direct", mode, clients)]
@@ -557,6 +607,7 @@ def main() -> int:
             print(
                 f"{target:<10} {mode:<9} {clients:>7} {r['tps']:>9.0f} {r['p50_ms']:>8.3f} {r['p99_ms']:>8.3f}"
                 f" {versus} {r['cpu_us']:>10.1f} {r['loop_us']:>7.1f}"
+                + (f" {r['db_us']:>9.1f}" if target in RECORDED else f" {'-':>9}")
             )
     for (mode, clients), ratios in paired.items():
         print(
