@@ -112,12 +112,10 @@ def _loop_cpu_seconds(pid: int) -> float:
     return own + sum(_loop_cpu_seconds(child) for child in _children(pid))
 
 
-def _recording_db_cpu_seconds() -> float:
-    """User + system CPU time of the PostgreSQL backends connected to the Django database
+def _recording_db_cpu() -> dict[int, float]:
+    """User + system CPU time of each PostgreSQL backend connected to the Django database
     (the recording writers' connections, on the machine's own server), this process's own
-    connection left out: what persisting the events costs the database. Taken before and
-    after a run; a backend that starts meanwhile counts whole, one that ends is lost
-    (the writers keep theirs open)."""
+    connection left out: what persisting the events costs the database."""
     from django.db import connection
 
     with connection.cursor() as cursor:
@@ -125,13 +123,23 @@ def _recording_db_cpu_seconds() -> float:
             "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
         )
         pids = [row[0] for row in cursor.fetchall()]
-    total = 0.0
+    found = {}
     for pid in pids:
         try:
             fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
         except OSError:  # ended meanwhile, or the server is on another host
             continue
-        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        found[pid] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return found
+
+
+def _recording_db_cpu_since(before: dict[int, float]) -> float:
+    """The database's CPU time since ``before`` (``_recording_db_cpu``): a backend that
+    started meanwhile counts whole; one that ended (a gateway's login lookup) is lost."""
+    total = 0.0
+    for pid, seconds in _recording_db_cpu().items():
+        earlier = before.get(pid, 0.0)
+        total += seconds - earlier if seconds >= earlier else seconds  # a reused pid: new
     return total
 
 
@@ -545,7 +553,7 @@ def main() -> int:
                 for target in order[shift:] + order[:shift]:
                     before = _cpu_seconds(pids[target]) if target in pids else 0.0
                     loop_before = _loop_cpu_seconds(pids[target]) if target in pids else 0.0
-                    db_before = _recording_db_cpu_seconds() if target in RECORDED else 0.0
+                    db_before = _recording_db_cpu() if target in RECORDED else {}
                     sampled = PERF and round_ == 0 and target == PROFILE_TARGET and target in pids
                     recorder = perfsplit.start(pids[target], root / "perf.data") if sampled else None
                     try:
@@ -560,7 +568,7 @@ def main() -> int:
                         # The sessions' last batches and seals are written after pgbench
                         # leaves: counted here, not in the next target's run.
                         _wait_sealed()
-                        db_cpu[target] += _recording_db_cpu_seconds() - db_before
+                        db_cpu[target] += _recording_db_cpu_since(db_before)
                     if target in pids:
                         cpu[target] += _cpu_seconds(pids[target]) - before
                         loop_cpu[target] += _loop_cpu_seconds(pids[target]) - loop_before
