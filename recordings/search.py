@@ -45,11 +45,12 @@ def batch_words(events: Iterable[tuple[str, object]]) -> str:
     """The searchable text of a batch of ``(kind, decoded payload)`` events ("" if none),
     each whitespace-separated word once.
 
-    The statements of a batch mostly repeat one another's words (a batch of pgbench's
-    ``SELECT abalance FROM pgbench_accounts WHERE aid = 412345;`` is six words and the
-    numbers): PostgreSQL's parser reads each word once instead of every time it occurs,
-    about a fifth of the text. Its tokens never span whitespace, so the lexemes are the
-    whole text's (``test_search``); a search matches words, not positions.
+    The statements of a batch mostly repeat one another's words (in a batch of pgbench's
+    ``SELECT abalance FROM pgbench_accounts WHERE aid = 412345;`` only the number is new
+    each time): PostgreSQL's parser reads each word once instead of every time it occurs,
+    about a fifth of the text there. Its tokens never span whitespace, so the lexemes are
+    the whole text's (``recordings/tests/test_search_words.py``); a search matches words,
+    not positions.
     """
     parts: list[str] = []
     size = 0
