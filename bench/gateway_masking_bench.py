@@ -11,6 +11,7 @@ is the median of the rounds. Target: masking on costs at most 25% of throughput.
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import subprocess
@@ -137,19 +138,17 @@ def main() -> int:
                 for round_ in range(ROUNDS):
                     for target in TARGETS:
                         before = _cpu_seconds(gateway.pid)
-                        sampled = PERF and round_ == 0
-                        recorder = perfsplit.start(gateway.pid, root / "perf.data") if sampled else None
-                        try:
-                            runs[target].append(
-                                _run_db(gw_port, "bench-bot", token, clients, root, mode, target)
+                        runs[target].append(
+                            perfsplit.measured(
+                                functools.partial(
+                                    _run_db, gw_port, "bench-bot", token, clients, root, mode, target
+                                ),
+                                gateway.pid if PERF and round_ == 0 else None,
+                                root / "perf.data",
+                                f"{target} {mode} {clients} client(s), first round",
                             )
-                        finally:
-                            if recorder is not None:
-                                perfsplit.stop(recorder)
+                        )
                         cpu[target] += _cpu_seconds(gateway.pid) - before
-                        if recorder is not None:
-                            title = f"{target} {mode} {clients} client(s), first round"
-                            perfsplit.report(root / "perf.data", len(runs[target][-1][1]), title=title)
                 for target in runs:
                     results[(target, mode, clients)] = summarise(runs[target] or [(1.0, [0])], cpu[target])
                 if runs["plain"] and runs["masked"]:

@@ -26,7 +26,7 @@ import signal
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 RATE = 1000  # samples per second: one sample is a millisecond of CPU
@@ -89,6 +89,22 @@ def stop(recorder: subprocess.Popen[bytes]) -> None:
     _, err = recorder.communicate(timeout=120)
     if recorder.returncode not in (0, -signal.SIGINT):
         raise RuntimeError(f"perf record failed: {err.decode(errors='replace')[-500:]}")
+
+
+def measured(
+    run: Callable[[], tuple[float, list[int]]], pid: int | None, data: Path, title: str
+) -> tuple[float, list[int]]:
+    """``run()`` (a pgbench run: TPS and each transaction's latency); with ``pid``, that
+    process is sampled meanwhile and its CPU per transaction printed part by part."""
+    if pid is None:
+        return run()
+    recorder = start(pid, data)
+    try:
+        result = run()
+    finally:
+        stop(recorder)
+    report(data, len(result[1]), title=title)
+    return result
 
 
 def stacks(data: Path) -> Iterator[list[str]]:

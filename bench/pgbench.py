@@ -18,6 +18,7 @@ recorder or one that drops events) fed canned messages, without sockets.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import shutil
 import statistics
@@ -94,12 +95,16 @@ def _children(pid: int) -> list[int]:
     return [int(child) for child in path.read_text().split()] if path.exists() else []
 
 
+def _stat_cpu_seconds(stat: str) -> float:
+    """User + system CPU time in seconds from a /proc ``stat`` file (a process's or a thread's)."""
+    fields = Path(stat).read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process and its threads (Linux /proc), and of its child
     processes (the gateway's workers with ``AIRLOCK_BENCH_GATEWAY_WORKERS``)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    own = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return own + sum(_cpu_seconds(child) for child in _children(pid))
+    return _stat_cpu_seconds(f"/proc/{pid}/stat") + sum(_cpu_seconds(child) for child in _children(pid))
 
 
 def _loop_cpu_seconds(pid: int) -> float:
@@ -107,8 +112,7 @@ def _loop_cpu_seconds(pid: int) -> float:
     gateway's event loop, which relays every byte. The rest of ``_cpu_seconds`` is other
     threads' (recording writers, the policy watcher, libuv's workers), which compete for the
     GIL but not for the socket."""
-    fields = Path(f"/proc/{pid}/task/{pid}/stat").read_text().rpartition(")")[2].split()
-    own = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    own = _stat_cpu_seconds(f"/proc/{pid}/task/{pid}/stat")
     return own + sum(_loop_cpu_seconds(child) for child in _children(pid))
 
 
@@ -126,10 +130,9 @@ def _recording_db_cpu() -> dict[int, float]:
     found = {}
     for pid in pids:
         try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+            found[pid] = _stat_cpu_seconds(f"/proc/{pid}/stat")
         except OSError:  # ended meanwhile, or the server is on another host
             continue
-        found[pid] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     return found
 
 
@@ -150,7 +153,7 @@ def _wait_sealed(timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while Session.objects.filter(status=Session.Status.LIVE).exists():
         if time.monotonic() > deadline:
-            raise RuntimeError("the gateway's sessions were not sealed within 30 s of the run")
+            raise RuntimeError(f"the gateway's sessions were not sealed within {timeout:g} s of the run")
         time.sleep(0.05)
 
 
@@ -192,12 +195,12 @@ def summarise(
 ) -> dict[str, float]:
     latencies = sorted(lat for _, run in runs for lat in run)
     return {
-        "db_us": db_seconds / len(latencies) * 1e6 if db_seconds else 0.0,
         "tps": statistics.median(tps for tps, _ in runs),
         "p50_ms": latencies[len(latencies) // 2] / 1000,
         "p99_ms": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] / 1000,
         "cpu_us": cpu_seconds / len(latencies) * 1e6 if cpu_seconds else 0.0,
         "loop_us": loop_seconds / len(latencies) * 1e6 if loop_seconds else 0.0,
+        "db_us": db_seconds / len(latencies) * 1e6 if db_seconds else 0.0,
     }
 
 
@@ -555,15 +558,14 @@ def main() -> int:
                     loop_before = _loop_cpu_seconds(pids[target]) if target in pids else 0.0
                     db_before = _recording_db_cpu() if target in RECORDED else {}
                     sampled = PERF and round_ == 0 and target == PROFILE_TARGET and target in pids
-                    recorder = perfsplit.start(pids[target], root / "perf.data") if sampled else None
-                    try:
-                        runs[target].append(pgbench(*endpoints[target], mode, clients, root))
-                    finally:
-                        if recorder is not None:
-                            perfsplit.stop(recorder)
-                    if recorder is not None:
-                        title = f"{target} {mode} {clients} client(s), first round"
-                        perfsplit.report(root / "perf.data", len(runs[target][-1][1]), title=title)
+                    runs[target].append(
+                        perfsplit.measured(
+                            functools.partial(pgbench, *endpoints[target], mode, clients, root),
+                            pids[target] if sampled else None,
+                            root / "perf.data",
+                            f"{target} {mode} {clients} client(s), first round",
+                        )
+                    )
                     if target in RECORDED:
                         # The sessions' last batches and seals are written after pgbench
                         # leaves: counted here, not in the next target's run.
