@@ -350,6 +350,25 @@ def _prepare_airlock(pg_port: int) -> str:
     return str(token)
 
 
+class Dropped:
+    """A recorder that keeps nothing: the "gw-norec" target and the micro bench's
+    "dropped" rows (what the relay costs without recording)."""
+
+    session_id = None
+
+    def append(self, kind: str, payload: dict[str, object]) -> None:
+        pass
+
+    def open_statement(self, payload: dict[str, object]) -> int:
+        return 0
+
+    def complete(self, handle: int, result: dict[str, object]) -> bool:
+        return False
+
+    async def close(self, **kwargs: object) -> None:
+        pass
+
+
 def serve_without_recording(port: int) -> None:
     """The gateway with events dropped (diagnostic target "gw-norec"), until SIGTERM."""
     import asyncio
@@ -363,13 +382,6 @@ def serve_without_recording(port: int) -> None:
 
     from gateway import process
     from gateway.postgres.server import PostgresGateway
-
-    class Dropped:
-        def append(self, kind: str, payload: dict[str, object]) -> None:
-            pass
-
-        async def close(self, **kwargs: object) -> None:
-            pass
 
     async def recorder(**kwargs: object) -> Dropped:
         return Dropped()
@@ -708,15 +720,6 @@ async def _micro_case(mode: str, recorder_kind: str, n: int, policy: Any) -> dic
         policy=policy,
     )
     masking = compile_policy({}).for_groups(frozenset({"agents"}))
-
-    class Dropped:
-        session_id = None
-
-        def append(self, kind: str, payload: dict[str, object]) -> None:
-            pass
-
-        async def close(self, **kwargs: object) -> None:
-            pass
 
     if recorder_kind == "recorder":
         from recordings.writer import SessionRecorder

@@ -244,18 +244,21 @@ class SearchWords(models.Model):
 def masked_by_entity(
     session_ids: Iterable[uuid.UUID], since: datetime | None = None
 ) -> dict[uuid.UUID, dict[str, int]]:
-    """Values masked per entity in each session, from its ``result`` events'
-    ``masked_entities`` (optionally only the events at or after ``since``); sessions that
-    masked nothing are absent. Entities are ordered by count, highest first."""
+    """Values masked per entity in each session, from the ``masked_entities`` of its
+    results (``result`` events, and statement events with their result joined), optionally
+    only the events at or after ``since``; sessions that masked nothing are absent.
+    Entities are ordered by count, highest first."""
     events = Event.objects.filter(
-        session_id__in=list(session_ids), kind=Event.Kind.RESULT, payload__masked__gt=0
+        models.Q(kind=Event.Kind.RESULT, payload__masked__gt=0)
+        | models.Q(kind=Event.Kind.STATEMENT, payload__result__masked__gt=0),
+        session_id__in=list(session_ids),
     )
     if since is not None:
         events = events.filter(at__gte=since)
     found: dict[uuid.UUID, dict[str, int]] = {}
-    for session_id, entities in events.values_list("session_id", "payload__masked_entities").iterator(
-        chunk_size=2000
-    ):
+    rows = events.values_list("session_id", "payload__masked_entities", "payload__result__masked_entities")
+    for session_id, own, joined in rows.iterator(chunk_size=2000):
+        entities = own if own is not None else joined
         if not isinstance(entities, dict):
             continue
         counts = found.setdefault(session_id, {})

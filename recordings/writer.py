@@ -124,6 +124,14 @@ def _take(kind: str, payload: dict[str, Any]) -> tuple[bytes | str, bytes | None
         value = payload.get(key)
         if isinstance(value, str | int):  # immutable: the caller may reuse its dict
             facts[key] = value
+    if kind == "statement":
+        # A statement with its result joined (``SessionRecorder.complete``) counts its
+        # masked values as a result event would.
+        result = payload.get("result")
+        if type(result) is dict:
+            masked = result.get("masked")
+            if type(masked) is int:
+                facts["result"] = {"masked": masked}
     return canonical, canonical, facts
 
 
@@ -163,6 +171,9 @@ class _Tally:
         self.event_count += 1
         if kind == Event.Kind.STATEMENT:
             self.statement_count += 1
+            result = payload.get("result") if isinstance(payload, dict) else None
+            if isinstance(result, dict):
+                self._add_masked(result)
         elif kind == Event.Kind.DECISION:
             action = payload.get("action") if isinstance(payload, dict) else None
             if action == "deny":
@@ -176,9 +187,12 @@ class _Tally:
         elif kind == Event.Kind.ERROR:
             self.error_count += 1
         elif kind == Event.Kind.RESULT and isinstance(payload, dict):
-            masked = payload.get("masked")
-            if isinstance(masked, int) and not isinstance(masked, bool) and masked > 0:
-                self.masked_count += masked
+            self._add_masked(payload)
+
+    def _add_masked(self, result: dict[str, Any]) -> None:
+        masked = result.get("masked")
+        if isinstance(masked, int) and not isinstance(masked, bool) and masked > 0:
+            self.masked_count += masked
 
     def fields(self) -> dict[str, int]:
         return {
@@ -597,6 +611,10 @@ class SessionRecorder:
         self._task: asyncio.Task[None] | None = None
         self._finish_task: asyncio.Task[None] | None = None
         self._ended_at = datetime.now(UTC)
+        # The statement event a result may still join (``open_statement``): its handle,
+        # monotonic and wall times, and payload. Not queued until it is settled.
+        self._open: tuple[int, float, float, dict[str, Any]] | None = None
+        self._handles = 0
 
     # -- public interface ---------------------------------------------------------------
 
@@ -691,7 +709,48 @@ class SessionRecorder:
             return
         if kind not in _KINDS:
             raise ValueError(f"unknown recording event kind {kind!r}")
+        if self._open is not None:
+            self._settle()
         self._push(kind, payload)
+
+    def open_statement(self, payload: dict[str, Any]) -> int:
+        """Record a ``statement`` event whose result may still join it; returns its handle.
+
+        The event takes its place and time now. If ``complete`` comes before anything else
+        is appended and before the flush interval is up, the result is recorded inside it
+        (``payload["result"]``): one event instead of two for the usual statement, and the
+        statement's text once. Otherwise the event is queued as it is, and the result
+        becomes an event of its own. The caller must not change ``payload`` afterwards.
+        """
+        if self._closed:
+            log.warning("session %s: statement event after close was not recorded", self.session_id)
+            return 0
+        if self._open is not None:
+            self._settle()
+        self._handles += 1
+        self._open = (self._handles, time.monotonic(), time.time(), payload)
+        if not self._queue:
+            self._wake.set()  # the flush loop times the open event
+        return self._handles
+
+    def complete(self, handle: int, result: dict[str, Any]) -> bool:
+        """Join ``result`` to the statement ``handle`` opened, if it is still open (True);
+        False when it was settled (the caller records the result as an event of its own)."""
+        pending = self._open
+        if pending is None or pending[0] != handle:
+            return False
+        self._open = None
+        payload = pending[3]
+        payload["result"] = result
+        self._push(Event.Kind.STATEMENT, payload, pending[1], pending[2])
+        return True
+
+    def _settle(self) -> None:
+        """Queue the open statement event without a result."""
+        pending = self._open
+        if pending is not None:
+            self._open = None
+            self._push(Event.Kind.STATEMENT, pending[3], pending[1], pending[2])
 
     async def close(self, *, reason: str, status: str = "ended") -> None:
         """Record ``session_end``, persist everything, seal, and mark the session ended.
@@ -706,6 +765,7 @@ class SessionRecorder:
                     "session %s: unknown end status %r, recorded as terminated", self.session_id, status
                 )
                 status = Session.Status.TERMINATED
+            self._settle()
             self._push(Event.Kind.SESSION_END, {"reason": reason, "status": status})
             self._ended_at = self._queue[-1].at
             self._closed = True
@@ -720,12 +780,14 @@ class SessionRecorder:
 
     # -- queueing -----------------------------------------------------------------------
 
-    def _push(self, kind: str, payload: dict[str, Any]) -> None:
+    def _push(self, kind: str, payload: dict[str, Any], mono: float = 0.0, wall: float = 0.0) -> None:
+        """Queue one event, timed now or at ``mono``/``wall`` (an open statement's times)."""
         text, canonical, facts = _take(kind, payload)
-        mono = time.monotonic()
+        if not mono:
+            mono, wall = time.monotonic(), time.time()
         # Milliseconds to the microsecond (integer arithmetic: round(x, 3) formats decimals).
         offset_ms = int((mono - self._t0) * 1_000_000) / 1000
-        item = _Queued(mono, time.time(), offset_ms, kind, text, canonical, facts)
+        item = _Queued(mono, wall, offset_ms, kind, text, canonical, facts)
         if len(self._queue) >= MAX_QUEUED and kind != Event.Kind.SESSION_END:
             self._overflowed(item)
             return
@@ -774,6 +836,15 @@ class SessionRecorder:
     async def _run(self) -> None:
         try:
             while True:
+                pending = self._open
+                if pending is not None:
+                    # An open statement waits for its result at most one flush interval.
+                    due = pending[1] + self._flush_seconds - time.monotonic()
+                    if due <= 0:
+                        self._settle()
+                    elif self._batch is None and not self._queue:
+                        await self._sleep(due, wake=True)
+                        continue
                 if self._batch is None and not self._queue:
                     if self._closing:
                         return

@@ -72,7 +72,13 @@ FUNCTION_CALL_REFUSED = (
 
 
 class Recorder(Protocol):
+    """What the relay records through (``recordings.writer.SessionRecorder``)."""
+
     def append(self, kind: str, payload: dict[str, Any]) -> None: ...
+
+    def open_statement(self, payload: dict[str, Any]) -> int: ...
+
+    def complete(self, handle: int, result: dict[str, Any]) -> bool: ...
 
 
 class Decider(Protocol):
@@ -98,6 +104,7 @@ class _Statement:
         "copy_probe",
         "decision",
         "fields",
+        "handle",
         "masked",
         "masker",
         "portal",
@@ -113,6 +120,8 @@ class _Statement:
         self.decision = decision
         self.started = started
         self.rows = 0
+        # The recorder's handle of the statement event its result may join (0: none).
+        self.handle = 0
         self.columns: list[tuple[str, int]] | None = None
         self.sample: list[list[Any]] = []
         # Masking: the RowDescription fields of a simple Query's result, the portal an
@@ -137,6 +146,13 @@ class _PendingStatement(NamedTuple):
     record: _Statement
     params: tuple[str | None, ...]
     via: str
+
+
+class _PendingResult(NamedTuple):
+    """A statement's result still to be recorded (``Relay.flush_records``)."""
+
+    record: _Statement
+    payload: dict[str, Any]
 
 
 class _Entry:
@@ -700,6 +716,8 @@ class Relay:
         for item in later:
             if type(item) is _PendingStatement:
                 self._statement_events(item.record, item.params, item.via)
+            elif type(item) is _PendingResult:
+                self._result_event(item.record, item.payload)
             else:
                 append(*item)
 
@@ -730,20 +748,23 @@ class Relay:
         if decision.observed:
             # Observe rules that matched: what they would have done, enforced nothing.
             payload["observed"] = list(decision.observed)
+        if decision.action is Action.ALLOW:
+            # Its result usually joins it: one event (``SessionRecorder.open_statement``).
+            record.handle = self.recorder.open_statement(payload)
+            return
         append = self.recorder.append
         append("statement", payload)
-        if decision.action is not Action.ALLOW:
-            append(
-                "decision",
-                {
-                    "action": str(decision.action),
-                    "rule": decision.rule,
-                    "policy": decision.policy,
-                    "policy_version": decision.policy_version,
-                    "message": decision.message,
-                    "statement": shown_text,
-                },
-            )
+        append(
+            "decision",
+            {
+                "action": str(decision.action),
+                "rule": decision.rule,
+                "policy": decision.policy,
+                "policy_version": decision.policy_version,
+                "message": decision.message,
+                "statement": shown_text,
+            },
+        )
 
     def _mask_for_record(
         self, text: str, params: tuple[str | None, ...], prepared: bool
@@ -1472,7 +1493,6 @@ class Relay:
     def _record_result(self, record: _Statement, tag: str, *, suspended: bool = False) -> None:
         rows = pg.command_rows(tag) if tag else None
         payload: dict[str, Any] = {
-            "statement": record.text,
             "command_tag": tag,
             "rows": rows if rows is not None else record.rows,
             # To the microsecond (integer arithmetic: round(x, 3) formats decimals).
@@ -1491,10 +1511,24 @@ class Relay:
             payload["columns"] = [c[0] for c in columns] if columns else []
             payload["first_rows"] = record.sample
             record.sample = []
-        self._record("result", payload)
+        if self.defer_records:
+            self._later.append(_PendingResult(record, payload))
+        else:
+            self._result_event(record, payload)
         record.rows = 0
         if self.on_statement_done is not None and not suspended:
             self.on_statement_done(record.decision, True, tag)
+
+    def _result_event(self, record: _Statement, payload: dict[str, Any]) -> None:
+        """The result joins its statement's event if that is still open, else is an event
+        of its own that names the statement."""
+        handle = record.handle
+        if handle:
+            record.handle = 0
+            if self.recorder.complete(handle, payload):
+                return
+        payload["statement"] = record.text
+        self.recorder.append("result", payload)
 
     def _withheld_error(self, record: _Statement | None) -> bytes | None:
         if record is None or not record.withheld:

@@ -222,7 +222,10 @@ def test_a_psql_session_through_the_gateway_replays_with_its_results(console_ser
     # psql's startup settings come first, recorded as the SET statements they amount to.
     selects = timeline.locator("li.ev-statement code").filter(has_text=re.compile(r"^SELECT"))
     expect(selects.first).to_have_text("SELECT name, price FROM items WHERE id = 3")
-    expect(timeline.locator("table.rows td", has_text="item 3")).to_be_visible()
+    # Each statement's result is recorded inside its event and shown under it.
+    first = timeline.locator("li.ev-statement", has_text="WHERE id = 3")
+    expect(first.locator("table.rows td", has_text="item 3")).to_be_visible()
+    expect(first).to_contain_text("SELECT 1 · 1 rows")
     expect(timeline.locator("table.rows td", has_text="4.5")).to_be_visible()
     expect(selects.nth(1)).to_have_text("SELECT count(*) AS n FROM items")
     expect(timeline.get_by_role("columnheader", name="n", exact=True)).to_be_visible()

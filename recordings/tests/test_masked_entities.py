@@ -47,6 +47,24 @@ def test_the_replay_page_shows_the_values_masked_per_entity(carol):
     assert '<span id="masked-entities">12 EMAIL, 3 CARD</span>' in page
 
 
+def test_a_result_joined_to_its_statement_counts_like_a_result_event(carol):
+    # What the gateway records for the usual statement: its result inside its event.
+    joined = {"command_tag": "SELECT 2", "rows": 2, "masked": 3, "masked_entities": {"email": 2, "card": 1}}
+    session = recorded(
+        [
+            (
+                Event.Kind.STATEMENT,
+                {"text": "SELECT email, card FROM customers", "params": [], "result": joined},
+            ),
+            result({"email": 1}),
+        ]
+    )
+    assert session.masked_count == 4
+    assert masked_by_entity([session.pk]) == {session.pk: {"email": 3, "card": 1}}
+    page = _client(carol).get(reverse("recordings:session_detail", args=[session.pk])).content.decode()
+    assert '<span id="masked-entities">3 EMAIL, 1 CARD</span>' in page
+
+
 def test_the_dashboard_shows_each_sessions_entities_and_the_last_days_totals(alice):
     first = recorded([result({"email": 4, "ssn": 1})])
     second = recorded([result({"email": 1, "card": 2})])

@@ -498,3 +498,89 @@ async def test_a_session_whose_writes_hang_does_not_hold_up_another(settings):
     assert stuck_waiting
     assert failures["stuck"] == ["events not persisted within 2s (database slow or locked)"]
     assert stuck_result.ok, stuck_result.reason
+
+
+# -- a statement's result joined to its event ---------------------------------------------
+
+
+async def test_a_result_that_comes_next_joins_its_statements_event():
+    async with asyncio.timeout(30):
+        recorder = await SessionRecorder.start(**BILLING_BOT)
+        handle = recorder.open_statement({"text": "SELECT email FROM customers", "params": []})
+        await asyncio.sleep(0.01)
+        assert recorder.complete(handle, {"command_tag": "SELECT 2", "rows": 2, "masked": 2})
+        assert not recorder.complete(handle, {"command_tag": "SELECT 2"})  # once only
+        await recorder.close(reason="done")
+        events = await in_db(_events, recorder.session_id)
+        session = await in_db(_session, recorder.session_id)
+        offsets = await in_db(
+            lambda: list(
+                Event.objects.filter(session_id=recorder.session_id).values_list("offset_ms", flat=True)
+            )
+        )
+    assert [e["kind"] for e in events] == ["session_start", "statement", "session_end"]
+    assert events[1]["payload"] == {
+        "text": "SELECT email FROM customers",
+        "params": [],
+        "result": {"command_tag": "SELECT 2", "rows": 2, "masked": 2},
+    }
+    assert (session.statement_count, session.masked_count, session.event_count) == (1, 2, 3)
+    # The event keeps the statement's time, not the result's.
+    assert offsets[2] - offsets[1] >= 10
+    assert (await in_db(_verify, recorder.session_id)).ok
+
+
+async def test_anything_recorded_in_between_settles_the_statement_and_the_result_stands_alone():
+    async with asyncio.timeout(30):
+        recorder = await SessionRecorder.start(**BILLING_BOT)
+        first = recorder.open_statement({"text": "SELECT 1"})
+        recorder.append(Event.Kind.NOTICE, {"message": "hello"})
+        assert not recorder.complete(first, {"command_tag": "SELECT 1"})
+        recorder.append(Event.Kind.RESULT, {"statement": "SELECT 1", "command_tag": "SELECT 1", "masked": 1})
+        # A pipeline: the second statement settles the first; only the last one's result joins.
+        second = recorder.open_statement({"text": "SELECT 2"})
+        third = recorder.open_statement({"text": "SELECT 3"})
+        assert not recorder.complete(second, {"command_tag": "SELECT 1"})
+        assert recorder.complete(third, {"command_tag": "SELECT 1", "masked": 4})
+        # Closing settles an open statement that never got a result.
+        recorder.open_statement({"text": "SELECT pg_sleep(60)"})
+        await recorder.close(reason="done")
+        events = await in_db(_events, recorder.session_id)
+        session = await in_db(_session, recorder.session_id)
+    shown = [(e["kind"], e["payload"].get("text"), "result" in e["payload"]) for e in events]
+    assert shown == [
+        ("session_start", None, False),
+        ("statement", "SELECT 1", False),
+        ("notice", None, False),
+        ("result", None, False),
+        ("statement", "SELECT 2", False),
+        ("statement", "SELECT 3", True),
+        ("statement", "SELECT pg_sleep(60)", False),
+        ("session_end", None, False),
+    ]
+    assert (session.statement_count, session.masked_count) == (4, 5)
+    assert (await in_db(_verify, recorder.session_id)).ok
+
+
+async def test_a_statement_still_running_is_written_within_the_flush_interval(settings):
+    settings.RECORDING_FLUSH_SECONDS = 0.05
+    async with asyncio.timeout(30):
+        recorder = await SessionRecorder.start(**BILLING_BOT)
+        handle = recorder.open_statement({"text": "SELECT pg_sleep(60)"})
+        # Live viewers see it while it runs: written without waiting for its result.
+        await _until(lambda: recorder._state.seq == 2)
+        assert not recorder.complete(handle, {"command_tag": "SELECT 1"})
+        recorder.append(Event.Kind.RESULT, {"statement": "SELECT pg_sleep(60)", "command_tag": "SELECT 1"})
+        await recorder.close(reason="done")
+        events = await in_db(_events, recorder.session_id)
+    assert [e["kind"] for e in events] == ["session_start", "statement", "result", "session_end"]
+    assert "result" not in events[1]["payload"]
+
+
+async def test_after_close_an_open_statement_is_not_recorded():
+    async with asyncio.timeout(30):
+        recorder = await SessionRecorder.start(**BILLING_BOT)
+        await recorder.close(reason="done")
+        assert recorder.open_statement({"text": "SELECT 1"}) == 0
+        session = await in_db(_session, recorder.session_id)
+    assert session.event_count == 2

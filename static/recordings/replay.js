@@ -90,7 +90,9 @@
         // a decision event of their own, with the policy and message.
         return '<code class="sql">' + esc(p.text) + "</code>" +
           (Array.isArray(p.params) && p.params.length ? span("params", "params: " + JSON.stringify(p.params)) : "") +
-          (p.action ? span("badge decision " + esc(p.action), p.action) + (p.rule ? span("rule", "rule " + p.rule) : "") : "");
+          (p.action ? span("badge decision " + esc(p.action), p.action) + (p.rule ? span("rule", "rule " + p.rule) : "") : "") +
+          // The usual statement carries its result; otherwise the result is an event of its own.
+          (p.result && typeof p.result === "object" ? resultHtml(p.result) : "");
       case "decision":
         return span("badge decision " + esc(p.action), p.action) + span("rule", (p.rule ? "rule " + p.rule : "no rule") +
           (p.policy ? " · policy " + p.policy + (p.policy_version ? " v" + p.policy_version : "") : "") +

@@ -20,6 +20,17 @@ def test_psql_runs_a_query(gw):
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "item 3"
+    # The statement and its result are one recorded event, which verifies.
+    events = gw.events()
+    # psql's application_name is judged as the SET it amounts to (its own statement event).
+    assert [kind for kind, _ in events] == ["session_start", "statement", "statement", "session_end"]
+    assert events[1][1]["text"] == "SET \"application_name\" = 'psql'"
+    statement = events[2][1]
+    assert statement["text"] == "SELECT name FROM items WHERE id = 3"
+    result = statement["result"]
+    assert (result["command_tag"], result["rows"], result["first_rows"]) == ("SELECT 1", 1, [["item 3"]])
+    assert result["duration_ms"] >= 0 and "statement" not in result
+    assert gw.session().verify().ok
 
 
 def test_wrong_token(gw):

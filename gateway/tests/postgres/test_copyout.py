@@ -12,6 +12,7 @@ from gateway.decision import DecisionPoint
 from gateway.postgres import protocol as pg
 from gateway.postgres.compiled import relay as _compiled
 from gateway.postgres.copyout import CopyFormat, copy_out
+from gateway.tests.postgres.events import Events
 from masking import compile_policy
 
 Relay = _compiled.Relay
@@ -93,20 +94,12 @@ def _row_description(*fields: tuple[str, int, int, int, int]) -> bytes:
     return pg.message(b"T", body)
 
 
-class _Events:
-    def __init__(self) -> None:
-        self.events: list[tuple[str, dict]] = []
-
-    def append(self, kind, payload):  # type: ignore[no-untyped-def]
-        self.events.append((kind, payload))
-
-
 def _relay() -> Relay:
     point = DecisionPoint(protocol="postgres", connection="c", agent="a", groups=frozenset())
     policy = compile_policy(
         {"columns": [{"match": "public.users.email", "method": "redact", "entity": "email"}]}
     )
-    return Relay(point, _Events(), max_message=1 << 20, result_rows=5, masking=policy)
+    return Relay(point, Events(), max_message=1 << 20, result_rows=5, masking=policy)
 
 
 def test_a_simple_query_copy_gets_its_probe_and_the_client_never_sees_it():

@@ -8,6 +8,7 @@ import pytest
 from psycopg import errors
 
 from gateway.tests.postgres.conftest import DENY_MARKER, REVIEW_MARKER
+from gateway.tests.postgres.events import results
 from gateway.tests.postgres.rawclient import RawSession, fields
 
 DENIED = f"SELECT '{DENY_MARKER}'"
@@ -140,7 +141,7 @@ def test_statements_and_decisions_are_recorded(gw):
     extended = next(p for p in statements if p["text"] == "SELECT name FROM items WHERE id = $1")
     assert extended["params"] == ["2"]
     assert extended["action"] == "allow"
-    result = next(p for k, p in events if k == "result" and p["statement"] == extended["text"])
+    result = next(p for p in results(events) if p["statement"] == extended["text"])
     assert result["rows"] == 1 and result["first_rows"] == [["item 2"]] and result["columns"] == ["name"]
     assert result["duration_ms"] >= 0
     decision = next(p for k, p in events if k == "decision")

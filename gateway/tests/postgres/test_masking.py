@@ -13,6 +13,7 @@ import psycopg
 import pytest
 
 from gateway.decision import DecisionPoint
+from gateway.tests.postgres.events import results as recorded_results
 
 EMAIL = "dana.secret@example.org"
 CARD = "4111111111111111"
@@ -271,7 +272,7 @@ def test_the_database_holds_no_planted_secret_after_a_session(mgw):
             conn.execute("SELECT card::int FROM users WHERE id = 1")
     session = mgw.session()
     assert session.masked_count > 0
-    results = [p for k, p in mgw.events() if k == "result" and p.get("masked")]
+    results = [p for p in recorded_results(mgw.events()) if p.get("masked")]
     assert results and all(isinstance(p["masked_entities"], dict) for p in results)
     first = next(p for p in results if p["statement"].startswith("SELECT * FROM users"))
     # email: the column rule and the jsonb profile; card: the column and the profile by content.

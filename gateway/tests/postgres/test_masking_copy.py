@@ -15,6 +15,7 @@ import subprocess
 import psycopg
 import pytest
 
+from gateway.tests.postgres.events import results as recorded_results
 from gateway.tests.postgres.test_masking import _masking_policy
 
 EMAIL = "tab\tand\\back@example.org"
@@ -194,7 +195,7 @@ def test_the_recording_counts_what_a_copy_masked(cgw):
     out = _psql(cgw, "-c", "COPY people (id, ssn) TO STDOUT")
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines() == ["1\t[SSN]", "2\t\\N", "3\t[SSN]"]
-    results = [payload for kind, payload in cgw.events() if kind == "result"]
+    results = recorded_results(cgw.events())
     copied = [r for r in results if r["statement"].startswith("COPY")]
     assert copied[-1]["masked_entities"] == {"ssn": 2}
     assert not any("probe" in r["statement"] or "LIMIT 0" in r["statement"] for r in results)

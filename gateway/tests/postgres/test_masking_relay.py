@@ -10,18 +10,11 @@ import pytest
 from gateway.decision import DecisionPoint
 from gateway.postgres import protocol as pg
 from gateway.postgres.compiled import relay as _compiled
+from gateway.tests.postgres.events import Events
 from masking import compile_policy
 from policies.types import Action, Decision
 
 Relay = _compiled.Relay
-
-
-class Events:
-    def __init__(self) -> None:
-        self.events: list[tuple[str, dict]] = []
-
-    def append(self, kind, payload):  # type: ignore[no-untyped-def]
-        self.events.append((kind, payload))
 
 
 def _relay(spec=None):  # type: ignore[no-untyped-def]
@@ -135,7 +128,7 @@ def test_rows_masking_leaves_alone_go_on_as_they_came_between_masked_ones():
         [b"", b"3"],
     ]
     assert out == head + b"".join(pg.data_row(row) for row in expected) + tail
-    result = next(payload for kind, payload in events.events if kind == "result")
+    result = events.results()[0]
     assert result["masked_entities"] == {"email": 1, "phone": 1, "ip": 1}
     assert result["first_rows"][:2] == [["nothing here", "1"], ["mail [EMAIL]", None]]
 
@@ -178,7 +171,7 @@ def test_the_recorded_sample_of_masked_rows_is_each_value_decoded_alone(rows):  
     head = _row_description(("note", 0, 0, 25, 0), ("n", 0, 0, 25, 0))
     tail = pg.message(b"C", b"SELECT 2\x00") + pg.ready_for_query()
     relay.from_server(head + b"".join(pg.data_row(row) for row in rows) + tail)
-    result = next(payload for kind, payload in events.events if kind == "result")
+    result = events.results()[0]
     expected = [relay._sample_values(row, _columns_record()) for row in rows]
     assert result["first_rows"] == expected
 
@@ -229,12 +222,11 @@ def test_deferred_recording_keeps_the_order_and_never_records_a_statement_unmask
     relay.from_client(pg.query("SELECT 'bob@example.com'"))
     relay.from_server(pg.message(b"C", b"SELECT 0\x00") + pg.ready_for_query())
     relay.flush_records()
-    kinds = [(k, p.get("text", p.get("statement"))) for k, p in events.events]
+    # Each result joined its statement's event (nothing was recorded in between).
+    kinds = [(k, p["text"], p["result"]["command_tag"]) for k, p in events.events]
     assert kinds == [
-        ("statement", "SELECT '[EMAIL]' AS e"),
-        ("result", "SELECT '[EMAIL]' AS e"),
-        ("statement", "SELECT '[EMAIL]'"),
-        ("result", "SELECT '[EMAIL]'"),
+        ("statement", "SELECT '[EMAIL]' AS e", "SELECT 0"),
+        ("statement", "SELECT '[EMAIL]'", "SELECT 0"),
     ]
     assert "example.com" not in repr(events.events)
 

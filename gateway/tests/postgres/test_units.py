@@ -18,6 +18,7 @@ from gateway.postgres.sqltext import prepared_names_touched, split_statements
 from gateway.postgres.startup import Kind, StartupRefused, check_startup, parse_startup_packet
 from gateway.postgres.values import param_text
 from gateway.ratelimit import LoginThrottle
+from gateway.tests.postgres.events import Events
 from identity.tokens import generate_token, make_verifier, new_salt
 from policies.types import Action, Decision
 
@@ -196,14 +197,6 @@ class Denier(DecisionPoint):
         return super().decide(request)
 
 
-class Events:
-    def __init__(self) -> None:
-        self.events: list[tuple[str, dict]] = []
-
-    def append(self, kind, payload):  # type: ignore[no-untyped-def]
-        self.events.append((kind, payload))
-
-
 def _relay() -> tuple[Relay, Events]:
     events = Events()
     point = Denier(protocol="postgres", connection="c", agent="a", groups=frozenset())
@@ -325,7 +318,7 @@ def test_results_are_summarised_with_their_first_rows():
     columns = b"\x00\x01x\x00" + b"\x00" * 6 + struct.pack("!ihih", 25, -1, -1, 0)
     rows = b"".join(pg.message(b"D", b"\x00\x01" + struct.pack("!i", 1) + bytes([48 + i])) for i in range(9))
     relay.from_server(pg.message(b"T", columns) + rows + pg.message(b"C", b"SELECT 9\x00") + READY)
-    result = next(p for k, p in events.events if k == "result")
+    result = events.results()[0]
     assert result["rows"] == 9 and result["columns"] == ["x"]
     assert result["first_rows"] == [[str(i)] for i in range(5)]
 
