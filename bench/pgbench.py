@@ -708,9 +708,9 @@ async def _micro_case(mode: str, recorder_kind: str, n: int, policy: Any) -> dic
     from django.conf import settings
 
     from gateway.decision import DecisionPoint
+    from gateway.masking_runtime import engine  # the masking engine the gateway runs (compiled)
     from gateway.postgres import protocol as pg
     from gateway.postgres.compiled import relay as compiled
-    from masking import compile_policy
 
     point = DecisionPoint(
         protocol="postgres",
@@ -719,7 +719,7 @@ async def _micro_case(mode: str, recorder_kind: str, n: int, policy: Any) -> dic
         groups=frozenset({"agents"}),
         policy=policy,
     )
-    masking = compile_policy({}).for_groups(frozenset({"agents"}))
+    masking = engine.compile_policy({}).for_groups(frozenset({"agents"}))
 
     if recorder_kind == "recorder":
         from recordings.writer import SessionRecorder
