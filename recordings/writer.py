@@ -720,7 +720,10 @@ class SessionRecorder:
         is appended and before the flush interval is up, the result is recorded inside it
         (``payload["result"]``): one event instead of two for the usual statement, and the
         statement's text once. Otherwise the event is queued as it is, and the result
-        becomes an event of its own. The caller must not change ``payload`` afterwards.
+        becomes an event of its own. The caller must not change ``payload`` afterwards:
+        it is snapshotted when the event is queued, so a payload that is not JSON data (a
+        programming error) raises there (in ``complete``, ``append``, ``open_statement`` or
+        ``close``), or fails the recording if the flush interval queues it.
         """
         if self._closed:
             log.warning("session %s: statement event after close was not recorded", self.session_id)

@@ -584,3 +584,15 @@ async def test_after_close_an_open_statement_is_not_recorded():
         assert recorder.open_statement({"text": "SELECT 1"}) == 0
         session = await in_db(_session, recorder.session_id)
     assert session.event_count == 2
+
+
+async def test_an_open_statement_that_is_not_json_data_fails_where_it_is_queued():
+    async with asyncio.timeout(30):
+        recorder = await SessionRecorder.start(**BILLING_BOT)
+        handle = recorder.open_statement({"text": object()})
+        with pytest.raises(TypeError, match="only JSON values"):
+            recorder.complete(handle, {"command_tag": "SELECT 1"})
+        recorder.append(Event.Kind.NOTICE, {"message": "the session goes on"})
+        await recorder.close(reason="done")
+        events = await in_db(_events, recorder.session_id)
+    assert [e["kind"] for e in events] == ["session_start", "notice", "session_end"]
