@@ -28,7 +28,7 @@ from typing import Any, ParamSpec, TypeVar, overload
 from masking.detectors import ASCII_NORMALISERS, BUILTIN_ENTITIES, NORMALISERS
 from masking.errors import MaskingError, MaskingSpecError
 from masking.jsondoc import mask_json
-from masking.pgtypes import TEXT_FORMAT, ValueKind, value_kind
+from masking.pgtypes import ENTITY_FREE_TYPE_OIDS, TEXT_FORMAT, ValueKind, value_kind
 from masking.placeholders import Method, Render, Renderer, label_of, placeholder_pattern
 from masking.scanner import Counts, CustomEntity, Scanner, Value
 from masking.spec import COLUMN_ENTITY_DEFAULT, validate_masking_spec
@@ -374,14 +374,16 @@ class ResultMasker:
         scanners: list[Scanner | None] = []
         for index, identity in enumerate(columns):
             fmt = TEXT_FORMAT if not formats else formats[0] if len(formats) == 1 else formats[index]
-            kind = value_kind(None if type_oids is None else type_oids[index], fmt)
+            type_oid = None if type_oids is None else type_oids[index]
+            kind = value_kind(type_oid, fmt)
             self.kinds.append(kind)
             rule = policy.column_rule(identity)
             self.rules.append(rule)
             scanner = None
             if rule is None and kind is not ValueKind.OPAQUE_BINARY:
                 scanner = policy.scanner(policy.column_exemptions(identity))
-                if not scanner.active:
+                if not scanner.active or (type_oid in ENTITY_FREE_TYPE_OIDS and not scanner.has_custom):
+                    # Nothing to find, or values no built-in detector can match (pgtypes).
                     scanner = None
             scanners.append(scanner)
         # Looked up once here: a result of a few rows costs little more than these lookups.
@@ -392,6 +394,9 @@ class ResultMasker:
         for index, scanner in enumerate(scanners):
             if scanner is not None:
                 self._scan_groups.setdefault(id(scanner), (scanner, []))[1].append(index)
+        # Nothing in this result's shape can be masked (no column rule, every column
+        # skipped by the detectors): its rows go on untouched, unread (``mask_rows``).
+        self.passes_through = not self._ruled and not self._scan_groups and not self._jsonb_binary
 
     @property
     def masked_columns(self) -> list[bool]:
@@ -599,6 +604,8 @@ class ResultMasker:
         """The rows (as tuples) with every masked value replaced, and how many of each entity
         were masked. The rows passed in are not changed."""
         rows = rows if isinstance(rows, list) else list(rows)
+        if self.passes_through and set(map(len, rows)) <= {self.width}:
+            return [tuple(row) for row in rows], {}
         if len(rows) < _LARGE_RESULT or not gc.isenabled():
             return self._mask_rows(rows)
         # A large batch allocates a tuple per row and a few objects per column, none in a

@@ -171,6 +171,11 @@ class Scanner:
     def active(self) -> bool:
         return bool(self._detectors or self._custom)
 
+    @property
+    def has_custom(self) -> bool:
+        """Whether custom entities (an admin's patterns) are among the detectors."""
+        return bool(self._custom)
+
     def _combined_for(self, selection: tuple[int, ...]) -> _Combined:
         """One expression for the detectors that may match (the placeholder first)."""
         found = self._combined.get(selection)

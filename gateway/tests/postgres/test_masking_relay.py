@@ -11,7 +11,7 @@ from gateway.decision import DecisionPoint
 from gateway.postgres import protocol as pg
 from gateway.postgres.compiled import relay as _compiled
 from gateway.tests.postgres.events import Events
-from masking import compile_policy
+from masking import ResultMasker, compile_policy
 from policies.types import Action, Decision
 
 Relay = _compiled.Relay
@@ -87,6 +87,33 @@ def test_a_clean_result_passes_byte_for_byte():
         + pg.ready_for_query()
     )
     assert relay.from_server(server) == server
+
+
+def test_a_result_no_detector_can_match_goes_on_unread_and_is_sampled(monkeypatch):  # type: ignore[no-untyped-def]
+    # int4 and bool columns under content detection alone (masking.pgtypes.ENTITY_FREE_TYPE_OIDS).
+    relay, events = _relay()
+    relay.from_client(pg.query("SELECT n, ok"))
+    server = (
+        _row_description(("n", 0, 0, 23, 0), ("ok", 0, 0, 16, 0))
+        + pg.data_row([b"4111111111", b"t"])
+        + pg.data_row([None, b"f"])
+        + pg.message(b"C", b"SELECT 2\x00")
+        + pg.ready_for_query()
+    )
+    # The masker is never asked: a call would fail this test.
+    monkeypatch.setattr(ResultMasker, "mask_rows", None)
+    assert relay.from_server(server) == server
+    result = events.results()[0]
+    assert result["first_rows"] == [["4111111111", "t"], [None, "f"]] and "masked" not in result
+
+
+def test_a_custom_entity_still_reads_int4_values():
+    relay, events = _relay({"custom": [{"name": "badge", "pattern": r"\b7[0-9]{5}\b"}]})
+    relay.from_client(pg.query("SELECT badge"))
+    tail = pg.message(b"C", b"SELECT 1\x00") + pg.ready_for_query()
+    out = relay.from_server(_row_description(("badge", 0, 0, 23, 0)) + pg.data_row([b"712345"]) + tail)
+    assert b"712345" not in out and pg.data_row([None]) in out
+    assert events.results()[0]["masked_entities"] == {"badge": 1}
 
 
 def test_rows_wait_for_the_catalog_when_a_column_rule_could_apply():
