@@ -25,7 +25,7 @@ import struct
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, TypeVar
 
 from gateway.postgres import protocol as pg
 from gateway.postgres.copyout import CopyOut, copy_out
@@ -47,6 +47,20 @@ if TYPE_CHECKING:
 
 _U32 = struct.Struct("!I")
 _U16 = struct.Struct("!H")
+# Entries of each per-session cache (descriptions, maskers, recorded texts): a session runs
+# a few shapes over and over; one that keeps making new ones starts its cache afresh.
+_SESSION_CACHE_ENTRIES = 256
+_K = TypeVar("_K")
+_V = TypeVar("_V")
+
+
+def _remember(cache: dict[_K, _V], key: _K, value: _V) -> None:
+    """``cache[key] = value``, emptying ``cache`` first when it is full."""
+    if len(cache) >= _SESSION_CACHE_ENTRIES:
+        cache.clear()
+    cache[key] = value
+
+
 # Without a classification: statements that may rename or drop what the catalog cache knows.
 _DDL = re.compile(r"\s*(ALTER|DROP|CREATE|COMMENT|DO|CALL|EXECUTE)\b", re.IGNORECASE)
 
@@ -778,9 +792,7 @@ class Relay:
                 cached = self._recorded_texts.get(text)
                 if cached is None:
                     cached = masking.mask_text(text)[0]
-                    if len(self._recorded_texts) >= 256:
-                        self._recorded_texts.clear()
-                    self._recorded_texts[text] = cached
+                    _remember(self._recorded_texts, text, cached)
                 shown = cached
             else:
                 shown = masking.mask_text(text)[0]  # a Query's text is new each time
@@ -940,9 +952,7 @@ class Relay:
         fields = self._row_fields_seen.get(body)
         if fields is None:
             fields = pg.parse_row_fields(body)
-            if len(self._row_fields_seen) > 256:
-                self._row_fields_seen.clear()
-            self._row_fields_seen[body] = fields
+            _remember(self._row_fields_seen, body, fields)
         return fields
 
     def _needs_lookup(self, body: bytes) -> bool:
@@ -1029,13 +1039,9 @@ class Relay:
             except MaskingError:
                 record.withheld = "the result could not be masked"
                 return
-            if len(self._maskers) > 256:
-                self._maskers.clear()
-            self._maskers[key] = masker
+            _remember(self._maskers, key, masker)
         if known is not None and fields is not None:
-            if len(self._described) > 256:
-                self._described.clear()
-            self._described[known] = (fields, masker)
+            _remember(self._described, known, (fields, masker))
         record.masker = masker
 
     def _record_for_rows(self) -> tuple[_Statement | None, _Entry | None]:
