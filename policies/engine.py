@@ -74,6 +74,18 @@ def _postgres_session_key(request: Request) -> Hashable:
     return sql.session_key(request.statement, request.session)
 
 
+def _postgres_shape(request: Request) -> tuple[Hashable, str, Callable[[str], str]] | None:
+    if request.kind != "query":
+        return None
+    return sql.simple_shape(request.statement, request.session)
+
+
+# Protocols whose statements may be known by shape before they are classified: the shape,
+# the statement's text and its normalizer, as the classification would give them, or None.
+Shaper = Callable[[Request], tuple[Hashable, str, Callable[[str], str]] | None]
+_SHAPERS: dict[str, Shaper] = {"postgres": _postgres_shape}
+
+
 def _classify_plain(request: Request) -> Classification:
     return Classification(statements=(plain_statement(request.statement, request.kind),))
 
@@ -92,6 +104,7 @@ def register_classifier(protocol: str, classify: Classifier, session_key: Sessio
     rules on who/where (protocol, connections, agents, groups) and ``regex`` can match.
     """
     _CLASSIFIERS[protocol] = (classify, session_key or (lambda request: None))
+    _SHAPERS.pop(protocol, None)  # a shape found by the old classifier's rules means nothing
 
 
 def _classifier(protocol: str) -> tuple[Classifier, SessionKey]:
@@ -429,13 +442,27 @@ class CompiledPolicy:
             self.hits += 1
             return cached
         self.misses += 1
+        shaper = _SHAPERS.get(request.protocol)
+        known = shaper(request) if shaper is not None else None
+        if known is not None:
+            # A statement of a shape decided before, with new constants: the decision is
+            # that shape's, with this statement's text. Not kept by its text: finding it
+            # again this way costs about what the text's cache entry would.
+            shape, text, normalizer = known
+            template = self._shapes.get((shape, key[1:], self._regex_outcomes(normalizer, text)))
+            if template is not None:
+                self.shape_hits += 1
+                return _with_text(template, text)
         classification = classify(request)
         shape = classification.shape
         if shape is None:
             decision = self._decide(request, classification)
         else:
-            normalized = classification.normalized(0) if self._regexes else ""
-            shape_key = (shape, key[1:], tuple(rx.search(normalized) is not None for rx in self._regexes))
+            shape_key = (
+                shape,
+                key[1:],
+                self._regex_outcomes(classification.normalizer, classification.statements[0].text),
+            )
             template = self._shapes.get(shape_key)
             if template is not None:
                 self.shape_hits += 1
@@ -445,6 +472,14 @@ class CompiledPolicy:
                 sql.bounded_put(self._shapes, shape_key, decision, self.cache_size)
         sql.bounded_put(self._cache, key, decision, self.cache_size)
         return decision
+
+    def _regex_outcomes(self, normalizer: Callable[[str], str] | None, text: str) -> tuple[bool, ...]:
+        """Which of the policy's ``regex`` matchers match the statement's normalized text
+        (part of a decision's key per shape: the rest of a statement's shape decides alike)."""
+        if not self._regexes:
+            return ()
+        normalized = normalizer(text) if normalizer is not None else " ".join(text.split())
+        return tuple(rx.search(normalized) is not None for rx in self._regexes)
 
     def classify(self, request: Request) -> Classification:
         return _classifier(request.protocol)[0](request)

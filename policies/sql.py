@@ -1303,10 +1303,14 @@ class _Shape:
         self.start = start
         self.tail = tail
 
-    def classification(self, sql: str, normalizer: Callable[[str], str] | None = None) -> Classification:
+    def text_of(self, sql: str) -> str:
+        """The statement's text in ``sql``, a string of this shape."""
         data = sql.encode("utf-8")
         chunk = data[self.start : len(data) - self.tail]
-        text = chunk.decode("utf-8", errors="replace").strip().rstrip(";").strip()
+        return chunk.decode("utf-8", errors="replace").strip().rstrip(";").strip()
+
+    def classification(self, sql: str, normalizer: Callable[[str], str] | None = None) -> Classification:
+        text = self.text_of(sql)
         info = self.info
         return Classification(
             statements=(
@@ -1385,7 +1389,10 @@ def bounded_put(cache: OrderedDict[_K, _V], key: _K, value: _V, size: int) -> No
 # deparsed as before.
 
 _NOT_SIMPLE = ("\\", '"', "$", "--", "/*", "''")
-_SIMPLE_CONSTANT = re.compile(r"('[^']*'|(?<![\w.])[0-9]+(?![\w.]))")
+# A number not glued to a word or a dot; written to begin with a character (the lookbehind
+# after the first digit) so that the regular expression engine skips to the next quote or
+# digit in C rather than trying the pattern at every position.
+_SIMPLE_CONSTANT = re.compile(r"('[^']*'|[0-9](?<![\w.][0-9])[0-9]*(?![\w.]))")
 _PLACEHOLDER = re.compile(r"\$(\d+)")
 _INT4_MAX = 2**31 - 1
 
@@ -1439,16 +1446,16 @@ def _simple_key(sql: str) -> tuple[tuple[str, ...], str, list[str]] | None:
         if mark in sql:
             return None
     parts = _SIMPLE_CONSTANT.split(sql)
+    constants = parts[1::2]
+    kinds = "".join("s" if c[0] == "'" else "i" if _is_int4(c) else "n" for c in constants)
+    if sql.count("'") != 2 * kinds.count("s"):
+        return None  # a quote outside the strings (unbalanced): the parser says what is wrong
     skeleton = tuple(parts[0::2])
-    for index, part in enumerate(skeleton):
-        if "'" in part:
-            return None  # an unbalanced quote: the parser says what is wrong
-        if part and index < len(skeleton) - 1 and (part[-1].isalnum() or part[-1] in "_&"):
+    for part in skeleton[:-1]:
+        if part and (part[-1].isalnum() or part[-1] in "_&"):
             # A prefixed string (E'...', B'...', X'...', N'...', U&'...'); a number is never
             # taken as a constant right after a letter.
             return None
-    constants = parts[1::2]
-    kinds = "".join("s" if c[0] == "'" else "i" if _is_int4(c) else "n" for c in constants)
     return skeleton, kinds, constants
 
 
@@ -1525,6 +1532,30 @@ def _classify_by_shape(sql: str, path: tuple[str, ...]) -> Classification:
 
 
 _UNSEEN: Any = object()
+
+
+def simple_shape(
+    sql: str, session: Mapping[str, Any] | None
+) -> tuple[_Shape, str, Callable[[str], str]] | None:
+    """``sql``'s shape when its simple key is known already (see above): the shape, the
+    statement's text and its normalizer, what ``classify`` would give as the
+    classification's ``shape``, its statement's ``text`` and ``normalized``, without
+    building the classification; None when ``classify`` has to be asked.
+
+    For the engine's decision per shape (``CompiledPolicy.evaluate``): a statement of a
+    known shape with new constants (pgbench's, an agent's ``WHERE id = 42``) costs a key
+    and two lookups.
+    """
+    if len(sql) > MAX_CACHED_TEXT or _EXECUTE.search(sql) is not None:
+        return None
+    simple = _simple_key(sql)
+    if simple is None:
+        return None
+    entry = _simple_shapes.get((simple[0], simple[1], session_search_path(session)))
+    if entry is None:
+        return None
+    shape = entry.shape
+    return shape, shape.text_of(sql), _Rendered(entry, simple[2])
 
 
 def _finish(w: _Walker, typ: str, text: str) -> StatementInfo:

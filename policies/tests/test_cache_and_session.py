@@ -92,15 +92,30 @@ def test_a_new_policy_version_decides_afresh():
 
 def test_the_cache_is_bounded_and_evicted_entries_are_decided_again():
     policy = compile_policy("p", 1, SPEC, cache_size=3)
+    # Ten shapes: a statement of a shape seen before would be decided by its shape.
     for n in range(10):
-        policy.evaluate(request(f"SELECT {n}"))
+        policy.evaluate(request(f"SELECT {n} AS c{n}"))
     assert len(policy._cache) == 3
     # The oldest go first: the last three are still served from the cache.
     for n in (7, 8, 9):
-        policy.evaluate(request(f"SELECT {n}"))
+        policy.evaluate(request(f"SELECT {n} AS c{n}"))
     assert (policy.hits, policy.misses) == (3, 10)
-    assert policy.evaluate(request("SELECT 0")).action is Action.ALLOW
+    assert policy.evaluate(request("SELECT 0 AS c0")).action is Action.ALLOW
     assert policy.misses == 11
+
+
+def test_statements_decided_by_their_shape_leave_the_cache_to_repeated_texts():
+    """A statement of a known shape with new constants (a new id every time) is decided by
+    its shape and not kept by its text: it never pushes a repeated text out of the cache."""
+    policy = compile_policy("p", 1, SPEC, cache_size=3)
+    policy.evaluate(request("SELECT note FROM notes WHERE id = 1"))
+    for n in range(2, 100):
+        decision = policy.evaluate(request(f"SELECT note FROM notes WHERE id = {n}"))
+        assert decision.classification["statements"][0]["text"] == f"SELECT note FROM notes WHERE id = {n}"
+    assert (policy.shape_hits, len(policy._cache)) == (98, 1)
+    hits = policy.hits
+    assert policy.evaluate(request("SELECT note FROM notes WHERE id = 1")).action is Action.ALLOW
+    assert policy.hits == hits + 1
 
 
 def test_very_long_statements_are_decided_but_not_kept():

@@ -299,3 +299,25 @@ def test_every_known_statement_and_its_siblings_are_decided_as_afresh():
         for group in ("agents", "ops"):
             assert everything(ask(policy, text, group)) == everything(ask(compiled(), text, group)), text
     assert policy.shape_hits > 100  # the shape cache was really exercised
+
+
+def test_a_protocol_given_another_classifier_is_not_decided_by_the_old_shapes(monkeypatch):
+    """Shapes are the SQL classifier's: a protocol whose classifier is replaced is asked
+    about every statement, not answered from shapes its old classifier found."""
+    from policies import engine
+    from policies.classification import Classification, plain_statement
+
+    policy = compiled()
+    ask(policy, "SELECT abalance FROM pgbench_accounts WHERE aid = 1;")
+    asked = []
+
+    def classify(request):
+        asked.append(request.statement)
+        return Classification(statements=(plain_statement(request.statement, "Opaque"),))
+
+    monkeypatch.setattr(engine, "_CLASSIFIERS", dict(engine._CLASSIFIERS))
+    monkeypatch.setattr(engine, "_SHAPERS", dict(engine._SHAPERS))
+    engine.register_classifier("postgres", classify, engine._postgres_session_key)
+    ask(policy, "SELECT abalance FROM pgbench_accounts WHERE aid = 2;")
+    assert asked == ["SELECT abalance FROM pgbench_accounts WHERE aid = 2;"]
+    assert policy.shape_hits == 0
