@@ -47,6 +47,28 @@ Json = dict[str, Any]
 
 DEFAULT_SEARCH_PATH: tuple[str, ...] = ("public",)
 _EXECUTE = re.compile("execute", re.IGNORECASE)
+_EXECUTE_WORDS = ("execute",)
+
+
+def mentions(text: str, pattern: re.Pattern[str], words: tuple[str, ...]) -> bool:
+    """Whether ``pattern`` matches in ``text``, for a case-insensitive ``pattern`` that
+    matches only where one of ``words`` (lower-case ASCII) is written, in any case.
+
+    ASCII text holding none of the words once lowered is answered without the regular
+    expression (a case-insensitive search costs 0.4-0.8 us on a short statement, the
+    check a tenth of that); other text, where Unicode case rules apply (``ı`` matches
+    ``i``, ``ſ`` matches ``s``), is always searched.
+    """
+    if text.isascii():
+        lowered = text.lower()
+        for word in words:
+            if word in lowered:
+                break
+        else:
+            return False
+    return pattern.search(text) is not None
+
+
 MAX_PREPARED_TEXTS = 8  # per name; beyond this the name is treated as unknown
 MAX_CACHED_TEXT = 16_384  # longer texts (bulk INSERTs...) are rarely repeated: not cached
 
@@ -391,7 +413,7 @@ def session_key(sql: str, session: Mapping[str, Any] | None) -> tuple[Any, ...]:
     keyword cannot be split or escaped) depends on what is prepared.
     """
     path = session_search_path(session)
-    if _EXECUTE.search(sql) is None:
+    if not mentions(sql, _EXECUTE, _EXECUTE_WORDS):
         return (path,)
     return (path, prepared_key(session))
 
@@ -1546,7 +1568,7 @@ def simple_shape(
     known shape with new constants (pgbench's, an agent's ``WHERE id = 42``) costs a key
     and two lookups.
     """
-    if len(sql) > MAX_CACHED_TEXT or _EXECUTE.search(sql) is not None:
+    if len(sql) > MAX_CACHED_TEXT or mentions(sql, _EXECUTE, _EXECUTE_WORDS):
         return None
     simple = _simple_key(sql)
     if simple is None:
@@ -1593,7 +1615,7 @@ def classify(sql: str, session: Mapping[str, Any] | None = None) -> Classificati
     """
     path = session_search_path(session)
     try:
-        if _EXECUTE.search(sql) is None:
+        if not mentions(sql, _EXECUTE, _EXECUTE_WORDS):
             if len(sql) > MAX_CACHED_TEXT:
                 return _classify(sql, path, {})
             return _classify_by_shape(sql, path)

@@ -24,6 +24,8 @@ from pglast import ast
 from pglast.stream import RawStream
 from pglast.visitors import Visitor
 
+from policies.sql import mentions
+
 _MAY_COPY = re.compile(r"\bcopy\b", re.IGNORECASE)
 _DML = (ast.InsertStmt, ast.UpdateStmt, ast.DeleteStmt, ast.MergeStmt)
 # Options COPY TO accepts whose effect on the output is understood here.
@@ -229,7 +231,7 @@ def _format(options: tuple[ast.DefElem, ...] | None) -> tuple[CopyFormat | None,
 
 def copy_out(statement: str) -> CopyOut | None:
     """What ``statement`` copies if it is a ``COPY ... TO STDOUT``; None if it is not one."""
-    if not _MAY_COPY.search(statement):
+    if not mentions(statement, _MAY_COPY, ("copy",)):
         return None
     try:
         parsed = pglast.parse_sql(statement)

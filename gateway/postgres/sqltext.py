@@ -16,6 +16,8 @@ import re
 import pglast
 from pglast import parser as pg_parser
 
+from policies.sql import mentions
+
 Span = tuple[int, int]
 
 
@@ -55,6 +57,7 @@ def _scanner_split(text: str) -> list[Span]:
 
 
 _NAMESPACE_WORDS = re.compile(r"(?i)\b(prepare|deallocate|discard)\b")
+_NAMESPACE_LOWER = ("prepare", "deallocate", "discard")
 _COMMENTS = ("C_COMMENT", "SQL_COMMENT")
 
 
@@ -67,7 +70,7 @@ def prepared_names_touched(statement: str) -> frozenset[str] | None:
     ``DISCARD ALL`` and anything else that mentions those words (dynamic SQL in a DO block,
     say): the caller then forgets every name it knew.
     """
-    if _NAMESPACE_WORDS.search(statement) is None:
+    if not mentions(statement, _NAMESPACE_WORDS, _NAMESPACE_LOWER):
         return frozenset()
     try:
         tokens = [t for t in pg_parser.scan(statement) if t.name not in _COMMENTS]
