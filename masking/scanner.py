@@ -39,6 +39,22 @@ _MAX_PASSES = 4
 # A secret touching one of these may have hidden a neighbour from a detector's boundary
 # check (an email directly followed by digits); only then is another pass worth its cost.
 _GLUE = frozenset("0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ_.%+-@:/")
+# The integers an int4 or an oid prints (``masking.pgtypes.ENTITY_FREE_TYPE_OIDS``): no
+# built-in detector matches one (``masking/tests/test_entity_free_types.py``).
+_ENTITY_FREE_MIN = -(2**31)
+_ENTITY_FREE_MAX = 2**32 - 1
+
+
+def entity_free_integer(text: str) -> bool:
+    """Whether ``text`` is an integer as PostgreSQL prints an int4 or an oid (no sign but
+    ``-``, no leading zero, within their ranges): a value no built-in detector can match,
+    such as a bound parameter ``42``."""
+    if not 0 < len(text) <= 11 or not text.isascii():
+        return False
+    digits = text[1:] if text[0] == "-" else text
+    if not digits.isdigit() or (digits[0] == "0" and len(text) > 1):
+        return False
+    return _ENTITY_FREE_MIN <= int(text) <= _ENTITY_FREE_MAX
 
 
 def _prefixed(pattern: str, prefix: str) -> str:
@@ -341,6 +357,8 @@ class Scanner:
 
         ``selection``, when the caller has it already, is ``self.selection(text)``.
         """
+        if len(text) <= 11 and not self._custom and entity_free_integer(text):
+            return text  # the usual bound parameter: nothing built in can be found in it
         original = text
         for _ in range(_passes):
             glued = bool(self._custom)
