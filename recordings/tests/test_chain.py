@@ -300,3 +300,21 @@ def test_payload_values_that_are_not_json_are_refused():
         chain.canonical_payload({"s": {1}})
     with pytest.raises(TypeError, match="keys are strings, not tuple"):
         chain.canonical_payload({(1, 2): "x"})
+
+
+@given(
+    st.one_of(
+        st.floats(min_value=0, max_value=4_102_444_800, allow_nan=False),  # 1970 to 2100
+        # Microsecond halves and the last microsecond of a second: where rounding decides.
+        st.builds(
+            lambda s, us, d: s + us / 1e6 + d,
+            st.integers(1_600_000_000, 2_000_000_000),
+            st.integers(0, 999_999),
+            st.sampled_from([0.0, 4.9e-7, 5e-7, 5.1e-7, 9.999e-7]),
+        ),
+    )
+)
+def test_an_event_time_formatted_from_its_wall_clock_is_the_time_the_database_stores(wall):
+    """The writer formats an event's ``time.time()`` directly (``format_wall``); what it
+    hashes must be exactly what ``format_time`` gives for the time written to the row."""
+    assert chain.format_wall(wall) == chain.format_time(datetime.fromtimestamp(wall, UTC))
