@@ -1327,9 +1327,12 @@ class _Shape:
 
     def text_of(self, sql: str) -> str:
         """The statement's text in ``sql``, a string of this shape."""
-        data = sql.encode("utf-8")
-        chunk = data[self.start : len(data) - self.tail]
-        return chunk.decode("utf-8", errors="replace").strip().rstrip(";").strip()
+        if sql.isascii():  # the offsets are in UTF-8 bytes: here, characters
+            chunk = sql[self.start : len(sql) - self.tail]
+        else:
+            data = sql.encode("utf-8")
+            chunk = data[self.start : len(data) - self.tail].decode("utf-8", errors="replace")
+        return chunk.strip().rstrip(";").strip()
 
     def classification(self, sql: str, normalizer: Callable[[str], str] | None = None) -> Classification:
         text = self.text_of(sql)
