@@ -301,8 +301,24 @@ def parse_parse(body: bytes) -> tuple[bytes, bytes, tuple[int, ...]]:
 
 def parse_bind(body: bytes) -> tuple[bytes, bytes, tuple[bytes | None, ...], tuple[int, ...]]:
     """Portal, statement, parameter values (None for NULL) and their format codes."""
+    portal, statement, values, codes, _ = _parse_bind(body, False)
+    return portal, statement, values, codes
+
+
+def parse_bind_all(
+    body: bytes,
+) -> tuple[bytes, bytes, tuple[bytes | None, ...], tuple[int, ...], tuple[int, ...]]:
+    """``parse_bind``'s four and the result-column format codes as sent (none, one, or one
+    per column), in one pass over the message."""
+    return _parse_bind(body, True)
+
+
+def _parse_bind(
+    body: bytes, results: bool
+) -> tuple[bytes, bytes, tuple[bytes | None, ...], tuple[int, ...], tuple[int, ...]]:
     portal, pos = read_cstring(body, 0)
     statement, pos = read_cstring(body, pos)
+    result_formats: tuple[int, ...] = ()
     try:
         nformats = _I16.unpack_from(body, pos)[0]
         pos += 2
@@ -321,6 +337,11 @@ def parse_bind(body: bytes) -> tuple[bytes, bytes, tuple[bytes | None, ...], tup
                     raise ProtocolError("Bind parameter runs past the message")
                 values.append(body[pos : pos + length])
                 pos += length
+        if results:
+            count = _I16.unpack_from(body, pos)[0]
+            if count < 0:
+                raise ProtocolError("Bind result format count is negative")
+            result_formats = tuple(struct.unpack_from(f"!{count}h", body, pos + 2)) if count else ()
     except struct.error:
         raise ProtocolError("truncated Bind message") from None
     if nformats not in (0, 1, nparams) or nformats < 0 or nparams < 0:
@@ -332,7 +353,7 @@ def parse_bind(body: bytes) -> tuple[bytes, bytes, tuple[bytes | None, ...], tup
         codes = (formats[0],) * nparams
     else:
         codes = tuple(formats)
-    return portal, statement, tuple(values), codes
+    return portal, statement, tuple(values), codes, result_formats
 
 
 def parse_name_after_kind(body: bytes) -> tuple[int, bytes]:
@@ -396,23 +417,6 @@ def parse_row_fields(body: bytes) -> list[tuple[str, int, int, int, int]]:
         pos += 18
         fields.append((name.decode("utf-8", "replace"), table, attnum, type_oid, fmt))
     return fields
-
-
-def bind_result_formats(body: bytes) -> tuple[int, ...]:
-    """The result-column format codes of a Bind message, as sent (none, one, or one per column)."""
-    _, pos = read_cstring(body, 0)
-    _, pos = read_cstring(body, pos)
-    nformats = _I16.unpack_from(body, pos)[0]
-    pos += 2 + 2 * nformats
-    nparams = _I16.unpack_from(body, pos)[0]
-    pos += 2
-    for _ in range(nparams):
-        length = _I32.unpack_from(body, pos)[0]
-        pos += 4 + max(length, 0)
-    count = _I16.unpack_from(body, pos)[0]
-    if count < 0:
-        raise ProtocolError("Bind result format count is negative")
-    return tuple(struct.unpack_from(f"!{count}h", body, pos + 2)) if count else ()
 
 
 def parse_field_list(body: bytes) -> list[tuple[int, bytes]]:

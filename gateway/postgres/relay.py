@@ -590,22 +590,29 @@ class Relay:
         return pg.query(self._marker_sql())
 
     def _on_bind(self, body: bytes) -> None:
-        portal, statement, values, formats = pg.parse_bind(body)
+        result_formats: tuple[int, ...] = ()
+        if self.masking is not None:
+            portal, statement, values, formats, result_formats = pg.parse_bind_all(body)
+        else:
+            portal, statement, values, formats = pg.parse_bind(body)
         text = self.statements.get(statement)
         if text is None:
             # A statement prepared with SQL PREPARE (or one that does not exist): the
             # policy judges it as the EXECUTE it amounts to.
             text = "EXECUTE " + _quote_ident(statement.decode("utf-8", "replace"))
-        types = self._types.get(statement, ())
-        params = tuple(
-            param_text(v, f == 1, types[i] if i < len(types) else 0)
-            for i, (v, f) in enumerate(zip(values, formats, strict=True))
-        )
+        if 1 not in formats:
+            params = tuple([_text_param(v) for v in values])  # every value in the text format
+        else:
+            types = self._types.get(statement, ())
+            params = tuple(
+                param_text(v, f == 1, types[i] if i < len(types) else 0)
+                for i, (v, f) in enumerate(zip(values, formats, strict=True))
+            )
         entry = self._push(BIND)
         entry.name = portal
         entry.value = (text, params)
         if self.masking is not None:
-            entry.extra = (statement, pg.bind_result_formats(body))
+            entry.extra = (statement, result_formats)
         self._effects.append(entry)
         self.portals[portal] = (text, params)
         return None
@@ -1635,6 +1642,16 @@ def _current(entry: _Entry | None) -> _Statement | None:
     if entry.kind == QUERY and entry.index < len(entry.statements):
         return entry.statements[entry.index]
     return None
+
+
+def _text_param(raw: bytes | None) -> str | None:
+    """A text-format parameter as ``param_text`` gives it."""
+    if raw is None:
+        return None
+    try:
+        return raw.decode()
+    except UnicodeDecodeError:
+        return "\\x" + raw.hex()
 
 
 def _decode(raw: bytes) -> str:

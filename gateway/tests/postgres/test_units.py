@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from gateway.decision import DecisionPoint
 from gateway.postgres import protocol as pg
+from gateway.postgres import relay as _source_relay
 from gateway.postgres.compiled import relay as _compiled
 from gateway.postgres.scram import ScramError, ScramServer, fake_salt
 from gateway.postgres.sqltext import prepared_names_touched, split_statements
@@ -51,6 +52,23 @@ def test_bind_parsing_applies_one_format_code_to_every_parameter():
     body = b"p\x00s\x00" + struct.pack("!hh", 1, 1) + struct.pack("!h", 2)
     body += struct.pack("!i", 4) + b"\x00\x00\x00\x07" + struct.pack("!i", -1) + struct.pack("!h", 0)
     assert pg.parse_bind(body) == (b"p", b"s", (b"\x00\x00\x00\x07", None), (1, 1))
+
+
+def test_bind_parsing_reads_the_result_formats_in_the_same_pass():
+    head = b"p\x00s\x00" + struct.pack("!hh", 1, 1) + struct.pack("!h", 2)
+    head += struct.pack("!i", 4) + b"\x00\x00\x00\x07" + struct.pack("!i", -1)
+    body = head + struct.pack("!hhh", 2, 1, 0)
+    assert pg.parse_bind_all(body) == (b"p", b"s", (b"\x00\x00\x00\x07", None), (1, 1), (1, 0))
+    assert pg.parse_bind_all(head + struct.pack("!h", 0))[4] == ()
+    for broken in (head, head + struct.pack("!hh", 2, 1), head + struct.pack("!h", -1)):
+        with pytest.raises(pg.ProtocolError):
+            pg.parse_bind_all(broken)
+
+
+@given(st.one_of(st.none(), st.binary(max_size=12), st.text(max_size=8).map(str.encode)))
+def test_a_text_format_parameter_is_read_as_param_text_reads_it(raw):
+    for module in {_compiled, _source_relay}:
+        assert module._text_param(raw) == param_text(raw, False, 25)
 
 
 def test_a_bind_parameter_running_past_the_message_is_refused():
