@@ -449,7 +449,7 @@ class CompiledPolicy:
             # that shape's, with this statement's text. Not kept by its text: finding it
             # again this way costs about what the text's cache entry would.
             shape, text, normalizer = known
-            template = self._shapes.get((shape, key[1:], self._regex_outcomes(normalizer, text)))
+            template = self._shapes.get((shape, key[1:], self._regex_outcomes(lambda: normalizer(text))))
             if template is not None:
                 self.shape_hits += 1
                 return _with_text(template, text)
@@ -458,11 +458,7 @@ class CompiledPolicy:
         if shape is None:
             decision = self._decide(request, classification)
         else:
-            shape_key = (
-                shape,
-                key[1:],
-                self._regex_outcomes(classification.normalizer, classification.statements[0].text),
-            )
+            shape_key = (shape, key[1:], self._regex_outcomes(lambda: classification.normalized(0)))
             template = self._shapes.get(shape_key)
             if template is not None:
                 self.shape_hits += 1
@@ -473,13 +469,14 @@ class CompiledPolicy:
         sql.bounded_put(self._cache, key, decision, self.cache_size)
         return decision
 
-    def _regex_outcomes(self, normalizer: Callable[[str], str] | None, text: str) -> tuple[bool, ...]:
-        """Which of the policy's ``regex`` matchers match the statement's normalized text
-        (part of a decision's key per shape: the rest of a statement's shape decides alike)."""
+    def _regex_outcomes(self, normalized: Callable[[], str]) -> tuple[bool, ...]:
+        """Which of the policy's ``regex`` matchers match the statement's normalized text,
+        ``normalized()``, asked only when there are any (part of a decision's key per
+        shape: the rest of a statement's shape decides alike)."""
         if not self._regexes:
             return ()
-        normalized = normalizer(text) if normalizer is not None else " ".join(text.split())
-        return tuple(rx.search(normalized) is not None for rx in self._regexes)
+        text = normalized()
+        return tuple(rx.search(text) is not None for rx in self._regexes)
 
     def classify(self, request: Request) -> Classification:
         return _classifier(request.protocol)[0](request)

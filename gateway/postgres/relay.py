@@ -31,7 +31,7 @@ from gateway.postgres import protocol as pg
 from gateway.postgres.copyout import CopyOut, copy_out
 from gateway.postgres.protocol import ProtocolError
 from gateway.postgres.sqltext import prepared_names_touched, split_statements
-from gateway.postgres.values import param_text
+from gateway.postgres.values import param_text, text_param
 from masking import MaskingError
 from policies.sql import (
     UnsupportedStartupOption,
@@ -601,7 +601,7 @@ class Relay:
             # policy judges it as the EXECUTE it amounts to.
             text = "EXECUTE " + _quote_ident(statement.decode("utf-8", "replace"))
         if 1 not in formats:
-            params = tuple([_text_param(v) for v in values])  # every value in the text format
+            params = tuple([text_param(v) for v in values])  # every value in the text format
         else:
             types = self._types.get(statement, ())
             params = tuple(
@@ -1642,16 +1642,6 @@ def _current(entry: _Entry | None) -> _Statement | None:
     if entry.kind == QUERY and entry.index < len(entry.statements):
         return entry.statements[entry.index]
     return None
-
-
-def _text_param(raw: bytes | None) -> str | None:
-    """A text-format parameter as ``param_text`` gives it."""
-    if raw is None:
-        return None
-    try:
-        return raw.decode()
-    except UnicodeDecodeError:
-        return "\\x" + raw.hex()
 
 
 def _decode(raw: bytes) -> str:

@@ -57,14 +57,20 @@ _DECODERS = {
 }
 
 
-def param_text(raw: bytes | None, binary: bool, type_oid: int) -> str | None:
+def text_param(raw: bytes | None) -> str | None:
+    """A text-format parameter value as recorded and judged: its text, or ``\\x`` and its
+    bytes in hex when they are not UTF-8."""
     if raw is None:
         return None
-    if not binary:
-        try:
-            return raw.decode()
-        except UnicodeDecodeError:
-            return "\\x" + raw.hex()
+    try:
+        return raw.decode()
+    except UnicodeDecodeError:
+        return "\\x" + raw.hex()
+
+
+def param_text(raw: bytes | None, binary: bool, type_oid: int) -> str | None:
+    if raw is None or not binary:
+        return text_param(raw)
     decoder = _DECODERS.get(type_oid)
     value = decoder(raw) if decoder is not None else None  # type: ignore[operator]
     return value if value is not None else "\\x" + raw.hex()
