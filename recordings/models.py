@@ -3,12 +3,13 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable, Mapping
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 from django.contrib.postgres.search import SearchVectorField
 from django.db import models
-from django.db.models.fields.json import KeyTextTransform
+from django.db.models.expressions import Col
+from django.db.models.fields.json import KeyTextTransform, KeyTransform, KeyTransformFactory
 from django.utils import timezone
 
 if TYPE_CHECKING:
@@ -185,6 +186,57 @@ class Session(models.Model):
         return None
 
 
+class _AsJsonb(models.Func):
+    """A ``json`` column read as ``jsonb`` (PostgreSQL): what key lookups compare with."""
+
+    output_field = models.JSONField()
+
+    def __init__(self, expression: Any) -> None:
+        super().__init__(expression)
+
+    def as_sql(self, compiler: Any, connection: Any, **extra: Any) -> tuple[str, Any]:
+        sql, params = compiler.compile(self.source_expressions[0])
+        if connection.vendor == "postgresql":
+            return f"({sql})::jsonb", params
+        return sql, params
+
+
+class _PayloadKey(KeyTransformFactory):
+    def __call__(self, *args: Any, **kwargs: Any) -> KeyTransform:
+        lhs, *rest = args
+        return KeyTransform(self.key_name, _AsJsonb(lhs), *rest, **kwargs)
+
+
+class PayloadField(models.JSONField):
+    """An event's payload: JSON stored as written, in a ``json`` column on PostgreSQL.
+
+    ``jsonb`` parses every value into its binary form on the way in: a fifth of what the
+    recording database spent per recorded statement (docs/performance.md, "The recording
+    database"). Events are written once, in bulk, and read back whole far more often than
+    they are searched, so the text is kept as the writer sent it (the canonical JSON the
+    chain hashes). Key lookups (``payload__text="..."``, ``payload__result__masked__gt=0``)
+    read the column as ``jsonb`` in that query, so they behave as on any ``JSONField``;
+    ``KeyTextTransform("by", "payload")`` (``->>``) reads ``json`` directly, which is what
+    the approval index is built on. Other databases keep Django's own type.
+    """
+
+    def db_type(self, connection: Any) -> str | None:
+        if connection.vendor == "postgresql":
+            return "json"
+        return super().db_type(connection)
+
+    def get_transform(self, name: str) -> Any:
+        transform = super().get_transform(name)
+        if isinstance(transform, KeyTransformFactory):
+            return _PayloadKey(name)
+        return transform
+
+    def from_db_value(self, value: Any, expression: Any, connection: Any) -> Any:
+        if isinstance(expression, Col) and not isinstance(value, str) and connection.vendor == "postgresql":
+            return value  # psycopg decodes json itself (Django has it read jsonb as text)
+        return super().from_db_value(value, expression, connection)
+
+
 class Event(models.Model):
     """One append-only, hash-chained entry of a session's recording."""
 
@@ -208,7 +260,7 @@ class Event(models.Model):
     at = models.DateTimeField()
     offset_ms = models.FloatField(help_text="Milliseconds since the session started.")
     kind = models.CharField(max_length=20, choices=Kind.choices)
-    payload = models.JSONField(default=dict)
+    payload = PayloadField(default=dict)
     hash = models.CharField(max_length=64)
 
     class Meta:

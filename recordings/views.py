@@ -216,8 +216,9 @@ def session_detail(request: HttpRequest, pk: uuid.UUID) -> HttpResponse:
 
 
 def _events_json(session: Session, after: int, limit: int) -> bytes:
-    """A page of events as JSON. Payloads are copied as the database writes them (jsonb's
-    text), never decoded and encoded again: most of a page's bytes cost nothing here."""
+    """A page of events as JSON. Payloads are copied as the database holds them (the
+    canonical text the writer stored), never decoded and encoded again: most of a page's
+    bytes cost nothing here."""
     rows = list(
         session.events.filter(seq__gt=after)
         .order_by("seq")
