@@ -211,10 +211,10 @@ class PayloadField(models.JSONField):
     """An event's payload: JSON stored as written, in a ``json`` column on PostgreSQL.
 
     ``jsonb`` parses every value into its binary form on the way in: a fifth of what the
-    recording database spent per recorded statement (docs/performance.md, "The recording
-    database"). Events are written once, in bulk, and read back whole far more often than
-    they are searched, so the text is kept as the writer sent it (the canonical JSON the
-    chain hashes). Key lookups (``payload__text="..."``, ``payload__result__masked__gt=0``)
+    recording database spent per recorded statement (docs/performance.md, "Recording's
+    cost split three ways"). Events are written once, in bulk, and read back whole far
+    more often than they are searched, so the text is kept as the writer sent it (the
+    canonical JSON the chain hashes). Key lookups (``payload__text="..."``, ``payload__result__masked__gt=0``)
     read the column as ``jsonb`` in that query, so they behave as on any ``JSONField``;
     ``KeyTextTransform("by", "payload")`` (``->>``) reads ``json`` directly, which is what
     the approval index is built on. Other databases keep Django's own type.
