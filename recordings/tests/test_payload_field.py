@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import uuid
 from datetime import UTC, datetime
-from typing import Any, NamedTuple
 
 import pytest
 from django.db import connection, transaction
@@ -14,16 +13,6 @@ from django.db.models.fields.json import KeyTextTransform
 
 from recordings import chain, writer
 from recordings.models import Event, Session, masked_by_entity
-
-
-class _Row(NamedTuple):
-    seq: int
-    at: datetime
-    offset_ms: float
-    kind: str
-    payload: Any
-    hash: str
-
 
 BEFORE = [("recordings", "0008_event_session_index_in_the_unique_one")]
 AFTER = [("recordings", "0009_event_payload_json")]
@@ -145,7 +134,9 @@ def test_events_written_as_jsonb_still_verify_after_the_migration_and_back():
                     [session_id],
                 )
                 found = [
-                    _Row(seq, at, offset_ms, kind, json.loads(text), digest)
+                    Event(
+                        seq=seq, at=at, offset_ms=offset_ms, kind=kind, payload=json.loads(text), hash=digest
+                    )
                     for seq, at, offset_ms, kind, text, digest in cursor.fetchall()
                 ]
             return len(found) == len(payloads) and chain.verify_chain(session_id, found).ok
