@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import Iterable, Mapping
 from datetime import datetime
@@ -8,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from django.conf import settings
 from django.contrib.postgres.search import SearchVectorField
 from django.db import models
+from django.db.models import Lookup
 from django.db.models.expressions import Col
 from django.db.models.fields.json import KeyTextTransform, KeyTransform, KeyTransformFactory
 from django.utils import timezone
@@ -207,6 +209,19 @@ class _PayloadKey(KeyTransformFactory):
         return KeyTransform(self.key_name, _AsJsonb(lhs), *rest, **kwargs)
 
 
+@functools.cache
+def _as_jsonb_lookup(lookup: type[Lookup]) -> type[Lookup]:
+    """``lookup`` comparing the ``json`` column read as ``jsonb`` (PostgreSQL)."""
+
+    def process_lhs(self: Lookup, compiler: Any, connection: Any, lhs: Any = None) -> tuple[str, Any]:
+        sql, params = lookup.process_lhs(self, compiler, connection, lhs)
+        if connection.vendor == "postgresql":
+            return f"({sql})::jsonb", params
+        return sql, params
+
+    return type(lookup.__name__, (lookup,), {"process_lhs": process_lhs})
+
+
 class PayloadField(models.JSONField):
     """An event's payload: JSON stored as written, in a ``json`` column on PostgreSQL.
 
@@ -230,6 +245,12 @@ class PayloadField(models.JSONField):
         if isinstance(transform, KeyTransformFactory):
             return _PayloadKey(name)
         return transform
+
+    def get_lookup(self, lookup_name: str) -> Any:
+        lookup = super().get_lookup(lookup_name)
+        if lookup is None:
+            return None
+        return _as_jsonb_lookup(lookup)  # payload__contains={...}, payload__has_key="by"...
 
     def from_db_value(self, value: Any, expression: Any, connection: Any) -> Any:
         if isinstance(expression, Col) and not isinstance(value, str) and connection.vendor == "postgresql":

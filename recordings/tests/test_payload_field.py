@@ -62,6 +62,10 @@ def test_key_lookups_and_reads_behave_as_on_any_json_field():
         None,
     ]
     assert events.alias(by=KeyTextTransform("by", "payload")).filter(by="rita").count() == 1
+    assert events.filter(payload__contains={"by": "rita"}).count() == 1
+    assert events.filter(payload__has_key="result").count() == 1
+    assert events.filter(payload={"by": "rita", "approved": True}).count() == 1
+    assert events.filter(payload__isnull=False).count() == 2
     assert events.get(seq=2).payload == {"by": "rita", "approved": True}
     assert list(events.order_by("seq").values_list("payload", flat=True))[0]["result"]["masked"] == 2
     assert masked_by_entity([session.pk]) == {session.pk: {"EMAIL": 2}}
