@@ -193,9 +193,6 @@ class _AsJsonb(models.Func):
 
     output_field = models.JSONField()
 
-    def __init__(self, expression: Any) -> None:
-        super().__init__(expression)
-
     def as_sql(self, compiler: Any, connection: Any, **extra: Any) -> tuple[str, Any]:
         sql, params = compiler.compile(self.source_expressions[0])
         if connection.vendor == "postgresql":
@@ -229,8 +226,9 @@ class PayloadField(models.JSONField):
     recording database spent per recorded statement (docs/performance.md, "Recording's
     cost split three ways"). Events are written once, in bulk, and read back whole far
     more often than they are searched, so the text is kept as the writer sent it (the
-    canonical JSON the chain hashes). Key lookups (``payload__text="..."``, ``payload__result__masked__gt=0``)
-    read the column as ``jsonb`` in that query, so they behave as on any ``JSONField``;
+    canonical JSON the chain hashes). Lookups (``payload__text="..."``,
+    ``payload__result__masked__gt=0``, ``payload__contains={...}``) read the column as
+    ``jsonb`` in that query, so they behave as on any ``JSONField``;
     ``KeyTextTransform("by", "payload")`` (``->>``) reads ``json`` directly, which is what
     the approval index is built on. Other databases keep Django's own type.
     """
