@@ -189,7 +189,7 @@ class Session(models.Model):
 
 
 class _AsJsonb(models.Func):
-    """A ``json`` column read as ``jsonb`` (PostgreSQL): what key lookups compare with."""
+    """A ``json`` column read as ``jsonb`` (PostgreSQL): what lookups compare with."""
 
     output_field = models.JSONField()
 
@@ -211,10 +211,7 @@ def _as_jsonb_lookup(lookup: type[Lookup]) -> type[Lookup]:
     """``lookup`` comparing the ``json`` column read as ``jsonb`` (PostgreSQL)."""
 
     def process_lhs(self: Lookup, compiler: Any, connection: Any, lhs: Any = None) -> tuple[str, Any]:
-        sql, params = lookup.process_lhs(self, compiler, connection, lhs)
-        if connection.vendor == "postgresql":
-            return f"({sql})::jsonb", params
-        return sql, params
+        return lookup.process_lhs(self, compiler, connection, _AsJsonb(self.lhs if lhs is None else lhs))
 
     return type(lookup.__name__, (lookup,), {"process_lhs": process_lhs})
 
