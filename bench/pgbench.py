@@ -198,6 +198,9 @@ def summarise(
         "tps": statistics.median(tps for tps, _ in runs),
         "p50_ms": latencies[len(latencies) // 2] / 1000,
         "p99_ms": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] / 1000,
+        # At one client TPS is one over the mean latency: how far the mean lies above the
+        # p50 is what the slow transactions cost (docs/performance.md, sixteenth session).
+        "mean_ms": statistics.fmean(latencies) / 1000,
         "cpu_us": cpu_seconds / len(latencies) * 1e6 if cpu_seconds else 0.0,
         "loop_us": loop_seconds / len(latencies) * 1e6 if loop_seconds else 0.0,
         "db_us": db_seconds / len(latencies) * 1e6 if db_seconds else 0.0,
@@ -616,7 +619,8 @@ def main() -> int:
         f" load average {os.getloadavg()[0]:.1f}"
     )
     print(
-        f"{'target':<10} {'mode':<9} {'clients':>7} {'tps':>9} {'p50 ms':>8} {'p99 ms':>8} {'vs direct':>9}"
+        f"{'target':<10} {'mode':<9} {'clients':>7} {'tps':>9} {'p50 ms':>8} {'p99 ms':>8} {'mean ms':>8}"
+        f" {'vs direct':>9}"
         f" {'cpu us/txn':>10} {'loop us':>7} {'rec db us':>9}"
     )
     for mode, clients in RUNS:
@@ -628,7 +632,7 @@ def main() -> int:
             versus = f"{r['tps'] / direct['tps']:>9.2f}" if _ran("direct") else f"{'-':>9}"
             print(
                 f"{target:<10} {mode:<9} {clients:>7} {r['tps']:>9.0f} {r['p50_ms']:>8.3f} {r['p99_ms']:>8.3f}"
-                f" {versus} {r['cpu_us']:>10.1f} {r['loop_us']:>7.1f}"
+                f" {r['mean_ms']:>8.3f} {versus} {r['cpu_us']:>10.1f} {r['loop_us']:>7.1f}"
                 + (f" {r['db_us']:>9.1f}" if target in RECORDED else f" {'-':>9}")
             )
     for (mode, clients), ratios in paired.items():
@@ -640,6 +644,12 @@ def main() -> int:
             continue
         added = results[("gateway", mode, 1)]["p50_ms"] - results[("direct", mode, 1)]["p50_ms"]
         print(f"gateway p50 added latency, 1 client, {mode}: {added:.3f} ms")
+        tails = ", ".join(
+            f"{target} {1000 * (r['mean_ms'] - r['p50_ms']):.1f} us"
+            for target in ("direct", "gateway", "gw-norec")
+            if _ran(target) and (r := results[(target, mode, 1)])
+        )
+        print(f"mean latency above the p50 (the slow transactions' share), 1 client, {mode}: {tails}")
     print(f"recorded through the gateway: {sessions} sessions, {recorded} statements")
     print(_realistic_path())
     ratios = []
