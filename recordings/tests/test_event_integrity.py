@@ -1,0 +1,224 @@
+"""The reference from events to their session, kept by triggers (``recordings.integrity``):
+what the foreign key refused is still refused, by the database itself."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from django.db import IntegrityError, connection, transaction
+
+from recordings import chain, integrity, writer
+from recordings.models import Event, Session
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _session() -> Session:
+    return Session.objects.create(protocol="postgres", agent_name="bot", connection_name="crm")
+
+
+def _event(session_id: uuid.UUID, seq: int = 1) -> Event:
+    return Event(
+        session_id=session_id, seq=seq, at=datetime.now(UTC), offset_ms=0.0, kind="statement",
+        payload={"text": "SELECT 1"}, hash="a" * 64,
+    )  # fmt: skip
+
+
+def _foreign_key_count() -> int:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FROM pg_constraint WHERE conrelid = 'recordings_event'::regclass AND contype = 'f'"
+        )
+        return int(cursor.fetchone()[0])
+
+
+@pytest.mark.django_db
+def test_an_event_of_a_missing_session_is_refused():
+    with pytest.raises(IntegrityError, match="recordings_event.session_id"), transaction.atomic():
+        _event(uuid.uuid4()).save()
+    assert not Event.objects.exists()
+
+
+@pytest.mark.django_db
+def test_a_batch_copied_for_a_missing_session_is_refused_whole():
+    session = _session()
+    _event(session.pk).save()
+    missing = uuid.uuid4()
+    items = [(0.0, 1e9 + i, float(i), "statement", b'{"text":"x"}', b'{"text":"x"}', {}) for i in range(300)]
+    rows, _ = writer._chain_rows(missing, writer._ChainState(chain.genesis_hash(missing)), items)
+    with pytest.raises(IntegrityError), transaction.atomic():
+        writer._insert_events(missing, rows)
+    assert Event.objects.count() == 1
+    # The same batch for a session that exists goes in (the writer's path, COPY on PostgreSQL).
+    rows, _ = writer._chain_rows(session.pk, writer._ChainState(chain.genesis_hash(session.pk)), items)
+    with transaction.atomic():
+        Event.objects.filter(session=session).delete()
+        writer._insert_events(session.pk, rows)
+    assert Event.objects.filter(session=session).count() == 300
+
+
+@pytest.mark.django_db
+def test_an_event_moved_to_a_missing_session_is_refused():
+    session = _session()
+    event = _event(session.pk)
+    event.save()
+    with pytest.raises(IntegrityError), transaction.atomic():
+        Event.objects.filter(pk=event.pk).update(session_id=uuid.uuid4())
+    # Moving it to another session that exists is no violation of the reference.
+    other = _session()
+    Event.objects.filter(pk=event.pk).update(session_id=other.pk)
+    assert Event.objects.get(pk=event.pk).session_id == other.pk
+
+
+@pytest.mark.django_db
+def test_a_session_with_events_cannot_be_deleted_out_from_under_them():
+    session = _session()
+    _event(session.pk).save()
+    with pytest.raises(IntegrityError, match="recordings_session"), transaction.atomic():
+        with connection.cursor() as cursor:
+            cursor.execute("DELETE FROM recordings_session WHERE id = %s", [session.pk])
+    assert Session.objects.filter(pk=session.pk).exists()
+    # Nor renumbered away from them.
+    with pytest.raises(IntegrityError), transaction.atomic():
+        Session.objects.filter(pk=session.pk).update(id=uuid.uuid4())
+    # A session without events is deleted as before, and so is one with events the ORM's
+    # way: its events first (on_delete=CASCADE), then the session, in one transaction.
+    empty = _session()
+    with connection.cursor() as cursor:
+        cursor.execute("DELETE FROM recordings_session WHERE id = %s", [empty.pk])
+    session.delete()
+    assert not Session.objects.exists() and not Event.objects.exists()
+
+
+@pytest.mark.django_db
+def test_truncating_sessions_alone_is_refused_but_with_the_events_it_is_not():
+    if connection.vendor != "postgresql":
+        pytest.skip("TRUNCATE is PostgreSQL's")
+    session = _session()
+    _event(session.pk).save()
+    with connection.cursor() as cursor:
+        # The session row's own (deferred) foreign keys are checked now: PostgreSQL does
+        # not truncate a table with trigger events pending in the transaction.
+        cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
+    with pytest.raises(IntegrityError), transaction.atomic():
+        with connection.cursor() as cursor:
+            cursor.execute("TRUNCATE recordings_session CASCADE")  # cascades to search words only
+    assert Event.objects.count() == 1
+    with transaction.atomic():
+        with connection.cursor() as cursor:
+            cursor.execute("TRUNCATE recordings_event, recordings_session CASCADE")
+    assert not Session.objects.exists()
+
+
+@pytest.mark.django_db
+def test_the_database_has_the_triggers_and_no_foreign_key_and_install_is_idempotent():
+    if connection.vendor != "postgresql":
+        pytest.skip("PostgreSQL's catalog")
+    assert _foreign_key_count() == 0
+    integrity.install(connection)  # what post_migrate does after every migrate
+    integrity.install(connection)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT tgname FROM pg_trigger WHERE NOT tgisinternal"
+            " AND tgrelid IN ('recordings_event'::regclass, 'recordings_session'::regclass) ORDER BY tgname"
+        )
+        names = [row[0] for row in cursor.fetchall()]
+    assert names == [
+        "recordings_event_session_insert",
+        "recordings_event_session_update",
+        "recordings_session_delete_events",
+        "recordings_session_id_events",
+        "recordings_session_truncate_events",
+    ]
+    with pytest.raises(IntegrityError), transaction.atomic():
+        _event(uuid.uuid4()).save()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_migrating_back_restores_the_foreign_key_and_forward_the_triggers():
+    from django.db.migrations.executor import MigrationExecutor
+
+    if connection.vendor != "postgresql":
+        pytest.skip("PostgreSQL's catalog")
+    executor = MigrationExecutor(connection)
+    latest = executor.loader.graph.leaf_nodes("recordings")
+    try:
+        executor.migrate([("recordings", "0009_event_payload_json")])
+        assert _foreign_key_count() == 1
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'recordings_event_session_%'")
+            assert cursor.fetchone()[0] == 0
+    finally:
+        executor = MigrationExecutor(connection)
+        executor.migrate(latest)
+    assert _foreign_key_count() == 0
+    with pytest.raises(IntegrityError), transaction.atomic():
+        _event(uuid.uuid4()).save()
+
+
+SQLITE_CHECKS = """
+import json, uuid, django
+from datetime import datetime, timezone
+django.setup()
+from django.core.management import call_command
+from django.db import IntegrityError, connection, transaction
+from recordings.models import Event, Session
+
+def event(session_id, seq=1):
+    return Event(session_id=session_id, seq=seq, at=datetime.now(timezone.utc), offset_ms=0.0,
+                 kind="statement", payload={}, hash="a" * 64)
+
+def refused(fn):
+    try:
+        with transaction.atomic():
+            fn()
+    except IntegrityError as exc:
+        return str(exc)
+    return None
+
+out = {}
+session = Session.objects.create(protocol="postgres", agent_name="bot", connection_name="crm")
+event(session.pk).save()
+out["orphan_insert"] = refused(lambda: event(uuid.uuid4(), 2).save())
+out["orphan_move"] = refused(lambda: Event.objects.update(session_id=uuid.uuid4()))
+def raw_delete():
+    with connection.cursor() as cursor:
+        cursor.execute("DELETE FROM recordings_session WHERE id = %s", [session.pk.hex])
+out["raw_delete"] = refused(raw_delete)
+out["renumber"] = refused(lambda: Session.objects.filter(pk=session.pk).update(id=uuid.uuid4()))
+# A later migrate (which may rebuild tables, dropping their triggers) puts them back.
+with connection.cursor() as cursor:
+    cursor.execute("DROP TRIGGER recordings_event_session_insert")
+call_command("migrate", verbosity=0)
+out["orphan_insert_after_migrate"] = refused(lambda: event(uuid.uuid4(), 3).save())
+session.delete()
+out["cascade_left"] = [Session.objects.count(), Event.objects.count()]
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.timeout(120)
+def test_the_embedded_sqlite_default_keeps_the_reference_too(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "REDIS_URL"}}
+    env |= {"AIRLOCK_DATA_DIR": str(tmp_path), "DJANGO_SETTINGS_MODULE": "console.settings"}
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=100
+        )
+
+    migrated = run("manage.py", "migrate", "--noinput", "-v", "0")
+    assert migrated.returncode == 0, migrated.stderr
+    checked = run("-c", SQLITE_CHECKS)
+    assert checked.returncode == 0, checked.stderr
+    out = json.loads(checked.stdout.strip().splitlines()[-1])
+    for case in ("orphan_insert", "orphan_move", "raw_delete", "renumber", "orphan_insert_after_migrate"):
+        assert out[case] and "recordings_" in out[case], (case, out[case])
+    assert out["cascade_left"] == [0, 0]
