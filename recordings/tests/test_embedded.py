@@ -2,14 +2,9 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from recordings.tests.embedded import embedded
 
 RECORD = """
 import asyncio, django
@@ -24,16 +19,7 @@ print(recorder.session_id)
 
 @pytest.mark.timeout(120)
 def test_the_embedded_sqlite_default_records_and_verifies(tmp_path):
-    env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "REDIS_URL"}}
-    env |= {"AIRLOCK_DATA_DIR": str(tmp_path), "DJANGO_SETTINGS_MODULE": "console.settings"}
-
-    def run(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=100
-        )
-
-    migrated = run("manage.py", "migrate", "--noinput", "-v", "0")
-    assert migrated.returncode == 0, migrated.stderr
+    run = embedded(tmp_path)
     recorded = run("-c", RECORD)
     assert recorded.returncode == 0, recorded.stderr
     session_id = recorded.stdout.strip()

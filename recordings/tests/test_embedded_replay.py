@@ -3,14 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from recordings.tests.embedded import embedded
 
 SCRIPT = """
 import asyncio, json, django
@@ -60,16 +56,7 @@ print(json.dumps({
 
 @pytest.mark.timeout(120)
 def test_the_embedded_default_finds_replays_and_exports_sessions(tmp_path):
-    env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "REDIS_URL"}}
-    env |= {"AIRLOCK_DATA_DIR": str(tmp_path), "DJANGO_SETTINGS_MODULE": "console.settings"}
-
-    def run(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=100
-        )
-
-    migrated = run("manage.py", "migrate", "--noinput", "-v", "0")
-    assert migrated.returncode == 0, migrated.stderr
+    run = embedded(tmp_path)
     done = run("-c", SCRIPT)
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout.strip().splitlines()[-1])

@@ -4,20 +4,15 @@ what the foreign key refused is still refused, by the database itself."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import uuid
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pytest
 from django.db import IntegrityError, connection, transaction
 
 from recordings import chain, integrity, writer
 from recordings.models import Event, Session
-
-ROOT = Path(__file__).resolve().parents[2]
+from recordings.tests.embedded import embedded
 
 
 def _session() -> Session:
@@ -206,16 +201,7 @@ print(json.dumps(out))
 
 @pytest.mark.timeout(120)
 def test_the_embedded_sqlite_default_keeps_the_reference_too(tmp_path):
-    env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "REDIS_URL"}}
-    env |= {"AIRLOCK_DATA_DIR": str(tmp_path), "DJANGO_SETTINGS_MODULE": "console.settings"}
-
-    def run(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=100
-        )
-
-    migrated = run("manage.py", "migrate", "--noinput", "-v", "0")
-    assert migrated.returncode == 0, migrated.stderr
+    run = embedded(tmp_path)
     checked = run("-c", SQLITE_CHECKS)
     assert checked.returncode == 0, checked.stderr
     out = json.loads(checked.stdout.strip().splitlines()[-1])
