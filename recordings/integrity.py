@@ -22,7 +22,9 @@ statement, not at commit (a session row must exist before its events are written
 ``writer._persist`` does). Django still knows the relation (``db_constraint=False``):
 joins, ``select_related`` and the cascade of ``Session.delete()`` are unchanged.
 
-``install`` is idempotent. The migration that dropped the foreign key calls it, and so does
+The functions keep the search path they were created with (``SET search_path FROM
+CURRENT``): whoever changes the tables, with whatever search path, the triggers read the
+tables the application migrated. ``install`` is idempotent. The migration that dropped the foreign key calls it, and so does
 ``post_migrate`` after every ``migrate`` (``recordings.apps``): SQLite drops a table's
 triggers when a later migration rebuilds the table.
 """
@@ -34,7 +36,7 @@ from typing import Any
 _POSTGRES = [
     """
     CREATE OR REPLACE FUNCTION recordings_event_session_exists() RETURNS trigger
-    LANGUAGE plpgsql AS $$
+    LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
     DECLARE
         named uuid;
     BEGIN
@@ -52,7 +54,7 @@ _POSTGRES = [
     """,
     """
     CREATE OR REPLACE FUNCTION recordings_session_keeps_events() RETURNS trigger
-    LANGUAGE plpgsql AS $$
+    LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
     DECLARE
         orphaned uuid;
     BEGIN
