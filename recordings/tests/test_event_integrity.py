@@ -7,6 +7,7 @@ import json
 import uuid
 from datetime import UTC, datetime
 
+import psycopg
 import pytest
 from django.db import IntegrityError, connection, transaction
 
@@ -216,3 +217,79 @@ def test_the_embedded_sqlite_default_keeps_the_reference_too(tmp_path):
     for case in ("orphan_insert", "orphan_move", "raw_delete", "renumber", "orphan_insert_after_migrate"):
         assert out[case] and "recordings_" in out[case], (case, out[case])
     assert out["cascade_left"] == [0, 0]
+
+
+def _raw_connection() -> psycopg.Connection:
+    """A connection of its own to the test database, outside Django's."""
+
+    params = connection.get_connection_params()
+    params.pop("cursor_factory", None)
+    params.pop("context", None)
+    return psycopg.connect(**params)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_session_deleted_while_its_batch_is_written_keeps_its_events_either_way():
+    """The insert's check locks the session as the foreign key's did: whichever of the
+    batch and a deletion of its session comes first, the other fails, and no event is
+    left without its session."""
+    import threading
+
+    if connection.vendor != "postgresql":
+        pytest.skip("PostgreSQL's row locks")
+    insert = (
+        "INSERT INTO recordings_event (session_id, seq, at, offset_ms, kind, payload, hash)"
+        " VALUES (%s, 1, now(), 0, 'statement', '{}', %s)"
+    )
+    delete = "DELETE FROM recordings_session WHERE id = %s"
+
+    # The batch first: the deletion waits for it, then sees its events and fails.
+    session = _session()
+    with _raw_connection() as writer_conn, _raw_connection() as deleter:
+        writer_conn.execute(insert, [session.pk, "a" * 64])  # the transaction stays open
+        outcome: list[BaseException | None] = []
+
+        def delete_session() -> None:
+            try:
+                deleter.execute(delete, [session.pk])
+                deleter.commit()
+                outcome.append(None)
+            except psycopg.Error as exc:
+                deleter.rollback()
+                outcome.append(exc)
+
+        thread = threading.Thread(target=delete_session)
+        thread.start()
+        thread.join(0.5)
+        assert thread.is_alive(), "the deletion should wait for the batch's transaction"
+        writer_conn.commit()
+        thread.join(10)
+        assert isinstance(outcome[0], psycopg.errors.ForeignKeyViolation)
+    assert (
+        Session.objects.filter(pk=session.pk).exists() and Event.objects.filter(session=session).count() == 1
+    )
+
+    # The deletion first: the batch waits for it, then finds no session and fails.
+    session = _session()
+    with _raw_connection() as writer_conn, _raw_connection() as deleter:
+        deleter.execute(delete, [session.pk])  # the transaction stays open
+        failed: list[BaseException | None] = []
+
+        def write_batch() -> None:
+            try:
+                writer_conn.execute(insert, [session.pk, "b" * 64])
+                writer_conn.commit()
+                failed.append(None)
+            except psycopg.Error as exc:
+                writer_conn.rollback()
+                failed.append(exc)
+
+        thread = threading.Thread(target=write_batch)
+        thread.start()
+        thread.join(0.5)
+        assert thread.is_alive(), "the batch should wait for the deletion's transaction"
+        deleter.commit()
+        thread.join(10)
+        assert isinstance(failed[0], psycopg.errors.ForeignKeyViolation)
+    assert not Session.objects.filter(pk=session.pk).exists()
+    assert not Event.objects.filter(session_id=session.pk).exists()
