@@ -122,6 +122,8 @@ def _recording_db_cpu() -> dict[int, float]:
     connection left out: what persisting the events costs the database."""
     from django.db import connection
 
+    if connection.settings_dict.get("HOST") not in ("", None, "localhost", "127.0.0.1", "::1"):
+        return {}  # the recording database on a host of its own: its processes are not ours to read
     with connection.cursor() as cursor:
         cursor.execute(
             "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
