@@ -228,13 +228,41 @@ def _raw_connection() -> psycopg.Connection:
     return psycopg.connect(**params)
 
 
+def _second_waits_for_first(
+    first_sql: str, first_args: list, second_sql: str, second_args: list
+) -> Exception | None:
+    """Run ``first_sql`` in a transaction left open, then ``second_sql`` (and a commit) on
+    another connection in a thread; check that it waits, commit the first, and return what
+    the second raised (None if it committed)."""
+    import threading
+
+    outcome: list[Exception | None] = []
+    with _raw_connection() as first, _raw_connection() as second:
+        first.execute(first_sql, first_args)
+
+        def run_second() -> None:
+            try:
+                second.execute(second_sql, second_args)
+                second.commit()
+                outcome.append(None)
+            except psycopg.Error as exc:
+                second.rollback()
+                outcome.append(exc)
+
+        thread = threading.Thread(target=run_second)
+        thread.start()
+        thread.join(0.5)
+        assert thread.is_alive(), "the second transaction should wait for the first"
+        first.commit()
+        thread.join(10)
+    return outcome[0]
+
+
 @pytest.mark.django_db(transaction=True)
 def test_a_session_deleted_while_its_batch_is_written_keeps_its_events_either_way():
     """The insert's check locks the session as the foreign key's did: whichever of the
-    batch and a deletion of its session comes first, the other fails, and no event is
-    left without its session."""
-    import threading
-
+    batch and a deletion of its session comes first, the other waits for it and then
+    fails, and no event is left without its session."""
     if connection.vendor != "postgresql":
         pytest.skip("PostgreSQL's row locks")
     insert = (
@@ -243,53 +271,15 @@ def test_a_session_deleted_while_its_batch_is_written_keeps_its_events_either_wa
     )
     delete = "DELETE FROM recordings_session WHERE id = %s"
 
-    # The batch first: the deletion waits for it, then sees its events and fails.
     session = _session()
-    with _raw_connection() as writer_conn, _raw_connection() as deleter:
-        writer_conn.execute(insert, [session.pk, "a" * 64])  # the transaction stays open
-        outcome: list[BaseException | None] = []
-
-        def delete_session() -> None:
-            try:
-                deleter.execute(delete, [session.pk])
-                deleter.commit()
-                outcome.append(None)
-            except psycopg.Error as exc:
-                deleter.rollback()
-                outcome.append(exc)
-
-        thread = threading.Thread(target=delete_session)
-        thread.start()
-        thread.join(0.5)
-        assert thread.is_alive(), "the deletion should wait for the batch's transaction"
-        writer_conn.commit()
-        thread.join(10)
-        assert isinstance(outcome[0], psycopg.errors.ForeignKeyViolation)
+    failed = _second_waits_for_first(insert, [session.pk, "a" * 64], delete, [session.pk])
+    assert isinstance(failed, psycopg.errors.ForeignKeyViolation)
     assert (
         Session.objects.filter(pk=session.pk).exists() and Event.objects.filter(session=session).count() == 1
     )
 
-    # The deletion first: the batch waits for it, then finds no session and fails.
     session = _session()
-    with _raw_connection() as writer_conn, _raw_connection() as deleter:
-        deleter.execute(delete, [session.pk])  # the transaction stays open
-        failed: list[BaseException | None] = []
-
-        def write_batch() -> None:
-            try:
-                writer_conn.execute(insert, [session.pk, "b" * 64])
-                writer_conn.commit()
-                failed.append(None)
-            except psycopg.Error as exc:
-                writer_conn.rollback()
-                failed.append(exc)
-
-        thread = threading.Thread(target=write_batch)
-        thread.start()
-        thread.join(0.5)
-        assert thread.is_alive(), "the batch should wait for the deletion's transaction"
-        deleter.commit()
-        thread.join(10)
-        assert isinstance(failed[0], psycopg.errors.ForeignKeyViolation)
+    failed = _second_waits_for_first(delete, [session.pk], insert, [session.pk, "b" * 64])
+    assert isinstance(failed, psycopg.errors.ForeignKeyViolation)
     assert not Session.objects.filter(pk=session.pk).exists()
     assert not Event.objects.filter(session_id=session.pk).exists()
