@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -27,3 +29,10 @@ def embedded(data_dir: Path) -> Run:
     migrated = run("manage.py", "migrate", "--noinput", "-v", "0")
     assert migrated.returncode == 0, migrated.stderr
     return run
+
+
+def script_result(run: Run, script: str) -> Any:
+    """Run ``script`` (``-c``) with ``run`` and return the JSON its last line prints."""
+    done = run("-c", script)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
-from recordings.tests.embedded import embedded
+from recordings.tests.embedded import embedded, script_result
 
 SCRIPT = """
 import asyncio, json, django
@@ -56,10 +54,7 @@ print(json.dumps({
 
 @pytest.mark.timeout(120)
 def test_the_embedded_default_finds_replays_and_exports_sessions(tmp_path):
-    run = embedded(tmp_path)
-    done = run("-c", SCRIPT)
-    assert done.returncode == 0, done.stderr
-    result = json.loads(done.stdout.strip().splitlines()[-1])
+    result = script_result(embedded(tmp_path), SCRIPT)
     invoices, deletes, shell = result["ids"]
     assert result["invo"] == [invoices, deletes]
     assert result["delete"] == [deletes]

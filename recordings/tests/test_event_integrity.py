@@ -3,7 +3,6 @@ what the foreign key refused is still refused, by the database itself."""
 
 from __future__ import annotations
 
-import json
 import uuid
 from datetime import UTC, datetime
 
@@ -13,7 +12,7 @@ from django.db import IntegrityError, connection, transaction
 
 from recordings import chain, integrity, writer
 from recordings.models import Event, Session
-from recordings.tests.embedded import embedded
+from recordings.tests.embedded import embedded, script_result
 
 
 def _session() -> Session:
@@ -210,10 +209,7 @@ print(json.dumps(out))
 
 @pytest.mark.timeout(120)
 def test_the_embedded_sqlite_default_keeps_the_reference_too(tmp_path):
-    run = embedded(tmp_path)
-    checked = run("-c", SQLITE_CHECKS)
-    assert checked.returncode == 0, checked.stderr
-    out = json.loads(checked.stdout.strip().splitlines()[-1])
+    out = script_result(embedded(tmp_path), SQLITE_CHECKS)
     for case in ("orphan_insert", "orphan_move", "raw_delete", "renumber", "orphan_insert_after_migrate"):
         assert out[case] and "recordings_" in out[case], (case, out[case])
     assert out["cascade_left"] == [0, 0]
