@@ -31,9 +31,10 @@ triggers when a later migration rebuilds the table.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
-_POSTGRES = [
+_POSTGRES_FUNCTIONS = [
     """
     CREATE OR REPLACE FUNCTION recordings_event_session_exists() RETURNS trigger
     LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
@@ -75,30 +76,30 @@ _POSTGRES = [
     END
     $$
     """,
-    "DROP TRIGGER IF EXISTS recordings_event_session_insert ON recordings_event",
+]
+
+# Created after the old ones are dropped (``_POSTGRES_DROP``): CREATE TRIGGER has no
+# OR REPLACE before PostgreSQL 14.
+_POSTGRES_TRIGGERS = [
     """
     CREATE TRIGGER recordings_event_session_insert AFTER INSERT ON recordings_event
     REFERENCING NEW TABLE AS new_events
     FOR EACH STATEMENT EXECUTE FUNCTION recordings_event_session_exists()
     """,
-    "DROP TRIGGER IF EXISTS recordings_event_session_update ON recordings_event",
     """
     CREATE TRIGGER recordings_event_session_update AFTER UPDATE ON recordings_event
     REFERENCING NEW TABLE AS new_events
     FOR EACH STATEMENT EXECUTE FUNCTION recordings_event_session_exists()
     """,
-    "DROP TRIGGER IF EXISTS recordings_session_delete_events ON recordings_session",
     """
     CREATE TRIGGER recordings_session_delete_events AFTER DELETE ON recordings_session
     REFERENCING OLD TABLE AS old_sessions
     FOR EACH STATEMENT EXECUTE FUNCTION recordings_session_keeps_events()
     """,
-    "DROP TRIGGER IF EXISTS recordings_session_truncate_events ON recordings_session",
     """
     CREATE TRIGGER recordings_session_truncate_events AFTER TRUNCATE ON recordings_session
     FOR EACH STATEMENT EXECUTE FUNCTION recordings_session_keeps_events()
     """,
-    "DROP TRIGGER IF EXISTS recordings_session_id_events ON recordings_session",
     """
     CREATE TRIGGER recordings_session_id_events AFTER UPDATE OF id ON recordings_session
     FOR EACH ROW WHEN (OLD.id IS DISTINCT FROM NEW.id)
@@ -106,12 +107,12 @@ _POSTGRES = [
     """,
 ]
 
+# (trigger, table) of every trigger above, read from their definitions.
+_POSTGRES_NAMES = re.findall(r"CREATE TRIGGER (\w+)\s.*?\sON (\w+)", "".join(_POSTGRES_TRIGGERS), re.S)
+_POSTGRES_DROP = [f"DROP TRIGGER IF EXISTS {name} ON {table}" for name, table in _POSTGRES_NAMES]
+_POSTGRES = _POSTGRES_FUNCTIONS + _POSTGRES_DROP + _POSTGRES_TRIGGERS
 _POSTGRES_REMOVE = [
-    "DROP TRIGGER IF EXISTS recordings_event_session_insert ON recordings_event",
-    "DROP TRIGGER IF EXISTS recordings_event_session_update ON recordings_event",
-    "DROP TRIGGER IF EXISTS recordings_session_delete_events ON recordings_session",
-    "DROP TRIGGER IF EXISTS recordings_session_truncate_events ON recordings_session",
-    "DROP TRIGGER IF EXISTS recordings_session_id_events ON recordings_session",
+    *_POSTGRES_DROP,
     "DROP FUNCTION IF EXISTS recordings_event_session_exists()",
     "DROP FUNCTION IF EXISTS recordings_session_keeps_events()",
 ]
@@ -145,10 +146,8 @@ SQLITE = [
 ]
 
 _SQLITE_REMOVE = [
-    "DROP TRIGGER IF EXISTS recordings_event_session_insert",
-    "DROP TRIGGER IF EXISTS recordings_event_session_update",
-    "DROP TRIGGER IF EXISTS recordings_session_delete_events",
-    "DROP TRIGGER IF EXISTS recordings_session_id_events",
+    f"DROP TRIGGER IF EXISTS {name}"
+    for name in re.findall(r"CREATE TRIGGER IF NOT EXISTS (\w+)", "".join(SQLITE))
 ]
 
 
