@@ -5,6 +5,10 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from django.db import connection, transaction
+from django.db.migrations.executor import MigrationExecutor
+
+from recordings import chain, writer
 from recordings.models import Event, Session
 from recordings.writer import SessionRecorder
 
@@ -84,3 +88,35 @@ def approval_events(by: str) -> list[tuple[str, dict[str, Any]]]:
             {"rows": 1, "command_tag": "DELETE 1", "columns": [], "first_rows": [], "duration_ms": 1.2},
         ),
     ]
+
+
+def session_row(**fields: Any) -> Session:
+    """A session row without events (what the writer creates before a first batch)."""
+    return Session.objects.create(
+        **{"protocol": "postgres", "agent_name": "bot", "connection_name": "crm", **fields}
+    )
+
+
+def queued(payloads: list[dict[str, Any]], wall: float = 1_700_000_000.0) -> list[Any]:
+    """``payloads`` as the recorder hands statement events to the writer (``writer._take``),
+    a second apart from ``wall``."""
+    items = []
+    for i, payload in enumerate(payloads):
+        snapshot, canonical, facts = writer._take("statement", payload)
+        items.append((0.0, wall + i, float(i), "statement", snapshot, canonical, facts))
+    return items
+
+
+def write_chained(session_id: Any, items: list[Any]) -> list[Any]:
+    """``items`` chained from the session's start and written as the writer writes a batch
+    (COPY on PostgreSQL), in a transaction of their own; the rows written."""
+    rows, _ = writer._chain_rows(session_id, writer._ChainState(chain.genesis_hash(session_id)), items)
+    with transaction.atomic():
+        writer._insert_events(session_id, rows)
+    return rows
+
+
+def migrate_to(targets: list[tuple[str, str]] | None = None) -> None:
+    """Migrate the test database to ``targets`` (every app's latest when None)."""
+    executor = MigrationExecutor(connection)
+    executor.migrate(targets if targets is not None else executor.loader.graph.leaf_nodes())

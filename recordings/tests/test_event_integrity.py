@@ -10,13 +10,10 @@ import psycopg
 import pytest
 from django.db import IntegrityError, connection, transaction
 
-from recordings import chain, integrity, writer
+from recordings import integrity
 from recordings.models import Event, Session
 from recordings.tests.embedded import embedded, script_result
-
-
-def _session() -> Session:
-    return Session.objects.create(protocol="postgres", agent_name="bot", connection_name="crm")
+from recordings.tests.factories import migrate_to, queued, session_row, write_chained
 
 
 def _event(session_id: uuid.UUID, seq: int = 1) -> Event:
@@ -43,38 +40,34 @@ def test_an_event_of_a_missing_session_is_refused():
 
 @pytest.mark.django_db
 def test_a_batch_copied_for_a_missing_session_is_refused_whole():
-    session = _session()
+    session = session_row()
     _event(session.pk).save()
-    missing = uuid.uuid4()
-    items = [(0.0, 1e9 + i, float(i), "statement", b'{"text":"x"}', b'{"text":"x"}', {}) for i in range(300)]
-    rows, _ = writer._chain_rows(missing, writer._ChainState(chain.genesis_hash(missing)), items)
-    with pytest.raises(IntegrityError), transaction.atomic():
-        writer._insert_events(missing, rows)
+    items = queued([{"text": "x"}] * 300)
+    with pytest.raises(IntegrityError):
+        write_chained(uuid.uuid4(), items)
     assert Event.objects.count() == 1
     # The same batch for a session that exists goes in (the writer's path, COPY on PostgreSQL).
-    rows, _ = writer._chain_rows(session.pk, writer._ChainState(chain.genesis_hash(session.pk)), items)
-    with transaction.atomic():
-        Event.objects.filter(session=session).delete()
-        writer._insert_events(session.pk, rows)
+    Event.objects.filter(session=session).delete()
+    write_chained(session.pk, items)
     assert Event.objects.filter(session=session).count() == 300
 
 
 @pytest.mark.django_db
 def test_an_event_moved_to_a_missing_session_is_refused():
-    session = _session()
+    session = session_row()
     event = _event(session.pk)
     event.save()
     with pytest.raises(IntegrityError), transaction.atomic():
         Event.objects.filter(pk=event.pk).update(session_id=uuid.uuid4())
     # Moving it to another session that exists is no violation of the reference.
-    other = _session()
+    other = session_row()
     Event.objects.filter(pk=event.pk).update(session_id=other.pk)
     assert Event.objects.get(pk=event.pk).session_id == other.pk
 
 
 @pytest.mark.django_db
 def test_a_session_with_events_cannot_be_deleted_out_from_under_them():
-    session = _session()
+    session = session_row()
     _event(session.pk).save()
     with pytest.raises(IntegrityError, match="recordings_session"), transaction.atomic():
         with connection.cursor() as cursor:
@@ -93,7 +86,7 @@ def test_a_session_with_events_cannot_be_deleted_out_from_under_them():
         Session.objects.filter(pk=session.pk).update(id=uuid.uuid4())
     # A session without events is deleted as before, and so is one with events the ORM's
     # way: its events first (on_delete=CASCADE), then the session, in one transaction.
-    empty = _session()
+    empty = session_row()
     with connection.cursor() as cursor:
         cursor.execute("DELETE FROM recordings_session WHERE id = %s", [empty.pk])
     session.delete()
@@ -104,7 +97,7 @@ def test_a_session_with_events_cannot_be_deleted_out_from_under_them():
 def test_truncating_sessions_alone_is_refused_but_with_the_events_it_is_not():
     if connection.vendor != "postgresql":
         pytest.skip("TRUNCATE is PostgreSQL's")
-    session = _session()
+    session = session_row()
     _event(session.pk).save()
     with connection.cursor() as cursor:
         # The session row's own (deferred) foreign keys are checked now: PostgreSQL does
@@ -146,21 +139,16 @@ def test_the_database_has_the_triggers_and_no_foreign_key_and_install_is_idempot
 
 @pytest.mark.django_db(transaction=True)
 def test_migrating_back_restores_the_foreign_key_and_forward_the_triggers():
-    from django.db.migrations.executor import MigrationExecutor
-
     if connection.vendor != "postgresql":
         pytest.skip("PostgreSQL's catalog")
-    executor = MigrationExecutor(connection)
-    latest = executor.loader.graph.leaf_nodes("recordings")
     try:
-        executor.migrate([("recordings", "0009_event_payload_json")])
+        migrate_to([("recordings", "0009_event_payload_json")])
         assert _foreign_key_count() == 1
         with connection.cursor() as cursor:
             cursor.execute("SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'recordings_event_session_%'")
             assert cursor.fetchone()[0] == 0
     finally:
-        executor = MigrationExecutor(connection)
-        executor.migrate(latest)
+        migrate_to()
     assert _foreign_key_count() == 0
     with pytest.raises(IntegrityError), transaction.atomic():
         _event(uuid.uuid4()).save()
@@ -267,14 +255,14 @@ def test_a_session_deleted_while_its_batch_is_written_keeps_its_events_either_wa
     )
     delete = "DELETE FROM recordings_session WHERE id = %s"
 
-    session = _session()
+    session = session_row()
     failed = _second_waits_for_first(insert, [session.pk, "a" * 64], delete, [session.pk])
     assert isinstance(failed, psycopg.errors.ForeignKeyViolation)
     assert (
         Session.objects.filter(pk=session.pk).exists() and Event.objects.filter(session=session).count() == 1
     )
 
-    session = _session()
+    session = session_row()
     failed = _second_waits_for_first(delete, [session.pk], insert, [session.pk, "b" * 64])
     assert isinstance(failed, psycopg.errors.ForeignKeyViolation)
     assert not Session.objects.filter(pk=session.pk).exists()

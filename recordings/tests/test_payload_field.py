@@ -7,12 +7,12 @@ import uuid
 from datetime import UTC, datetime
 
 import pytest
-from django.db import connection, transaction
-from django.db.migrations.executor import MigrationExecutor
+from django.db import connection
 from django.db.models.fields.json import KeyTextTransform
 
-from recordings import chain, writer
+from recordings import chain
 from recordings.models import Event, Session, masked_by_entity
+from recordings.tests.factories import migrate_to, queued, session_row, write_chained
 
 BEFORE = [("recordings", "0008_event_session_index_in_the_unique_one")]
 AFTER = [("recordings", "0009_event_payload_json")]
@@ -27,10 +27,6 @@ def _column_type() -> str:
         return str(cursor.fetchone()[0])
 
 
-def _session() -> Session:
-    return Session.objects.create(protocol="postgres", agent_name="bot", connection_name="crm")
-
-
 @pytest.mark.django_db
 def test_the_payload_column_is_json_not_jsonb():
     if connection.vendor != "postgresql":
@@ -40,7 +36,7 @@ def test_the_payload_column_is_json_not_jsonb():
 
 @pytest.mark.django_db
 def test_key_lookups_and_reads_behave_as_on_any_json_field():
-    session = _session()
+    session = session_row()
     at = datetime.now(UTC)
     Event.objects.create(
         session=session, seq=1, at=at, offset_ms=0.0, kind="statement", hash="a" * 64,
@@ -75,21 +71,15 @@ def test_key_lookups_and_reads_behave_as_on_any_json_field():
 def test_the_writer_stores_the_bytes_the_chain_hashes():
     if connection.vendor != "postgresql":
         pytest.skip("PostgreSQL keeps json text as written")
-    session = _session()
+    session = session_row()
     payloads = [
         {"text": "SELECT 1", "params": ["a\tb"], "result": {"duration_ms": 0.25, "rows": 1}},
         # Made canonical on the writer's side (text a jsonb column would have altered).
         {"text": "SELECT 1e+17", "params": ["\u0000?"], "n": -0.0},
     ]
-    items = []
-    for i, payload in enumerate(payloads):
-        snapshot, canonical, facts = writer._take("statement", payload)
-        items.append((0.0, 1_700_000_000.25 + i, float(i), "statement", snapshot, canonical, facts))
+    items = queued(payloads, wall=1_700_000_000.25)
     assert items[0][5] is not None and items[1][5] is None
-    base = writer._ChainState(chain.genesis_hash(session.pk))
-    rows, _ = writer._chain_rows(session.pk, base, items)
-    with transaction.atomic():
-        writer._insert_events(session.pk, rows)
+    rows = write_chained(session.pk, items)
     with connection.cursor() as cursor:
         cursor.execute(
             "SELECT payload::text FROM recordings_event WHERE session_id = %s ORDER BY seq", [session.pk]
@@ -105,8 +95,7 @@ def test_the_writer_stores_the_bytes_the_chain_hashes():
 def test_events_written_as_jsonb_still_verify_after_the_migration_and_back():
     if connection.vendor != "postgresql":
         pytest.skip("the conversion is PostgreSQL's")
-    executor = MigrationExecutor(connection)
-    executor.migrate(BEFORE)
+    migrate_to(BEFORE)
     session_id = uuid.uuid4()
     try:
         assert _column_type() == "jsonb"
@@ -121,13 +110,7 @@ def test_events_written_as_jsonb_still_verify_after_the_migration_and_back():
                 [session_id],
             )
         payloads = [{"text": "SELECT 'a'", "n": 1.0}, {"result": {"rows": 3, "first_rows": [["x", None]]}}]
-        items = []
-        for i, payload in enumerate(payloads):
-            snapshot, canonical, facts = writer._take("statement", payload)
-            items.append((0.0, 1_700_000_000.0 + i, float(i), "statement", snapshot, canonical, facts))
-        rows, _ = writer._chain_rows(session_id, writer._ChainState(chain.genesis_hash(session_id)), items)
-        with transaction.atomic():
-            writer._insert_events(session_id, rows)
+        write_chained(session_id, queued(payloads))
 
         def verified() -> bool:
             # Read as text and decoded here: the model in use describes the json column.
@@ -145,15 +128,12 @@ def test_events_written_as_jsonb_still_verify_after_the_migration_and_back():
                 ]
             return len(found) == len(payloads) and chain.verify_chain(session_id, found).ok
 
-        executor = MigrationExecutor(connection)
-        executor.migrate(AFTER)
+        migrate_to(AFTER)
         assert _column_type() == "json"
         assert verified()
-        executor = MigrationExecutor(connection)
-        executor.migrate(BEFORE)
+        migrate_to(BEFORE)
         assert _column_type() == "jsonb"
         assert verified()
     finally:
         Session.objects.filter(pk=session_id).delete()
-        executor = MigrationExecutor(connection)
-        executor.migrate(executor.loader.graph.leaf_nodes())
+        migrate_to()
