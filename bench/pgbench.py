@@ -384,8 +384,9 @@ def serve_without_recording(port: int) -> None:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "console.settings")
     django.setup()
     import uvloop
+    from django.conf import settings
 
-    from gateway import process
+    from gateway import busypoll, process
     from gateway.postgres.server import PostgresGateway
 
     async def recorder(**kwargs: object) -> Dropped:
@@ -394,6 +395,8 @@ def serve_without_recording(port: int) -> None:
     async def serve() -> None:
         stop = asyncio.Event()
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+        # Polling as the gateway command does, so that only the recording differs.
+        busypoll.start(asyncio.get_running_loop(), int(settings.GATEWAY_BUSY_POLL_US))
         gateway = PostgresGateway(recorder_factory=recorder)
         await gateway.start("127.0.0.1", port)
         await stop.wait()
@@ -403,11 +406,14 @@ def serve_without_recording(port: int) -> None:
     uvloop.run(serve())
 
 
-def serve_tcp_relay(port: int, upstream: int) -> None:
-    """A plain uvloop TCP relay that reads nothing (diagnostic target "tcp-relay")."""
+def serve_tcp_relay(port: int, upstream: int, busy_poll_us: int = 0) -> None:
+    """A plain uvloop TCP relay that reads nothing (diagnostic target "tcp-relay"), its
+    loop polling after work as the gateway's does (``gateway.busypoll``)."""
     import asyncio
 
     import uvloop
+
+    from gateway import busypoll
 
     class Side(asyncio.Protocol):
         def __init__(self, peer: Side | None = None) -> None:
@@ -419,6 +425,9 @@ def serve_tcp_relay(port: int, upstream: int) -> None:
             self.transport = transport  # type: ignore[assignment]
 
         def data_received(self, data: bytes) -> None:
+            poller = busypoll.active
+            if poller is not None:
+                poller.poke()
             if self.peer is None or self.peer.transport is None:
                 self.early += data  # uvloop delivers data even before the upstream is up
                 return
@@ -442,6 +451,7 @@ def serve_tcp_relay(port: int, upstream: int) -> None:
                 if self.early and side.transport is not None:
                     side.transport.write(self.early)
 
+        busypoll.start(loop, busy_poll_us)
         await loop.create_server(Client, "127.0.0.1", port)
         await asyncio.Event().wait()
 
@@ -459,9 +469,12 @@ def main() -> int:
     import django
 
     django.setup()
+    from django.conf import settings
     from django.db import connection
 
     from gateway.tests.postgres.pgserver import ROLES, start_private_postgres
+
+    busy_poll = int(settings.GATEWAY_BUSY_POLL_US)
 
     if connection.vendor != "postgresql":
         print("pgbench benchmark: set DATABASE_URL to a PostgreSQL database", file=sys.stderr)
@@ -513,7 +526,7 @@ def main() -> int:
         _wait_port(norec_port, norec)
         relay_port = _free_port()
         relay = subprocess.Popen(
-            [sys.executable, "-c", f"from bench.pgbench import serve_tcp_relay; serve_tcp_relay({relay_port}, {server.port})"],
+            [sys.executable, "-c", f"from bench.pgbench import serve_tcp_relay; serve_tcp_relay({relay_port}, {server.port}, {busy_poll})"],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parent.parent,
         )  # fmt: skip
         procs.append(relay)
@@ -618,7 +631,8 @@ def main() -> int:
         connection.creation.destroy_test_db(old_name, verbosity=0)
     print(
         f"pgbench -S, {ROUNDS} x {DURATION}s per target and case, scale {SCALE}, {os.cpu_count()} CPUs,"
-        f" load average {os.getloadavg()[0]:.1f}"
+        f" load average {os.getloadavg()[0]:.1f}; the gateway, gw-norec and tcp-relay poll {busy_poll} us"
+        " after work (AIRLOCK_GATEWAY_BUSY_POLL_US)"
     )
     print(
         f"{'target':<10} {'mode':<9} {'clients':>7} {'tps':>9} {'p50 ms':>8} {'p99 ms':>8} {'mean ms':>8}"

@@ -297,6 +297,10 @@ GATEWAY_LOGIN_FAILURES_PER_MINUTE = env_int("AIRLOCK_LOGIN_FAILURES_PER_MINUTE",
 # 700). Every statement allocates thousands of short-lived objects; at 700 the collector ran
 # about once a statement and took a third of the gateway's CPU (docs/performance.md).
 GATEWAY_GC_THRESHOLD = env_int("AIRLOCK_GATEWAY_GC_THRESHOLD", 20_000, minimum=100)
+# After work, the gateway's event loop polls its sockets for this many microseconds before
+# it sleeps: waking a sleeping CPU costs tens of microseconds on virtual machines
+# (gateway/busypoll.py, docs/performance.md). 0: sleep at once.
+GATEWAY_BUSY_POLL_US = env_int("AIRLOCK_GATEWAY_BUSY_POLL_US", 100, minimum=0)
 # How often the gateway asks the database whether the policies of open sessions changed.
 GATEWAY_POLICY_REFRESH_MS = env_int("AIRLOCK_POLICY_REFRESH_MS", 1000, minimum=50)
 # Masking: the key of the keyed hash (`hash` method), and what a connection without a

@@ -13,6 +13,7 @@ import ssl
 import struct
 from collections.abc import Callable
 
+from gateway import busypoll
 from gateway.postgres import protocol as pg
 from gateway.postgres.protocol import ProtocolError
 
@@ -44,6 +45,9 @@ class Link(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
+        poller = busypoll.active
+        if poller is not None:
+            poller.poke()  # keep polling for the answer once this is handled
         on_data = self.on_data
         if on_data is not None:
             on_data(data)

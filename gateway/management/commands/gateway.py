@@ -9,6 +9,9 @@ uses one CPU. This process then only starts them, passes SIGTERM/SIGINT on and s
 all when one of them dies; each has its own sessions, session limit and login throttle,
 and cancel requests reach the session's process through a private Unix socket
 (``gateway.postgres.server.Workers``).
+
+Each process's event loop polls its sockets briefly after work before it sleeps
+(``AIRLOCK_GATEWAY_BUSY_POLL_US``, ``gateway.busypoll``).
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ from typing import Any
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from gateway import busypoll
 
 log = logging.getLogger("airlock.gateway")
 
@@ -198,6 +203,7 @@ class Command(BaseCommand):
 
     async def _serve(self, addresses: dict[str, tuple[str, int]], workers: Any = None) -> None:
         loop = asyncio.get_running_loop()
+        busypoll.start(loop, int(settings.GATEWAY_BUSY_POLL_US))
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
@@ -228,6 +234,7 @@ class Command(BaseCommand):
             await stop.wait()
             self.stdout.write("shutting down: closing listeners and ending sessions")
         finally:
+            busypoll.stop()
             if watch is not None:
                 watch.cancel()
             for listener in listeners:
