@@ -39,7 +39,7 @@ def test_contention_is_a_share_of_the_time_spent_waiting_for_a_cpu():
     assert not busypoll.is_contended(0, 5)  # no time passed: nothing to judge
 
 
-def test_the_run_delay_is_this_threads_and_only_grows():
+def test_the_run_delay_is_read_from_the_kernel_and_only_grows():
     first = busypoll.run_delay_ns()
     assert first is not None and first >= 0
     end = time.monotonic() + 0.02
@@ -50,10 +50,14 @@ def test_the_run_delay_is_this_threads_and_only_grows():
 
 
 def test_a_window_must_be_positive():
-    with pytest.raises(ValueError, match="positive"):
-        busypoll.BusyPoll(asyncio.new_event_loop(), 0)
-    assert busypoll.start(asyncio.new_event_loop(), 0) is None
-    assert busypoll.active is None
+    loop = asyncio.new_event_loop()
+    try:
+        with pytest.raises(ValueError, match="positive"):
+            busypoll.BusyPoll(loop, 0)
+        assert busypoll.start(loop, 0) is None
+        assert busypoll.active is None
+    finally:
+        loop.close()
 
 
 @pytest.mark.parametrize("use_uvloop", [True, False], ids=["uvloop", "asyncio"])
