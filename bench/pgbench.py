@@ -425,9 +425,7 @@ def serve_tcp_relay(port: int, upstream: int, busy_poll_us: int = 0) -> None:
             self.transport = transport  # type: ignore[assignment]
 
         def data_received(self, data: bytes) -> None:
-            poller = busypoll.active
-            if poller is not None:
-                poller.poke()
+            busypoll.poke()
             if self.peer is None or self.peer.transport is None:
                 self.early += data  # uvloop delivers data even before the upstream is up
                 return

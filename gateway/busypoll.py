@@ -43,8 +43,8 @@ GOVERN_SECONDS = 0.1
 CONTENDED = 0.15
 SCHEDSTAT = "/proc/thread-self/schedstat"
 
-# The poller of this process's event loop while the gateway serves (None: not polling).
-# Read by ``gateway.postgres.link.Link.data_received`` on every chunk it receives.
+# The poller of this process's event loop while the gateway serves (None: not polling),
+# poked through ``poke()`` by ``gateway.postgres.link.Link.data_received`` on every chunk.
 active: BusyPoll | None = None
 
 
@@ -116,6 +116,13 @@ class BusyPoll:
     def close(self) -> None:
         """Stop polling (the loop sleeps again at its next idle moment)."""
         self._closed = True
+
+
+def poke() -> None:
+    """Work arrived on a socket: this process's poller, if it has one, polls once it is
+    done (``BusyPoll.poke``). Called by every protocol's reads."""
+    if active is not None:
+        active.poke()
 
 
 def is_contended(wall_ns: int, waited_ns: int) -> bool:

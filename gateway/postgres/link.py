@@ -45,9 +45,7 @@ class Link(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
-        poller = busypoll.active
-        if poller is not None:
-            poller.poke()  # keep polling for the answer once this is handled
+        busypoll.poke()  # keep polling for the answer once this is handled
         on_data = self.on_data
         if on_data is not None:
             on_data(data)
