@@ -51,6 +51,14 @@ def mallory(db):  # type: ignore[no-untyped-def]
     return _person("mallory")
 
 
+def database_url() -> str:
+    """The test database's URL, for a child process (``manage.py``, a gateway, daphne)."""
+    from django.db import connection
+
+    db = connection.settings_dict
+    return f"postgres://{db['USER']}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
+
+
 def free_port() -> int:
     import socket
 
@@ -86,15 +94,12 @@ def _serve_console(without: tuple[str, ...] = ()):  # type: ignore[no-untyped-de
     from pathlib import Path
 
     from django.conf import settings
-    from django.db import connection
 
     port = free_port()
     env = {name: value for name, value in os.environ.items() if name not in without}
     db = settings.DATABASES["default"]
     if db["ENGINE"].endswith("postgresql"):
-        env["DATABASE_URL"] = (
-            f"postgres://{db['USER']}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{connection.settings_dict['NAME']}"
-        )
+        env["DATABASE_URL"] = database_url()
     log = tempfile.NamedTemporaryFile(prefix="console-", suffix=".log", delete=False)
     proc = subprocess.Popen(
         [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "console.asgi:application"],

@@ -9,12 +9,11 @@ from io import StringIO
 from pathlib import Path
 
 import pytest
-from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import CommandError
-from django.db import connection
 
 from audit.models import AuditRecord
+from conftest import database_url
 from identity import tokens
 from identity.actions import authenticate_token
 from identity.models import Agent, AgentToken, User
@@ -33,11 +32,8 @@ def run(*args: str, stdin: str | None = None) -> tuple[str, str]:
 @pytest.fixture
 def manage_py(transactional_db):
     """Runs the real ``python manage.py`` against the test database; returns the process."""
-    db = settings.DATABASES["default"]
     env = dict(os.environ)
-    env["DATABASE_URL"] = (
-        f"postgres://{db['USER']}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{connection.settings_dict['NAME']}"
-    )
+    env["DATABASE_URL"] = database_url()
 
     def manage(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
         return subprocess.run(

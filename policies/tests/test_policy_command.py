@@ -12,6 +12,7 @@ import pytest
 from django.contrib.auth.models import Group
 from django.core.management import CommandError, call_command
 
+from conftest import database_url
 from gateway.models import Connection
 from identity.models import Agent
 from policies.models import Policy
@@ -144,9 +145,8 @@ def test_a_dash_reads_the_statements_from_stdin(shop, monkeypatch):
 
 @pytest.mark.django_db(transaction=True)
 def test_it_runs_from_the_command_line(shop):
-    from django.db import connection
 
-    env = {"DATABASE_URL": _database_url(connection.settings_dict)}
+    env = {"DATABASE_URL": database_url()}
     proc = subprocess.run(
         [
             sys.executable,
@@ -167,7 +167,3 @@ def test_it_runs_from_the_command_line(shop):
     )
     assert proc.returncode == 2, proc.stderr
     assert json.loads(proc.stdout)["rule"] == "writes"
-
-
-def _database_url(db: dict) -> str:
-    return f"postgres://{db['USER']}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"

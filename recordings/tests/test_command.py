@@ -15,8 +15,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from django.conf import settings
 from django.core.management import CommandError, call_command
-from django.db import connection
 
+from conftest import database_url
 from recordings import keys
 from recordings.models import Event, Session
 from recordings.tests.factories import record_session, statement_events
@@ -42,10 +42,9 @@ def verify(*args: str) -> tuple[str, CommandError | None]:
 
 def manage(*args: str) -> subprocess.CompletedProcess[str]:
     """The real command line, on the test database."""
-    db = settings.DATABASES["default"]
     env = {
         **os.environ,
-        "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{connection.settings_dict['NAME']}",
+        "DATABASE_URL": database_url(),
         "AIRLOCK_RECORDING_KEY_FILE": str(settings.RECORDING_SIGNING_KEY_FILE),
     }
     return subprocess.run(

@@ -7,6 +7,7 @@ import subprocess
 import pytest
 
 from audit.models import AuditRecord
+from conftest import database_url
 from gateway.tests.postgres.conftest import (  # noqa: F401 - fixtures
     billing_bot,
     gateway_factory,
@@ -90,15 +91,11 @@ def _console_env() -> dict[str, str]:
     import os
 
     from django.conf import settings
-    from django.db import connection
 
     env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
     db = settings.DATABASES["default"]
     if db["ENGINE"].endswith("postgresql"):
-        env["DATABASE_URL"] = (
-            f"postgres://{db['USER']}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/"
-            f"{connection.settings_dict['NAME']}"
-        )
+        env["DATABASE_URL"] = database_url()
     return env
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import uvloop
 
-from conftest import free_port
+from conftest import database_url, free_port
 from gateway import busypoll
 from gateway.postgres import protocol as pg
 
@@ -188,13 +188,10 @@ def _process_cpu_seconds(pid: int) -> float:
 def _gateway_cpu_for_pokes(window_us: int) -> tuple[float, float]:
     """(CPU seconds of a real ``manage.py gateway`` over ten reads 50 ms apart, over the
     second of quiet after them)."""
-    from django.db import connection
-
     port = free_port()
-    db = connection.settings_dict
     env = {
         **os.environ,
-        "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}",
+        "DATABASE_URL": database_url(),
         "AIRLOCK_GATEWAY_BUSY_POLL_US": str(window_us),
     }
     proc = subprocess.Popen(

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import free_port
+from conftest import database_url, free_port
 from gateway.postgres import protocol as pg
 from gateway.postgres.server import PostgresGateway, Workers
 from gateway.tests.postgres.conftest import wait_until
@@ -72,13 +72,10 @@ class Supervisor:
     """``manage.py gateway --workers 2`` on a free port, in a real process."""
 
     def __init__(self) -> None:
-        from django.db import connection
-
         self.port = free_port()
-        db = connection.settings_dict
         env = {
             **os.environ,
-            "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}",
+            "DATABASE_URL": database_url(),
             "AIRLOCK_GATEWAY_WORKERS": "2",
         }
         self.proc = subprocess.Popen(
