@@ -55,8 +55,9 @@ def database_url() -> str:
     """The test database's URL, for a child process (``manage.py``, a gateway, daphne)."""
     from django.db import connection
 
-    db = connection.settings_dict
-    return f"postgres://{db['USER']}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
+    from console.envconfig import database_url as url_of
+
+    return url_of(connection.settings_dict)
 
 
 def free_port() -> int:

@@ -35,6 +35,8 @@ from http.cookiejar import CookieJar
 from pathlib import Path
 from typing import Any
 
+from console.envconfig import database_url
+
 COUNT = int(os.environ.get("AIRLOCK_BENCH_APPROVALS", "200"))
 TARGET_P99 = 0.050  # seconds, for each of the timed paths below (the baselines are not targets)
 TARGETED = ("statement -> card on the inbox", "approve -> result at the agent")
@@ -252,10 +254,9 @@ def main() -> int:
             admin.execute("GRANT ALL ON orders TO scram_user")
             admin.execute("ANALYZE orders")
         token = _prepare(target.port, ROLES["scram_user"][0], do_save_policy, reviewer)
-        db = connection.settings_dict
         env = {
             **os.environ,
-            "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}",
+            "DATABASE_URL": database_url(connection.settings_dict),
         }
         gw_port, port = _free_port(), _free_port()
         procs.append(

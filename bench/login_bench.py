@@ -18,6 +18,8 @@ import sys
 import time
 from pathlib import Path
 
+from console.envconfig import database_url
+
 LOGINS = int(os.environ.get("AIRLOCK_BENCH_LOGINS", "100"))
 ROUNDS = int(os.environ.get("AIRLOCK_BENCH_ROUNDS", "3"))
 ROOT = Path(__file__).resolve().parent.parent
@@ -85,10 +87,9 @@ def main() -> int:
         with server.admin() as admin:
             admin.execute("CREATE DATABASE bench OWNER scram_user")
         token = _prepare_airlock(server.port)
-        db = connection.settings_dict
         env = {
             **os.environ,
-            "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}",
+            "DATABASE_URL": database_url(connection.settings_dict),
             "AIRLOCK_LOG_LEVEL": "WARNING",
         }
         ports = {}

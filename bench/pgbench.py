@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import perfsplit
+from console.envconfig import database_url
 
 DURATION = int(os.environ.get("AIRLOCK_BENCH_SECONDS", "4"))
 # Runs are repeated and interleaved (direct, gateway, pgbouncer, direct, ...), the order
@@ -500,10 +501,9 @@ def main() -> int:
             raise RuntimeError(init.stderr)
         token = _prepare_airlock(server.port)
         gw_port = _free_port()
-        db = connection.settings_dict
         env = {
             **os.environ,
-            "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}",
+            "DATABASE_URL": database_url(connection.settings_dict),
             "AIRLOCK_LOG_LEVEL": "WARNING",
         }
         gateway = subprocess.Popen(

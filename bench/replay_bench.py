@@ -24,6 +24,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from console.envconfig import database_url as url_of
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -222,8 +224,7 @@ def main() -> int:
     base_name = connection.settings_dict["NAME"]
     connection.settings_dict["TEST"]["NAME"] = f"{base_name}_bench_replay"
     old = connection.creation.create_test_db(verbosity=0, autoclobber=True, serialize=False)
-    db = connection.settings_dict
-    database_url = f"postgres://{db['USER']}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
+    database_url = url_of(connection.settings_dict)
     proc = None
     try:
         started = time.perf_counter()

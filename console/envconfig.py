@@ -7,9 +7,10 @@ malformed, so a typo in a deployment fails at start-up instead of at first use.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from urllib.parse import urlsplit
+from typing import Any
+from urllib.parse import quote, urlsplit
 
 from django.core.exceptions import ImproperlyConfigured
 
@@ -81,6 +82,24 @@ def env_url(name: str, schemes: tuple[str, ...]) -> str:
     if not parts.hostname and not parts.path.strip("/"):
         raise ImproperlyConfigured(f"{name}: no host or database given in {name}")
     return raw
+
+
+def database_url(database: Mapping[str, Any]) -> str:
+    """The ``DATABASE_URL`` naming a PostgreSQL database that Django's settings describe
+    (a ``DATABASES`` entry): user, password, host, port and name, each quoted, so that a
+    child process (a gateway, a bench's, a test's) reaches the same database, password
+    included. A socket directory as host is percent-encoded and an IPv6 address
+    bracketed, as ``DATABASE_URL`` takes them; ``OPTIONS`` are not carried."""
+    auth = quote(str(database.get("USER") or ""), safe="")
+    if database.get("PASSWORD"):
+        auth += ":" + quote(str(database["PASSWORD"]), safe="")
+    host = str(database.get("HOST") or "127.0.0.1")
+    if host.startswith("/"):
+        host = quote(host, safe="")
+    elif ":" in host:
+        host = f"[{host}]"
+    port = database.get("PORT") or 5432
+    return f"postgres://{auth}@{host}:{port}/{quote(str(database['NAME']), safe='')}"
 
 
 def persistent_secret(path: Path, generate: Callable[[], str]) -> str:

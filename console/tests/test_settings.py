@@ -1,7 +1,8 @@
+import dj_database_url
 import pytest
 from django.core.exceptions import ImproperlyConfigured
 
-from console.envconfig import env_bool, env_int, env_secret, env_url
+from console.envconfig import database_url, env_bool, env_int, env_secret, env_url
 
 
 def test_a_bad_boolean_names_the_variable(monkeypatch):
@@ -85,3 +86,35 @@ def test_other_processes_keep_persistent_connections():
     from django.conf import settings
 
     assert "pool" not in settings.DATABASES["default"].get("OPTIONS", {})
+
+
+@pytest.mark.parametrize(
+    "database",
+    [
+        {"USER": "postgres", "PASSWORD": "", "HOST": "", "PORT": "", "NAME": "airlock"},
+        {
+            "USER": "air lock",
+            "PASSWORD": "p@ss:w/rd%?#",
+            "HOST": "db.internal",
+            "PORT": 6432,
+            "NAME": "rec db",
+        },
+        {
+            "USER": "postgres",
+            "PASSWORD": "",
+            "HOST": "/var/run/postgresql",
+            "PORT": "5433",
+            "NAME": "airlock",
+        },
+        {"USER": "postgres", "PASSWORD": "secret", "HOST": "::1", "PORT": 5432, "NAME": "airlock"},
+    ],
+)
+def test_a_database_url_for_a_child_process_names_the_same_database(database):
+    """What ``DATABASE_URL`` parses back to is the database described, password included."""
+    parsed = dj_database_url.parse(database_url(database))
+    assert parsed["ENGINE"] == "django.db.backends.postgresql"
+    assert parsed["USER"] == database["USER"]
+    assert parsed["PASSWORD"] == database["PASSWORD"]
+    assert parsed["HOST"] == (database["HOST"] or "127.0.0.1")
+    assert int(parsed["PORT"]) == int(database["PORT"] or 5432)
+    assert parsed["NAME"] == database["NAME"]
