@@ -50,6 +50,7 @@ from approvals.estimate import estimate_in_background, wants_estimate
 from approvals.events import OUTCOME_STATUSES, request_group
 from approvals.events import Outcome as OutcomeMessage
 from approvals.models import ApprovalRequest, Status
+from gateway.postgres.values import mask_param
 from policies.types import Action, Decision, Request
 
 log = logging.getLogger("airlock.approvals")
@@ -170,7 +171,8 @@ def open_request(
 
     mask = mask_text or (lambda text: text)
     pretty = _pretty(request.statement, request.protocol)
-    masked_params = [None if value is None else mask(value) for value in request.params]
+    # A value shown in hex is masked in the bytes it stands for (gateway.postgres.values).
+    masked_params = [None if value is None else mask_param(value, mask) for value in request.params]
     # The agent, the people on its side, and whether the connection still exists: one
     # query (each round trip is a measurable part of the time to the reviewers' card).
     agent = (

@@ -16,6 +16,10 @@ have npm || need_pkgs+=(npm)
 have ssh || need_pkgs+=(openssh-client)
 [ -x /usr/sbin/pgbouncer ] || need_pkgs+=(pgbouncer)
 have cc || need_pkgs+=(gcc)  # the compiled gateway loops (scripts/build_native.py)
+# The JDBC client tests (gateway/tests/postgres/test_clients.py): a JDK runs the client from
+# its source, with Debian's pgjdbc.
+have javac || need_pkgs+=(default-jdk-headless)
+[ -f /usr/share/java/postgresql.jar ] || need_pkgs+=(libpostgresql-jdbc-java)
 
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && have apt-get; then

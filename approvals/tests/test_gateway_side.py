@@ -416,6 +416,20 @@ async def test_a_grant_allows_identical_statements_from_this_agent_until_it_ends
 # --- masking seam --------------------------------------------------------------------------------
 
 
+async def test_a_parameter_shown_in_hex_is_stored_masked_in_its_bytes(world):
+    def mask(text: str) -> str:
+        return text.replace("alice@example.com", "<EMAIL>")
+
+    gate = _gate(world, agent_waits=False, mask_text=mask)
+    statement = "UPDATE users SET tags = $1"
+    review = await gate.review(
+        statement_request(statement=statement, params=("\\x" + b"\x01alice@example.com".hex(),)),
+        review_decision(statement=statement),
+    )
+    req = await in_db(ApprovalRequest.objects.get, pk=review.request_id)
+    assert req.params == ["\\x" + b"\x01<EMAIL>".hex()]
+
+
 async def test_the_statement_and_parameters_are_stored_masked_and_bound_unmasked(world, bob):
     def mask(text: str) -> str:
         return text.replace("alice@example.com", "<EMAIL>")

@@ -299,6 +299,17 @@ def parse_parse(body: bytes) -> tuple[bytes, bytes, tuple[int, ...]]:
     return name, query, tuple(types)
 
 
+def parse_parameter_description(body: bytes) -> tuple[int, ...]:
+    """The parameter type OIDs of a ParameterDescription (the server's answer to Describe
+    of a statement: the types it inferred for every parameter, declared ones included)."""
+    try:
+        count = _I16.unpack_from(body, 0)[0]
+        types = struct.unpack_from(f"!{count}I", body, 2) if count > 0 else ()
+    except struct.error:
+        raise ProtocolError("truncated ParameterDescription message") from None
+    return tuple(types)
+
+
 def parse_bind(body: bytes) -> tuple[bytes, bytes, tuple[bytes | None, ...], tuple[int, ...]]:
     """Portal, statement, parameter values (None for NULL) and their format codes."""
     portal, statement, values, codes, _ = _parse_bind(body, False)

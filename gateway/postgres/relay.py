@@ -31,7 +31,7 @@ from gateway.postgres import protocol as pg
 from gateway.postgres.copyout import CopyOut, copy_out
 from gateway.postgres.protocol import ProtocolError
 from gateway.postgres.sqltext import prepared_names_touched, split_statements
-from gateway.postgres.values import param_text, text_param
+from gateway.postgres.values import hex_bytes, mask_param, param_text, text_param
 from masking import MaskingError
 from policies.sql import (
     UnsupportedStartupOption,
@@ -182,6 +182,19 @@ class _Entry:
         self.index = 0  # which statement of a Query the server is answering
         self.denial: Decision | None = None
         self.extra: Any = None
+
+
+def _hex_holds_placeholder(masking: MaskingPolicy, value: str) -> bool:
+    """Whether a value shown in hex (binary, or bytea) holds a placeholder in its bytes."""
+    raw = hex_bytes(value)
+    return raw is not None and masking.contains_placeholder(raw)
+
+
+def _masked_text_of(masking: MaskingPolicy) -> Callable[[str], str]:
+    def mask(text: str) -> str:
+        return masking.mask_text(text)[0]
+
+    return mask
 
 
 class ReviewNeeded:
@@ -661,7 +674,8 @@ class Relay:
             return decision
         try:
             found = masking.contains_placeholder(statement) or any(
-                p is not None and masking.contains_placeholder(p) for p in params
+                p is not None and (masking.contains_placeholder(p) or _hex_holds_placeholder(masking, p))
+                for p in params
             )
         except MaskingError:
             found = True  # cannot tell: treat as holding one
@@ -803,7 +817,8 @@ class Relay:
                 shown = cached
             else:
                 shown = masking.mask_text(text)[0]  # a Query's text is new each time
-            return shown, [None if p is None else masking.mask_text(p)[0] for p in params]
+            mask = _masked_text_of(masking)
+            return shown, [None if p is None else mask_param(p, mask) for p in params]
         except MaskingError:
             return "<statement withheld: it could not be masked>", ["<withheld>" for _ in params]
 
@@ -828,6 +843,27 @@ class Relay:
             stmts.pop(name, None)
         else:
             portals.pop(name, None)
+
+    def _described_types(self, name: bytes, types: tuple[int, ...]) -> None:
+        """The server's parameter types for statement ``name``, from its description.
+
+        A client that leaves the types to the server (asyncpg) describes the statement,
+        then sends binary values for the types the server named: without them here, its
+        values would be judged and recorded as hex, out of reach of the write-back guard
+        and the recording's masking. They apply to the statement as the server knows it
+        (the description answers the definition confirmed before it); the client's view
+        takes them unless a Parse or Close of that name is still on its way to the server.
+        """
+        confirmed = self._stmts.get(name)
+        if confirmed is None:
+            return
+        self._stmts[name] = (confirmed[0], types)
+        for entry in self._effects:
+            if entry.name == name and (
+                entry.kind == PARSE or (entry.kind == CLOSE and entry.target == ord("S"))
+            ):
+                return
+        self._types[name] = types
 
     def _rebuild_tentative(self) -> None:
         self.statements = {name: text for name, (text, _) in self._stmts.items()}
@@ -1346,6 +1382,11 @@ class Relay:
                         # The error comes in place of the command tag; a COPY probe's
                         # description is the gateway's, not the client's.
                         return b""
+            return None
+        if typ == 116:  # 't' ParameterDescription, before the statement's 'T' or 'n'
+            front = self._front()
+            if front is not None and front.kind == DESCRIBE and front.target == ord("S"):
+                self._described_types(front.name, pg.parse_parameter_description(data[start:end]))
             return None
         if typ == 110:  # 'n' NoData
             entry = self._expect(DESCRIBE)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import struct
 import uuid
+from collections.abc import Callable
 
 
 def _int(fmt: str) -> object:
@@ -74,3 +75,29 @@ def param_text(raw: bytes | None, binary: bool, type_oid: int) -> str | None:
     decoder = _DECODERS.get(type_oid)
     value = decoder(raw) if decoder is not None else None  # type: ignore[operator]
     return value if value is not None else "\\x" + raw.hex()
+
+
+def hex_bytes(value: str) -> bytes | None:
+    """The bytes a value shown as ``\\x`` and hex stands for (a binary parameter of a type
+    not decoded here, or a bytea in the text format), else None."""
+    if not value.startswith("\\x"):
+        return None
+    try:
+        return bytes.fromhex(value[2:])
+    except ValueError:
+        return None
+
+
+def mask_param(value: str, mask: Callable[[str], str]) -> str:
+    """A parameter's text as recorded or shown on an approval card, masked with ``mask``.
+
+    A value in hex is masked in the bytes it stands for, read as UTF-8 (a binary text
+    array, say, holds its elements' text as it is), and stays in hex: a secret does not
+    pass as hex digits that no detector reads.
+    """
+    raw = hex_bytes(value)
+    if raw is None:
+        return mask(value)
+    text = raw.decode("utf-8", "surrogateescape")
+    shown = mask(text)
+    return value if shown == text else "\\x" + shown.encode("utf-8", "surrogateescape").hex()

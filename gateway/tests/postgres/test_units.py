@@ -16,7 +16,7 @@ from gateway.postgres.compiled import relay as _compiled
 from gateway.postgres.scram import ScramError, ScramServer, fake_salt
 from gateway.postgres.sqltext import prepared_names_touched, split_statements
 from gateway.postgres.startup import Kind, StartupRefused, check_startup, parse_startup_packet
-from gateway.postgres.values import param_text, text_param
+from gateway.postgres.values import hex_bytes, mask_param, param_text, text_param
 from gateway.ratelimit import LoginThrottle
 from gateway.tests.postgres.events import Events
 from identity.tokens import generate_token, make_verifier, new_salt
@@ -69,6 +69,32 @@ def test_a_text_format_parameter_is_its_text_or_its_bytes_in_hex():
     assert text_param("café 42".encode()) == "café 42"
     assert text_param(b"\xff\x00a") == "\\xff0061"
     assert param_text(b"\xff\x00a", False, 23) == text_param(b"\xff\x00a")
+
+
+def test_a_parameter_description_gives_the_servers_types():
+    assert pg.parse_parameter_description(struct.pack("!hII", 2, 25, 23)) == (25, 23)
+    assert pg.parse_parameter_description(struct.pack("!h", 0)) == ()
+    for broken in (b"", b"\x00", struct.pack("!hI", 2, 25)):
+        with pytest.raises(pg.ProtocolError):
+            pg.parse_parameter_description(broken)
+
+
+def test_a_value_in_hex_is_masked_in_the_bytes_it_stands_for():
+    def mask(text: str) -> str:
+        return text.replace("dana@example.org", "[EMAIL]")
+
+    assert hex_bytes("\\x6869") == b"hi"
+    assert hex_bytes("\\xzz") is None and hex_bytes("6869") is None and hex_bytes("\\x686") is None
+    assert mask_param("mail dana@example.org", mask) == "mail [EMAIL]"
+    # A binary text[] holds its elements' text as it is: masked there, still in hex.
+    element = b"\x00\x00\x00\x01" + struct.pack("!i", 16) + b"dana@example.org"
+    shown = mask_param("\\x" + element.hex(), mask)
+    assert shown == "\\x" + (b"\x00\x00\x00\x01" + struct.pack("!i", 16) + b"[EMAIL]").hex()
+    assert b"dana@example.org".hex() not in shown
+    # Bytes that are not UTF-8 survive the round trip; nothing to mask leaves the value as it is.
+    plain = "\\x" + b"\xff\x00\x01abc".hex()
+    assert mask_param(plain, mask) == plain
+    assert mask_param("\\xnot hex dana@example.org", mask) == "\\xnot hex [EMAIL]"
 
 
 def test_a_bind_parameter_running_past_the_message_is_refused():

@@ -1,0 +1,116 @@
+// A JDBC client for gateway/tests/postgres/test_clients.py, run by a real JVM with Debian's
+// pgjdbc: java -cp /usr/share/java/postgresql.jar JdbcClient.java URL USER SCENARIO [ARG]
+// (the password is the AIRLOCK_TOKEN environment variable). It prints one line per check.
+import java.sql.Connection;
+import java.sql.DriverManager;
+import java.sql.PreparedStatement;
+import java.sql.ResultSet;
+import java.sql.SQLException;
+import java.sql.Statement;
+import java.util.ArrayList;
+import java.util.Arrays;
+import java.util.List;
+import java.util.Properties;
+
+public class JdbcClient {
+    public static void main(String[] args) throws Exception {
+        Properties props = new Properties();
+        props.setProperty("user", args[1]);
+        props.setProperty("password", System.getenv("AIRLOCK_TOKEN"));
+        try (Connection conn = DriverManager.getConnection(args[0], props)) {
+            switch (args[2]) {
+                case "basics" -> basics(conn);
+                case "denied" -> denied(conn, args[3]);
+                default -> throw new IllegalArgumentException("unknown scenario " + args[2]);
+            }
+        }
+    }
+
+    static void basics(Connection conn) throws SQLException {
+        try (Statement st = conn.createStatement()) {
+            try (ResultSet rs = st.executeQuery("SELECT current_user")) {
+                rs.next();
+                System.out.println("user " + rs.getString(1));
+            }
+            try (ResultSet rs = st.executeQuery("SELECT count(*) FROM items")) {
+                rs.next();
+                System.out.println("items " + rs.getLong(1));
+            }
+        }
+        List<String> names = new ArrayList<>();
+        try (PreparedStatement ps = conn.prepareStatement("SELECT name FROM items WHERE id = ?")) {
+            for (int id = 1; id <= 8; id++) {
+                ps.setInt(1, id);
+                try (ResultSet rs = ps.executeQuery()) {
+                    rs.next();
+                    names.add(rs.getString(1));
+                }
+            }
+        }
+        System.out.println("prepared " + String.join("|", names));
+        try (Statement st = conn.createStatement()) {
+            st.execute("CREATE TEMP TABLE jdbc_seen (id int, label text)");
+        }
+        try (PreparedStatement ps = conn.prepareStatement("INSERT INTO jdbc_seen VALUES (?, ?)")) {
+            for (int i = 0; i < 5; i++) {
+                ps.setInt(1, i);
+                ps.setString(2, "row " + i);
+                ps.addBatch();
+            }
+            System.out.println("batch " + Arrays.toString(ps.executeBatch()));
+        }
+        conn.setAutoCommit(false);
+        try (Statement st = conn.createStatement()) {
+            st.executeUpdate("DELETE FROM jdbc_seen");
+            conn.rollback();
+            conn.setAutoCommit(true);
+            try (ResultSet rs = st.executeQuery("SELECT count(*) FROM jdbc_seen WHERE id >= 5")) {
+                rs.next();
+                System.out.println("rolled back " + rs.getLong(1));
+            }
+        }
+        try (PreparedStatement ps = conn.prepareStatement("SELECT ?::text, NULL::text")) {
+            ps.setString(1, "żółw ✓ 🐢");
+            try (ResultSet rs = ps.executeQuery()) {
+                rs.next();
+                System.out.println("unicode " + rs.getString(1) + "|" + rs.getString(2));
+            }
+        }
+        try (PreparedStatement ps = conn.prepareStatement("SELECT price, ?::numeric FROM items WHERE id = 2")) {
+            ps.setBigDecimal(1, new java.math.BigDecimal("2.5"));
+            try (ResultSet rs = ps.executeQuery()) {
+                rs.next();
+                System.out.println("numeric " + rs.getBigDecimal(1) + "|" + rs.getBigDecimal(2));
+            }
+        }
+    }
+
+    static void denied(Connection conn, String marker) throws SQLException {
+        try (PreparedStatement ps = conn.prepareStatement("SELECT ?::text")) {
+            ps.setString(1, marker);
+            ps.executeQuery();
+            System.out.println("not denied");
+        } catch (SQLException e) {
+            System.out.println("denied " + e.getSQLState() + " " + ((org.postgresql.util.PSQLException) e).getServerErrorMessage().getMessage());
+        }
+        conn.setAutoCommit(false);
+        try (Statement st = conn.createStatement()) {
+            try {
+                st.executeQuery("SELECT '" + marker + "'");
+            } catch (SQLException e) {
+                // the transaction is now aborted: the next statement fails as in PostgreSQL
+            }
+            try {
+                st.executeQuery("SELECT 1");
+                System.out.println("in transaction ran");
+            } catch (SQLException e) {
+                System.out.println("in transaction " + e.getSQLState());
+            }
+            conn.rollback();
+            try (ResultSet rs = st.executeQuery("SELECT 1")) {
+                rs.next();
+                System.out.println("after rollback " + rs.getInt(1));
+            }
+        }
+    }
+}

@@ -1,0 +1,404 @@
+"""Other PostgreSQL clients through the gateway, unchanged: asyncpg and the JDBC driver.
+
+psql and psycopg (libpq) are the other tests' clients. asyncpg speaks the protocol with
+its own code: the extended protocol only, named prepared statements it caches and
+describes, binary results and parameters, pipelined ``executemany``, binary COPY and its
+own CancelRequest on a timeout. pgjdbc (Debian's ``libpostgresql-jdbc-java``, run by a
+real JVM) sends its own startup parameters (``extra_float_digits``, ``DateStyle``),
+switches a statement to a server-side prepared one after five uses, batches
+statements and sends binary parameters.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import subprocess
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+
+from gateway.tests.postgres.conftest import DENY_MARKER
+from gateway.tests.postgres.events import results as recorded_results
+
+JDBC_JAR = Path("/usr/share/java/postgresql.jar")
+JAVA_CLIENT = Path(__file__).with_name("JdbcClient.java")
+
+
+def _run(coro: Any) -> Any:
+    return asyncio.run(asyncio.wait_for(coro, 60))
+
+
+async def _connect(gw: Any, **overrides: Any) -> asyncpg.Connection:
+    params = {
+        "host": "127.0.0.1",
+        "port": gw.port,
+        "database": "shop",
+        "user": "billing-bot",
+        "password": gw.token,
+        "ssl": False,
+        "timeout": 10,
+    }
+    params.update(overrides)
+    return await asyncpg.connect(**params)
+
+
+def _statements(gw: Any) -> list[dict[str, Any]]:
+    return [payload for kind, payload in gw.events() if kind == "statement"]
+
+
+# -- asyncpg ----------------------------------------------------------------------------
+
+
+def test_asyncpg_queries_with_parameters_and_binary_results(gw):
+    async def scenario() -> tuple[Any, ...]:
+        conn = await _connect(gw)
+        try:
+            one = await conn.fetchval("SELECT 1 + $1::int", 41)
+            rows = await conn.fetch("SELECT id, name, price FROM items WHERE id <= $1 ORDER BY id", 3)
+            typed = await conn.fetchrow(
+                "SELECT $1::text AS t, $2::int8 AS b, NULL::text AS n, now() > '2000-01-01'::timestamptz AS d,"
+                " '{1,2,3}'::int[] AS a, $3::bytea AS raw",
+                "żółw ✓ 🐢",
+                2**40,
+                b"\x00\xffbinary",
+            )
+            user = await conn.fetchval("SELECT current_user")
+            return one, [tuple(r) for r in rows], dict(typed), user
+        finally:
+            await conn.close()
+
+    one, rows, typed, user = _run(scenario())
+    assert one == 42
+    assert rows == [
+        (1, "item 1", Decimal("1.5")),
+        (2, "item 2", Decimal("3.0")),
+        (3, "item 3", Decimal("4.5")),
+    ]
+    assert typed == {
+        "t": "żółw ✓ 🐢",
+        "b": 2**40,
+        "n": None,
+        "d": True,
+        "a": [1, 2, 3],
+        "raw": b"\x00\xffbinary",
+    }
+    assert user == "scram_user"
+    statements = _statements(gw)
+    texts = [s["text"] for s in statements]
+    assert "SELECT 1 + $1::int" in texts
+    # Bound parameters are recorded with the statement that ran with them.
+    ran = [s for s in statements if s["text"].startswith("SELECT id, name, price")]
+    assert ran and ran[-1]["params"] == ["3"] and ran[-1]["result"]["rows"] == 3
+    assert gw.session().verify().ok
+
+
+def test_asyncpg_prepared_statements_executemany_and_a_transaction(gw):
+    async def scenario() -> tuple[Any, ...]:
+        conn = await _connect(gw)
+        try:
+            await conn.execute("CREATE TEMP TABLE seen (id int, label text)")
+            # executemany pipelines Bind/Execute for every row before one Sync.
+            await conn.executemany("INSERT INTO seen VALUES ($1, $2)", [(i, f"row {i}") for i in range(50)])
+            statement = await conn.prepare("SELECT label FROM seen WHERE id = $1")
+            labels = [await statement.fetchval(i) for i in (0, 7, 49)]
+            async with conn.transaction():
+                await conn.execute("DELETE FROM seen WHERE id >= 10")
+            count = await conn.fetchval("SELECT count(*) FROM seen")
+            try:
+                async with conn.transaction():
+                    await conn.execute("DELETE FROM seen")
+                    raise RuntimeError("roll back")
+            except RuntimeError:
+                pass
+            after_rollback = await conn.fetchval("SELECT count(*) FROM seen")
+            return labels, count, after_rollback
+        finally:
+            await conn.close()
+
+    labels, count, after_rollback = _run(scenario())
+    assert labels == ["row 0", "row 7", "row 49"]
+    assert count == 10 and after_rollback == 10
+    inserts = [s for s in _statements(gw) if s["text"] == "INSERT INTO seen VALUES ($1, $2)"]
+    assert len(inserts) == 50
+    assert inserts[7]["params"] == ["7", "row 7"]
+
+
+def test_asyncpg_binary_copy_in_and_out(gw):
+    async def scenario() -> tuple[Any, ...]:
+        conn = await _connect(gw)
+        try:
+            await conn.execute("CREATE TEMP TABLE copied (id int, label text, amount numeric)")
+            records = [(i, f"label {i} ✓", Decimal(i) / 4) for i in range(1000)]
+            # COPY ... FROM STDIN (FORMAT binary)
+            status = await conn.copy_records_to_table("copied", records=records)
+            total = await conn.fetchval("SELECT sum(amount) FROM copied")
+            out: list[bytes] = []
+
+            async def sink(chunk: bytes) -> None:
+                out.append(chunk)
+
+            await conn.copy_from_query("SELECT id, label FROM copied WHERE id < 3 ORDER BY id", output=sink)
+            return status, total, b"".join(out)
+        finally:
+            await conn.close()
+
+    status, total, copied = _run(scenario())
+    assert status == "COPY 1000"
+    assert total == sum(Decimal(i) / 4 for i in range(1000))
+    assert copied.decode() == "0\tlabel 0 ✓\n1\tlabel 1 ✓\n2\tlabel 2 ✓\n"
+
+
+def test_asyncpg_sees_a_denied_statement_as_postgresql_would_show_it(gw):
+    async def scenario() -> tuple[Any, ...]:
+        conn = await _connect(gw)
+        try:
+            with pytest.raises(asyncpg.InsufficientPrivilegeError) as denied:
+                await conn.fetch(f"SELECT '{DENY_MARKER}'")
+            # Inside a transaction: the transaction is aborted, as after any error.
+            tx = conn.transaction()
+            await tx.start()
+            await conn.execute("CREATE TEMP TABLE t (x int)")
+            with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                await conn.fetch("SELECT $1::text", DENY_MARKER)  # denied for its bound value
+            with pytest.raises(asyncpg.InFailedSQLTransactionError):
+                await conn.fetchval("SELECT 1")
+            await tx.rollback()
+            after = await conn.fetchval("SELECT 2")
+            return denied.value.message, denied.value.detail, after
+        finally:
+            await conn.close()
+
+    message, detail, after = _run(scenario())
+    assert message == "statements with the test marker are denied"
+    assert detail == 'rule "no-test-marker"'
+    assert after == 2
+
+
+def test_asyncpg_timeout_cancels_the_running_statement(gw):
+    async def scenario() -> tuple[Any, ...]:
+        conn = await _connect(gw)
+        try:
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            with pytest.raises(asyncio.TimeoutError):
+                # asyncpg sends a CancelRequest of its own when the timeout passes.
+                await conn.fetchval("SELECT pg_sleep(20)", timeout=0.5)
+            elapsed = loop.time() - started
+            return elapsed, await conn.fetchval("SELECT 'still usable'")
+        finally:
+            await conn.close()
+
+    elapsed, after = _run(scenario())
+    assert elapsed < 10
+    assert after == "still usable"
+    with gw.pg.admin() as admin:
+        running = admin.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(20)'"
+        ).fetchone()
+    assert running == (0,)
+
+
+def test_asyncpg_receives_notifications(gw):
+    async def scenario() -> list[str]:
+        listener = await _connect(gw)
+        sender = await _connect(gw)
+        got: asyncio.Queue[str] = asyncio.Queue()
+        try:
+            await listener.add_listener(
+                "jobs", lambda _conn, _pid, _channel, payload: got.put_nowait(payload)
+            )
+            await sender.execute("NOTIFY jobs, 'first'")
+            await sender.execute("SELECT pg_notify('jobs', $1)", "second ✓")
+            return [await asyncio.wait_for(got.get(), 10), await asyncio.wait_for(got.get(), 10)]
+        finally:
+            await listener.close()
+            await sender.close()
+
+    assert _run(scenario()) == ["first", "second ✓"]
+
+
+def test_asyncpg_with_a_wrong_token_is_refused(gw):
+    with pytest.raises(asyncpg.InvalidPasswordError):
+        _run(_connect(gw, password="alk_wrong"))
+
+
+def test_asyncpg_binary_results_are_masked(gateway_factory, private_pg):
+    """A masked text column in binary format is masked in place; a masked int column
+    becomes NULL; content detection reads binary text values too."""
+    from gateway.tests.postgres.test_masking import _masking_policy
+
+    with private_pg.admin("shop") as admin:
+        admin.execute("SET ROLE scram_user")
+        admin.execute("DROP TABLE IF EXISTS people")
+        admin.execute("CREATE TABLE people (id int, email text, pin int, notes text)")
+        admin.execute(
+            "INSERT INTO people VALUES (1, 'dana.secret@example.org', 918273, 'card 4111111111111111 on file')"
+        )
+    gw = gateway_factory()
+    _masking_policy(
+        {
+            "columns": [
+                {"match": "public.people.email", "method": "redact", "entity": "email"},
+                {"match": "public.people.pin", "method": "redact"},
+            ]
+        }
+    )
+
+    async def scenario() -> Any:
+        conn = await _connect(gw)
+        try:
+            # asyncpg asks for every result column in binary.
+            return dict(await conn.fetchrow("SELECT id, email AS contact, pin, notes FROM people"))
+        finally:
+            await conn.close()
+
+    row = _run(scenario())
+    assert row == {"id": 1, "contact": "[EMAIL]", "pin": None, "notes": "card [CARD] on file"}
+    recorded = recorded_results(gw.events())
+    text = repr(recorded)
+    assert "dana.secret" not in text and "4111111111111111" not in text and "918273" not in text
+
+
+# -- JDBC -------------------------------------------------------------------------------
+
+
+def _jdbc(gw: Any, *scenario: str) -> list[str]:
+    java = shutil.which("java")
+    assert java is not None and JDBC_JAR.exists(), "make test installs a JDK and libpostgresql-jdbc-java"
+    url = f"jdbc:postgresql://127.0.0.1:{gw.port}/shop?sslmode=disable&connectTimeout=10"
+    done = subprocess.run(
+        [java, "-cp", str(JDBC_JAR), str(JAVA_CLIENT), url, "billing-bot", *scenario],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "AIRLOCK_TOKEN": gw.token},
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout.splitlines()
+
+
+def test_jdbc_runs_statements_prepared_statements_and_batches(gw):
+    lines = _jdbc(gw, "basics")
+    assert lines == [
+        "user scram_user",
+        "items 10",
+        # The same PreparedStatement run eight times: a server-side named statement from the
+        # fifth on (pgjdbc's prepareThreshold), with binary parameters.
+        "prepared item 1|item 2|item 3|item 4|item 5|item 6|item 7|item 8",
+        "batch [1, 1, 1, 1, 1]",
+        "rolled back 0",
+        "unicode żółw ✓ 🐢|null",
+        "numeric 3.0|2.5",
+    ]
+    statements = _statements(gw)
+    selects = [s for s in statements if s["text"] == "SELECT name FROM items WHERE id = $1"]
+    assert [s["params"] for s in selects] == [[str(i)] for i in range(1, 9)]
+    assert all(s["result"]["rows"] == 1 for s in selects)
+    assert gw.session().verify().ok
+
+
+def test_jdbc_sees_a_denied_statement_as_postgresql_would_show_it(gw):
+    lines = _jdbc(gw, "denied", DENY_MARKER)
+    assert lines == [
+        "denied 42501 statements with the test marker are denied",
+        "in transaction 25P02",
+        "after rollback 1",
+    ]
+
+
+def test_asyncpg_binary_parameters_meet_the_write_back_guard_and_the_recordings_masking(
+    gateway_factory, private_pg
+):
+    """asyncpg leaves parameter types to the server and sends binary values: the gateway
+    reads them by the types the server described (a text value), and in the bytes their
+    hex stands for where it has no decoder (a text array)."""
+    from gateway.tests.dbdump import database_text
+    from gateway.tests.postgres.test_masking import _engine_point, _masking_policy
+
+    with private_pg.admin("shop") as admin:
+        admin.execute("SET ROLE scram_user")
+        admin.execute("DROP TABLE IF EXISTS contacts")
+        admin.execute("CREATE TABLE contacts (id int, email text, tags text[])")
+        admin.execute("INSERT INTO contacts VALUES (1, 'dana.secret@example.org', '{}')")
+    gw = gateway_factory(decision_point_factory=_engine_point)
+    _masking_policy({"columns": [{"match": "public.contacts.email", "method": "redact", "entity": "email"}]})
+
+    async def scenario() -> Any:
+        conn = await _connect(gw)
+        try:
+            shown = await conn.fetchval("SELECT email FROM contacts WHERE id = $1", 1)
+            with pytest.raises(asyncpg.InsufficientPrivilegeError) as as_text:
+                await conn.execute("UPDATE contacts SET email = $1 WHERE id = $2", shown, 1)
+            with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                await conn.execute("UPDATE contacts SET tags = $1 WHERE id = $2", ["x", shown], 1)
+            # An agent's own value holding a secret is recorded masked, binary or not.
+            await conn.execute("UPDATE contacts SET tags = $1 WHERE id = $2", ["4111111111111111"], 1)
+            await conn.execute("SELECT $1::text", "ping eve.secret@example.org")
+            return shown, as_text.value.message
+        finally:
+            await conn.close()
+
+    shown, message = _run(scenario())
+    assert shown == "[EMAIL]"
+    assert "placeholder" in message
+    with private_pg.admin("shop") as admin:
+        assert admin.execute("SELECT email, tags FROM contacts").fetchone() == (
+            "dana.secret@example.org",
+            ["4111111111111111"],
+        )
+    updates = [s for s in _statements(gw) if s["text"] == "UPDATE contacts SET tags = $1 WHERE id = $2"]
+    assert updates[-1]["action"] == "allow" and updates[-1]["params"][0].startswith("\\x")
+    assert bytes.fromhex(updates[-1]["params"][0][2:]).endswith(b"[CARD]")
+    pinged = [s for s in _statements(gw) if s["text"] == "SELECT $1::text"]
+    assert pinged[-1]["params"] == ["ping [EMAIL]"]
+    text = database_text()
+    for secret in ("dana.secret@example.org", "4111111111111111", "eve.secret@example.org"):
+        assert secret not in text and secret.encode().hex() not in text
+
+
+def test_a_description_gives_its_types_to_the_definition_it_described(gw):
+    """The server's parameter types apply to the statement it described, not to a newer
+    definition of that name the client sent meanwhile (which would misread its values)."""
+    import struct
+
+    from gateway.postgres import protocol as pg
+    from gateway.tests.postgres.rawclient import RawSession
+
+    def parse(name: bytes, sql: bytes) -> bytes:
+        return pg.message(b"P", name + b"\0" + sql + b"\0" + struct.pack("!h", 0))
+
+    def bind_execute(name: bytes, value: bytes) -> bytes:
+        bind = name.join([b"\0", b"\0"]) + struct.pack("!hh", 1, 1) + struct.pack("!hi", 1, len(value))
+        bind += value + struct.pack("!h", 0)
+        return pg.message(b"B", bind) + pg.message(b"E", b"\0" + struct.pack("!i", 0)) + pg.message(b"S")
+
+    session = RawSession(gw.port)
+    try:
+        session.login("billing-bot", gw.token)
+        # Described as int4, then redefined as text before the description comes back.
+        session.send(
+            parse(b"s1", b"SELECT $1::int4")
+            + pg.message(b"D", b"Ss1\0")
+            + pg.message(b"C", b"Ss1\0")
+            + parse(b"s1", b"SELECT $1::text")
+            + pg.message(b"S")
+        )
+        assert [typ for typ, _ in session.until("Z")] == ["1", "t", "T", "3", "1", "Z"]
+        session.send(bind_execute(b"s1", b"abcd"))
+        rows = [body for typ, body in session.until("Z") if typ == "D"]
+        assert rows == [struct.pack("!hi", 1, 4) + b"abcd"]
+        # Described: binary values are read by the server's types.
+        session.send(parse(b"s2", b"SELECT $1::text") + pg.message(b"D", b"Ss2\0") + pg.message(b"S"))
+        session.until("Z")
+        session.send(bind_execute(b"s2", b"abcd"))
+        session.until("Z")
+    finally:
+        session.close()
+    ran = [(s["text"], s["params"]) for s in _statements(gw) if s["text"].startswith("SELECT $1::")]
+    # s1's newer definition was never described: its value stays in hex, not misread as an int4.
+    assert ran == [("SELECT $1::text", ["\\x61626364"]), ("SELECT $1::text", ["abcd"])]
