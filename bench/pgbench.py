@@ -202,7 +202,8 @@ def summarise(
         "p50_ms": latencies[len(latencies) // 2] / 1000,
         "p99_ms": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] / 1000,
         # At one client TPS is one over the mean latency: how far the mean lies above the
-        # p50 is what the slow transactions cost (docs/performance.md, sixteenth session).
+        # p50 is what the slow transactions cost (docs/performance-log.md, "The one-client
+        # tail is the recording database's CPU").
         "mean_ms": statistics.fmean(latencies) / 1000,
         "cpu_us": cpu_seconds / len(latencies) * 1e6 if cpu_seconds else 0.0,
         "loop_us": loop_seconds / len(latencies) * 1e6 if loop_seconds else 0.0,

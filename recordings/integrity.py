@@ -5,8 +5,8 @@ guaranteed still holds: an event names a session that exists, and a session that
 has events cannot be deleted, truncated or renumbered away from them. A foreign key checks
 each inserted row with a query of its own at commit; a recorded batch is hundreds of rows
 of one session, and those checks were a quarter of the recording database's work per
-event (docs/performance.md, sixteenth session). Here the check runs once per statement
-and session instead:
+event (docs/performance-log.md, "The one-client tail is the recording database's CPU").
+Here the check runs once per statement and session instead:
 
 - PostgreSQL: after each INSERT (a batch's COPY) or UPDATE of events, a statement-level
   trigger reads the statement's new rows (a transition table) and locks each session

@@ -220,7 +220,7 @@ class PayloadField(models.JSONField):
     """An event's payload: JSON stored as written, in a ``json`` column on PostgreSQL.
 
     ``jsonb`` parses every value into its binary form on the way in: a fifth of what the
-    recording database spent per recorded statement (docs/performance.md, "Recording's
+    recording database spent per recorded statement (docs/performance-log.md, "Recording's
     cost split three ways"). Events are written once, in bulk, and read back whole far
     more often than they are searched, so the text is kept as the writer sent it (the
     canonical JSON the chain hashes). Lookups (``payload__text="..."``,
