@@ -300,6 +300,9 @@ class Relay:
         self._stmt_fields: dict[bytes, list[tuple[str, int, int, int, int]] | None] = {}
         self._portal_fields: dict[bytes, list[tuple[str, int, int, int, int]] | None] = {}
         self._portal_formats: dict[bytes, tuple[int, ...]] = {}
+        # The statement each portal was bound from, with that statement's confirmed
+        # definition then (``_described_portal``).
+        self._portal_source: dict[bytes, tuple[bytes, Any]] = {}
         self._startup_effects: list[tuple[str, ...]] = []
         # Told when a statement's outcome is known: (its decision, succeeded, command tag or
         # "ERROR <SQLSTATE>"). The approvals machinery reports the run of an approved one.
@@ -865,6 +868,22 @@ class Relay:
                 return
         self._types[name] = types
 
+    def _described_portal(self, portal: bytes, fields: list[tuple[str, int, int, int, int]]) -> None:
+        """A portal's description also describes the statement it was bound from.
+
+        pgjdbc, once a statement is used often enough, parses it as a named statement and
+        describes the portal of its first run, not the statement; later runs bind and
+        execute with no description at all. Their results are masked by the columns the
+        first run's description gave, as long as the statement is still the definition
+        that portal was bound from (a redefinition's ParseComplete drops what was known).
+        """
+        source = self._portal_source.get(portal)
+        if source is None or source[1] is None:
+            return
+        statement, definition = source
+        if self._stmts.get(statement) is definition and statement not in self._stmt_fields:
+            self._stmt_fields[statement] = fields
+
     def _rebuild_tentative(self) -> None:
         self.statements = {name: text for name, (text, _) in self._stmts.items()}
         self._types = {name: types for name, (_, types) in self._stmts.items()}
@@ -1355,6 +1374,7 @@ class Relay:
                 statement, formats = entry.extra
                 self._portal_fields[entry.name] = self._stmt_fields.get(statement)
                 self._portal_formats[entry.name] = formats
+                self._portal_source[entry.name] = (statement, self._stmts.get(statement))
             return None
         if typ == 84:  # 'T' RowDescription
             front = self._front()
@@ -1371,6 +1391,8 @@ class Relay:
                     # A statement's description has no formats yet; the Bind gives them.
                     target = self._portal_fields if front.target == ord("P") else self._stmt_fields
                     target[front.name] = fields
+                    if front.target == ord("P"):
+                        self._described_portal(front.name, fields)
                 self._pop()
             elif front is not None and front.kind == QUERY and front.index < len(front.statements):
                 record = front.statements[front.index]
@@ -1393,6 +1415,8 @@ class Relay:
             if self.masking is not None:
                 target = self._portal_fields if entry.target == ord("P") else self._stmt_fields
                 target[entry.name] = []
+                if entry.target == ord("P"):
+                    self._described_portal(entry.name, [])
             return None
         if typ == 115:  # 's' PortalSuspended
             entry = self._expect(EXECUTE)

@@ -11,6 +11,11 @@ import java.util.ArrayList;
 import java.util.Arrays;
 import java.util.List;
 import java.util.Properties;
+import java.io.StringReader;
+import java.io.StringWriter;
+import org.postgresql.PGConnection;
+import org.postgresql.PGNotification;
+import org.postgresql.copy.CopyManager;
 
 public class JdbcClient {
     public static void main(String[] args) throws Exception {
@@ -21,6 +26,8 @@ public class JdbcClient {
             switch (args[2]) {
                 case "basics" -> basics(conn);
                 case "denied" -> denied(conn, args[3]);
+                case "copy-cancel-notify" -> copyCancelNotify(conn);
+                case "masked" -> masked(conn);
                 default -> throw new IllegalArgumentException("unknown scenario " + args[2]);
             }
         }
@@ -110,6 +117,62 @@ public class JdbcClient {
             try (ResultSet rs = st.executeQuery("SELECT 1")) {
                 rs.next();
                 System.out.println("after rollback " + rs.getInt(1));
+            }
+        }
+    }
+
+    static void copyCancelNotify(Connection conn) throws Exception {
+        CopyManager copy = conn.unwrap(PGConnection.class).getCopyAPI();
+        try (Statement st = conn.createStatement()) {
+            st.execute("CREATE TEMP TABLE jdbc_copy (id int, label text)");
+        }
+        long in = copy.copyIn("COPY jdbc_copy FROM STDIN", new StringReader("1\tone\n2\tżółw\n3\t\\N\n"));
+        StringWriter out = new StringWriter();
+        long copiedOut = copy.copyOut("COPY (SELECT id, label FROM jdbc_copy ORDER BY id) TO STDOUT", out);
+        System.out.println("copy " + in + " " + copiedOut + " " + out.toString().replace("\n", "|").replace("\t", ","));
+        try (Statement sleeper = conn.createStatement()) {
+            Thread canceller = new Thread(() -> {
+                try {
+                    Thread.sleep(500);
+                    sleeper.cancel();
+                } catch (Exception e) {
+                    throw new RuntimeException(e);
+                }
+            });
+            canceller.start();
+            long started = System.nanoTime();
+            try {
+                sleeper.execute("SELECT pg_sleep(20)");
+                System.out.println("cancel not cancelled");
+            } catch (SQLException e) {
+                long ms = (System.nanoTime() - started) / 1_000_000;
+                System.out.println("cancel " + e.getSQLState() + (ms < 10_000 ? " in time" : " late"));
+            }
+            canceller.join();
+        }
+        try (Statement st = conn.createStatement()) {
+            st.execute("LISTEN jdbc_jobs");
+            st.execute("NOTIFY jdbc_jobs, 'ready ✓'");
+            PGNotification[] got = conn.unwrap(PGConnection.class).getNotifications(10_000);
+            System.out.println("notify " + (got == null ? "none" : got[0].getName() + " " + got[0].getParameter()));
+            try (ResultSet rs = st.executeQuery("SELECT 'usable'")) {
+                rs.next();
+                System.out.println("after " + rs.getString(1));
+            }
+        }
+    }
+
+    static void masked(Connection conn) throws SQLException {
+        // Past pgjdbc's prepareThreshold the statement is a named server-side one and the
+        // int column comes back in binary.
+        try (PreparedStatement ps = conn.prepareStatement("SELECT email, pin, notes FROM jdbc_people WHERE id = ?")) {
+            for (int round = 1; round <= 7; round++) {
+                ps.setInt(1, 1);
+                try (ResultSet rs = ps.executeQuery()) {
+                    rs.next();
+                    Object pin = rs.getObject(2);
+                    System.out.println("row " + round + " " + rs.getString(1) + "|" + pin + "|" + rs.getString(3));
+                }
             }
         }
     }

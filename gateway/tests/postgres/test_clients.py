@@ -302,6 +302,43 @@ def test_jdbc_runs_statements_prepared_statements_and_batches(gw):
     assert gw.session().verify().ok
 
 
+def test_jdbc_copies_cancels_and_listens(gw):
+    lines = _jdbc(gw, "copy-cancel-notify")
+    assert lines == [
+        "copy 3 3 1,one|2,żółw|3,\\N|",
+        # Statement.cancel(): pgjdbc's own CancelRequest, with the key the gateway gave it.
+        "cancel 57014 in time",
+        "notify jdbc_jobs ready ✓",
+        "after usable",
+    ]
+    with gw.pg.admin() as admin:
+        running = admin.execute("SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(20)'")
+        assert running.fetchone() == (0,)
+
+
+def test_jdbc_results_are_masked_in_text_and_binary(gateway_factory, private_pg):
+    from gateway.tests.postgres.test_masking import _masking_policy
+
+    with private_pg.admin("shop") as admin:
+        admin.execute("SET ROLE scram_user")
+        admin.execute("DROP TABLE IF EXISTS jdbc_people")
+        admin.execute("CREATE TABLE jdbc_people (id int, email text, pin int, notes text)")
+        admin.execute(
+            "INSERT INTO jdbc_people VALUES (1, 'dana.secret@example.org', 918273, 'card 4111111111111111')"
+        )
+    gw = gateway_factory()
+    _masking_policy(
+        {
+            "columns": [
+                {"match": "public.jdbc_people.email", "method": "redact", "entity": "email"},
+                {"match": "public.jdbc_people.pin", "method": "redact"},
+            ]
+        }
+    )
+    lines = _jdbc(gw, "masked")
+    assert lines == [f"row {n} [EMAIL]|null|card [CARD]" for n in range(1, 8)]
+
+
 def test_jdbc_sees_a_denied_statement_as_postgresql_would_show_it(gw):
     lines = _jdbc(gw, "denied", DENY_MARKER)
     assert lines == [
@@ -402,3 +439,54 @@ def test_a_description_gives_its_types_to_the_definition_it_described(gw):
     ran = [(s["text"], s["params"]) for s in _statements(gw) if s["text"].startswith("SELECT $1::")]
     # s1's newer definition was never described: its value stays in hex, not misread as an int4.
     assert ran == [("SELECT $1::text", ["\\x61626364"]), ("SELECT $1::text", ["abcd"])]
+
+
+def test_a_portals_description_never_describes_a_redefined_statement(gateway_factory, private_pg):
+    """A portal's description serves later runs of its statement (pgjdbc's pattern), but
+    not when the statement was redefined meanwhile: then a run with no description is
+    withheld rather than masked by the old definition's columns."""
+    import struct
+
+    from gateway.postgres import protocol as pg
+    from gateway.tests.postgres.rawclient import RawSession, fields
+    from gateway.tests.postgres.test_masking import _masking_policy
+
+    with private_pg.admin("shop") as admin:
+        admin.execute("SET ROLE scram_user")
+        admin.execute("DROP TABLE IF EXISTS pins")
+        admin.execute("CREATE TABLE pins (id int, pin int)")
+        admin.execute("INSERT INTO pins VALUES (1, 918273)")
+    gw = gateway_factory()
+    _masking_policy({"columns": [{"match": "public.pins.pin", "method": "redact"}]})
+
+    def parse(name: bytes, sql: bytes) -> bytes:
+        return pg.message(b"P", name + b"\0" + sql + b"\0" + struct.pack("!h", 0))
+
+    def bind(portal: bytes, name: bytes) -> bytes:
+        return pg.message(b"B", portal + b"\0" + name + b"\0" + struct.pack("!hhh", 0, 0, 0))
+
+    execute = pg.message(b"E", b"\0" + struct.pack("!i", 0))
+    session = RawSession(gw.port)
+    try:
+        session.login("billing-bot", gw.token)
+        # The portal's statement is redefined before the portal's description comes back.
+        session.send(
+            parse(b"s1", b"SELECT id FROM pins")
+            + bind(b"p1", b"s1")
+            + pg.message(b"C", b"Ss1\0")
+            + parse(b"s1", b"SELECT pin FROM pins")
+            + pg.message(b"D", b"Pp1\0")
+            + pg.message(b"S")
+        )
+        assert [typ for typ, _ in session.until("Z")] == ["1", "2", "3", "1", "T", "Z"]
+        session.send(bind(b"", b"s1") + execute + pg.message(b"S"))
+        answer = session.until("Z")
+        assert [typ for typ, _ in answer if typ in "DE"] == ["E"]
+        assert "withheld" in fields(next(body for typ, body in answer if typ == "E"))["M"]
+        # Described as it is now, the pin is masked.
+        session.send(bind(b"", b"s1") + pg.message(b"D", b"P\0") + execute + pg.message(b"S"))
+        rows = [body for typ, body in session.until("Z") if typ == "D"]
+        assert rows == [struct.pack("!hi", 1, -1)]
+    finally:
+        session.close()
+    assert "918273" not in repr(gw.events())
