@@ -398,7 +398,11 @@ def serve_without_recording(port: int) -> None:
         stop = asyncio.Event()
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
         # Polling as the gateway command does, so that only the recording differs.
-        busypoll.start(asyncio.get_running_loop(), int(settings.GATEWAY_BUSY_POLL_US))
+        busypoll.start(
+            asyncio.get_running_loop(),
+            int(settings.GATEWAY_BUSY_POLL_US),
+            int(settings.GATEWAY_BUSY_POLL_CONTENDED_PERCENT),
+        )
         gateway = PostgresGateway(recorder_factory=recorder)
         await gateway.start("127.0.0.1", port)
         await stop.wait()

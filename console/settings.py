@@ -301,6 +301,9 @@ GATEWAY_GC_THRESHOLD = env_int("AIRLOCK_GATEWAY_GC_THRESHOLD", 20_000, minimum=1
 # it sleeps: waking a sleeping CPU costs tens of microseconds on virtual machines
 # (gateway/busypoll.py, docs/performance.md). 0: sleep at once.
 GATEWAY_BUSY_POLL_US = env_int("AIRLOCK_GATEWAY_BUSY_POLL_US", 100, minimum=0)
+# Polling stops while the loop waits for a CPU this share of the time or more (the machine
+# is busy: a CPU that never looks idle takes no work from the others). 100: never stops.
+GATEWAY_BUSY_POLL_CONTENDED_PERCENT = env_int("AIRLOCK_GATEWAY_BUSY_POLL_CONTENDED_PERCENT", 15, minimum=1)
 # How often the gateway asks the database whether the policies of open sessions changed.
 GATEWAY_POLICY_REFRESH_MS = env_int("AIRLOCK_POLICY_REFRESH_MS", 1000, minimum=50)
 # Masking: the key of the keyed hash (`hash` method), and what a connection without a

@@ -56,10 +56,13 @@ class BusyPoll:
     not taken from the wait for its answer.
     """
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, window_us: int) -> None:
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, window_us: int, contended_share: float = CONTENDED
+    ) -> None:
         if window_us <= 0:
             raise ValueError("the busy-poll window must be positive")
         self.window = window_us / 1_000_000
+        self.contended_share = contended_share
         self.spinning = False
         self.spins = 0  # loop iterations spent polling (for tests and diagnostics)
         self.contended = False  # the governor's last finding: the loop sleeps at once
@@ -96,7 +99,9 @@ class BusyPoll:
         now = time.monotonic_ns()
         if delay is not None:
             if self._last is not None:
-                self.contended = is_contended(now - self._last[0], delay - self._last[1])
+                self.contended = is_contended(
+                    now - self._last[0], delay - self._last[1], self.contended_share
+                )
             self._last = (now, delay)
         self._loop.call_later(GOVERN_SECONDS, self._govern)
 
@@ -125,10 +130,10 @@ def poke() -> None:
         active.poke()
 
 
-def is_contended(wall_ns: int, waited_ns: int) -> bool:
-    """Whether a thread that waited ``waited_ns`` for a CPU over ``wall_ns`` shares its
-    CPUs with too much other work for polling to pay."""
-    return wall_ns > 0 and waited_ns >= CONTENDED * wall_ns
+def is_contended(wall_ns: int, waited_ns: int, share: float = CONTENDED) -> bool:
+    """Whether a thread that waited ``waited_ns`` for a CPU over ``wall_ns`` (``share`` of
+    the time or more) shares its CPUs with too much other work for polling to pay."""
+    return wall_ns > 0 and waited_ns >= share * wall_ns
 
 
 def run_delay_ns() -> int | None:
@@ -141,12 +146,16 @@ def run_delay_ns() -> int | None:
         return None
 
 
-def start(loop: asyncio.AbstractEventLoop, window_us: int) -> BusyPoll | None:
-    """Make ``loop`` this process's busy-polling loop (``window_us`` 0: no polling)."""
+def start(
+    loop: asyncio.AbstractEventLoop, window_us: int, contended_percent: int = round(CONTENDED * 100)
+) -> BusyPoll | None:
+    """Make ``loop`` this process's busy-polling loop (``window_us`` 0: no polling), whose
+    governor stops polling while the loop waits for a CPU ``contended_percent`` of the
+    time or more (100: never)."""
     global active
     stop()
     if window_us > 0:
-        active = BusyPoll(loop, window_us)
+        active = BusyPoll(loop, window_us, contended_percent / 100)
     return active
 
 
