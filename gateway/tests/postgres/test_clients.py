@@ -1,4 +1,4 @@
-"""Other PostgreSQL clients through the gateway, unchanged: asyncpg and the JDBC driver.
+"""Other PostgreSQL clients through the gateway, unchanged: asyncpg, the JDBC driver, pg_dump.
 
 psql and psycopg (libpq) are the other tests' clients. asyncpg speaks the protocol with
 its own code: the extended protocol only, named prepared statements it caches and
@@ -6,7 +6,8 @@ describes, binary results and parameters, pipelined ``executemany``, binary COPY
 own CancelRequest on a timeout. pgjdbc (Debian's ``libpostgresql-jdbc-java``, run by a
 real JVM) sends its own startup parameters (``extra_float_digits``, ``DateStyle``),
 switches a statement to a server-side prepared one after five uses, batches
-statements and sends binary parameters.
+statements and sends binary parameters. pg_dump reads the catalog in a repeatable-read
+transaction and the data with COPY: its dump restores, masked where the policy says.
 """
 
 from __future__ import annotations
@@ -490,3 +491,81 @@ def test_a_portals_description_never_describes_a_redefined_statement(gateway_fac
     finally:
         session.close()
     assert "918273" not in repr(gw.events())
+
+
+# -- pg_dump ----------------------------------------------------------------------------
+
+
+def _pg_dump(gw: Any, *args: str) -> str:
+    done = subprocess.run(
+        ["pg_dump", gw.conninfo(), "--no-owner", "--no-privileges", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PGCONNECT_TIMEOUT": "10"},
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def _restore(private_pg: Any, name: str, dump: str) -> None:
+    with private_pg.admin() as admin:
+        admin.execute(f"DROP DATABASE IF EXISTS {name}")
+        admin.execute(f"CREATE DATABASE {name}")
+    done = subprocess.run(
+        ["psql", "-X", "-v", "ON_ERROR_STOP=1", "-q", "-h", private_pg.host, "-p", str(private_pg.port)]
+        + ["-U", "postgres", "-d", name],
+        input=dump,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+
+
+def test_pg_dump_through_the_gateway_restores_to_the_same_data(gw, private_pg):
+    dump = _pg_dump(gw, "--table", "items")
+    assert "COPY public.items (id, name, price) FROM stdin;" in dump
+    _restore(private_pg, "restored_items", dump)
+    with private_pg.admin("restored_items") as restored, private_pg.admin("shop") as original:
+        query = "SELECT id, name, price FROM items ORDER BY id"
+        assert restored.execute(query).fetchall() == original.execute(query).fetchall()
+    # Every statement pg_dump ran was decided and recorded, its COPY among them.
+    texts = [s["text"] for s in _statements(gw)]
+    assert [t for t in texts if "COPY" in t] == ["COPY public.items (id, name, price) TO stdout"], texts
+    assert gw.session().verify().ok
+
+
+def test_pg_dump_through_the_gateway_is_masked_and_still_restores(gateway_factory, private_pg):
+    from gateway.tests.dbdump import database_text
+    from gateway.tests.postgres.test_masking import _masking_policy
+
+    with private_pg.admin("shop") as admin:
+        admin.execute("SET ROLE scram_user")
+        admin.execute("DROP TABLE IF EXISTS dumped")
+        admin.execute("CREATE TABLE dumped (id int PRIMARY KEY, email text, pin int, notes text)")
+        admin.execute(
+            "INSERT INTO dumped VALUES (1, 'dana.secret@example.org', 918273, 'token ghp_Ab3dE6gH9jK2mN5pQ8sT1vW4yZ7bC0eF3hJ6'),"
+            " (2, NULL, NULL, 'nothing here')"
+        )
+    gw = gateway_factory()
+    _masking_policy(
+        {
+            "columns": [
+                {"match": "public.dumped.email", "method": "redact", "entity": "email"},
+                {"match": "public.dumped.pin", "method": "redact"},
+            ]
+        }
+    )
+    dump = _pg_dump(gw, "--table", "dumped")
+    for secret in ("dana.secret", "918273", "ghp_Ab3dE6"):
+        assert secret not in dump
+    _restore(private_pg, "restored_dumped", dump)
+    with private_pg.admin("restored_dumped") as restored:
+        assert restored.execute("SELECT id, email, pin, notes FROM dumped ORDER BY id").fetchall() == [
+            (1, "[EMAIL]", None, "token [GITHUB_TOKEN]"),
+            (2, None, None, "nothing here"),
+        ]
+    text = database_text()
+    for secret in ("dana.secret", "918273", "ghp_Ab3dE6"):
+        assert secret not in text
