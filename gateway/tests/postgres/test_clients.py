@@ -1,4 +1,5 @@
-"""Other PostgreSQL clients through the gateway, unchanged: asyncpg, the JDBC driver, pg_dump.
+"""Other PostgreSQL clients through the gateway, unchanged: asyncpg, the JDBC driver,
+pg_dump and pgbench.
 
 psql and psycopg (libpq) are the other tests' clients. asyncpg speaks the protocol with
 its own code: the extended protocol only, named prepared statements it caches and
@@ -8,6 +9,8 @@ real JVM) sends its own startup parameters (``extra_float_digits``, ``DateStyle`
 switches a statement to a server-side prepared one after five uses, batches
 statements and sends binary parameters. pg_dump reads the catalog in a repeatable-read
 transaction and the data with COPY: its dump restores, masked where the policy says.
+pgbench initialises its tables through the gateway (a 100,000-row COPY FROM STDIN) and
+runs its TPC-B-like script with server-side prepared statements, several clients at once.
 """
 
 from __future__ import annotations
@@ -569,3 +572,59 @@ def test_pg_dump_through_the_gateway_is_masked_and_still_restores(gateway_factor
     text = database_text()
     for secret in ("dana.secret", "918273", "ghp_Ab3dE6"):
         assert secret not in text
+
+
+# -- pgbench ----------------------------------------------------------------------------
+
+
+def _pgbench(gw: Any, *args: str) -> str:
+    dsn = gw.dsn()
+    done = subprocess.run(
+        ["pgbench", "-h", dsn["host"], "-p", str(dsn["port"]), "-U", dsn["user"], *args, dsn["dbname"]],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PGPASSWORD": gw.token, "PGSSLMODE": "disable", "PGCONNECT_TIMEOUT": "10"},
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout + done.stderr
+
+
+@pytest.fixture
+def pgbench_tables(private_pg):  # type: ignore[no-untyped-def]
+    yield
+    with private_pg.admin("shop") as admin:
+        admin.execute(
+            "DROP TABLE IF EXISTS pgbench_accounts, pgbench_branches, pgbench_history, pgbench_tellers"
+        )
+
+
+def test_pgbench_initialises_and_runs_through_the_gateway(gw, pgbench_tables):
+    # -i through the gateway: DROP, CREATE, a 100,000-row COPY FROM STDIN, VACUUM, keys.
+    _pgbench(gw, "-i", "-q", "-s", "1")
+    with gw.pg.admin("shop") as admin:
+        assert admin.execute("SELECT count(*) FROM pgbench_accounts").fetchone() == (100_000,)
+    sessions = len(gw.recorded)
+    # The TPC-B-like script (BEGIN, three UPDATEs, a SELECT, an INSERT, END) with
+    # server-side prepared statements, four clients at once; then select-only, simple.
+    out = _pgbench(gw, "-n", "-c", "4", "-j", "2", "-t", "50", "-M", "prepared")
+    assert "number of transactions actually processed: 200/200" in out
+    out = _pgbench(gw, "-n", "-S", "-c", "2", "-t", "100", "-M", "simple")
+    assert "number of transactions actually processed: 200/200" in out
+    with gw.pg.admin("shop") as admin:
+        assert admin.execute("SELECT count(*) FROM pgbench_history").fetchone() == (200,)
+    # Every client's session was recorded, whole, and verifies (each run also opens one
+    # connection of its own, which reads the scale).
+    assert len(gw.recorded) == sessions + (1 + 4) + (1 + 2)
+    updates = 0
+    for index in range(sessions, sessions + 8):
+        session = gw.session(index)
+        assert session.verify().ok
+        for kind, payload in gw.events(index):
+            if kind == "statement" and payload["text"].startswith("UPDATE pgbench_accounts SET abalance"):
+                assert (
+                    payload["text"] == "UPDATE pgbench_accounts SET abalance = abalance + $1 WHERE aid = $2;"
+                )
+                assert len(payload["params"]) == 2 and payload["result"]["command_tag"] == "UPDATE 1"
+                updates += 1
+    assert updates == 200
