@@ -30,6 +30,7 @@ from masking.errors import MaskingError, MaskingSpecError
 from masking.jsondoc import mask_json
 from masking.pgtypes import ENTITY_FREE_TYPE_OIDS, TEXT_FORMAT, ValueKind, value_kind
 from masking.placeholders import Method, Render, Renderer, label_of, placeholder_pattern
+from masking.scanforms import binary_form, text_form
 from masking.scanner import Counts, CustomEntity, Scanner, Value
 from masking.spec import COLUMN_ENTITY_DEFAULT, validate_masking_spec
 from masking.validators import VALIDATORS
@@ -372,6 +373,9 @@ class ResultMasker:
         self.kinds: list[ValueKind] = []
         self.rules: list[ColumnRule | None] = []
         scanners: list[Scanner | None] = []
+        # Columns whose values the detectors read in another form than they come in
+        # (``masking.scanforms``: binary numbers, arrays and records, bytea): index -> reader.
+        self._forms: dict[int, Callable[[bytes], bytes]] = {}
         for index, identity in enumerate(columns):
             fmt = TEXT_FORMAT if not formats else formats[0] if len(formats) == 1 else formats[index]
             type_oid = None if type_oids is None else type_oids[index]
@@ -380,11 +384,18 @@ class ResultMasker:
             rule = policy.column_rule(identity)
             self.rules.append(rule)
             scanner = None
-            if rule is None and kind is not ValueKind.OPAQUE_BINARY:
+            if rule is None:
                 scanner = policy.scanner(policy.column_exemptions(identity))
                 if not scanner.active or (type_oid in ENTITY_FREE_TYPE_OIDS and not scanner.has_custom):
                     # Nothing to find, or values no built-in detector can match (pgtypes).
                     scanner = None
+                elif kind is ValueKind.OPAQUE_BINARY:
+                    # Not text as it comes: read as text, and NULL if anything is found.
+                    self._forms[index] = _binary_reader(type_oid)
+                else:
+                    form = text_form(type_oid)
+                    if form is not None:
+                        self._forms[index] = form
             scanners.append(scanner)
         # Looked up once here: a result of a few rows costs little more than these lookups.
         self._jsonb_binary = [i for i, kind in enumerate(self.kinds) if kind is ValueKind.JSONB_BINARY]
@@ -450,7 +461,7 @@ class ResultMasker:
         masked = scanner.mask_into(text, counts, selection)
         if masked is text:
             return False, value
-        if kind is ValueKind.OPAQUE:
+        if kind is ValueKind.OPAQUE or kind is ValueKind.OPAQUE_BINARY:
             return True, None
         return True, masked.encode(self._encoding, "surrogateescape") if isinstance(value, bytes) else masked
 
@@ -588,7 +599,7 @@ class ResultMasker:
                 text = masked_texts[k]
                 if text is texts[k]:
                     continue
-                if kind is ValueKind.OPAQUE:
+                if kind is ValueKind.OPAQUE or kind is ValueKind.OPAQUE_BINARY:
                     new = None
                 elif isinstance(value, bytes):
                     new = text.encode(encoding, "surrogateescape")
@@ -655,6 +666,14 @@ class ResultMasker:
             first = next((x for i in indices for x in columns[i] if x is not None), b"")
             empty: Value = b"" if isinstance(first, bytes) else ""
             items = [empty if x is None else x for i in indices for x in columns[i]]
+            if self._forms:
+                for c, index in enumerate(indices):
+                    form = self._forms.get(index)
+                    if form is not None:
+                        base = c * count
+                        for r, x in enumerate(columns[index]):
+                            if isinstance(x, bytes):
+                                items[base + r] = form(x)
             # Dirty text values are masked together, as one batch; JSON values one by one.
             batch: list[tuple[int, int, Value]] = []
             for k in scanner.dirty_indices(items):
@@ -664,7 +683,7 @@ class ResultMasker:
                 c, r = divmod(k, count)
                 index = indices[c]
                 kind = self.kinds[index]
-                if kind is ValueKind.TEXT or kind is ValueKind.OPAQUE:
+                if kind is ValueKind.TEXT or kind is ValueKind.OPAQUE or kind is ValueKind.OPAQUE_BINARY:
                     batch.append((index, r, value))
                     continue
                 changed, masked_value = self._content(scanner, kind, value, counts)
@@ -676,6 +695,13 @@ class ResultMasker:
             if batch:
                 self._mask_batch(scanner, columns, batch, counts)
         return list(zip(*columns, strict=True)), counts
+
+
+def _binary_reader(type_oid: int | None) -> Callable[[bytes], bytes]:
+    def read(raw: bytes) -> bytes:
+        return binary_form(type_oid, raw)
+
+    return read
 
 
 def _exemptions(spec: Mapping[str, Any]) -> list[Exemption]:
