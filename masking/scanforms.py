@@ -4,7 +4,7 @@ A text-format value of a text-like type is read as it is. Others hide their text
 scan of their bytes as they come (MSK-03), though the client reads it at once:
 
 - a binary ``int8``, ``numeric``, ``float4`` or ``float8`` (a card number stored as a
-  number) is read as its decimal text;
+  number) is read as its decimal text, a binary ``inet`` or ``cidr`` as its address;
 - a binary array or record is read element by element, each by its own type (an email
   in a ``text[]``, a composite's fields), one element per line;
 - a ``bytea`` is read as the bytes it holds: its text form is hex (``\\x4111...``) or
@@ -21,6 +21,7 @@ to be, never let one through.
 
 from __future__ import annotations
 
+import ipaddress
 import struct
 from collections.abc import Callable
 
@@ -32,6 +33,8 @@ FLOAT4 = 700
 FLOAT8 = 701
 NUMERIC = 1700
 RECORD = 2249
+INET = 869
+CIDR = 650
 
 _MAX_DEPTH = 8  # arrays of records of arrays...: deeper values are read as bytes
 _MAX_DIMENSIONS = 6  # PostgreSQL's MAXDIM
@@ -97,6 +100,10 @@ def _binary(type_oid: int | None, raw: bytes, depth: int) -> bytes:
             return text
     if type_oid == BYTEA:
         return raw.translate(_SPACES)
+    if type_oid in (INET, CIDR):
+        text = _inet_text(raw)
+        if text is not None:
+            return text
     if depth < _MAX_DEPTH:
         parts = _array_elements(raw, depth) if type_oid != RECORD else None
         if parts is None:
@@ -112,6 +119,17 @@ def _entity_free_text(type_oid: int | None, raw: bytes) -> bytes:
     if type_oid in (INT2, INT4, OID) and len(raw) in (2, 4):
         return str(int.from_bytes(raw, "big", signed=type_oid != OID)).encode()
     return raw.translate(_SPACES)
+
+
+def _inet_text(raw: bytes) -> bytes | None:
+    """A binary inet or cidr as PostgreSQL prints it (an IP address is an entity)."""
+    if len(raw) < 4 or raw[3] != len(raw) - 4 or raw[3] not in (4, 16):
+        return None
+    ip = ipaddress.ip_address(raw[4:])
+    mapped = ip.ipv4_mapped if isinstance(ip, ipaddress.IPv6Address) else None
+    address = f"::ffff:{mapped}" if mapped is not None else str(ip)
+    full = 8 * raw[3]
+    return (address if raw[1] == full and not raw[2] else f"{address}/{raw[1]}").encode()
 
 
 def _float_text(value: float) -> bytes:

@@ -12,7 +12,7 @@ from django.db import connection
 import masking.policy
 from gateway import native
 from masking.pgtypes import BINARY_FORMAT, INT4, TEXT, TEXT_FORMAT
-from masking.scanforms import BYTEA, FLOAT8, INT8, NUMERIC, RECORD, binary_form, bytea_text
+from masking.scanforms import BYTEA, CIDR, FLOAT8, INET, INT8, NUMERIC, RECORD, binary_form, bytea_text
 
 ENGINES = [masking.policy, native.load(masking.policy)]  # interpreted and, when built, compiled
 
@@ -67,6 +67,17 @@ def test_binary_integers_and_floats_read_as_their_digits() -> None:
     assert binary_form(FLOAT8, raw) == b"4111111111111111"
     ((raw, _),) = _sent("SELECT float8send(1.5), ''")
     assert binary_form(FLOAT8, raw) == b"1.5"
+
+
+def test_a_binary_inet_reads_as_postgresqls_text() -> None:
+    rows = _sent(
+        "SELECT inet_send(v), concat(v) FROM unnest(ARRAY['10.1.2.3', '10.1.2.0/24', '2001:db8::1',"
+        " '2001:db8::/32', '::ffff:10.0.0.1']::inet[]) v"
+    )
+    for raw, text in rows:
+        assert binary_form(INET, raw) == text.encode()
+    ((raw, text),) = _sent("SELECT cidr_send('10.1.0.0/16'::cidr), concat('10.1.0.0/16'::cidr)")
+    assert binary_form(CIDR, raw) == text.encode()
 
 
 def test_a_binary_array_reads_element_by_element_by_the_elements_type() -> None:

@@ -632,7 +632,7 @@ def test_pgbench_initialises_and_runs_through_the_gateway(gw, pgbench_tables):
 
 def test_asyncpg_binary_arrays_records_numbers_and_bytea_are_masked_by_content(gateway_factory):
     """asyncpg asks for every column in binary (MSK-03): a secret inside a text array, a
-    record, a bigint or numeric card number, or a bytea is found there too, and the value
+    record, a bigint or numeric card number, a bytea or an inet is found there too, and the value
     becomes NULL; values with nothing to mask arrive as they are."""
     from gateway.tests.dbdump import database_text
     from gateway.tests.postgres.test_masking import _masking_policy
@@ -647,15 +647,16 @@ def test_asyncpg_binary_arrays_records_numbers_and_bytea_are_masked_by_content(g
                 await conn.fetchrow(
                     "SELECT ARRAY['dana.secret@example.org', 'x']::text[] AS a, ROW('dana.secret@example.org', 1) AS r,"
                     " 4111111111111111::int8 AS i, 4111111111111111::numeric AS n, '4111111111111111'::bytea AS b,"
-                    " ARRAY['plain', NULL]::text[] AS a2, 42::int8 AS i2, 3.14::numeric AS n2, 'ok'::bytea AS b2"
+                    " ARRAY['plain', NULL]::text[] AS a2, 42::int8 AS i2, 3.14::numeric AS n2, 'ok'::bytea AS b2,"
+                    " '10.1.2.3'::inet AS ip"
                 )
             )
         finally:
             await conn.close()
 
     row = _run(scenario())
-    assert row == (None, None, None, None, None, ["plain", None], 42, Decimal("3.14"), b"ok")
+    assert row == (None, None, None, None, None, ["plain", None], 42, Decimal("3.14"), b"ok", None)
     (result,) = [p for p in recorded_results(gw.events()) if p.get("masked")]
-    assert result["masked_entities"] == {"email": 2, "card": 3}
+    assert result["masked_entities"] == {"email": 2, "card": 3, "ip": 1}
     text = database_text()
     assert "dana.secret" not in text and "4111111111111111" not in text
