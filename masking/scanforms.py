@@ -189,19 +189,7 @@ def _array_elements(raw: bytes, depth: int) -> list[bytes] | None:
         pos += 8
     if count > len(raw):  # every element takes at least its four length bytes
         return None
-    parts: list[bytes] = []
-    for _ in range(count):
-        if pos + 4 > len(raw):
-            return None
-        length = _I32.unpack_from(raw, pos)[0]
-        pos += 4
-        if length == -1:
-            continue
-        if length < 0 or pos + length > len(raw):
-            return None
-        parts.append(_binary(element_type, raw[pos : pos + length], depth + 1))
-        pos += length
-    return parts if pos == len(raw) else None
+    return _items(raw, pos, count, element_type, depth)
 
 
 def _record_fields(raw: bytes, depth: int) -> list[bytes] | None:
@@ -212,18 +200,29 @@ def _record_fields(raw: bytes, depth: int) -> list[bytes] | None:
     count = _I32.unpack_from(raw, 0)[0]
     if count < 0 or count * 8 > len(raw) - 4:
         return None
-    pos = 4
+    return _items(raw, 4, count, None, depth)
+
+
+def _items(raw: bytes, pos: int, count: int, element_type: int | None, depth: int) -> list[bytes] | None:
+    """``count`` length-prefixed values from ``pos`` to the end of ``raw``, each read by
+    ``element_type`` (an array's) or by the type OID before its length (a record's field);
+    None when they do not fill ``raw`` exactly."""
     parts: list[bytes] = []
     for _ in range(count):
-        if pos + 8 > len(raw):
+        item_type = element_type
+        if item_type is None:
+            if pos + 4 > len(raw):
+                return None
+            item_type = _U32.unpack_from(raw, pos)[0]
+            pos += 4
+        if pos + 4 > len(raw):
             return None
-        field_type = _U32.unpack_from(raw, pos)[0]
-        length = _I32.unpack_from(raw, pos + 4)[0]
-        pos += 8
+        length = _I32.unpack_from(raw, pos)[0]
+        pos += 4
         if length == -1:
             continue
         if length < 0 or pos + length > len(raw):
             return None
-        parts.append(_binary(field_type, raw[pos : pos + length], depth + 1))
+        parts.append(_binary(item_type, raw[pos : pos + length], depth + 1))
         pos += length
     return parts if pos == len(raw) else None

@@ -27,6 +27,14 @@ def _sent(sql: str) -> list[tuple[bytes, str]]:
         return [(bytes(raw), text) for raw, text in cursor.fetchall()]
 
 
+def _reads_as_postgresqls_text(send: str, type_oid: int, values: str, cast: str = "") -> None:
+    """Each of ``values`` (SQL literals) in PostgreSQL's binary form (its ``send``
+    function) reads as the text PostgreSQL prints for it."""
+    array = f"ARRAY[{values}]" + (f"::{cast}[]" if cast else "")
+    for raw, text in _sent(f"SELECT {send}(v), concat(v) FROM unnest({array}) v"):
+        assert binary_form(type_oid, raw) == text.encode(), text
+
+
 NUMERICS = [
     "0", "-0.5", "1.10", "10000", "99990000", "-1", "0.0001", "0.00000000000000000001",
     "123456789012345678901234567890.123456789", "4111111111111111", "-4111111111111111.00",
@@ -35,9 +43,7 @@ NUMERICS = [
 
 
 def test_a_binary_numeric_reads_as_postgresqls_text() -> None:
-    values = ",".join(f"'{v}'::numeric" for v in NUMERICS)
-    for raw, text in _sent(f"SELECT numeric_send(n), n::text FROM unnest(ARRAY[{values}]) n"):
-        assert binary_form(NUMERIC, raw) == text.encode()
+    _reads_as_postgresqls_text("numeric_send", NUMERIC, ",".join(f"'{v}'::numeric" for v in NUMERICS))
     for special in ("NaN", "Infinity", "-Infinity"):
         ((raw, _),) = _sent(f"SELECT numeric_send('{special}'::numeric), ''")
         assert binary_form(NUMERIC, raw) == b""
@@ -51,18 +57,13 @@ def test_any_binary_numeric_reads_as_postgresqls_text() -> None:
     values = [Decimal(rng.randint(-(10**30), 10**30)).scaleb(-rng.randint(0, 40)) for _ in range(300)] + [
         Decimal(rng.randint(0, 10**6)).scaleb(rng.randint(0, 30)) for _ in range(100)
     ]
-    literal = ",".join(f"'{v}'::numeric" for v in values)
-    for raw, text in _sent(f"SELECT numeric_send(n), n::text FROM unnest(ARRAY[{literal}]) n"):
-        assert binary_form(NUMERIC, raw) == text.encode(), text
+    _reads_as_postgresqls_text("numeric_send", NUMERIC, ",".join(f"'{v}'::numeric" for v in values))
 
 
 def test_binary_integers_and_floats_read_as_their_digits() -> None:
-    rows = _sent(
-        "SELECT int8send(v), v::text FROM unnest(ARRAY[0, -1, 4111111111111111,"
-        " -9223372036854775808, 9223372036854775807]::int8[]) v"
+    _reads_as_postgresqls_text(
+        "int8send", INT8, "0, -1, 4111111111111111, -9223372036854775808, 9223372036854775807", "int8"
     )
-    for raw, text in rows:
-        assert binary_form(INT8, raw) == text.encode()
     ((raw, _),) = _sent("SELECT float8send(4111111111111111), ''")
     assert binary_form(FLOAT8, raw) == b"4111111111111111"
     ((raw, _),) = _sent("SELECT float8send(1.5), ''")
@@ -70,14 +71,13 @@ def test_binary_integers_and_floats_read_as_their_digits() -> None:
 
 
 def test_a_binary_inet_reads_as_postgresqls_text() -> None:
-    rows = _sent(
-        "SELECT inet_send(v), concat(v) FROM unnest(ARRAY['10.1.2.3', '10.1.2.0/24', '2001:db8::1',"
-        " '2001:db8::/32', '::ffff:10.0.0.1']::inet[]) v"
+    _reads_as_postgresqls_text(
+        "inet_send",
+        INET,
+        "'10.1.2.3', '10.1.2.0/24', '2001:db8::1', '2001:db8::/32', '::ffff:10.0.0.1'",
+        "inet",
     )
-    for raw, text in rows:
-        assert binary_form(INET, raw) == text.encode()
-    ((raw, text),) = _sent("SELECT cidr_send('10.1.0.0/16'::cidr), concat('10.1.0.0/16'::cidr)")
-    assert binary_form(CIDR, raw) == text.encode()
+    _reads_as_postgresqls_text("cidr_send", CIDR, "'10.1.0.0/16', '2001:db8::/32'", "cidr")
 
 
 def test_a_binary_array_reads_element_by_element_by_the_elements_type() -> None:

@@ -55,6 +55,28 @@ def _statements(gw: Any) -> list[dict[str, Any]]:
     return [payload for kind, payload in gw.events() if kind == "statement"]
 
 
+def _masked_people(gateway_factory: Any, private_pg: Any, table: str, notes: str) -> Any:
+    """A gateway whose masking redacts ``table``'s email and pin columns by rule (content
+    detection on the rest), over a table of one person: a planted email, pin and ``notes``."""
+    from gateway.tests.postgres.test_masking import _masking_policy
+
+    with private_pg.admin("shop") as admin:
+        admin.execute("SET ROLE scram_user")
+        admin.execute(f"DROP TABLE IF EXISTS {table}")
+        admin.execute(f"CREATE TABLE {table} (id int, email text, pin int, notes text)")
+        admin.execute(f"INSERT INTO {table} VALUES (1, 'dana.secret@example.org', 918273, %s)", (notes,))
+    gw = gateway_factory()
+    _masking_policy(
+        {
+            "columns": [
+                {"match": f"public.{table}.email", "method": "redact", "entity": "email"},
+                {"match": f"public.{table}.pin", "method": "redact"},
+            ]
+        }
+    )
+    return gw
+
+
 # -- asyncpg ----------------------------------------------------------------------------
 
 
@@ -234,24 +256,7 @@ def test_asyncpg_with_a_wrong_token_is_refused(gw):
 def test_asyncpg_binary_results_are_masked(gateway_factory, private_pg):
     """A masked text column in binary format is masked in place; a masked int column
     becomes NULL; content detection reads binary text values too."""
-    from gateway.tests.postgres.test_masking import _masking_policy
-
-    with private_pg.admin("shop") as admin:
-        admin.execute("SET ROLE scram_user")
-        admin.execute("DROP TABLE IF EXISTS people")
-        admin.execute("CREATE TABLE people (id int, email text, pin int, notes text)")
-        admin.execute(
-            "INSERT INTO people VALUES (1, 'dana.secret@example.org', 918273, 'card 4111111111111111 on file')"
-        )
-    gw = gateway_factory()
-    _masking_policy(
-        {
-            "columns": [
-                {"match": "public.people.email", "method": "redact", "entity": "email"},
-                {"match": "public.people.pin", "method": "redact"},
-            ]
-        }
-    )
+    gw = _masked_people(gateway_factory, private_pg, "people", "card 4111111111111111 on file")
 
     async def scenario() -> Any:
         conn = await _connect(gw)
@@ -321,24 +326,7 @@ def test_jdbc_copies_cancels_and_listens(gw):
 
 
 def test_jdbc_results_are_masked_in_text_and_binary(gateway_factory, private_pg):
-    from gateway.tests.postgres.test_masking import _masking_policy
-
-    with private_pg.admin("shop") as admin:
-        admin.execute("SET ROLE scram_user")
-        admin.execute("DROP TABLE IF EXISTS jdbc_people")
-        admin.execute("CREATE TABLE jdbc_people (id int, email text, pin int, notes text)")
-        admin.execute(
-            "INSERT INTO jdbc_people VALUES (1, 'dana.secret@example.org', 918273, 'card 4111111111111111')"
-        )
-    gw = gateway_factory()
-    _masking_policy(
-        {
-            "columns": [
-                {"match": "public.jdbc_people.email", "method": "redact", "entity": "email"},
-                {"match": "public.jdbc_people.pin", "method": "redact"},
-            ]
-        }
-    )
+    gw = _masked_people(gateway_factory, private_pg, "jdbc_people", "card 4111111111111111")
     lines = _jdbc(gw, "masked")
     assert lines == [f"row {n} [EMAIL]|null|card [CARD]" for n in range(1, 8)]
 
