@@ -28,6 +28,7 @@ public class JdbcClient {
                 case "denied" -> denied(conn, args[3]);
                 case "copy-cancel-notify" -> copyCancelNotify(conn);
                 case "masked" -> masked(conn);
+                case "query" -> query(conn, args[3]);
                 default -> throw new IllegalArgumentException("unknown scenario " + args[2]);
             }
         }
@@ -174,6 +175,13 @@ public class JdbcClient {
                     System.out.println("row " + round + " " + rs.getString(1) + "|" + pin + "|" + rs.getString(3));
                 }
             }
+        }
+    }
+
+    static void query(Connection conn, String sql) throws SQLException {
+        try (Statement st = conn.createStatement(); ResultSet rs = st.executeQuery(sql)) {
+            rs.next();
+            System.out.println(rs.getString(1));
         }
     }
 }

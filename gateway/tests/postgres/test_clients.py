@@ -276,10 +276,10 @@ def test_asyncpg_binary_results_are_masked(gateway_factory, private_pg):
 # -- JDBC -------------------------------------------------------------------------------
 
 
-def _jdbc(gw: Any, *scenario: str) -> list[str]:
+def _jdbc(gw: Any, *scenario: str, ssl: str = "sslmode=disable") -> list[str]:
     java = shutil.which("java")
     assert java is not None and JDBC_JAR.exists(), "make test installs a JDK and libpostgresql-jdbc-java"
-    url = f"jdbc:postgresql://127.0.0.1:{gw.port}/shop?sslmode=disable&connectTimeout=10"
+    url = f"jdbc:postgresql://127.0.0.1:{gw.port}/shop?{ssl}&connectTimeout=10"
     done = subprocess.run(
         [java, "-cp", str(JDBC_JAR), str(JAVA_CLIENT), url, "billing-bot", *scenario],
         capture_output=True,
@@ -648,3 +648,25 @@ def test_asyncpg_binary_arrays_records_numbers_and_bytea_are_masked_by_content(g
     assert result["masked_entities"] == {"email": 2, "card": 3, "ip": 1}
     text = database_text()
     assert "dana.secret" not in text and "4111111111111111" not in text
+
+
+def test_asyncpg_and_jdbc_connect_over_tls_verifying_the_gateways_certificate(gateway_factory):
+    import ssl
+
+    from gateway.tls import server_certificate_paths, server_context
+
+    gw = gateway_factory(tls_context=server_context())
+    cert, _ = server_certificate_paths()
+    context = ssl.create_default_context(cafile=str(cert))
+
+    async def scenario() -> Any:
+        conn = await _connect(gw, ssl=context)
+        try:
+            return await conn.fetchval("SELECT 'over tls'")
+        finally:
+            await conn.close()
+
+    assert _run(scenario()) == "over tls"
+    # verify-full: pgjdbc refuses a connection whose certificate it cannot verify.
+    lines = _jdbc(gw, "query", "SELECT 'over tls'", ssl=f"sslmode=verify-full&sslrootcert={cert}")
+    assert lines == ["over tls"]
