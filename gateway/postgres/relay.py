@@ -190,13 +190,6 @@ def _hex_holds_placeholder(masking: MaskingPolicy, value: str) -> bool:
     return raw is not None and masking.contains_placeholder(raw)
 
 
-def _masked_text_of(masking: MaskingPolicy) -> Callable[[str], str]:
-    def mask(text: str) -> str:
-        return masking.mask_text(text)[0]
-
-    return mask
-
-
 class ReviewNeeded:
     """Returned in ``Relay.blocked`` when a statement waits for a reviewer."""
 
@@ -820,10 +813,16 @@ class Relay:
                 shown = cached
             else:
                 shown = masking.mask_text(text)[0]  # a Query's text is new each time
-            mask = _masked_text_of(masking)
-            return shown, [None if p is None else mask_param(p, mask) for p in params]
+            if not params:
+                return shown, []
+            return shown, [None if p is None else mask_param(p, self._mask_str) for p in params]
         except MaskingError:
             return "<statement withheld: it could not be masked>", ["<withheld>" for _ in params]
+
+    def _mask_str(self, text: str) -> str:
+        """``text`` masked by the session's masking (which the caller knows is on)."""
+        assert self.masking is not None  # noqa: S101
+        return self.masking.mask_text(text)[0]
 
     def _mask_text(self, text: str) -> str:
         """Free text headed for the agent or the recording, masked (withheld if that fails)."""
