@@ -11,6 +11,8 @@ import struct
 import uuid
 from collections.abc import Callable
 
+from masking.scanforms import binary_form
+
 
 def _int(fmt: str) -> object:
     size = struct.calcsize(fmt)
@@ -98,6 +100,10 @@ def mask_param(value: str, mask: Callable[[str], str]) -> str:
     raw = hex_bytes(value)
     if raw is None:
         return mask(value)
-    text = raw.decode("utf-8", "surrogateescape")
+    # Read as a result value of unknown type is (``masking.scanforms``): an array or a
+    # record element by element, so that a length byte does not glue to the text after
+    # it (a length of 52 is the digit "4"), anything else as its bytes. A masked value
+    # is shown in that form.
+    text = binary_form(None, raw).decode("utf-8", "surrogateescape")
     shown = mask(text)
     return value if shown == text else "\\x" + shown.encode("utf-8", "surrogateescape").hex()

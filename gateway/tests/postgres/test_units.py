@@ -10,6 +10,7 @@ import scramp
 from hypothesis import given
 from hypothesis import strategies as st
 
+import masking.policy
 from gateway.decision import DecisionPoint
 from gateway.postgres import protocol as pg
 from gateway.postgres.compiled import relay as _compiled
@@ -86,11 +87,28 @@ def test_a_value_in_hex_is_masked_in_the_bytes_it_stands_for():
     assert hex_bytes("\\x6869") == b"hi"
     assert hex_bytes("\\xzz") is None and hex_bytes("6869") is None and hex_bytes("\\x686") is None
     assert mask_param("mail dana@example.org", mask) == "mail [EMAIL]"
+
     # A binary text[] holds its elements' text as it is: masked there, still in hex.
-    element = b"\x00\x00\x00\x01" + struct.pack("!i", 16) + b"dana@example.org"
-    shown = mask_param("\\x" + element.hex(), mask)
-    assert shown == "\\x" + (b"\x00\x00\x00\x01" + struct.pack("!i", 16) + b"[EMAIL]").hex()
+    def text_array(*elements: bytes) -> str:
+        head = struct.pack("!iiIii", 1, 0, 25, len(elements), 1)
+        return "\\x" + (head + b"".join(struct.pack("!i", len(e)) + e for e in elements)).hex()
+
+    shown = mask_param(text_array(b"dana@example.org", b"x"), mask)
+    assert shown == "\\x" + b"[EMAIL]\nx".hex()  # masked, shown element by element
     assert b"dana@example.org".hex() not in shown
+    # The real detectors: a length byte that is a digit (52 is "4") does not glue to the
+    # card number after it.
+    builtin = masking.policy.compile_policy({})
+    element = b"4111111111111111 is the card on file for this client"
+    assert len(element) == 52
+    assert (
+        mask_param(text_array(element), lambda t: builtin.mask_text(t)[0])
+        == "\\x" + (b"[CARD]" + element[16:]).hex()
+    )
+    # A bytea's hex is read as its bytes.
+    assert mask_param("\\x" + b"card 4111111111111111".hex(), lambda t: builtin.mask_text(t)[0]) == (
+        "\\x" + b"card [CARD]".hex()
+    )
     # Bytes that are not UTF-8 survive the round trip; nothing to mask leaves the value as it is.
     plain = "\\x" + b"\xff\x00\x01abc".hex()
     assert mask_param(plain, mask) == plain
