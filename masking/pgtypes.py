@@ -48,7 +48,8 @@ class ValueKind(Enum):
     JSON = "json"  # mask in place, keeping the JSON valid
     JSONB_BINARY = "jsonb-binary"  # a version byte, then JSON text
     OPAQUE = "opaque"  # text form scanned; if anything is masked the value becomes NULL
-    OPAQUE_BINARY = "opaque-binary"  # binary form of another type: a masked column gets NULL
+    OPAQUE_BINARY = "opaque-binary"  # binary form of another type: NULL under a rule, and
+    # NULL when the detectors find something in the text it stands for (masking.scanforms)
 
 
 def is_text_like_type(type_oid: int) -> bool:
