@@ -813,8 +813,6 @@ class Relay:
                 shown = cached
             else:
                 shown = masking.mask_text(text)[0]  # a Query's text is new each time
-            if not params:
-                return shown, []
             return shown, [None if p is None else mask_param(p, self._mask_str) for p in params]
         except MaskingError:
             return "<statement withheld: it could not be masked>", ["<withheld>" for _ in params]
@@ -866,6 +864,16 @@ class Relay:
             ):
                 return
         self._types[name] = types
+
+    def _store_description(
+        self, target: int, name: bytes, fields: list[tuple[str, int, int, int, int]]
+    ) -> None:
+        """The columns a Describe of statement or portal ``name`` answered (masking's)."""
+        if target != ord("P"):
+            self._stmt_fields[name] = fields
+            return
+        self._portal_fields[name] = fields
+        self._described_portal(name, fields)
 
     def _described_portal(self, portal: bytes, fields: list[tuple[str, int, int, int, int]]) -> None:
         """A portal's description also describes the statement it was bound from.
@@ -1388,10 +1396,7 @@ class Relay:
                 self._last_columns = columns
                 if fields is not None:
                     # A statement's description has no formats yet; the Bind gives them.
-                    target = self._portal_fields if front.target == ord("P") else self._stmt_fields
-                    target[front.name] = fields
-                    if front.target == ord("P"):
-                        self._described_portal(front.name, fields)
+                    self._store_description(front.target, front.name, fields)
                 self._pop()
             elif front is not None and front.kind == QUERY and front.index < len(front.statements):
                 record = front.statements[front.index]
@@ -1412,10 +1417,7 @@ class Relay:
         if typ == 110:  # 'n' NoData
             entry = self._expect(DESCRIBE)
             if self.masking is not None:
-                target = self._portal_fields if entry.target == ord("P") else self._stmt_fields
-                target[entry.name] = []
-                if entry.target == ord("P"):
-                    self._described_portal(entry.name, [])
+                self._store_description(entry.target, entry.name, [])
             return None
         if typ == 115:  # 's' PortalSuspended
             entry = self._expect(EXECUTE)
