@@ -386,7 +386,6 @@ def serve_without_recording(port: int) -> None:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "console.settings")
     django.setup()
     import uvloop
-    from django.conf import settings
 
     from gateway import busypoll, process
     from gateway.postgres.server import PostgresGateway
@@ -398,11 +397,7 @@ def serve_without_recording(port: int) -> None:
         stop = asyncio.Event()
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
         # Polling as the gateway command does, so that only the recording differs.
-        busypoll.start(
-            asyncio.get_running_loop(),
-            int(settings.GATEWAY_BUSY_POLL_US),
-            int(settings.GATEWAY_BUSY_POLL_CONTENDED_PERCENT),
-        )
+        busypoll.start_configured(asyncio.get_running_loop())
         gateway = PostgresGateway(recorder_factory=recorder)
         await gateway.start("127.0.0.1", port)
         await stop.wait()

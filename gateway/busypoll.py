@@ -159,6 +159,14 @@ def start(
     return active
 
 
+def start_configured(loop: asyncio.AbstractEventLoop) -> BusyPoll | None:
+    """``start`` with the window and governor share of the settings
+    (``AIRLOCK_GATEWAY_BUSY_POLL_US``, ``AIRLOCK_GATEWAY_BUSY_POLL_CONTENDED_PERCENT``)."""
+    from django.conf import settings
+
+    return start(loop, int(settings.GATEWAY_BUSY_POLL_US), int(settings.GATEWAY_BUSY_POLL_CONTENDED_PERCENT))
+
+
 def stop() -> None:
     global active
     if active is not None:

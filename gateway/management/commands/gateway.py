@@ -203,9 +203,7 @@ class Command(BaseCommand):
 
     async def _serve(self, addresses: dict[str, tuple[str, int]], workers: Any = None) -> None:
         loop = asyncio.get_running_loop()
-        busypoll.start(
-            loop, int(settings.GATEWAY_BUSY_POLL_US), int(settings.GATEWAY_BUSY_POLL_CONTENDED_PERCENT)
-        )
+        busypoll.start_configured(loop)
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)

@@ -54,6 +54,20 @@ def test_the_governors_share_comes_from_start():
         loop.close()
 
 
+def test_the_gateway_and_its_bench_copy_start_from_the_settings(settings):  # type: ignore[no-untyped-def]
+    settings.GATEWAY_BUSY_POLL_US = 250
+    settings.GATEWAY_BUSY_POLL_CONTENDED_PERCENT = 40
+    loop = asyncio.new_event_loop()
+    try:
+        poller = busypoll.start_configured(loop)
+        assert poller is not None and (poller.window, poller.contended_share) == (0.00025, 0.4)
+        settings.GATEWAY_BUSY_POLL_US = 0
+        assert busypoll.start_configured(loop) is None and busypoll.active is None
+    finally:
+        busypoll.stop()
+        loop.close()
+
+
 def test_the_run_delay_is_read_from_the_kernel_and_only_grows():
     first = busypoll.run_delay_ns()
     assert first is not None and first >= 0
