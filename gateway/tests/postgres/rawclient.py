@@ -77,3 +77,25 @@ class RawSession:
 
 def fields(body: bytes) -> dict[str, str]:
     return pg.parse_fields(body)
+
+
+# Extended-protocol messages as clients send them (Parse: ``pg.parse_message``).
+
+
+def bind(
+    portal: bytes = b"", statement: bytes = b"", values: tuple[bytes, ...] = (), binary: bool = False
+) -> bytes:
+    """A Bind of ``statement`` to ``portal``: ``values`` all in the text format, or all in
+    the binary one; results in the text format."""
+    formats = struct.pack("!hh", 1, 1) if binary else struct.pack("!h", 0)
+    params = b"".join(struct.pack("!i", len(value)) + value for value in values)
+    body = portal + b"\x00" + statement + b"\x00" + formats + struct.pack("!h", len(values)) + params
+    return pg.message(b"B", body + struct.pack("!h", 0))
+
+
+def execute(portal: bytes = b"") -> bytes:
+    """An Execute of ``portal`` fetching every row."""
+    return pg.message(b"E", portal + b"\x00" + struct.pack("!i", 0))
+
+
+SYNC = pg.message(b"S")

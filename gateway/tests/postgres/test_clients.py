@@ -51,6 +51,22 @@ async def _connect(gw: Any, **overrides: Any) -> asyncpg.Connection:
     return await asyncpg.connect(**params)
 
 
+def _client(
+    command: list[str], *, env: dict[str, str] | None = None, input: str | None = None, timeout: int = 120
+) -> subprocess.CompletedProcess[str]:
+    """A client program run to its end (``env`` added to this process's), which must succeed."""
+    done = subprocess.run(
+        command,
+        input=input,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done
+
+
 def _statements(gw: Any) -> list[dict[str, Any]]:
     return [payload for kind, payload in gw.events() if kind == "statement"]
 
@@ -280,14 +296,10 @@ def _jdbc(gw: Any, *scenario: str, ssl: str = "sslmode=disable") -> list[str]:
     java = shutil.which("java")
     assert java is not None and JDBC_JAR.exists(), "make test installs a JDK and libpostgresql-jdbc-java"
     url = f"jdbc:postgresql://127.0.0.1:{gw.port}/shop?{ssl}&connectTimeout=10"
-    done = subprocess.run(
+    done = _client(
         [java, "-cp", str(JDBC_JAR), str(JAVA_CLIENT), url, "billing-bot", *scenario],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, "AIRLOCK_TOKEN": gw.token},
+        env={"AIRLOCK_TOKEN": gw.token},
     )
-    assert done.returncode == 0, done.stdout + done.stderr
     return done.stdout.splitlines()
 
 
@@ -396,33 +408,28 @@ def test_a_description_gives_its_types_to_the_definition_it_described(gw):
     import struct
 
     from gateway.postgres import protocol as pg
-    from gateway.tests.postgres.rawclient import RawSession
-
-    def parse(name: bytes, sql: bytes) -> bytes:
-        return pg.message(b"P", name + b"\0" + sql + b"\0" + struct.pack("!h", 0))
+    from gateway.tests.postgres.rawclient import SYNC, RawSession, bind, execute
 
     def bind_execute(name: bytes, value: bytes) -> bytes:
-        bind = name.join([b"\0", b"\0"]) + struct.pack("!hh", 1, 1) + struct.pack("!hi", 1, len(value))
-        bind += value + struct.pack("!h", 0)
-        return pg.message(b"B", bind) + pg.message(b"E", b"\0" + struct.pack("!i", 0)) + pg.message(b"S")
+        return bind(b"", name, (value,), binary=True) + execute() + SYNC
 
     session = RawSession(gw.port)
     try:
         session.login("billing-bot", gw.token)
         # Described as int4, then redefined as text before the description comes back.
         session.send(
-            parse(b"s1", b"SELECT $1::int4")
+            pg.parse_message(b"s1", b"SELECT $1::int4")
             + pg.message(b"D", b"Ss1\0")
             + pg.message(b"C", b"Ss1\0")
-            + parse(b"s1", b"SELECT $1::text")
-            + pg.message(b"S")
+            + pg.parse_message(b"s1", b"SELECT $1::text")
+            + SYNC
         )
         assert [typ for typ, _ in session.until("Z")] == ["1", "t", "T", "3", "1", "Z"]
         session.send(bind_execute(b"s1", b"abcd"))
         rows = [body for typ, body in session.until("Z") if typ == "D"]
         assert rows == [struct.pack("!hi", 1, 4) + b"abcd"]
         # Described: binary values are read by the server's types.
-        session.send(parse(b"s2", b"SELECT $1::text") + pg.message(b"D", b"Ss2\0") + pg.message(b"S"))
+        session.send(pg.parse_message(b"s2", b"SELECT $1::text") + pg.message(b"D", b"Ss2\0") + SYNC)
         session.until("Z")
         session.send(bind_execute(b"s2", b"abcd"))
         session.until("Z")
@@ -440,7 +447,7 @@ def test_a_portals_description_never_describes_a_redefined_statement(gateway_fac
     import struct
 
     from gateway.postgres import protocol as pg
-    from gateway.tests.postgres.rawclient import RawSession, fields
+    from gateway.tests.postgres.rawclient import SYNC, RawSession, bind, execute, fields
     from gateway.tests.postgres.test_masking import _masking_policy
 
     with private_pg.admin("shop") as admin:
@@ -451,32 +458,25 @@ def test_a_portals_description_never_describes_a_redefined_statement(gateway_fac
     gw = gateway_factory()
     _masking_policy({"columns": [{"match": "public.pins.pin", "method": "redact"}]})
 
-    def parse(name: bytes, sql: bytes) -> bytes:
-        return pg.message(b"P", name + b"\0" + sql + b"\0" + struct.pack("!h", 0))
-
-    def bind(portal: bytes, name: bytes) -> bytes:
-        return pg.message(b"B", portal + b"\0" + name + b"\0" + struct.pack("!hhh", 0, 0, 0))
-
-    execute = pg.message(b"E", b"\0" + struct.pack("!i", 0))
     session = RawSession(gw.port)
     try:
         session.login("billing-bot", gw.token)
         # The portal's statement is redefined before the portal's description comes back.
         session.send(
-            parse(b"s1", b"SELECT id FROM pins")
+            pg.parse_message(b"s1", b"SELECT id FROM pins")
             + bind(b"p1", b"s1")
             + pg.message(b"C", b"Ss1\0")
-            + parse(b"s1", b"SELECT pin FROM pins")
+            + pg.parse_message(b"s1", b"SELECT pin FROM pins")
             + pg.message(b"D", b"Pp1\0")
-            + pg.message(b"S")
+            + SYNC
         )
         assert [typ for typ, _ in session.until("Z")] == ["1", "2", "3", "1", "T", "Z"]
-        session.send(bind(b"", b"s1") + execute + pg.message(b"S"))
+        session.send(bind(b"", b"s1") + execute() + SYNC)
         answer = session.until("Z")
         assert [typ for typ, _ in answer if typ in "DE"] == ["E"]
         assert "withheld" in fields(next(body for typ, body in answer if typ == "E"))["M"]
         # Described as it is now, the pin is masked.
-        session.send(bind(b"", b"s1") + pg.message(b"D", b"P\0") + execute + pg.message(b"S"))
+        session.send(bind(b"", b"s1") + pg.message(b"D", b"P\0") + execute() + SYNC)
         rows = [body for typ, body in session.until("Z") if typ == "D"]
         assert rows == [struct.pack("!hi", 1, -1)]
     finally:
@@ -488,30 +488,19 @@ def test_a_portals_description_never_describes_a_redefined_statement(gateway_fac
 
 
 def _pg_dump(gw: Any, *args: str) -> str:
-    done = subprocess.run(
-        ["pg_dump", gw.conninfo(), "--no-owner", "--no-privileges", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, "PGCONNECT_TIMEOUT": "10"},
-    )
-    assert done.returncode == 0, done.stderr
-    return done.stdout
+    command = ["pg_dump", gw.conninfo(), "--no-owner", "--no-privileges", *args]
+    return _client(command, env={"PGCONNECT_TIMEOUT": "10"}).stdout
 
 
 def _restore(private_pg: Any, name: str, dump: str) -> None:
     with private_pg.admin() as admin:
         admin.execute(f"DROP DATABASE IF EXISTS {name}")
         admin.execute(f"CREATE DATABASE {name}")
-    done = subprocess.run(
+    _client(
         ["psql", "-X", "-v", "ON_ERROR_STOP=1", "-q", "-h", private_pg.host, "-p", str(private_pg.port)]
         + ["-U", "postgres", "-d", name],
         input=dump,
-        capture_output=True,
-        text=True,
-        timeout=120,
     )
-    assert done.returncode == 0, done.stderr
 
 
 def test_pg_dump_through_the_gateway_restores_to_the_same_data(gw, private_pg):
@@ -567,14 +556,11 @@ def test_pg_dump_through_the_gateway_is_masked_and_still_restores(gateway_factor
 
 def _pgbench(gw: Any, *args: str) -> str:
     dsn = gw.dsn()
-    done = subprocess.run(
+    done = _client(
         ["pgbench", "-h", dsn["host"], "-p", str(dsn["port"]), "-U", dsn["user"], *args, dsn["dbname"]],
-        capture_output=True,
-        text=True,
+        env={"PGPASSWORD": gw.token, "PGSSLMODE": "disable", "PGCONNECT_TIMEOUT": "10"},
         timeout=300,
-        env={**os.environ, "PGPASSWORD": gw.token, "PGSSLMODE": "disable", "PGCONNECT_TIMEOUT": "10"},
     )
-    assert done.returncode == 0, done.stdout + done.stderr
     return done.stdout + done.stderr
 
 

@@ -20,6 +20,7 @@ from gateway.postgres.startup import Kind, StartupRefused, check_startup, parse_
 from gateway.postgres.values import hex_bytes, mask_param, param_text, text_param
 from gateway.ratelimit import LoginThrottle
 from gateway.tests.postgres.events import Events
+from gateway.tests.postgres.rawclient import SYNC, bind, execute
 from identity.tokens import generate_token, make_verifier, new_salt
 from policies.types import Action, Decision
 
@@ -265,25 +266,12 @@ def _relay() -> tuple[Relay, Events]:
     return Relay(point, events, max_message=1 << 20, result_rows=5), events
 
 
-def _parse(name: bytes, text: bytes) -> bytes:
-    return pg.message(b"P", name + b"\x00" + text + b"\x00\x00\x00")
-
-
-def _bind(portal: bytes, stmt: bytes) -> bytes:
-    return pg.message(b"B", portal + b"\x00" + stmt + b"\x00\x00\x00\x00\x00\x00\x00")
-
-
-def _execute(portal: bytes = b"") -> bytes:
-    return pg.message(b"E", portal + b"\x00\x00\x00\x00\x00")
-
-
-SYNC = pg.message(b"S")
 READY = pg.ready_for_query(b"I")
 
 
 def test_allowed_traffic_passes_byte_for_byte():
     relay, _ = _relay()
-    data = pg.query("SELECT 1") + _parse(b"", b"SELECT 2") + _bind(b"", b"") + _execute() + SYNC
+    data = pg.query("SELECT 1") + pg.parse_message(b"", b"SELECT 2") + bind(b"", b"") + execute() + SYNC
     assert relay.from_client(data) == data
 
 
@@ -323,11 +311,11 @@ def test_a_failed_named_parse_in_an_earlier_batch_holds_the_next_decision():
     # redefines it; batch 3 executes it. Deciding batch 3 before the server has answered
     # batch 1 could judge the wrong text, so the relay waits.
     relay, _ = _relay()
-    out = relay.from_client(_parse(b"s", b"SELECT 1 FROM missing") + SYNC)
-    out += relay.from_client(_parse(b"s", b"SELECT forbidden") + SYNC)
-    out += relay.from_client(_bind(b"", b"s") + _execute() + SYNC)
+    out = relay.from_client(pg.parse_message(b"s", b"SELECT 1 FROM missing") + SYNC)
+    out += relay.from_client(pg.parse_message(b"s", b"SELECT forbidden") + SYNC)
+    out += relay.from_client(bind(b"", b"s") + execute() + SYNC)
     assert relay.blocked == CONFIRM
-    assert _execute() not in out
+    assert execute() not in out
     relay.from_server(pg.error_response("42P01", "relation missing does not exist") + READY)
     assert not relay.can_resume()  # batch 2's Parse is still unconfirmed
     relay.from_server(pg.message(b"1") + READY)
@@ -341,22 +329,22 @@ def test_messages_sent_after_a_batch_error_and_before_its_sync_expect_no_answer(
     # earlier message of it arrives. The server skips what follows until Sync (docs
     # 55.2.3) and answers that Sync alone: the relay must not wait for answers to the rest.
     relay, events = _relay()
-    relay.from_client(_parse(b"", b"SELECT forbidden") + _bind(b"", b"") + _execute())
+    relay.from_client(pg.parse_message(b"", b"SELECT forbidden") + bind(b"", b"") + execute())
     error = pg.error_response(
         "22P02", f'invalid input syntax for type integer: "airlock_denied_{relay.nonce}"'
     )
     answered = pg.Framer(1 << 20).feed(relay.from_server(pg.message(b"1") + pg.message(b"2") + error))
     assert pg.parse_fields(answered[2][1])["C"] == "42501"
-    late = _parse(b"", b"SELECT 2") + _bind(b"", b"") + _execute()
+    late = pg.parse_message(b"", b"SELECT 2") + bind(b"", b"") + execute()
     sent = relay.from_client(late)
     # Skipped by the server; an Execute is still never sent undecided, it becomes the marker.
-    assert sent.startswith(_parse(b"", b"SELECT 2") + _bind(b"", b""))
-    assert relay.nonce.encode() in sent and not sent.endswith(_execute())
+    assert sent.startswith(pg.parse_message(b"", b"SELECT 2") + bind(b"", b""))
+    assert relay.nonce.encode() in sent and not sent.endswith(execute())
     assert relay.from_client(SYNC) == SYNC
     assert relay.from_server(READY) == READY
     assert not relay.busy()
     # The session goes on normally after the Sync.
-    data = _parse(b"", b"SELECT 3") + _bind(b"", b"") + _execute() + SYNC
+    data = pg.parse_message(b"", b"SELECT 3") + bind(b"", b"") + execute() + SYNC
     assert relay.from_client(data) == data
     answer = pg.message(b"1") + pg.message(b"2") + pg.message(b"C", b"SELECT 1\x00") + READY
     assert relay.from_server(answer) == answer
