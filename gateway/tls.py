@@ -78,6 +78,8 @@ def server_context() -> ssl.SSLContext:
     cert, key = server_certificate_paths()
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
+    # PostgreSQL's protocol name: direct TLS (sslnegotiation=direct) requires it.
+    context.set_alpn_protocols(["postgresql"])
     try:
         context.load_cert_chain(cert, key)
     except (OSError, ssl.SSLError) as exc:

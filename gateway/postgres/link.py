@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 import struct
+from asyncio import sslproto
 from collections.abc import Callable
 
 from gateway import busypoll
@@ -127,6 +128,12 @@ class Link(asyncio.Protocol):
                     return typ, body
             await self._wait()
 
+    async def peek_byte(self) -> int:
+        """The next byte, left in the buffer."""
+        while not self._buf:
+            await self._wait()
+        return self._buf[0]
+
     async def read_byte(self) -> int:
         while not self._buf:
             await self._wait()
@@ -166,3 +173,32 @@ class Link(asyncio.Protocol):
         if transport is None:
             raise ConnectionResetError("connection closed during the TLS handshake")
         self.transport = transport  # type: ignore[assignment]
+
+    async def accept_direct_tls(self, context: ssl.SSLContext, handshake_seconds: float = 30.0) -> None:
+        """Serve TLS on a connection whose first bytes, already read, open a TLS handshake.
+
+        ``loop.start_tls`` cannot be handed bytes already read, so this wires the standard
+        library's TLS protocol in itself (what ``start_tls`` does inside): it becomes the
+        socket's protocol, the buffered ClientHello is fed to it, and once the handshake is
+        done it calls this Link's ``connection_made`` with the encrypted transport.
+        """
+        transport = self.transport
+        if transport is None or self.closed:
+            raise ConnectionResetError("not connected")
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
+        tls = sslproto.SSLProtocol(
+            loop, self, context, waiter, server_side=True, ssl_handshake_timeout=handshake_seconds
+        )
+        transport.set_protocol(tls)
+        tls.connection_made(transport)
+        hello = memoryview(self.take_buffer())
+        while hello and not waiter.done():
+            buffer = tls.get_buffer(len(hello))
+            n = min(len(buffer), len(hello))
+            buffer[:n] = hello[:n]
+            hello = hello[n:]
+            tls.buffer_updated(n)
+        await waiter
+        if self.transport is transport:  # connection_made was not called: no handshake
+            raise ConnectionResetError("connection closed during the TLS handshake")

@@ -36,6 +36,11 @@ CANCEL_REQUEST_CODE = 80877102
 # A startup packet is small; PostgreSQL itself refuses ones over 10000 bytes
 # (MAX_STARTUP_PACKET_LENGTH in libpq/pqcomm.h).
 MAX_STARTUP_PACKET = 10000
+# PostgreSQL 17's direct TLS (``sslnegotiation=direct``): the connection opens with a TLS
+# handshake record (content type 22) where a startup packet's length would be, and the
+# client names this protocol in ALPN.
+TLS_HANDSHAKE = 0x16
+ALPN = "postgresql"
 
 _I32 = struct.Struct("!i")
 _U32 = struct.Struct("!I")

@@ -655,6 +655,10 @@ class Session:
     async def _handshake(self) -> bool:
         client = self.client
         while True:
+            if not self.tls and await client.peek_byte() == pg.TLS_HANDSHAKE:
+                if not await self._direct_tls():
+                    return False
+                continue
             body = await client.read_startup()
             packet = parse_startup_packet(body)
             if packet.kind is Kind.SSL:
@@ -668,7 +672,12 @@ class Session:
                     client.write(b"N")
                     continue
                 client.write(b"S")
-                await client.start_tls(self.gateway.tls_context, server_side=True)
+                try:
+                    await client.start_tls(self.gateway.tls_context, server_side=True)
+                except ssl.SSLError as exc:
+                    self._end_reason = f"TLS handshake failed: {exc}"
+                    log.info("TLS handshake from %s failed: %s", self.address, exc)
+                    return False
                 self.tls = True
                 continue
             if packet.kind is Kind.GSSENC:
@@ -701,6 +710,32 @@ class Session:
             return False
         self.authorized = authorized
         return await self._open_session(startup, authorized)
+
+    async def _direct_tls(self) -> bool:
+        """TLS straight away, without an SSLRequest (PostgreSQL 17's ``sslnegotiation=direct``).
+
+        As PostgreSQL does, only a client that names the ``postgresql`` protocol in ALPN
+        is served, so a TLS client of another protocol sent here is turned away.
+        """
+        context = self.gateway.tls_context
+        if context is None:
+            self._end_reason = "direct TLS refused: the gateway has no TLS certificate"
+            return False
+        try:
+            await self.client.accept_direct_tls(context)
+        except ssl.SSLError as exc:
+            self._end_reason = f"TLS handshake failed: {exc}"
+            log.info("direct TLS handshake from %s failed: %s", self.address, exc)
+            return False
+        self.tls = True
+        transport = self.client.transport
+        ssl_object = transport.get_extra_info("ssl_object") if transport is not None else None
+        alpn = ssl_object.selected_alpn_protocol() if ssl_object is not None else None
+        if alpn != pg.ALPN:
+            self._end_reason = f"direct TLS refused: ALPN protocol {alpn!r}, not {pg.ALPN!r}"
+            log.info("direct TLS from %s refused: ALPN protocol %r", self.address, alpn)
+            return False
+        return True
 
     async def _login(self, startup: ClientStartup) -> Authorized:
         gateway = self.gateway

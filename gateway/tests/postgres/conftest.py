@@ -198,10 +198,12 @@ def billing_bot(transactional_db):  # type: ignore[no-untyped-def]
     return agent, do_issue_token("test", agent).raw
 
 
-def start_gateway(**kwargs: Any) -> GatewayThread:
+def start_gateway(loop: asyncio.AbstractEventLoop | None = None, **kwargs: Any) -> GatewayThread:
+    """A gateway in a thread, on ``loop`` (default: a new asyncio loop; the gateway command uses uvloop)."""
     from gateway.postgres.server import PostgresGateway
 
-    thread = GatewayThread(PostgresGateway(**kwargs))
+    gateway = PostgresGateway(**kwargs)
+    thread = GatewayThread(gateway) if loop is None else GatewayThread(gateway, loop)
     thread.start()
     return thread
 

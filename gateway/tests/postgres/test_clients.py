@@ -636,7 +636,9 @@ def test_asyncpg_binary_arrays_records_numbers_and_bytea_are_masked_by_content(g
     assert "dana.secret" not in text and "4111111111111111" not in text
 
 
-def test_asyncpg_and_jdbc_connect_over_tls_verifying_the_gateways_certificate(gateway_factory):
+def test_asyncpg_and_jdbc_connect_over_tls_verifying_the_gateways_certificate_asyncpg_also_directly(
+    gateway_factory,
+):
     import ssl
 
     from gateway.tls import server_certificate_paths, server_context
@@ -645,14 +647,20 @@ def test_asyncpg_and_jdbc_connect_over_tls_verifying_the_gateways_certificate(ga
     cert, _ = server_certificate_paths()
     context = ssl.create_default_context(cafile=str(cert))
 
-    async def scenario() -> Any:
-        conn = await _connect(gw, ssl=context)
+    async def scenario(**options: Any) -> Any:
+        conn = await _connect(gw, **{"ssl": context, **options})
         try:
             return await conn.fetchval("SELECT 'over tls'")
         finally:
             await conn.close()
 
     assert _run(scenario()) == "over tls"
+    # PostgreSQL 17's direct TLS, as libpq's parameters ask for it: asyncpg builds the
+    # context itself and names the postgresql protocol in ALPN, which the gateway requires.
+    dsn = (
+        f"postgresql://127.0.0.1:{gw.port}/shop?sslmode=verify-full&sslrootcert={cert}&sslnegotiation=direct"
+    )
+    assert _run(scenario(dsn=dsn, ssl=None)) == "over tls"
     # verify-full: pgjdbc refuses a connection whose certificate it cannot verify.
     lines = _jdbc(gw, "query", "SELECT 'over tls'", ssl=f"sslmode=verify-full&sslrootcert={cert}")
     assert lines == ["over tls"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+import ssl
 import struct
 
 import psycopg
@@ -129,6 +131,76 @@ def test_ssl_and_gssenc_requests_are_declined_without_tls(gw):
         assert raw.login("billing-bot", gw.token)[-1][0] == "Z"
     finally:
         raw.close()
+
+
+def _direct_tls(gw, alpn: list[str] | None) -> RawSession:  # type: ignore[no-untyped-def]
+    """A session whose first bytes are a TLS handshake (libpq 17's sslnegotiation=direct)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    if alpn is not None:
+        context.set_alpn_protocols(alpn)
+    raw = RawSession(gw.port)
+    raw.sock = context.wrap_socket(raw.sock)
+    return raw
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_direct_tls_with_the_postgresql_alpn_is_served_and_other_tls_clients_are_turned_away(
+    gateway_factory, loop
+):
+    """PostgreSQL 17's direct TLS: a ClientHello where the startup packet belongs. As
+    PostgreSQL does, only a client naming the ``postgresql`` protocol in ALPN is served, so a
+    TLS client of another protocol sent to this port (a browser, say) gets nothing. Run on
+    both event loops: the gateway command serves on uvloop."""
+    import asyncio
+
+    import uvloop
+
+    from gateway.tls import server_context
+
+    gw = gateway_factory(
+        tls_context=server_context(),
+        loop=uvloop.new_event_loop() if loop == "uvloop" else asyncio.new_event_loop(),
+    )
+    raw = _direct_tls(gw, ["postgresql"])
+    try:
+        assert raw.sock.selected_alpn_protocol() == "postgresql"
+        assert raw.login("billing-bot", gw.token)[-1][0] == "Z"
+        body = b"SELECT 'over direct tls'\x00"
+        raw.send(b"Q" + struct.pack("!I", len(body) + 4) + body)
+        rows = [b for t, b in raw.until("Z") if t == "D"]
+        assert rows == [struct.pack("!hi", 1, 15) + b"over direct tls"]
+    finally:
+        raw.close()
+    for alpn in (None, ["http/1.1"]):
+        raw = _direct_tls(gw, alpn)
+        try:
+            assert raw.sock.selected_alpn_protocol() is None
+            raw.send(pg.startup_packet({"user": "billing-bot", "database": "shop"}))
+            assert raw.closed()
+        finally:
+            raw.close()
+    # A handshake that is not TLS closes that session only.
+    raw = RawSession(gw.port)
+    try:
+        raw.send(b"\x16\x03\x01\x00\x05hello")
+        assert raw.closed()
+    finally:
+        raw.close()
+    with gw.connect(sslmode="require") as conn:
+        assert conn.execute("SELECT 'still serving'").fetchone() == ("still serving",)
+
+
+def test_direct_tls_is_refused_by_a_gateway_without_a_certificate(gw):
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=10) as sock:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        context.set_alpn_protocols(["postgresql"])
+        with pytest.raises((ssl.SSLError, ConnectionResetError, OSError)):
+            context.wrap_socket(sock)
+    assert sqlstate_of_login(gw, "billing-bot", gw.token)["C"] == "ok"
 
 
 def test_failed_logins_are_rate_limited_per_address(gateway_factory):
