@@ -4,7 +4,7 @@ JSONL, one JSON object per line:
 
 1. ``{"format": "airlock-recording", "version": 1, "session": {...}, "genesis_hash": ...}``;
    ``session`` holds the row's fields (id, protocol, agent, on_behalf_of, connection,
-   client_address, application_name, status, started_at, ended_at, end_reason,
+   client_address, application_name, client_tls, status, started_at, ended_at, end_reason,
    event_count, dropped_events).
 2. One line per event, in order: ``{"seq", "at", "offset_ms", "kind", "payload", "hash"}``,
    ``at`` as the chain hashes it (ISO 8601, UTC, microseconds).

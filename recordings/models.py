@@ -62,6 +62,9 @@ class Session(models.Model):
     connection_name = models.CharField(max_length=63)
     client_address = models.CharField(max_length=64, blank=True)
     application_name = models.CharField(max_length=255, blank=True)
+    # The TLS of the agent's connection to the gateway ("TLSv1.3, SSLRequest"; "TLSv1.3,
+    # direct"), empty when it was not encrypted.
+    client_tls = models.CharField(max_length=64, blank=True)
     status = models.CharField(max_length=12, choices=Status.choices, default=Status.LIVE, db_index=True)
     started_at = models.DateTimeField(default=timezone.now, db_index=True)
     ended_at = models.DateTimeField(null=True, blank=True)
@@ -359,6 +362,7 @@ _START_FIELDS = {
     "on_behalf_of": "on_behalf_of_name",
     "client_address": "client_address",
     "application_name": "application_name",
+    "client_tls": "client_tls",
 }
 
 

@@ -335,6 +335,7 @@ def jsonl_chunks(session: Session) -> Iterator[bytes]:
             "connection": session.connection_name,
             "client_address": session.client_address,
             "application_name": session.application_name,
+            "client_tls": session.client_tls,
             "status": session.status,
             "started_at": session.started_at.isoformat(),
             "ended_at": session.ended_at.isoformat() if session.ended_at else None,

@@ -641,6 +641,7 @@ class SessionRecorder:
         on_behalf_of_id: int | None = None,
         client_address: str = "",
         application_name: str = "",
+        client_tls: str = "",
         on_failure: Callable[[str], None] | None = None,
     ) -> SessionRecorder:
         """Create the Session row and its ``session_start`` event (one awaited write).
@@ -661,6 +662,7 @@ class SessionRecorder:
                 "on_behalf_of": on_behalf_of_name,
                 "client_address": client_address,
                 "application_name": application_name,
+                "client_tls": client_tls,
             },
         )
         first = self._queue[0]
@@ -680,6 +682,7 @@ class SessionRecorder:
             "connection_name": connection_name,
             "client_address": client_address,
             "application_name": application_name,
+            "client_tls": client_tls,
             "started_at": first.at,
             "signing_key_id": key_id,
         }

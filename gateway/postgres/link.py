@@ -179,16 +179,17 @@ class Link(asyncio.Protocol):
 
         ``loop.start_tls`` cannot be handed bytes already read, so this wires the standard
         library's TLS protocol in itself (what ``start_tls`` does inside): it becomes the
-        socket's protocol, the buffered ClientHello is fed to it, and once the handshake is
-        done it calls this Link's ``connection_made`` with the encrypted transport.
+        socket's protocol and is fed the buffered ClientHello; once the handshake is done
+        this Link reads and writes through it (``_TlsSide`` passes the decrypted side on).
         """
         transport = self.transport
         if transport is None or self.closed:
             raise ConnectionResetError("not connected")
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[None] = loop.create_future()
+        side = _TlsSide(self)
         tls = sslproto.SSLProtocol(
-            loop, self, context, waiter, server_side=True, ssl_handshake_timeout=handshake_seconds
+            loop, side, context, waiter, server_side=True, ssl_handshake_timeout=handshake_seconds
         )
         transport.set_protocol(tls)
         tls.connection_made(transport)
@@ -200,5 +201,36 @@ class Link(asyncio.Protocol):
             hello = hello[n:]
             tls.buffer_updated(n)
         await waiter
-        if self.transport is transport:  # connection_made was not called: no handshake
+        if side.transport is None:
             raise ConnectionResetError("connection closed during the TLS handshake")
+        self.transport = side.transport
+
+
+class _TlsSide(asyncio.Protocol):
+    """The decrypted side of a direct TLS connection, passed on to its Link.
+
+    The Link itself is not handed to the TLS protocol: its ``connection_made`` is where
+    the gateway starts a session, and the end of a handshake must not start another.
+    """
+
+    def __init__(self, link: Link) -> None:
+        self.link = link
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.link.data_received(data)
+
+    def eof_received(self) -> bool:
+        return self.link.eof_received()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.link.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self.link.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.link.resume_writing()

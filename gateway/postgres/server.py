@@ -485,6 +485,7 @@ class Session:
         self.address = str(peer[0]) if peer else ""
         self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
         self.tls = False
+        self.direct_tls = False
         self.agent_name = ""
         self.application_name = ""
         self._loop = asyncio.get_running_loop()
@@ -711,6 +712,14 @@ class Session:
         self.authorized = authorized
         return await self._open_session(startup, authorized)
 
+    def _tls_description(self) -> str:
+        """The client connection's TLS, as recorded with the session ("" when plain)."""
+        transport = self.client.transport
+        ssl_object = transport.get_extra_info("ssl_object") if self.tls and transport is not None else None
+        if ssl_object is None:
+            return ""
+        return f"{ssl_object.version()}, {'direct' if self.direct_tls else 'SSLRequest'}"
+
     async def _direct_tls(self) -> bool:
         """TLS straight away, without an SSLRequest (PostgreSQL 17's ``sslnegotiation=direct``).
 
@@ -727,7 +736,7 @@ class Session:
             self._end_reason = f"TLS handshake failed: {exc}"
             log.info("direct TLS handshake from %s failed: %s", self.address, exc)
             return False
-        self.tls = True
+        self.tls = self.direct_tls = True
         transport = self.client.transport
         ssl_object = transport.get_extra_info("ssl_object") if transport is not None else None
         alpn = ssl_object.selected_alpn_protocol() if ssl_object is not None else None
@@ -810,6 +819,7 @@ class Session:
                 on_behalf_of_name=authorized.on_behalf_of,
                 client_address=self.address,
                 application_name=self.application_name,
+                client_tls=self._tls_description(),
                 on_failure=self.recording_failed,
             )
         except Exception as exc:

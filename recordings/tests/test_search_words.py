@@ -41,7 +41,8 @@ async def _until_rows(session_id: object, count: int) -> list[str]:
 
 
 def _found(text: str) -> list[Session]:
-    return list(search_sessions(Session.objects.all(), text))
+    # Only the key: the migration tests search a schema older than the model's.
+    return list(search_sessions(Session.objects.only("pk"), text))
 
 
 def _searches() -> list[bool]:

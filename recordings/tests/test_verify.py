@@ -143,6 +143,7 @@ def test_the_other_key_verifies_when_it_is_the_one_given():
         ("agent_name", "innocent-bot", 1),
         ("connection_name", "staging", 1),
         ("client_address", "10.0.0.1:1", 1),
+        ("client_tls", "TLSv1.3, direct", 1),  # a plain session made to look encrypted
         ("status", "terminated", 11),
         ("end_reason", "nothing happened", 11),
     ],

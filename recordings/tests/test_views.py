@@ -170,12 +170,15 @@ def test_the_search_document_survives_a_session_whose_words_outgrow_it():
 
 @pytest.mark.django_db(transaction=True)
 def test_the_replay_page_shows_the_session_and_is_an_audit_record(carol_client, carol):
-    session = recorded(statement_events(2), on_behalf_of_name="dave", application_name="psql")
+    session = recorded(
+        statement_events(2), on_behalf_of_name="dave", application_name="psql", client_tls="TLSv1.3, direct"
+    )
     response = carol_client.get(reverse("recordings:session_detail", args=[session.pk]))
     html = response.content.decode()
     assert response.status_code == 200
     for text in ("billing-bot@shop", "dave", "psql", "8</span> events", "2 statements", 'id="integrity"'):
         assert text in html
+    assert '<span id="client-tls">TLSv1.3, direct</span>' in html
     config = json.loads(
         re.search(r'<script id="player-config" type="application/json">(.*?)</script>', html).group(1)
     )
@@ -183,6 +186,9 @@ def test_the_replay_page_shows_the_session_and_is_an_audit_record(carol_client, 
     assert config["live"] is False
     views = AuditRecord.objects.filter(action="recording.view", target_id=str(session.pk))
     assert [(r.actor, r.detail["how"]) for r in views] == [("carol", "page")]
+    plain = recorded(statement_events(1))
+    html = carol_client.get(reverse("recordings:session_detail", args=[plain.pk])).content.decode()
+    assert '<span id="client-tls">not encrypted</span>' in html
 
 
 @pytest.mark.django_db(transaction=True)

@@ -131,6 +131,7 @@ def test_ssl_and_gssenc_requests_are_declined_without_tls(gw):
         assert raw.login("billing-bot", gw.token)[-1][0] == "Z"
     finally:
         raw.close()
+    assert gw.session().client_tls == ""  # shown as "not encrypted"
 
 
 def _direct_tls(gw, alpn: list[str] | None) -> RawSession:  # type: ignore[no-untyped-def]
@@ -190,6 +191,11 @@ def test_direct_tls_with_the_postgresql_alpn_is_served_and_other_tls_clients_are
         raw.close()
     with gw.connect(sslmode="require") as conn:
         assert conn.execute("SELECT 'still serving'").fetchone() == ("still serving",)
+    # Each session records how its agent's connection was encrypted (the refused ones were
+    # never sessions); the replay page shows it.
+    assert [gw.session(i).client_tls for i in range(2)] == ["TLSv1.3, direct", "TLSv1.3, SSLRequest"]
+    assert len(gw.recorded) == 2  # one session per connection served, none for the handshake's end
+    assert all(gw.session(i).verify().ok for i in range(2))
 
 
 def test_direct_tls_is_refused_by_a_gateway_without_a_certificate(gw):
