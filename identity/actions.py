@@ -353,6 +353,7 @@ def record_agent_login(
     session_id: str = "",
     subject: str = "",
     application_name: str = "",
+    client_tls: str = "",
 ) -> None:
     """An agent logged in at the gateway: ``agent.login``, one record per session.
 
@@ -373,6 +374,7 @@ def record_agent_login(
         connection=connection,
         session=session_id,
         application_name=application_name[:255],
+        client_tls=client_tls,
     )
 
 

@@ -306,7 +306,7 @@ def _authorize(
 
 
 def _record_login(
-    authorized: Authorized, client_address: str, session_id: str, application_name: str
+    authorized: Authorized, client_address: str, session_id: str, application_name: str, client_tls: str
 ) -> None:
     from identity.actions import record_agent_login
 
@@ -319,6 +319,7 @@ def _record_login(
         session_id=session_id,
         subject=authorized.subject,
         application_name=application_name,
+        client_tls=client_tls,
     )
 
 
@@ -809,6 +810,7 @@ class Session:
                 self.application_name = authorized.masking.mask_text(self.application_name)[0]
             except MaskingError:
                 self.application_name = "<withheld: it could not be masked>"
+        client_tls = self._tls_description()
         try:
             self.recorder = await self.gateway.recorder_factory(
                 protocol="postgres",
@@ -819,7 +821,7 @@ class Session:
                 on_behalf_of_name=authorized.on_behalf_of,
                 client_address=self.address,
                 application_name=self.application_name,
-                client_tls=self._tls_description(),
+                client_tls=client_tls,
                 on_failure=self.recording_failed,
             )
         except Exception as exc:
@@ -831,7 +833,11 @@ class Session:
         # is in the log before the agent is told it is in.
         self._login_record = asyncio.get_running_loop().create_task(
             _in_db_thread(_record_login)(
-                authorized, self.address, str(getattr(self.recorder, "session_id", "")), self.application_name
+                authorized,
+                self.address,
+                str(getattr(self.recorder, "session_id", "")),
+                self.application_name,
+                client_tls,
             )
         )
         relay = Relay(

@@ -158,6 +158,7 @@ def test_direct_tls_with_the_postgresql_alpn_is_served_and_other_tls_clients_are
 
     import uvloop
 
+    from audit.models import AuditRecord
     from gateway.tls import server_context
 
     gw = gateway_factory(
@@ -195,6 +196,8 @@ def test_direct_tls_with_the_postgresql_alpn_is_served_and_other_tls_clients_are
     # never sessions); the replay page shows it.
     assert [gw.session(i).client_tls for i in range(2)] == ["TLSv1.3, direct", "TLSv1.3, SSLRequest"]
     assert len(gw.recorded) == 2  # one session per connection served, none for the handshake's end
+    logins = AuditRecord.objects.filter(action="agent.login").order_by("id")
+    assert [r.detail["client_tls"] for r in logins] == ["TLSv1.3, direct", "TLSv1.3, SSLRequest"]
     assert all(gw.session(i).verify().ok for i in range(2))
 
 
@@ -281,6 +284,7 @@ def test_a_login_is_one_audit_record_naming_token_agent_connection_address_and_s
         "connection": "shop",
         "session": str(session.pk),
         "application_name": "nightly-billing",
+        "client_tls": "",
     }
     assert gw.token not in str(record.detail) and token.token_hash not in str(record.detail)
 
