@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import ssl
 import struct
 
 import psycopg
 import pytest
+import uvloop
 
 from conftest import free_port
 from gateway.postgres import protocol as pg
@@ -134,6 +136,11 @@ def test_ssl_and_gssenc_requests_are_declined_without_tls(gw):
     assert gw.session().client_tls == ""  # shown as "not encrypted"
 
 
+def _new_loop(kind: str) -> asyncio.AbstractEventLoop:
+    """An event loop for the gateway under test: asyncio's, or uvloop's as the command uses."""
+    return uvloop.new_event_loop() if kind == "uvloop" else asyncio.new_event_loop()
+
+
 def _direct_tls(gw, alpn: list[str] | None) -> RawSession:  # type: ignore[no-untyped-def]
     """A session whose first bytes are a TLS handshake (libpq 17's sslnegotiation=direct)."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
@@ -154,17 +161,10 @@ def test_direct_tls_with_the_postgresql_alpn_is_served_and_other_tls_clients_are
     PostgreSQL does, only a client naming the ``postgresql`` protocol in ALPN is served, so a
     TLS client of another protocol sent to this port (a browser, say) gets nothing. Run on
     both event loops: the gateway command serves on uvloop."""
-    import asyncio
-
-    import uvloop
-
     from audit.models import AuditRecord
     from gateway.tls import server_context
 
-    gw = gateway_factory(
-        tls_context=server_context(),
-        loop=uvloop.new_event_loop() if loop == "uvloop" else asyncio.new_event_loop(),
-    )
+    gw = gateway_factory(tls_context=server_context(), loop=_new_loop(loop))
     raw = _direct_tls(gw, ["postgresql"])
     try:
         assert raw.sock.selected_alpn_protocol() == "postgresql"
@@ -199,6 +199,54 @@ def test_direct_tls_with_the_postgresql_alpn_is_served_and_other_tls_clients_are
     logins = AuditRecord.objects.filter(action="agent.login").order_by("id")
     assert [r.detail["client_tls"] for r in logins] == ["TLSv1.3, direct", "TLSv1.3, SSLRequest"]
     assert all(gw.session(i).verify().ok for i in range(2))
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_a_direct_tls_client_hello_in_pieces_is_served(gateway_factory, loop):
+    """A ClientHello need not arrive in one read (one with post-quantum key shares is larger
+    than a TCP segment): sent a few bytes at a time, the handshake still completes."""
+    import time
+
+    from gateway.tls import server_context
+
+    gw = gateway_factory(tls_context=server_context(), loop=_new_loop(loop))
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    context.set_alpn_protocols(["postgresql"])
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = context.wrap_bio(incoming, outgoing)
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=10) as sock:
+
+        def handshake_step() -> bool:
+            try:
+                tls.do_handshake()
+                return True
+            except ssl.SSLWantReadError:
+                return False
+
+        assert not handshake_step()
+        hello = outgoing.read()
+        for start in range(0, len(hello), 7):
+            sock.sendall(hello[start : start + 7])
+            time.sleep(0.001)
+        done = False
+        while not done:
+            incoming.write(sock.recv(65536))
+            done = handshake_step()
+            sock.sendall(outgoing.read())
+        assert tls.selected_alpn_protocol() == "postgresql"
+        tls.write(pg.startup_packet({"user": "billing-bot", "database": "shop"}))
+        sock.sendall(outgoing.read())
+        answer = b""
+        while len(answer) < 9:
+            incoming.write(sock.recv(65536))
+            try:
+                answer += tls.read(65536)
+            except ssl.SSLWantReadError:
+                pass
+        # The gateway asks for SCRAM: the startup packet arrived through TLS.
+        assert answer[:1] == b"R" and struct.unpack_from("!i", answer, 5)[0] == 10
 
 
 def test_direct_tls_is_refused_by_a_gateway_without_a_certificate(gw):
