@@ -21,10 +21,16 @@ from gateway.tests.postgres.test_clients import _client, _masked_people, _statem
 NODE_CLIENT = Path(__file__).with_name("node_client.js")
 
 
-def _node(gw: Any, *scenario: str, ca: Path | None = None) -> list[str]:
+def _node(gw: Any, *scenario: str, ca: Path | None = None, **pg_env: str) -> list[str]:
     node = shutil.which("node")
     assert node is not None, "make test installs Node.js (npm) for the console's front-end packages"
-    env = {"PGHOST": "127.0.0.1", "PGPORT": str(gw.port), "PGUSER": "billing-bot", "PGPASSWORD": gw.token}
+    env = {
+        "PGHOST": "127.0.0.1",
+        "PGPORT": str(gw.port),
+        "PGUSER": "billing-bot",
+        "PGPASSWORD": gw.token,
+        **pg_env,
+    }
     if ca is not None:
         env["AIRLOCK_CA"] = str(ca)
     return _client([node, str(NODE_CLIENT), *scenario], env=env).stdout.splitlines()
@@ -122,6 +128,11 @@ def test_node_postgres_listens_and_connects_over_tls_verifying_the_certificate(g
     # With ``ssl`` set node-postgres requires TLS (an `N` answer is an error) and here
     # verifies the certificate against the CA given.
     assert _node(gw, "query", "SELECT 'over tls'", ca=cert) == ["over tls"]
+    # node-postgres's direct TLS (PostgreSQL 17's sslnegotiation=direct, ALPN postgresql).
+    assert _node(gw, "query", "SELECT 'over direct tls'", ca=cert, PGSSLNEGOTIATION="direct") == [
+        "over direct tls"
+    ]
+    assert [gw.session(i).client_tls for i in range(1, 3)] == ["TLSv1.3, SSLRequest", "TLSv1.3, direct"]
     other_cert, other_key = tmp_path / "other.pem", tmp_path / "other.key"
     generate_self_signed(other_cert, other_key)
     with pytest.raises(AssertionError, match="self-signed certificate"):
