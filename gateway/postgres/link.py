@@ -161,6 +161,10 @@ class Link(asyncio.Protocol):
         if self.transport is not None:
             self.transport.abort()
 
+    def ssl_object(self) -> ssl.SSLObject | None:
+        """The TLS of this socket (version, ALPN, peer certificate), or None while it is plain."""
+        return self.transport.get_extra_info("ssl_object") if self.transport is not None else None
+
     async def start_tls(
         self, context: ssl.SSLContext, *, server_side: bool, server_hostname: str | None = None
     ) -> None:

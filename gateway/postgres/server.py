@@ -715,8 +715,7 @@ class Session:
 
     def _tls_description(self) -> str:
         """The client connection's TLS, as recorded with the session ("" when plain)."""
-        transport = self.client.transport
-        ssl_object = transport.get_extra_info("ssl_object") if self.tls and transport is not None else None
+        ssl_object = self.client.ssl_object()
         if ssl_object is None:
             return ""
         return f"{ssl_object.version()}, {'direct' if self.direct_tls else 'SSLRequest'}"
@@ -738,8 +737,7 @@ class Session:
             log.info("direct TLS handshake from %s failed: %s", self.address, exc)
             return False
         self.tls = self.direct_tls = True
-        transport = self.client.transport
-        ssl_object = transport.get_extra_info("ssl_object") if transport is not None else None
+        ssl_object = self.client.ssl_object()
         alpn = ssl_object.selected_alpn_protocol() if ssl_object is not None else None
         if alpn != pg.ALPN:
             self._end_reason = f"direct TLS refused: ALPN protocol {alpn!r}, not {pg.ALPN!r}"
