@@ -67,8 +67,13 @@ def _client(
     return done
 
 
-def _statements(gw: Any) -> list[dict[str, Any]]:
-    return [payload for kind, payload in gw.events() if kind == "statement"]
+def _statements(gw: Any, text: str | None = None) -> list[dict[str, Any]]:
+    """The statement events of the gateway's last session (those of exactly ``text``, if given)."""
+    return [
+        payload
+        for kind, payload in gw.events()
+        if kind == "statement" and (text is None or payload.get("text") == text)
+    ]
 
 
 def _masked_people(gateway_factory: Any, private_pg: Any, table: str, notes: str) -> Any:
@@ -165,7 +170,7 @@ def test_asyncpg_prepared_statements_executemany_and_a_transaction(gw):
     labels, count, after_rollback = _run(scenario())
     assert labels == ["row 0", "row 7", "row 49"]
     assert count == 10 and after_rollback == 10
-    inserts = [s for s in _statements(gw) if s["text"] == "INSERT INTO seen VALUES ($1, $2)"]
+    inserts = _statements(gw, "INSERT INTO seen VALUES ($1, $2)")
     assert len(inserts) == 50
     assert inserts[7]["params"] == ["7", "row 7"]
 
@@ -316,8 +321,7 @@ def test_jdbc_runs_statements_prepared_statements_and_batches(gw):
         "unicode żółw ✓ 🐢|null",
         "numeric 3.0|2.5",
     ]
-    statements = _statements(gw)
-    selects = [s for s in statements if s["text"] == "SELECT name FROM items WHERE id = $1"]
+    selects = _statements(gw, "SELECT name FROM items WHERE id = $1")
     assert [s["params"] for s in selects] == [[str(i)] for i in range(1, 9)]
     assert all(s["result"]["rows"] == 1 for s in selects)
     assert gw.session().verify().ok
@@ -392,10 +396,10 @@ def test_asyncpg_binary_parameters_meet_the_write_back_guard_and_the_recordings_
             "dana.secret@example.org",
             ["4111111111111111"],
         )
-    updates = [s for s in _statements(gw) if s["text"] == "UPDATE contacts SET tags = $1 WHERE id = $2"]
+    updates = _statements(gw, "UPDATE contacts SET tags = $1 WHERE id = $2")
     assert updates[-1]["action"] == "allow" and updates[-1]["params"][0].startswith("\\x")
     assert bytes.fromhex(updates[-1]["params"][0][2:]).endswith(b"[CARD]")
-    pinged = [s for s in _statements(gw) if s["text"] == "SELECT $1::text"]
+    pinged = _statements(gw, "SELECT $1::text")
     assert pinged[-1]["params"] == ["ping [EMAIL]"]
     text = database_text()
     for secret in ("dana.secret@example.org", "4111111111111111", "eve.secret@example.org"):

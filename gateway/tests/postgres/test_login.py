@@ -141,15 +141,20 @@ def _new_loop(kind: str) -> asyncio.AbstractEventLoop:
     return uvloop.new_event_loop() if kind == "uvloop" else asyncio.new_event_loop()
 
 
-def _direct_tls(gw, alpn: list[str] | None) -> RawSession:  # type: ignore[no-untyped-def]
-    """A session whose first bytes are a TLS handshake (libpq 17's sslnegotiation=direct)."""
+def _unverified_tls(alpn: list[str] | None) -> ssl.SSLContext:
+    """A client context that names ``alpn`` (None: no ALPN) and takes any certificate."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
     if alpn is not None:
         context.set_alpn_protocols(alpn)
+    return context
+
+
+def _direct_tls(gw, alpn: list[str] | None) -> RawSession:  # type: ignore[no-untyped-def]
+    """A session whose first bytes are a TLS handshake (libpq 17's sslnegotiation=direct)."""
     raw = RawSession(gw.port)
-    raw.sock = context.wrap_socket(raw.sock)
+    raw.sock = _unverified_tls(alpn).wrap_socket(raw.sock)
     return raw
 
 
@@ -210,12 +215,8 @@ def test_a_direct_tls_client_hello_in_pieces_is_served(gateway_factory, loop):
     from gateway.tls import server_context
 
     gw = gateway_factory(tls_context=server_context(), loop=_new_loop(loop))
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
-    context.set_alpn_protocols(["postgresql"])
     incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-    tls = context.wrap_bio(incoming, outgoing)
+    tls = _unverified_tls(["postgresql"]).wrap_bio(incoming, outgoing)
     with socket.create_connection(("127.0.0.1", gw.port), timeout=10) as sock:
 
         def handshake_step() -> bool:
@@ -251,12 +252,8 @@ def test_a_direct_tls_client_hello_in_pieces_is_served(gateway_factory, loop):
 
 def test_direct_tls_is_refused_by_a_gateway_without_a_certificate(gw):
     with socket.create_connection(("127.0.0.1", gw.port), timeout=10) as sock:
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-        context.set_alpn_protocols(["postgresql"])
         with pytest.raises((ssl.SSLError, ConnectionResetError, OSError)):
-            context.wrap_socket(sock)
+            _unverified_tls(["postgresql"]).wrap_socket(sock)
     assert sqlstate_of_login(gw, "billing-bot", gw.token)["C"] == "ok"
 
 

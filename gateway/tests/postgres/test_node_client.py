@@ -48,12 +48,11 @@ def test_node_postgres_runs_simple_extended_and_named_statements(gw):
         "rolled back 0",
         "multi 1|2",
     ]
-    statements = _statements(gw)
-    named = [s for s in statements if s["text"] == "SELECT name FROM items WHERE id = $1"]
+    named = _statements(gw, "SELECT name FROM items WHERE id = $1")
     # Prepared once, executed four times: each Execute decided and recorded with its value.
     assert [s["params"] for s in named] == [["1"], ["2"], ["3"], ["4"]]
     assert all(s["result"]["rows"] == 1 for s in named)
-    inserts = [s for s in statements if s["text"] == "INSERT INTO node_seen VALUES ($1, $2)"]
+    inserts = _statements(gw, "INSERT INTO node_seen VALUES ($1, $2)")
     assert [s["params"] for s in inserts] == [["0", "row 0"], ["1", "row 1"], ["2", "row 2"]]
     assert gw.session().verify().ok
 
