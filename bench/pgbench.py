@@ -60,11 +60,15 @@ SCALE = 10
 # that drops events (what recording costs; the command has no such switch) and "norec-pol"
 # that gateway on the realistic policy's connection (the policy's cost without the noise of
 # recording writes on a busy database), "tcp-relay" a plain uvloop byte relay that parses
-# nothing (the floor for any asyncio relay here).
-TARGETS = ("direct", "gateway", "gw-policy", "gw-norec", "norec-pol", "tcp-relay", "pgbouncer")
+# nothing (the floor for any asyncio relay here). "relay-rec", run only when
+# AIRLOCK_BENCH_ONLY names it, is that relay recording each simple Query as the gateway
+# records a statement (``serve_recorded_relay``): what a relay whose own parsing and
+# decisions cost nothing would reach with today's recording.
+TARGETS = ("direct", "gateway", "gw-policy", "gw-norec", "norec-pol", "tcp-relay", "pgbouncer", "relay-rec")
+OPT_IN = ("relay-rec",)
 # The targets whose sessions are recorded (into the Django database on the machine's
 # PostgreSQL): the table's "rec db us" is that database's CPU per transaction for them.
-RECORDED = ("gateway", "gw-policy")
+RECORDED = ("gateway", "gw-policy", "relay-rec")
 CLIENTS = [int(c) for c in os.environ.get("AIRLOCK_BENCH_CLIENTS", "1,8").split(",")]
 RUNS = [(mode, clients) for mode in ("simple", "prepared") if mode in MODES for clients in CLIENTS]
 
@@ -162,7 +166,7 @@ def _wait_sealed(timeout: float = 30.0) -> None:
 
 def _ran(*targets: str) -> bool:
     """Whether every one of ``targets`` ran (``AIRLOCK_BENCH_ONLY`` may leave some out)."""
-    return all(not ONLY or target in ONLY for target in targets)
+    return all(target in ONLY if ONLY else target not in OPT_IN for target in targets)
 
 
 def pgbench(
@@ -457,6 +461,179 @@ def serve_tcp_relay(port: int, upstream: int, busy_poll_us: int = 0) -> None:
     uvloop.run(serve())
 
 
+def serve_recorded_relay(port: int, upstream: int) -> None:
+    """The plain relay of "tcp-relay" recording what the gateway records of each simple
+    Query (diagnostic target "relay-rec", until SIGTERM): a statement event with its
+    result joined (command tag, rows, duration, the result's first rows), through the
+    gateway's own recorder (``SessionRecorder``, strict mode, the writer process).
+
+    It splits the messages of both directions but decides nothing, masks nothing and
+    keeps no protocol state: what a relay whose own work cost nothing would reach with
+    recording as it is. Only simple Queries are recorded (pgbench's default protocol).
+    """
+    import asyncio
+    import signal
+    import struct
+
+    import django
+
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "console.settings")
+    django.setup()
+    import uvloop
+    from django.conf import settings
+
+    from gateway import busypoll, process
+    from recordings.writer import SessionRecorder, close_all, prestart_writer, use_writer_process
+
+    length = struct.Struct("!I").unpack_from
+
+    def messages(buffer: bytearray) -> list[tuple[int, bytes]]:
+        out = []
+        pos = 0
+        while len(buffer) - pos >= 5:
+            end = pos + 1 + length(buffer, pos + 1)[0]
+            if end > len(buffer):
+                break
+            out.append((buffer[pos], bytes(buffer[pos + 5 : end])))
+            pos = end
+        del buffer[:pos]
+        return out
+
+    class Side(asyncio.Protocol):
+        def __init__(self, peer: Side | None = None, client: Client | None = None) -> None:
+            self.peer = peer
+            self.client = client
+            self.transport: asyncio.Transport | None = None
+            self.early = b""
+            self.buffer = bytearray()
+            self.startup = False  # the client's first message, the startup packet, has no type
+
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            self.transport = transport  # type: ignore[assignment]
+
+        def data_received(self, data: bytes) -> None:
+            busypoll.poke()
+            if self.peer is None or self.peer.transport is None:
+                self.early += data
+            else:
+                self.peer.transport.write(data)
+            self.buffer += data
+            if self.startup:
+                if len(self.buffer) < 4 or len(self.buffer) < length(self.buffer, 0)[0]:
+                    return
+                del self.buffer[: length(self.buffer, 0)[0]]
+                self.startup = False
+            self.seen(messages(self.buffer))
+
+        def seen(self, found: list[tuple[int, bytes]]) -> None:
+            client = self.client
+            if client is None or client.recorder is None:
+                return
+            for typ, body in found:
+                if typ == 0x54 and client.open:  # RowDescription: the columns' names
+                    count = body[0] << 8 | body[1]
+                    names, pos = [], 2
+                    for _ in range(count):
+                        end = body.index(0, pos)
+                        names.append(body[pos:end].decode())
+                        pos = end + 19
+                    client.columns = names
+                elif typ == 0x44 and client.open and len(client.sample) < 10:  # DataRow
+                    values, pos = [], 2
+                    for _ in range(body[0] << 8 | body[1]):
+                        size = length(body, pos)[0]
+                        pos += 4
+                        if size == 0xFFFFFFFF:
+                            values.append(None)
+                        else:
+                            values.append(body[pos : pos + size].decode())
+                            pos += size
+                    client.sample.append(values)
+                    client.rows += 1
+                elif typ == 0x44:
+                    client.rows += 1
+                elif typ == 0x43 and client.open:  # CommandComplete
+                    tag = body[:-1].decode()
+                    result: dict[str, object] = {
+                        "command_tag": tag,
+                        "rows": client.rows,
+                        "duration_ms": int((time.monotonic() - client.started) * 1_000_000) / 1000,
+                    }
+                    if client.sample:
+                        result["columns"] = client.columns
+                        result["first_rows"] = client.sample
+                    client.recorder.complete(client.open, result)
+                    client.open, client.rows, client.sample = 0, 0, []
+
+    class Client(Side):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            super().connection_made(transport)
+            self.recorder: SessionRecorder | None = None
+            self.lost = False
+            self.open = 0  # the handle of the statement whose result is awaited
+            self.rows = 0
+            self.started = 0.0
+            self.columns: list[str] = []
+            self.sample: list[list[str | None]] = []
+            self.startup = True
+            self.task = asyncio.get_running_loop().create_task(self.link())
+
+        async def link(self) -> None:
+            loop = asyncio.get_running_loop()
+            self.recorder = await SessionRecorder.start(
+                protocol="postgres", agent_name="relay-rec", connection_name="bench"
+            )
+            if self.lost:  # gone while the recording started (a port probe)
+                await self.recorder.close(reason="client disconnected")
+                return
+            _, side = await loop.create_connection(lambda: Side(self, self), "127.0.0.1", upstream)
+            self.peer = side
+            if self.early and side.transport is not None:
+                side.transport.write(self.early)
+
+        def seen(self, found: list[tuple[int, bytes]]) -> None:
+            if self.recorder is None:
+                return
+            for typ, body in found:
+                if typ == 0x51:  # Query
+                    self.started = time.monotonic()
+                    self.open = self.recorder.open_statement(
+                        {
+                            "text": body[:-1].decode(),
+                            "params": [],
+                            "protocol": "simple",
+                            "action": "allow",
+                            "rule": "",
+                            "policy": "allow-all",
+                            "policy_version": 1,
+                        }
+                    )
+                    self.rows, self.sample = 0, []
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            super().connection_lost(exc)
+            self.lost = True
+            if self.recorder is not None:
+                asyncio.get_running_loop().create_task(self.recorder.close(reason="client disconnected"))
+
+    async def serve() -> None:
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        busypoll.start_configured(loop)
+        prestart_writer()
+        server = await loop.create_server(Client, "127.0.0.1", port)
+        await stop.wait()
+        server.close()
+        await close_all()
+
+    # As the gateway command does: the writer in a process of its own, this one's GIL,
+    # switch interval and collector set up alike.
+    use_writer_process(bool(settings.RECORDING_WRITER_PROCESS))
+    process.prepare()
+    uvloop.run(serve())
+
+
 def main() -> int:
     unknown = [target for target in ONLY if target not in TARGETS]
     if unknown:
@@ -529,6 +706,15 @@ def main() -> int:
         )  # fmt: skip
         procs.append(relay)
         _wait_port(relay_port, relay)
+        recorded_relay_port = _free_port()
+        if _ran("relay-rec"):
+            recorded_relay = subprocess.Popen(
+                [sys.executable, "-c", f"from bench.pgbench import serve_recorded_relay; serve_recorded_relay({recorded_relay_port}, {server.port})"],
+                env=env, stdout=subprocess.DEVNULL, stderr=(root / "relay-rec.log").open("w"), text=True,
+                cwd=Path(__file__).resolve().parent.parent,
+            )  # fmt: skip
+            procs.append(recorded_relay)
+            _wait_port(recorded_relay_port, recorded_relay)
         bouncer, bouncer_port = _start_pgbouncer(root, server.port, password)
         procs.append(bouncer)
         endpoints = {
@@ -539,6 +725,7 @@ def main() -> int:
             "norec-pol": (norec_port, "bench-bot", "bench-policy", token),
             "tcp-relay": (relay_port, "scram_user", "bench", password),
             "pgbouncer": (bouncer_port, "scram_user", "bench", password),
+            "relay-rec": (recorded_relay_port, "scram_user", "bench", password),
         }
         pids = {
             "gateway": gateway.pid,
@@ -547,6 +734,7 @@ def main() -> int:
             "norec-pol": norec.pid,
             "tcp-relay": relay.pid,
             "pgbouncer": _child_pid(bouncer.pid),
+            **({"relay-rec": recorded_relay.pid} if _ran("relay-rec") else {}),
         }
         if PROFILE:
             spy = [
@@ -571,10 +759,10 @@ def main() -> int:
             cpu = dict.fromkeys(TARGETS, 0.0)
             loop_cpu = dict.fromkeys(TARGETS, 0.0)
             db_cpu = dict.fromkeys(TARGETS, 0.0)
-            order = list(ONLY or TARGETS)
+            order = [target for target in TARGETS if _ran(target)]
             for round_ in range(ROUNDS):
                 for target in TARGETS:
-                    if ONLY and target not in ONLY:
+                    if not _ran(target):
                         runs[target].append((1.0, [0]))  # not run: a placeholder
                 # The order turns each round: a run leaves work behind in its process
                 # (sessions closing, garbage) that slows the next one there, and the
@@ -624,6 +812,8 @@ def main() -> int:
             except subprocess.TimeoutExpired:
                 proc.kill()
         server.stop()
+        if (root / "relay-rec.log").exists():
+            sys.stderr.write((root / "relay-rec.log").read_text()[-4000:])
         shutil.rmtree(root, ignore_errors=True)
         connection.close()
         connection.creation.destroy_test_db(old_name, verbosity=0)
