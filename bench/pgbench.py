@@ -169,6 +169,12 @@ def _ran(*targets: str) -> bool:
     return all(target in ONLY if ONLY else target not in OPT_IN for target in targets)
 
 
+def _runs(target: str, mode: str) -> bool:
+    """Whether ``target`` runs in ``mode``: "relay-rec" records simple Queries only, so
+    under the extended protocol it would be a relay recording nothing."""
+    return _ran(target) and (target != "relay-rec" or mode == "simple")
+
+
 def pgbench(
     port: int, user: str, dbname: str, password: str, mode: str, clients: int, logdir: Path
 ) -> tuple[float, list[int]]:
@@ -759,10 +765,10 @@ def main() -> int:
             cpu = dict.fromkeys(TARGETS, 0.0)
             loop_cpu = dict.fromkeys(TARGETS, 0.0)
             db_cpu = dict.fromkeys(TARGETS, 0.0)
-            order = [target for target in TARGETS if _ran(target)]
+            order = [target for target in TARGETS if _runs(target, mode)]
             for round_ in range(ROUNDS):
                 for target in TARGETS:
-                    if not _ran(target):
+                    if not _runs(target, mode):
                         runs[target].append((1.0, [0]))  # not run: a placeholder
                 # The order turns each round: a run leaves work behind in its process
                 # (sessions closing, garbage) that slows the next one there, and the
@@ -830,7 +836,7 @@ def main() -> int:
     for mode, clients in RUNS:
         direct = results[("direct", mode, clients)]
         for target in TARGETS:
-            if not _ran(target):
+            if not _runs(target, mode):
                 continue
             r = results[(target, mode, clients)]
             versus = f"{r['tps'] / direct['tps']:>9.2f}" if _ran("direct") else f"{'-':>9}"
