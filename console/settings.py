@@ -328,6 +328,18 @@ RECORDING_FLUSH_SECONDS = env_int("AIRLOCK_RECORDING_FLUSH_MS", 200, minimum=1) 
 # (recordings/writer_process.py); false: on threads of the gateway's own process.
 RECORDING_WRITER_PROCESS = env_bool("AIRLOCK_RECORDING_WRITER_PROCESS", True)
 RECORDING_PERSIST_TIMEOUT = env_int("AIRLOCK_RECORDING_PERSIST_TIMEOUT_SECONDS", 10, minimum=1)
+# A live session's gateway says it still serves it with every written batch and, while the
+# session is idle, this often (one UPDATE). A live session not heard of for
+# RECORDING_ABANDONED_SECONDS lost its gateway (killed, its host gone): any gateway then
+# closes it as "interrupted" and seals what was recorded (recordings.writer.close_abandoned).
+RECORDING_HEARTBEAT_SECONDS = env_int("AIRLOCK_RECORDING_HEARTBEAT_SECONDS", 30, minimum=1)
+RECORDING_ABANDONED_SECONDS = env_int("AIRLOCK_RECORDING_ABANDONED_SECONDS", 300, minimum=1)
+if RECORDING_ABANDONED_SECONDS < 2 * RECORDING_HEARTBEAT_SECONDS + RECORDING_PERSIST_TIMEOUT:
+    raise ImproperlyConfigured(
+        "AIRLOCK_RECORDING_ABANDONED_SECONDS must be at least twice AIRLOCK_RECORDING_HEARTBEAT_SECONDS"
+        " plus AIRLOCK_RECORDING_PERSIST_TIMEOUT_SECONDS: a live gateway's session must not be taken"
+        " for abandoned"
+    )
 # Public keys (PEM files) of earlier signing keys, so recordings they sealed still verify.
 RECORDING_VERIFY_KEY_FILES = env_list("AIRLOCK_RECORDING_VERIFY_KEY_FILES", [])
 # Days a recording is kept after its session ends (0: for ever); a connection may have its

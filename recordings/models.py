@@ -45,6 +45,9 @@ class Session(models.Model):
         LIVE = "live"
         ENDED = "ended"
         TERMINATED = "terminated"
+        # The gateway serving it stopped without ending it (killed, its host lost): closed
+        # and sealed by another gateway (``recordings.writer.close_abandoned``).
+        INTERRUPTED = "interrupted"
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     protocol = models.CharField(max_length=16)
@@ -68,6 +71,10 @@ class Session(models.Model):
     status = models.CharField(max_length=12, choices=Status.choices, default=Status.LIVE, db_index=True)
     started_at = models.DateTimeField(default=timezone.now, db_index=True)
     ended_at = models.DateTimeField(null=True, blank=True)
+    # While live: when the gateway serving it last said it still does (each written batch,
+    # and a heartbeat while the session is idle). A live session not heard of for
+    # ``RECORDING_ABANDONED_SECONDS`` lost its gateway and is closed by another one.
+    gateway_seen_at = models.DateTimeField(null=True, blank=True)
     end_reason = models.CharField(max_length=255, blank=True)
     # Counters kept up to date by the writer, for filters and the dashboard.
     event_count = models.PositiveIntegerField(default=0)

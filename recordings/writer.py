@@ -44,14 +44,16 @@ import uuid
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any, ClassVar, NamedTuple
 
 import orjson
 from django.conf import settings
 from django.db import close_old_connections, connection, connections, transaction
+from django.db.models import Q
 
+from audit import actions as audit
 from recordings import chain, keys, live, search
 from recordings.models import Event, Session
 
@@ -517,10 +519,40 @@ def _persist(
         words = search.batch_words(searched) if connection.vendor == "postgresql" else ""
         if words:
             search.add_batch_words(session_id, words)
-        Session.objects.filter(pk=session_id).update(
-            last_hash=state.last_hash, dropped_events=dropped, **state.tally.fields()
+        written = Session.objects.filter(pk=session_id, status=Session.Status.LIVE).update(
+            last_hash=state.last_hash,
+            dropped_events=dropped,
+            gateway_seen_at=datetime.now(UTC),
+            **state.tally.fields(),
         )
+        if not written:
+            raise SessionClosedElsewhere(_closed_elsewhere(session_id))
     return state
+
+
+def _is_closed_elsewhere(exc: BaseException) -> bool:
+    # From the writer process the error comes back described (``WriterJobFailed``).
+    return isinstance(exc, SessionClosedElsewhere) or _describe(exc).startswith("SessionClosedElsewhere")
+
+
+class SessionClosedElsewhere(Exception):
+    """The session's row is no longer live: another gateway closed it as abandoned
+    (``close_abandoned``) while this one, cut off from the database, still served it."""
+
+
+def _closed_elsewhere(session_id: uuid.UUID) -> str:
+    row = Session.objects.filter(pk=session_id).values("status", "end_reason").first()
+    if row is None:
+        return "the session row is missing"
+    return f"the recording was closed meanwhile ({row['status']}: {row['end_reason']})"
+
+
+def _heartbeat(session_id: uuid.UUID) -> None:
+    """The gateway still serves this idle session (``Session.gateway_seen_at``)."""
+    if not Session.objects.filter(pk=session_id, status=Session.Status.LIVE).update(
+        gateway_seen_at=datetime.now(UTC)
+    ):
+        raise SessionClosedElsewhere(_closed_elsewhere(session_id))
 
 
 def _finalise(
@@ -536,7 +568,7 @@ def _finalise(
     signature = chain.seal(private_key, session_id, state.last_hash, state.seq)
     with transaction.atomic():
         _limit_statements(timeout)
-        Session.objects.filter(pk=session_id).update(
+        sealed = Session.objects.filter(pk=session_id, status=Session.Status.LIVE).update(
             status=status,
             ended_at=ended_at,
             end_reason=end_reason[:255],
@@ -547,6 +579,12 @@ def _finalise(
             signing_key_id=chain.key_id(private_key.public_key()),
             **state.tally.fields(),
         )
+        if not sealed:
+            raise SessionClosedElsewhere(_closed_elsewhere(session_id))
+    _merge_words(session_id, timeout)
+
+
+def _merge_words(session_id: uuid.UUID, timeout: float) -> None:
     if connection.vendor == "postgresql":
         # After the seal, in a transaction of its own: an index's housekeeping never puts
         # the seal at risk. Best effort: unmerged words are searched all the same.
@@ -556,6 +594,108 @@ def _finalise(
                 search.merge_session_words(session_id)
         except Exception as exc:
             log.warning("session %s: search words not merged: %s", session_id, _describe(exc))
+
+
+def _abandoned(cutoff: datetime, unknown: bool) -> Q:
+    """Live sessions whose gateway has not vouched for them since ``cutoff``; with
+    ``unknown``, also those started before it by a gateway that never vouches (a release
+    before ``gateway_seen_at``, which may still be serving them during an upgrade)."""
+    stale = Q(gateway_seen_at__lt=cutoff)
+    if unknown:
+        stale |= Q(gateway_seen_at__isnull=True, started_at__lt=cutoff)
+    return Q(status=Session.Status.LIVE) & stale
+
+
+def _close_abandoned_one(session_id: uuid.UUID, cutoff: datetime, unknown: bool, timeout: float) -> bool:
+    """Close one abandoned session, if it still is: a ``session_end`` event chained after
+    the last one its gateway wrote, the status ``interrupted``, the seal of this host's key.
+    False when it is not abandoned any more (its gateway spoke meanwhile, or another
+    gateway closed it first)."""
+    private_key = keys.signing_key()
+    with transaction.atomic():
+        _limit_statements(timeout)
+        # The row lock waits for a batch its gateway is writing (which vouches for the
+        # session: the condition is checked again on the row as it then is); a row another
+        # sweeper holds is skipped.
+        session = (
+            Session.objects.select_for_update(skip_locked=True)
+            .filter(_abandoned(cutoff, unknown), pk=session_id)
+            .only("started_at", "gateway_seen_at", "dropped_events")
+            .first()
+        )
+        if session is None:
+            return False
+        base = _committed_state(session_id)
+        assert base is not None  # noqa: S101 - the row is locked
+        now = datetime.now(UTC)
+        seen = session.gateway_seen_at or session.started_at
+        reason = (
+            "the gateway serving it stopped without ending it: not heard of since "
+            f"{seen.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC"
+        )
+        payload = {"reason": reason, "status": Session.Status.INTERRUPTED.value}
+        snapshot, canonical, facts = _take(Event.Kind.SESSION_END, payload)
+        offset_ms = max(0, int((now - session.started_at).total_seconds() * 1_000_000)) / 1000
+        item = (0.0, now.timestamp(), offset_ms, Event.Kind.SESSION_END.value, snapshot, canonical, facts)
+        rows, state = _chain_rows(session_id, base, [item])
+        _insert_events(session_id, rows)
+        Session.objects.filter(pk=session_id).update(
+            status=Session.Status.INTERRUPTED,
+            ended_at=datetime.fromtimestamp(rows[0][1], UTC),
+            end_reason=reason[:255],
+            last_hash=state.last_hash,
+            seal=chain.seal(private_key, session_id, state.last_hash, state.seq),
+            sealed_at=now,
+            signing_key_id=chain.key_id(private_key.public_key()),
+            **state.tally.fields(),
+        )
+        audit.record(
+            "gateway",
+            "session.interrupted",
+            Session.objects.get(pk=session_id),
+            reason=reason,
+            events=state.seq,
+        )
+    _merge_words(session_id, timeout)
+    return True
+
+
+def close_abandoned(
+    *, abandoned_after: float | None = None, limit: int = 100, unknown: bool = False
+) -> list[uuid.UUID]:
+    """Close and seal the live sessions whose gateway stopped without ending them (the
+    process killed, its host lost): not heard of for ``abandoned_after`` seconds
+    (``RECORDING_ABANDONED_SECONDS``). Each gets a last event saying so, the status
+    ``interrupted`` and a seal by this host's key, so it verifies like any ended session
+    and no longer shows as live. Returns the sessions closed (at most ``limit``).
+    ``unknown``: also sessions no gateway ever vouched for (started by a release before
+    the heartbeat), started more than ``abandoned_after`` ago: an operator's choice, never
+    the gateways' own sweep, since such a gateway may still be serving them.
+
+    Safe to run from several gateways at once, and against a gateway that is alive but
+    slow: a session its gateway vouches for meanwhile is left alone, and a gateway that
+    finds its session closed (``SessionClosedElsewhere``) ends it.
+    """
+    if abandoned_after is None:
+        abandoned_after = float(settings.RECORDING_ABANDONED_SECONDS)
+    cutoff = datetime.now(UTC) - timedelta(seconds=abandoned_after)
+    timeout = float(settings.RECORDING_PERSIST_TIMEOUT)
+    candidates = list(
+        Session.objects.filter(_abandoned(cutoff, unknown))
+        .order_by("started_at")
+        .values_list("pk", flat=True)[:limit]
+    )
+    closed = []
+    for session_id in candidates:
+        try:
+            if _close_abandoned_one(session_id, cutoff, unknown, timeout):
+                closed.append(session_id)
+                log.warning(
+                    "session %s: its gateway stopped without ending it: closed as interrupted", session_id
+                )
+        except Exception as exc:
+            log.error("session %s: abandoned, but could not be closed: %s", session_id, _describe(exc))
+    return closed
 
 
 def _limit_statements(timeout: float) -> None:
@@ -573,6 +713,7 @@ def _load_key_id() -> str:
 _JOB_NAMES: dict[Callable[..., Any], str] = {
     _persist: "persist",
     _finalise: "finalise",
+    _heartbeat: "heartbeat",
     _load_key_id: "load_key_id",
 }
 
@@ -625,6 +766,10 @@ class SessionRecorder:
         # monotonic and wall times, and payload. Not queued until it is settled.
         self._open: tuple[int, float, float, dict[str, Any]] | None = None
         self._handles = 0
+        self._heartbeat_seconds = float(settings.RECORDING_HEARTBEAT_SECONDS)
+        # Another gateway closed this session as abandoned (``close_abandoned``): nothing
+        # more can be written to it.
+        self._closed_elsewhere = False
 
     # -- public interface ---------------------------------------------------------------
 
@@ -871,8 +1016,10 @@ class SessionRecorder:
                 if self._batch is None and not self._queue:
                     if self._closing:
                         return
-                    await self._wake.wait()
-                    self._wake.clear()
+                    if not await self._idle(self._heartbeat_seconds) and self._create is None:
+                        await self._beat()
+                        if self._closed_elsewhere:
+                            return
                     continue
                 if self._batch is None and not self._closing and len(self._queue) < FLUSH_AT:
                     delay = self._queue[0].mono + self._flush_seconds - time.monotonic()
@@ -880,6 +1027,8 @@ class SessionRecorder:
                         await self._sleep(delay, wake=True)
                         continue
                 await self._write_once()
+                if self._closed_elsewhere:
+                    return
                 if self.failed and self._strict and self._final_deadline is None:
                     return  # close() makes the last attempt
         except asyncio.CancelledError:
@@ -887,6 +1036,43 @@ class SessionRecorder:
         except Exception as exc:
             log.exception("session %s: recording writer stopped", self.session_id)
             self._fail(f"recording writer stopped: {_describe(exc)}")
+
+    async def _idle(self, delay: float) -> bool:
+        """Wait for events for at most ``delay`` seconds; True when woken by one."""
+        try:
+            async with asyncio.timeout(delay):
+                await self._wake.wait()
+        except TimeoutError:
+            return False
+        self._wake.clear()
+        return True
+
+    async def _beat(self) -> None:
+        """Tell the database this gateway still serves the (idle) session, so that no
+        other gateway takes it for abandoned (``close_abandoned``)."""
+        future = _submit(_heartbeat, self.session_id)
+        done, _ = await asyncio.wait({future}, timeout=self._timeout)
+        if future not in done:
+            log.warning("session %s: heartbeat not written within %gs", self.session_id, self._timeout)
+            return
+        exc = future.exception()
+        if exc is None:
+            return
+        if _is_closed_elsewhere(exc):
+            self._gone(_describe(exc))
+        else:
+            log.warning("session %s: heartbeat not written: %s", self.session_id, _describe(exc))
+
+    def _gone(self, reason: str) -> None:
+        """The session was closed by another gateway: what is still queued is lost, and
+        the session ends (in either recording mode: its recording is sealed)."""
+        self._closed_elsewhere = True
+        lost = len(self._queue) + len(self._batch or []) + (self._open is not None)
+        self._queue.clear()
+        self._batch = None
+        self._open = None
+        self._dropped += lost
+        self._fail(reason)
 
     async def _sleep(self, delay: float, *, wake: bool) -> None:
         if not wake:
@@ -946,6 +1132,9 @@ class SessionRecorder:
             # One announcement per committed batch, for live watchers.
             self._announcer.announce(live.events_message(self.session_id, self._state.seq))
             return
+        if _is_closed_elsewhere(exc):
+            self._gone(_describe(exc))
+            return
         self._uncertain = True
         self._last_error = f"recording write failed: {_describe(exc)}"
         if time.monotonic() >= deadline:
@@ -1001,6 +1190,13 @@ class SessionRecorder:
             if not self._task.done():
                 self._task.cancel()
                 await asyncio.wait({self._task})
+            if self._closed_elsewhere:
+                log.warning(
+                    "session %s: ended (%s); its recording was closed by another gateway",
+                    self.session_id,
+                    reason,
+                )
+                return
             if self._batch is not None or self._queue:
                 # Strict mode after a failure, or best effort with a stuck write: one more
                 # bounded attempt, the database may be back.

@@ -21,7 +21,7 @@ from recordings.tests.test_writer import (
     _verify,
     one_session_whose_writes_fail,
 )
-from recordings.writer import SessionRecorder, shutdown_writer, use_writer_process
+from recordings.writer import SessionRecorder, close_abandoned, shutdown_writer, use_writer_process
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(90)]
 
@@ -106,3 +106,22 @@ async def test_a_write_failing_in_the_writer_process_fails_its_session_with_the_
     assert "Failing row" not in failures["doomed"][0]
     assert len(failures["doomed"]) == 1 and failures["fine"] == []
     assert fine_result.ok, fine_result.reason
+
+
+async def test_the_heartbeat_and_a_session_closed_elsewhere_reach_across_the_writer_process(settings):
+    settings.RECORDING_HEARTBEAT_SECONDS = 0.3
+    failures: list[str] = []
+    async with asyncio.timeout(60):
+        recorder = await SessionRecorder.start(**BILLING_BOT, on_failure=failures.append)
+        _child()
+        first = (await in_db(_session, recorder.session_id)).gateway_seen_at
+        await asyncio.sleep(0.8)  # idle: the heartbeat is the writer process's job
+        later = (await in_db(_session, recorder.session_id)).gateway_seen_at
+        assert await in_db(lambda: close_abandoned(abandoned_after=0.0)) == [recorder.session_id]
+        # The next heartbeat is refused in the child; the error comes back described.
+        await _until(lambda: failures)
+        await recorder.close(reason="client disconnected")
+        session = await in_db(_session, recorder.session_id)
+    assert first is not None and later > first
+    assert len(failures) == 1 and failures[0].startswith("SessionClosedElsewhere: the recording was closed")
+    assert session.status == "interrupted"

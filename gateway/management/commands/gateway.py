@@ -51,6 +51,24 @@ def _closing(fn: Any) -> Any:
     return call
 
 
+async def _close_abandoned_sessions(stop: asyncio.Event) -> None:
+    """Now and then (every ``RECORDING_HEARTBEAT_SECONDS``), close and seal the live
+    sessions of gateways that stopped without ending them (``recordings.writer.close_abandoned``);
+    first at start-up, which is when a crashed gateway's own sessions are found."""
+    from django.conf import settings
+
+    from recordings.writer import close_abandoned
+
+    interval = float(settings.RECORDING_HEARTBEAT_SECONDS)
+    while not stop.is_set():
+        try:
+            await asyncio.to_thread(_closing(close_abandoned))
+        except Exception as exc:  # the database away: the next round tries again
+            log.warning("abandoned sessions not looked for: %s", exc)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), interval)
+
+
 def parse_address(value: str, option: str) -> tuple[str, int]:
     host, sep, port = value.rpartition(":")
     if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
@@ -209,6 +227,7 @@ class Command(BaseCommand):
             loop.add_signal_handler(sig, stop.set)
         listeners = []
         watch: asyncio.Task[None] | None = None
+        sweeper: asyncio.Task[None] | None = None
         try:
             # Holds left by an earlier run of a gateway (a crash, a restart) are cancelled
             # once no heartbeat comes from them; overdue requests are expired.
@@ -222,6 +241,7 @@ class Command(BaseCommand):
 
             # The writer process boots Django meanwhile, not during the first agent's login.
             prestart_writer()
+            sweeper = loop.create_task(_close_abandoned_sessions(stop), name="abandoned sessions")
             for protocol, (host, port) in addresses.items():
                 listener = LISTENERS[protocol][2](workers)
                 bound = await listener.start(host, port)
@@ -237,6 +257,8 @@ class Command(BaseCommand):
             busypoll.stop()
             if watch is not None:
                 watch.cancel()
+            if sweeper is not None:
+                sweeper.cancel()
             for listener in listeners:
                 with contextlib.suppress(Exception):
                     await listener.close()

@@ -1,5 +1,5 @@
-"""``manage.py recordings verify [SESSION_ID ... | --all]``, ``verify-export FILE --public-key PEM``
-and ``public-key``."""
+"""``manage.py recordings verify [SESSION_ID ... | --all]``, ``verify-export FILE --public-key PEM``,
+``public-key`` and ``close-abandoned [--after SECONDS] [--unknown]``."""
 
 from __future__ import annotations
 
@@ -34,6 +34,24 @@ class Command(BaseCommand):
         )
         verify.add_argument("--quiet", action="store_true", help="Print failures and the summary only.")
         sub.add_parser("public-key", help="Print the public key that seals recordings (PEM).")
+        abandoned = sub.add_parser(
+            "close-abandoned",
+            help="Close and seal live sessions whose gateway stopped without ending them.",
+            description=(
+                "A running gateway does this on its own every AIRLOCK_RECORDING_HEARTBEAT_SECONDS;"
+                " this is for when none runs. Sessions not heard of for --after seconds"
+                " (default AIRLOCK_RECORDING_ABANDONED_SECONDS) are closed as interrupted."
+            ),
+        )
+        abandoned.add_argument("--after", type=int, metavar="SECONDS", help="Not heard of for this long.")
+        abandoned.add_argument(
+            "--unknown",
+            action="store_true",
+            help=(
+                "Also close sessions started more than --after ago that no gateway ever vouched for"
+                " (started by a release before the heartbeat): only once no such gateway runs."
+            ),
+        )
         verify_export = sub.add_parser(
             "verify-export",
             help="Check a JSONL export offline: its chain and its seal, against a public key.",
@@ -50,6 +68,9 @@ class Command(BaseCommand):
             return
         if options["subcommand"] == "verify-export":
             self._verify_export(options)
+            return
+        if options["subcommand"] == "close-abandoned":
+            self._close_abandoned(options["after"], options["unknown"])
             return
         self._verify(options)
 
@@ -83,6 +104,23 @@ class Command(BaseCommand):
         if failed:
             raise CommandError(summary, returncode=1)
         self.stdout.write(summary)
+
+    def _close_abandoned(self, after: int | None, unknown: bool) -> None:
+        from django.conf import settings
+
+        from recordings.writer import close_abandoned
+
+        if after is None:
+            after = int(settings.RECORDING_ABANDONED_SECONDS)
+        if after < 2 * float(settings.RECORDING_HEARTBEAT_SECONDS):
+            raise CommandError(
+                f"--after must be at least twice the heartbeat ({settings.RECORDING_HEARTBEAT_SECONDS} s):"
+                " a live gateway's idle session must not be taken for abandoned"
+            )
+        closed = close_abandoned(abandoned_after=after, limit=10_000, unknown=unknown)
+        for session_id in closed:
+            self.stdout.write(f"closed {session_id}  interrupted, sealed")
+        self.stdout.write(f"{len(closed)} abandoned session{'s' if len(closed) != 1 else ''} closed")
 
     def _verify_export(self, options: dict[str, Any]) -> None:
         from recordings import verify_export
