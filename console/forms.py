@@ -485,7 +485,7 @@ AUDIT_KINDS: dict[str, tuple[str, tuple[str, ...]]] = {
         ),
     ),
     "approvals": ("approvals", ("approval.",)),
-    "terminations": ("session terminations", ("session.terminate",)),
+    "terminations": ("sessions terminated or interrupted", ("session.terminate", "session.interrupted")),
     "agent_logins": ("token use (agent logins)", ("agent.login", "agent.login_failed")),
     "logins": ("console logins", ("user.login", "user.logout", "user.login_failed")),
     "recording_access": ("views and exports of recordings", ("recording.view", "recording.export")),

@@ -111,7 +111,7 @@ KIND_EXAMPLES = {
         "config.apply",
     ],
     "approvals": ["approval.rejected", "approval.executed"],
-    "terminations": ["session.terminate"],
+    "terminations": ["session.terminate", "session.interrupted"],
     "agent_logins": ["agent.login", "agent.login_failed"],
     "logins": ["user.login", "user.login_failed", "user.logout"],
     "recording_access": ["recording.view", "recording.export"],
