@@ -32,6 +32,7 @@ triggers when a later migration rebuilds the table.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
 
 _POSTGRES_FUNCTIONS = [
@@ -171,3 +172,25 @@ def remove(connection: Any) -> None:
     with connection.cursor() as cursor:
         for sql in _statements(connection, _POSTGRES_REMOVE, _SQLITE_REMOVE):
             cursor.execute(sql)
+
+
+def _on_sqlite(action: Callable[[Any], None]) -> Callable[[Any, Any], None]:
+    def run(apps: Any, schema_editor: Any) -> None:
+        if schema_editor.connection.vendor == "sqlite":
+            action(schema_editor.connection)
+
+    return run
+
+
+def around_sqlite_rebuild(*operations: Any) -> list[Any]:
+    """Migration ``operations`` on ``recordings_session`` that SQLite carries out by
+    rebuilding the table (adding a column does), with the triggers set aside around them:
+    SQLite refuses to rename the rebuilt table while triggers on ``recordings_event`` name
+    it. Other databases run the operations as they are."""
+    from django.db import migrations
+
+    return [
+        migrations.RunPython(_on_sqlite(remove), _on_sqlite(install)),
+        *operations,
+        migrations.RunPython(_on_sqlite(install), _on_sqlite(remove)),
+    ]

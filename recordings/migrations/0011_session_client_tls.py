@@ -7,15 +7,7 @@ the triggers are dropped around the change and created again after it.
 
 from django.db import migrations, models
 
-
-def _sqlite_only(action):
-    def run(apps, schema_editor):
-        if schema_editor.connection.vendor == "sqlite":
-            from recordings import integrity
-
-            getattr(integrity, action)(schema_editor.connection)
-
-    return run
+from recordings.integrity import around_sqlite_rebuild
 
 
 class Migration(migrations.Migration):
@@ -23,12 +15,10 @@ class Migration(migrations.Migration):
         ("recordings", "0010_event_session_triggers"),
     ]
 
-    operations = [
-        migrations.RunPython(_sqlite_only("remove"), _sqlite_only("install")),
+    operations = around_sqlite_rebuild(
         migrations.AddField(
             model_name="session",
             name="client_tls",
             field=models.CharField(blank=True, max_length=64),
         ),
-        migrations.RunPython(_sqlite_only("install"), _sqlite_only("remove")),
-    ]
+    )

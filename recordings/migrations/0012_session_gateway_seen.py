@@ -8,15 +8,7 @@ around the change and created again after it, as in 0011.
 
 from django.db import migrations, models
 
-
-def _sqlite_only(action):
-    def run(apps, schema_editor):
-        if schema_editor.connection.vendor == "sqlite":
-            from recordings import integrity
-
-            getattr(integrity, action)(schema_editor.connection)
-
-    return run
+from recordings.integrity import around_sqlite_rebuild
 
 
 class Migration(migrations.Migration):
@@ -24,8 +16,7 @@ class Migration(migrations.Migration):
         ("recordings", "0011_session_client_tls"),
     ]
 
-    operations = [
-        migrations.RunPython(_sqlite_only("remove"), _sqlite_only("install")),
+    operations = around_sqlite_rebuild(
         migrations.AddField(
             model_name="session",
             name="gateway_seen_at",
@@ -46,5 +37,4 @@ class Migration(migrations.Migration):
                 max_length=12,
             ),
         ),
-        migrations.RunPython(_sqlite_only("install"), _sqlite_only("remove")),
-    ]
+    )
