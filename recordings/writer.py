@@ -43,7 +43,7 @@ import time
 import uuid
 import weakref
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any, ClassVar, NamedTuple
@@ -462,24 +462,22 @@ def _insert_events(session_id: uuid.UUID, rows: list[tuple[int, float, str, floa
             cursor.execute(f"INSERT INTO {table} ({columns}) VALUES {values}", params)  # noqa: S608 - names from the model, values bound
 
 
+# The session row's counters that ``_Tally`` keeps (its fields, by the same names).
+_TALLY_FIELDS = tuple(f.name for f in fields(_Tally))
+
+
 def _committed_state(session_id: uuid.UUID) -> _ChainState | None:
-    row = (
-        Session.objects.filter(pk=session_id)
-        .values(
-            "last_hash",
-            "event_count",
-            "statement_count",
-            "denied_count",
-            "review_count",
-            "error_count",
-            "masked_count",
-        )
-        .first()
-    )
+    row = Session.objects.filter(pk=session_id).values("last_hash", *_TALLY_FIELDS).first()
     if row is None:
         return None
     last_hash = row.pop("last_hash") or chain.genesis_hash(session_id)
     return _ChainState(last_hash, _Tally(**row))
+
+
+def _state_of(session: Session) -> _ChainState:
+    """``_committed_state`` of a session row already read."""
+    tally = _Tally(**{name: getattr(session, name) for name in _TALLY_FIELDS})
+    return _ChainState(session.last_hash or chain.genesis_hash(session.pk), tally)
 
 
 def _persist(
@@ -564,24 +562,31 @@ def _finalise(
     end_reason: str,
     timeout: float,
 ) -> None:
-    private_key = keys.signing_key()
-    signature = chain.seal(private_key, session_id, state.last_hash, state.seq)
     with transaction.atomic():
         _limit_statements(timeout)
-        sealed = Session.objects.filter(pk=session_id, status=Session.Status.LIVE).update(
-            status=status,
-            ended_at=ended_at,
-            end_reason=end_reason[:255],
-            last_hash=state.last_hash,
-            dropped_events=dropped,
-            seal=signature,
-            sealed_at=datetime.now(UTC),
-            signing_key_id=chain.key_id(private_key.public_key()),
-            **state.tally.fields(),
-        )
-        if not sealed:
-            raise SessionClosedElsewhere(_closed_elsewhere(session_id))
+        _seal(session_id, state, dropped, status, ended_at, end_reason)
     _merge_words(session_id, timeout)
+
+
+def _seal(
+    session_id: uuid.UUID, state: _ChainState, dropped: int, status: str, ended_at: datetime, end_reason: str
+) -> None:
+    """End the live session's row at ``state`` with this host's seal (in the caller's
+    transaction); ``SessionClosedElsewhere`` if the row is no longer live."""
+    private_key = keys.signing_key()
+    sealed = Session.objects.filter(pk=session_id, status=Session.Status.LIVE).update(
+        status=status,
+        ended_at=ended_at,
+        end_reason=end_reason[:255],
+        last_hash=state.last_hash,
+        dropped_events=dropped,
+        seal=chain.seal(private_key, session_id, state.last_hash, state.seq),
+        sealed_at=datetime.now(UTC),
+        signing_key_id=chain.key_id(private_key.public_key()),
+        **state.tally.fields(),
+    )
+    if not sealed:
+        raise SessionClosedElsewhere(_closed_elsewhere(session_id))
 
 
 def _merge_words(session_id: uuid.UUID, timeout: float) -> None:
@@ -611,7 +616,6 @@ def _close_abandoned_one(session_id: uuid.UUID, cutoff: datetime, unknown: bool,
     the last one its gateway wrote, the status ``interrupted``, the seal of this host's key.
     False when it is not abandoned any more (its gateway spoke meanwhile, or another
     gateway closed it first)."""
-    private_key = keys.signing_key()
     with transaction.atomic():
         _limit_statements(timeout)
         # The row lock waits for a batch its gateway is writing (which vouches for the
@@ -620,13 +624,11 @@ def _close_abandoned_one(session_id: uuid.UUID, cutoff: datetime, unknown: bool,
         session = (
             Session.objects.select_for_update(skip_locked=True)
             .filter(_abandoned(cutoff, unknown), pk=session_id)
-            .only("started_at", "gateway_seen_at", "dropped_events")
             .first()
         )
         if session is None:
             return False
-        base = _committed_state(session_id)
-        assert base is not None  # noqa: S101 - the row is locked
+        base = _state_of(session)
         now = datetime.now(UTC)
         seen = session.gateway_seen_at or session.started_at
         reason = (
@@ -639,23 +641,9 @@ def _close_abandoned_one(session_id: uuid.UUID, cutoff: datetime, unknown: bool,
         item = (0.0, now.timestamp(), offset_ms, Event.Kind.SESSION_END.value, snapshot, canonical, facts)
         rows, state = _chain_rows(session_id, base, [item])
         _insert_events(session_id, rows)
-        Session.objects.filter(pk=session_id).update(
-            status=Session.Status.INTERRUPTED,
-            ended_at=datetime.fromtimestamp(rows[0][1], UTC),
-            end_reason=reason[:255],
-            last_hash=state.last_hash,
-            seal=chain.seal(private_key, session_id, state.last_hash, state.seq),
-            sealed_at=now,
-            signing_key_id=chain.key_id(private_key.public_key()),
-            **state.tally.fields(),
-        )
-        audit.record(
-            "gateway",
-            "session.interrupted",
-            Session.objects.get(pk=session_id),
-            reason=reason,
-            events=state.seq,
-        )
+        ended_at = datetime.fromtimestamp(rows[0][1], UTC)
+        _seal(session_id, state, session.dropped_events, Session.Status.INTERRUPTED, ended_at, reason)
+        audit.record("gateway", "session.interrupted", session, reason=reason, events=state.seq)
     _merge_words(session_id, timeout)
     return True
 
@@ -1016,7 +1004,7 @@ class SessionRecorder:
                 if self._batch is None and not self._queue:
                     if self._closing:
                         return
-                    if not await self._idle(self._heartbeat_seconds) and self._create is None:
+                    if not await self._sleep(self._heartbeat_seconds, wake=True) and self._create is None:
                         await self._beat()
                         if self._closed_elsewhere:
                             return
@@ -1036,16 +1024,6 @@ class SessionRecorder:
         except Exception as exc:
             log.exception("session %s: recording writer stopped", self.session_id)
             self._fail(f"recording writer stopped: {_describe(exc)}")
-
-    async def _idle(self, delay: float) -> bool:
-        """Wait for events for at most ``delay`` seconds; True when woken by one."""
-        try:
-            async with asyncio.timeout(delay):
-                await self._wake.wait()
-        except TimeoutError:
-            return False
-        self._wake.clear()
-        return True
 
     async def _beat(self) -> None:
         """Tell the database this gateway still serves the (idle) session, so that no
@@ -1074,16 +1052,18 @@ class SessionRecorder:
         self._dropped += lost
         self._fail(reason)
 
-    async def _sleep(self, delay: float, *, wake: bool) -> None:
+    async def _sleep(self, delay: float, *, wake: bool) -> bool:
+        """Sleep ``delay`` seconds, or (``wake``) until an event comes: True when one did."""
         if not wake:
             await asyncio.sleep(delay)
-            return
+            return False
         try:
             async with asyncio.timeout(delay):
                 await self._wake.wait()
         except TimeoutError:
-            pass
+            return False
         self._wake.clear()
+        return True
 
     def _deadline(self, batch: list[_Queued]) -> float:
         if self._final_deadline is not None:
