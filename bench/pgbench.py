@@ -477,9 +477,7 @@ def serve_recorded_relay(port: int, upstream: int) -> None:
     keeps no protocol state: what a relay whose own work cost nothing would reach with
     recording as it is. Only simple Queries are recorded (pgbench's default protocol).
     """
-    import asyncio
     import signal
-    import struct
 
     import django
 
