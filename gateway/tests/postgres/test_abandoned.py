@@ -12,21 +12,14 @@ import time
 
 import psycopg
 
-from conftest import free_port
+from conftest import database_url, free_port
 from gateway.tests.postgres.conftest import wait_until
-
-
-def _database_url() -> str:
-    from django.db import connection as db
-
-    s = db.settings_dict
-    return f"postgres://{s['USER']}@{s['HOST'] or '127.0.0.1'}:{s['PORT'] or 5432}/{s['NAME']}"
 
 
 def _gateway(port: int, **env: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "manage.py", "gateway", "--postgres-listen", f"127.0.0.1:{port}"],
-        env={**os.environ, "DATABASE_URL": _database_url(), **env},
+        env={**os.environ, "DATABASE_URL": database_url(), **env},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -100,7 +93,7 @@ def test_a_killed_gateways_session_is_closed_as_interrupted_by_the_next_gateway(
         # The offline check agrees: the command verifies it as any sealed session.
         check = subprocess.run(
             [sys.executable, "manage.py", "recordings", "verify", str(closed.pk)],
-            env={**os.environ, "DATABASE_URL": _database_url()},
+            env={**os.environ, "DATABASE_URL": database_url()},
             capture_output=True,
             text=True,
             timeout=60,
