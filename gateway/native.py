@@ -12,6 +12,11 @@ each one's imports of the others pointing at their compiled names, so that the c
 between them are native calls; each is stamped with the digest of the whole group's
 sources, so an edit to any of them makes every one of them stale.
 
+A few modules have a build written in C instead (``NATIVE_C``: the statement's simple
+key, ``policies/_simplekey.c``): the Python module is the reference, a test compares the
+two on generated and adversarial input, and the stamp is the digest of the Python source
+followed by the C source, so an edit to either makes the build stale.
+
 ``AIRLOCK_NATIVE``: ``auto`` (default) as above; ``off`` always the interpreted modules;
 ``require`` raises ``ImportError`` when a compiled module is missing or stale (the test
 suite runs so, so that it proves the compiled code).
@@ -37,6 +42,14 @@ NATIVE_MODULES = {
     "masking.placeholders": "_airlock_masking_placeholders",
     "masking.scanner": "_airlock_masking_scanner",
     "masking.policy": "_airlock_masking_policy",
+    "policies.simplekey": "_airlock_simplekey",
+}
+
+# Modules whose build is written in C rather than compiled from their Python source: the
+# module -> its C source. The Python module is the reference the C must match (each has a
+# test comparing the two); the stamp covers both files.
+NATIVE_C = {
+    "policies.simplekey": "policies/_simplekey.c",
 }
 
 # Modules compiled together, in dependency order; every other module is a group of its own.
@@ -58,10 +71,12 @@ def source_digest(path: str | Path) -> str:
 
 def group_digest(module: str) -> str:
     """The stamp of ``module``'s build: the SHA-256 of its group's sources, in order (for a
-    module of its own, ``source_digest`` of its file)."""
+    module of its own, ``source_digest`` of its file), then of its C source if it has one."""
     digest = hashlib.sha256()
     for member in group_of(module):
         digest.update(source_path(member).read_bytes())
+    if module in NATIVE_C:
+        digest.update((ROOT / NATIVE_C[module]).read_bytes())
     return digest.hexdigest()
 
 
@@ -75,6 +90,8 @@ def _find(pure: ModuleType) -> tuple[ModuleType | None, str]:
     if getattr(native, "SOURCE_SHA256", None) == group_digest(pure.__name__):
         return native, ""
     sources = ", ".join(m.replace(".", "/") + ".py" for m in group_of(pure.__name__))
+    if pure.__name__ in NATIVE_C:
+        sources += f", {NATIVE_C[pure.__name__]}"
     return None, f"{name} was built from another version of {sources}; run `make venv` to rebuild it"
 
 

@@ -1,0 +1,197 @@
+"""The statement's simple key as the gateway runs it: the C build against the reference.
+
+``policies/_simplekey.c`` is ``policies.simplekey.simple_key`` in C (built by ``make venv``
+as ``_airlock_simplekey``); ``policies.sql`` uses it when it was built from both files as
+they are now. The key chooses a statement's cached shape and so its cached decision: the
+build must answer exactly as the reference on every text, including the ones written to
+slip past a filter (docs/security.md's families: Unicode look-alikes and digits, width
+variants, NULs and lone surrogates, glued and prefixed constants, integer bounds). ``make
+test`` runs with ``AIRLOCK_NATIVE=require``, so a missing or stale build fails, not skips.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+
+from gateway import native
+from policies import simplekey as pure
+from policies import sql
+
+
+@pytest.fixture(scope="module")
+def built() -> ModuleType:
+    module = native.built(pure)
+    if module is None:
+        if os.environ.get("AIRLOCK_NATIVE") == "require":
+            pytest.fail("AIRLOCK_NATIVE=require but the C build of policies.simplekey is missing or stale")
+        pytest.skip("the C build of policies.simplekey is not built (make venv)")
+    return module
+
+
+CORPUS = [
+    "",
+    "SELECT 1",
+    "SELECT abalance FROM pgbench_accounts WHERE aid = 412345;",
+    "SELECT * FROM t WHERE id = 42 AND name = 'ann'",
+    "INSERT INTO t (a, b) VALUES (1, 'x'), (2, 'y')",
+    "'only a string'",
+    "42",
+    "'a'5",
+    "5'a'",
+    "x'a'",
+    "x 'a'",
+    "E'x'",
+    "U&'x'",
+    "&'x'",
+    "_'x'",
+    "a&1",
+    "a & 1",
+    "a_1",
+    "a1",
+    "1a",
+    "1.5",
+    ".5",
+    "5.",
+    "1e3",
+    "t.1",
+    "12ab 34",
+    "ab12 34 56cd 78",
+    # int4 and its neighbours, with and without leading zeros
+    "2147483647",
+    "2147483648",
+    "02147483647",
+    "000000000002147483648",
+    "0000000000",
+    "9999999999",
+    "999999999",
+    "1000000000",
+    "4294967296",
+    "99999999999999999999999999",
+    # Unicode: letters and digits other scripts call letters and digits
+    "SELECT é'x'",
+    "SELECT ﬁ1",
+    "SELECT ٣1",  # an Arabic-Indic digit (\w) glued to an ASCII one
+    "SELECT １２",  # fullwidth digits: not [0-9]
+    "SELECT a\u200b1",  # a zero-width space before a digit
+    "SELECT \u0301'x'",  # a combining accent before a string (not alphanumeric)
+    "SELECT ²1",  # a superscript digit: isalnum
+    "SELECT ⅷ1",  # a Roman numeral: isalnum
+    "SELECT 😀 1 '😀'",  # four-byte characters (the widest kind)
+    "SELECT 'ñ' , 1",  # the one-byte kind beyond ASCII (latin-1)
+    "SELECT 'Ω' , 1, ΩΩ2",  # the two-byte kind
+    "SELECT '\x00', 1\x00",
+    "SELECT '\ud800', 1",  # a lone surrogate
+    "SELECT 'multi\nline', 2\n",
+    # marks: anywhere, inside strings too
+    "SELECT '\\', 1",
+    'SELECT "a", 1',
+    "SELECT $1",
+    "SELECT 1 -- c",
+    "SELECT 1 - -1",
+    "SELECT '-' || '-'",
+    "SELECT '/' || '*'",
+    "SELECT 1 /* c */",
+    "SELECT 'it''s'",
+    "SELECT 'unbalanced",
+    "SELECT 'a', 'b",
+    "SELECT ''",
+    "'",
+    "''",
+    "'''",
+]
+
+ALPHABET = list("'0123456789._&-/*\\\"$ eEuUx,;()=\n") + [
+    "é",  # latin-1 letter
+    "Ω",  # two-byte kind letter
+    "٣",  # Arabic-Indic digit
+    "１",  # fullwidth digit
+    "²",  # superscript two
+    "\u0301",  # combining acute accent
+    "\u200b",  # zero-width space
+    "\x00",
+    "😀",  # four-byte kind
+    "\ud800",  # lone surrogate
+]
+
+
+def _same(built: ModuleType, text: str) -> None:
+    want = pure.simple_key(text)
+    got = built.simple_key(text)
+    assert got == want, text
+    if want is not None:
+        assert type(got) is tuple and type(got[0]) is tuple and type(got[2]) is list, text
+        assert all(type(part) is str for part in got[0]) and type(got[1]) is str, text
+
+
+@pytest.mark.parametrize("text", CORPUS)
+def test_the_build_answers_as_the_reference_on_the_corpus(built: ModuleType, text: str) -> None:
+    _same(built, text)
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.lists(st.sampled_from(ALPHABET), max_size=40).map("".join))
+@example("a'1'2 '3'b4&'5'")
+def test_the_build_answers_as_the_reference_on_generated_texts(built: ModuleType, text: str) -> None:
+    _same(built, text)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text(max_size=60))
+def test_the_build_answers_as_the_reference_on_any_text(built: ModuleType, text: str) -> None:
+    _same(built, text)
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.from_regex(
+        r"SELECT [a-z]+ FROM [a-z]+ WHERE [a-z]+ = ('[a-z ]*'|[0-9]{1,22})( AND [a-z]+ = [0-9]+)?;?",
+        fullmatch=True,
+    )
+)
+def test_the_build_answers_as_the_reference_on_statements(built: ModuleType, text: str) -> None:
+    _same(built, text)
+
+
+def test_long_texts_and_many_constants(built: ModuleType) -> None:
+    text = "INSERT INTO t VALUES " + ", ".join(f"({i}, 'v{i}')" for i in range(5000))
+    _same(built, text)
+    assert len(built.simple_key(text)[2]) == 10_000
+
+
+def test_the_build_refuses_what_is_not_text(built: ModuleType) -> None:
+    with pytest.raises(TypeError, match="must be str"):
+        built.simple_key(b"SELECT 1")
+
+
+def test_policies_use_the_build_when_it_is_current(built: ModuleType) -> None:
+    if os.environ.get("AIRLOCK_NATIVE") == "off":
+        assert sql._simple_key is pure.simple_key
+    else:
+        assert sql._simple_key is built.simple_key
+
+
+def test_an_edited_c_source_makes_the_build_stale(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    digest = native.group_digest("policies.simplekey")
+    edited = tmp_path / "_simplekey.c"
+    edited.write_bytes(
+        (native.ROOT / native.NATIVE_C["policies.simplekey"]).read_bytes() + b"\n/* edited */\n"
+    )
+    monkeypatch.setitem(native.NATIVE_C, "policies.simplekey", str(edited))
+    assert native.group_digest("policies.simplekey") != digest
+
+    class Built:
+        SOURCE_SHA256 = digest  # built from the sources before the edit
+
+    monkeypatch.setitem(sys.modules, "_airlock_simplekey", Built)  # type: ignore[arg-type]
+    monkeypatch.setenv("AIRLOCK_NATIVE", "auto")
+    assert native.load(pure) is pure
+    monkeypatch.setenv("AIRLOCK_NATIVE", "require")
+    with pytest.raises(ImportError, match="_simplekey.c"):
+        native.load(pure)
