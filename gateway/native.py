@@ -13,7 +13,7 @@ between them are native calls; each is stamped with the digest of the whole grou
 sources, so an edit to any of them makes every one of them stale.
 
 A few modules have a build written in C instead (``NATIVE_C``: the statement's simple
-key, ``policies/_simplekey.c``): the Python module is the reference, a test compares the
+key, ``policies/_textscan.c``): the Python module is the reference, a test compares the
 two on generated and adversarial input, and the stamp is the digest of the Python source
 followed by the C source, so an edit to either makes the build stale.
 
@@ -42,14 +42,14 @@ NATIVE_MODULES = {
     "masking.placeholders": "_airlock_masking_placeholders",
     "masking.scanner": "_airlock_masking_scanner",
     "masking.policy": "_airlock_masking_policy",
-    "policies.simplekey": "_airlock_simplekey",
+    "policies.textscan": "_airlock_textscan",
 }
 
 # Modules whose build is written in C rather than compiled from their Python source: the
 # module -> its C source. The Python module is the reference the C must match (each has a
 # test comparing the two); the stamp covers both files.
 NATIVE_C = {
-    "policies.simplekey": "policies/_simplekey.c",
+    "policies.textscan": "policies/_textscan.c",
 }
 
 # Modules compiled together, in dependency order; every other module is a group of its own.

@@ -1,12 +1,17 @@
-"""A statement's simple key: its text around its constants, found without the parser (pure).
+"""Scans of a statement's text on the decision path, without the parser (pure).
 
-The reference implementation of ``simple_key``; ``policies/_simplekey.c`` is the same
-function in C, built by ``make venv`` (``scripts/build_native.py``) as
-``_airlock_simplekey`` and used by ``policies.sql`` through ``gateway.native.load`` when it
+``simple_key``: the text around its constants, which finds a statement's cached shape and
+so its cached decision (docs/policies.md, "Shapes found without the parser").
+``ascii_lacks``: whether an ASCII text holds none of a few keywords in any case, which
+spares ``policies.sql.mentions`` its regular expression (EXECUTE, PREPARE, COPY...).
+
+This module is the reference implementation; ``policies/_textscan.c`` is the same
+functions in C, built by ``make venv`` (``scripts/build_native.py``) as
+``_airlock_textscan`` and used by ``policies.sql`` through ``gateway.native.load`` when it
 was built from these two files as they are now. The C build must return exactly what this
-module returns for every text (``policies/tests/test_simplekey.py`` compares the two on
-generated and adversarial texts): the key decides which cached shape, and so which cached
-decision, a statement gets (docs/policies.md, "Decisions by statement shape").
+module returns for every text (``policies/tests/test_textscan.py`` compares the two on
+generated and adversarial texts): a wrong key would give a statement another shape's
+decision, a wrong "lacks" would let an EXECUTE be judged without what it executes.
 
 What a simple text is, and why a simple key is safe to cache by, is told in
 ``policies/sql.py`` ("shapes found without the parser").
@@ -60,3 +65,17 @@ def simple_key(sql: str) -> tuple[tuple[str, ...], str, list[str]] | None:
             # taken as a constant right after a letter.
             return None
     return skeleton, kinds, constants
+
+
+def ascii_lacks(text: str, words: tuple[str, ...]) -> bool:
+    """True when ``text`` is ASCII and holds none of ``words`` (lower-case ASCII), in any
+    case; False otherwise (a word is there, or the text is not ASCII and Unicode case rules
+    apply: ``ı`` upper-cases to ``I``, ``ſ`` to ``S``).
+
+    >>> ascii_lacks("SELECT 1", ("execute",)), ascii_lacks("ExEcUtE p", ("execute",))
+    (True, False)
+    """
+    if not text.isascii():
+        return False
+    lowered = text.lower()
+    return not any(word in lowered for word in words)

@@ -1,9 +1,11 @@
-"""The statement's simple key as the gateway runs it: the C build against the reference.
+"""The decision path's text scans as the gateway runs them: the C build against the reference.
 
-``policies/_simplekey.c`` is ``policies.simplekey.simple_key`` in C (built by ``make venv``
-as ``_airlock_simplekey``); ``policies.sql`` uses it when it was built from both files as
-they are now. The key chooses a statement's cached shape and so its cached decision: the
-build must answer exactly as the reference on every text, including the ones written to
+``policies/_textscan.c`` is ``policies.textscan`` in C (built by ``make venv`` as
+``_airlock_textscan``); ``policies.sql`` uses it when it was built from both files as they
+are now. The simple key chooses a statement's cached shape and so its cached decision;
+``ascii_lacks`` decides whether a text can hold an EXECUTE (judged as what it executes), a
+PREPARE, a COPY without the regular expression: the build must answer exactly as the
+reference on every text, including the ones written to
 slip past a filter (docs/security.md's families: Unicode look-alikes and digits, width
 variants, NULs and lone surrogates, glued and prefixed constants, integer bounds). ``make
 test`` runs with ``AIRLOCK_NATIVE=require``, so a missing or stale build fails, not skips.
@@ -21,8 +23,8 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from gateway import native
-from policies import simplekey as pure
 from policies import sql
+from policies import textscan as pure
 
 
 @pytest.fixture(scope="module")
@@ -30,8 +32,8 @@ def built() -> ModuleType:
     module = native.built(pure)
     if module is None:
         if os.environ.get("AIRLOCK_NATIVE") == "require":
-            pytest.fail("AIRLOCK_NATIVE=require but the C build of policies.simplekey is missing or stale")
-        pytest.skip("the C build of policies.simplekey is not built (make venv)")
+            pytest.fail("AIRLOCK_NATIVE=require but the C build of policies.textscan is missing or stale")
+        pytest.skip("the C build of policies.textscan is not built (make venv)")
     return module
 
 
@@ -170,28 +172,116 @@ def test_the_build_refuses_what_is_not_text(built: ModuleType) -> None:
         built.simple_key(b"SELECT 1")
 
 
+WORDS = [
+    ("execute",),
+    ("prepare", "deallocate", "discard"),
+    ("copy",),
+    ("",),
+    (),
+    ("EXECUTE",),  # not lower-case: the reference never finds it in a lowered text
+    ("exécute", "execute"),  # a word no ASCII text holds, then one it may
+    ("a", "ab", "abc"),
+    ("quiz", "zap"),  # the ends of the alphabet
+]
+
+LACKS_CORPUS = [
+    "",
+    "SELECT 1",
+    "EXECUTE p(1)",
+    "eXeCuTe p",
+    "select 'execute'",
+    "executE",
+    "execut",
+    "xexecutex",
+    "PREPARE p AS SELECT 1",
+    "DEALLOCATE ALL",
+    "discard all",
+    "COPY t TO STDOUT",
+    "ſelect",  # a long s: upper-cases to S, so the text is searched by the regex
+    "EXECUTİ",  # a dotted capital I
+    "ExecutE\u212a",  # a Kelvin sign, which lower-cases to k
+    "ExecutE\\u212a",  # the same escaped: still ASCII
+    "execute\x00",
+    "\x00execute",
+    "a" * 10_000 + "EXECUTE",
+    "QUIZ",
+    "ZAP",
+    "@[`{",  # the characters beside A-Z and a-z
+]
+
+
+def _same_lacks(built: ModuleType, text: str, words: tuple[str, ...]) -> None:
+    assert built.ascii_lacks(text, words) is pure.ascii_lacks(text, words), (text, words)
+
+
+@pytest.mark.parametrize("words", WORDS)
+def test_ascii_lacks_answers_as_the_reference_on_the_corpus(
+    built: ModuleType, words: tuple[str, ...]
+) -> None:
+    for text in LACKS_CORPUS + CORPUS:
+        _same_lacks(built, text, words)
+
+
+@settings(max_examples=3000, deadline=None)
+@given(
+    st.lists(st.sampled_from(list("eExXcCuUtTpPrRaAdDlLoOyY ;'ıİſK\x00")), max_size=30).map("".join),
+    st.sampled_from(WORDS),
+)
+def test_ascii_lacks_answers_as_the_reference_on_generated_texts(
+    built: ModuleType, text: str, words: tuple[str, ...]
+) -> None:
+    _same_lacks(built, text, words)
+
+
+@settings(max_examples=3000, deadline=None)
+@given(
+    st.text(alphabet=st.characters(min_codepoint=0, max_codepoint=127), max_size=30),
+    st.lists(st.text(alphabet="abcdefghijklmnopqrstuvwxyz@[`{", max_size=3), max_size=3).map(tuple),
+)
+def test_ascii_lacks_answers_as_the_reference_on_any_ascii(
+    built: ModuleType, text: str, words: tuple[str, ...]
+) -> None:
+    _same_lacks(built, text, words)
+
+
+def test_ascii_lacks_refuses_what_the_reference_refuses(built: ModuleType) -> None:
+    for text, words in [("SELECT 1", (b"select",)), ("SELECT 1", 5), (b"SELECT 1", ("select",))]:
+        with pytest.raises((TypeError, AttributeError)):
+            pure.ascii_lacks(text, words)  # type: ignore[arg-type]
+        with pytest.raises(TypeError):
+            built.ascii_lacks(text, words)
+    # Past the first word found, and for a text that is not ASCII, the words are not read.
+    assert built.ascii_lacks("select", ("select", 5)) is pure.ascii_lacks("select", ("select", 5)) is False  # type: ignore[arg-type]
+    assert built.ascii_lacks("sélect", 5) is pure.ascii_lacks("sélect", 5) is False  # type: ignore[arg-type]
+
+
 def test_policies_use_the_build_when_it_is_current(built: ModuleType) -> None:
     if os.environ.get("AIRLOCK_NATIVE") == "off":
         assert sql._simple_key is pure.simple_key
+        assert sql._ascii_lacks is pure.ascii_lacks
     else:
         assert sql._simple_key is built.simple_key
+        assert sql._ascii_lacks is built.ascii_lacks
+        assert sql.mentions("ExEcUtE p", sql._EXECUTE, sql._EXECUTE_WORDS)
+        assert not sql.mentions("SELECT 1", sql._EXECUTE, sql._EXECUTE_WORDS)
+        assert sql.mentions("EXECUTE p", sql._EXECUTE, sql._EXECUTE_WORDS)
 
 
 def test_an_edited_c_source_makes_the_build_stale(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    digest = native.group_digest("policies.simplekey")
-    edited = tmp_path / "_simplekey.c"
+    digest = native.group_digest("policies.textscan")
+    edited = tmp_path / "_textscan.c"
     edited.write_bytes(
-        (native.ROOT / native.NATIVE_C["policies.simplekey"]).read_bytes() + b"\n/* edited */\n"
+        (native.ROOT / native.NATIVE_C["policies.textscan"]).read_bytes() + b"\n/* edited */\n"
     )
-    monkeypatch.setitem(native.NATIVE_C, "policies.simplekey", str(edited))
-    assert native.group_digest("policies.simplekey") != digest
+    monkeypatch.setitem(native.NATIVE_C, "policies.textscan", str(edited))
+    assert native.group_digest("policies.textscan") != digest
 
     class Built:
         SOURCE_SHA256 = digest  # built from the sources before the edit
 
-    monkeypatch.setitem(sys.modules, "_airlock_simplekey", Built)  # type: ignore[arg-type]
+    monkeypatch.setitem(sys.modules, "_airlock_textscan", Built)  # type: ignore[arg-type]
     monkeypatch.setenv("AIRLOCK_NATIVE", "auto")
     assert native.load(pure) is pure
     monkeypatch.setenv("AIRLOCK_NATIVE", "require")
-    with pytest.raises(ImportError, match="_simplekey.c"):
+    with pytest.raises(ImportError, match="_textscan.c"):
         native.load(pure)

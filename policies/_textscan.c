@@ -1,11 +1,12 @@
 /*
- * _airlock_simplekey: policies.simplekey.simple_key in C.
+ * _airlock_textscan: policies.textscan (simple_key, ascii_lacks) in C.
  *
  * Built by scripts/build_native.py (make venv) with -DSOURCE_SHA256="<digest>", the
- * SHA-256 of policies/simplekey.py followed by this file; gateway.native.load uses the
+ * SHA-256 of policies/textscan.py followed by this file; gateway.native.load uses the
  * build only when that digest matches the sources in use. It must return exactly what
- * the Python reference returns for every str (policies/tests/test_simplekey.py compares
- * the two): the key chooses the cached shape, and so the cached decision, of a statement.
+ * the Python reference returns for every str (policies/tests/test_textscan.py compares
+ * the two): the key chooses the cached shape, and so the cached decision, of a statement;
+ * "lacks" spares the regular expression that finds an EXECUTE, a PREPARE, a COPY.
  *
  * The reference, in short: None if the text holds any of \ " $ -- / * '' (the last
  * three as pairs); else the text split at its constants, where a constant is
@@ -17,6 +18,9 @@
  * text around the constants as a tuple, one letter per constant ("s" a string, "i" an
  * integer that fits in int4, "n" a larger one), and the constants as a list.
  *
+ * ascii_lacks(text, words): true when text is ASCII (the str's own flag) and holds none
+ * of words in any case; the reference lowers the text and looks for each word in it.
+ *
  * The text is read as code points (PyUnicode_READ), never as bytes, and every index is
  * checked against the length before it is read.
  */
@@ -25,7 +29,7 @@
 #include <Python.h>
 
 #ifndef SOURCE_SHA256
-#error "build with -DSOURCE_SHA256=\"<digest of policies/simplekey.py and this file>\""
+#error "build with -DSOURCE_SHA256=\"<digest of policies/textscan.py and this file>\""
 #endif
 
 /* Python's \w for str patterns (sre's SRE_UNI_IS_WORD). */
@@ -41,7 +45,7 @@ is_digit(Py_UCS4 ch)
     return ch >= '0' && ch <= '9';
 }
 
-/* policies.simplekey.is_int4 on the ASCII digits data[start:end]. */
+/* policies.textscan.is_int4 on the ASCII digits data[start:end]. */
 static int
 is_int4(int kind, const void *data, Py_ssize_t start, Py_ssize_t end)
 {
@@ -251,16 +255,75 @@ error:
     return NULL;
 }
 
+static inline Py_UCS1
+ascii_lower(Py_UCS1 ch)
+{
+    return (ch >= 'A' && ch <= 'Z') ? (Py_UCS1)(ch + ('a' - 'A')) : ch;
+}
+
+static PyObject *
+ascii_lacks(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_Format(PyExc_TypeError, "ascii_lacks() takes 2 arguments (%zd given)", nargs);
+        return NULL;
+    }
+    PyObject *text = args[0];
+    if (!PyUnicode_Check(text)) {
+        PyErr_Format(PyExc_TypeError, "ascii_lacks() text must be str, not %.200s", Py_TYPE(text)->tp_name);
+        return NULL;
+    }
+    if (!PyUnicode_IS_ASCII(text))
+        Py_RETURN_FALSE; /* Unicode case rules apply: the regular expression decides */
+    PyObject *words = PySequence_Fast(args[1], "ascii_lacks() words must be a sequence of str");
+    if (words == NULL)
+        return NULL;
+    const Py_UCS1 *data = PyUnicode_1BYTE_DATA(text);
+    Py_ssize_t n = PyUnicode_GET_LENGTH(text);
+    Py_ssize_t count = PySequence_Fast_GET_SIZE(words);
+    PyObject **items = PySequence_Fast_ITEMS(words);
+    int found = 0;
+    /* In order, stopping at the first word found, as the reference's any() does. */
+    for (Py_ssize_t w = 0; w < count && !found; w++) {
+        PyObject *word = items[w];
+        if (!PyUnicode_Check(word)) {
+            PyErr_Format(PyExc_TypeError, "ascii_lacks() words must be str, not %.200s", Py_TYPE(word)->tp_name);
+            Py_DECREF(words);
+            return NULL;
+        }
+        Py_ssize_t m = PyUnicode_GET_LENGTH(word);
+        if (m == 0) {
+            found = 1; /* "" is in every text */
+            break;
+        }
+        if (m > n || !PyUnicode_IS_ASCII(word))
+            continue; /* a longer word, or one with a character no ASCII text holds */
+        const Py_UCS1 *needle = PyUnicode_1BYTE_DATA(word);
+        for (Py_ssize_t i = 0; i + m <= n && !found; i++) {
+            Py_ssize_t j = 0;
+            while (j < m && ascii_lower(data[i + j]) == needle[j])
+                j++;
+            found = j == m;
+        }
+    }
+    Py_DECREF(words);
+    if (found)
+        Py_RETURN_FALSE;
+    Py_RETURN_TRUE;
+}
+
 static PyMethodDef methods[] = {
     {"simple_key", simple_key, METH_O,
-     "simple_key(sql) -> (parts, kinds, constants) or None: policies.simplekey.simple_key in C."},
+     "simple_key(sql) -> (parts, kinds, constants) or None: policies.textscan.simple_key in C."},
+    {"ascii_lacks", (PyCFunction)(void (*)(void))ascii_lacks, METH_FASTCALL,
+     "ascii_lacks(text, words) -> bool: policies.textscan.ascii_lacks in C."},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT,
-    "_airlock_simplekey",
-    "policies.simplekey in C (built from policies/_simplekey.c; see policies/simplekey.py).",
+    "_airlock_textscan",
+    "policies.textscan in C (built from policies/_textscan.c; see policies/textscan.py).",
     -1,
     methods,
     NULL,
@@ -270,7 +333,7 @@ static struct PyModuleDef module = {
 };
 
 PyMODINIT_FUNC
-PyInit__airlock_simplekey(void)
+PyInit__airlock_textscan(void)
 {
     PyObject *m = PyModule_Create(&module);
     if (m == NULL)
