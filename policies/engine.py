@@ -412,6 +412,7 @@ class CompiledPolicy:
                 matcher.rx for rule in rules for matcher in rule.matchers if isinstance(matcher, _Regex)
             )
         )
+        self._searches = tuple(rx.search for rx in self._regexes)
         self.hits = 0
         self.shape_hits = 0
         self.misses = 0
@@ -473,10 +474,10 @@ class CompiledPolicy:
         """Which of the policy's ``regex`` matchers match the statement's normalized text,
         ``normalized()``, asked only when there are any (part of a decision's key per
         shape: the rest of a statement's shape decides alike)."""
-        if not self._regexes:
+        if not self._searches:
             return ()
         text = normalized()
-        return tuple(rx.search(text) is not None for rx in self._regexes)
+        return tuple([search(text) is not None for search in self._searches])
 
     def classify(self, request: Request) -> Classification:
         return _classifier(request.protocol)[0](request)

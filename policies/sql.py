@@ -1425,23 +1425,26 @@ _PLACEHOLDER = re.compile(r"\$(\d+)")
 class _Simple:
     """A simple key's shape and the deparsed template of its normalized text."""
 
-    __slots__ = ("shape", "parts", "slots")
+    __slots__ = ("shape", "parts", "slots", "_after")
 
     def __init__(self, shape: _Shape, template: str | None) -> None:
         self.shape = shape
         self.parts: tuple[str, ...] | None = None
         self.slots: tuple[int, ...] = ()
+        # Each constant's slot with the template's text after it (``render``'s loop).
+        self._after: tuple[tuple[int, str], ...] = ()
         if template is not None:
             pieces = _PLACEHOLDER.split(template)
             self.parts = tuple(pieces[0::2])
             self.slots = tuple(int(n) - 1 for n in pieces[1::2])
+            self._after = tuple(zip(self.slots, self.parts[1:], strict=True))
 
     def render(self, constants: list[str]) -> str | None:
         """The normalized text of the statement with these constants (None: no template)."""
         if self.parts is None:
             return None
         out = [self.parts[0]]
-        for slot, part in zip(self.slots, self.parts[1:], strict=True):
+        for slot, part in self._after:
             out.append(_deparsed_constant(constants[slot]))
             out.append(part)
         return "".join(out)
@@ -1450,6 +1453,8 @@ class _Simple:
 def _deparsed_constant(token: str) -> str:
     if token[0] == "'":
         return token
+    if len(token) < 10 and (token[0] != "0" or len(token) == 1):
+        return token  # an int4 written as the deparser prints it: no leading zero
     return str(int(token)) if textscan.is_int4(token) else token
 
 
