@@ -12,8 +12,9 @@ each one's imports of the others pointing at their compiled names, so that the c
 between them are native calls; each is stamped with the digest of the whole group's
 sources, so an edit to any of them makes every one of them stale.
 
-A few modules have a build written in C instead (``NATIVE_C``: the statement's simple
-key, ``policies/_textscan.c``): the Python module is the reference, a test compares the
+A few modules have a build written in C instead (``NATIVE_C``: the decision path's text
+scans, ``policies/_textscan.c``; the recording's check of its canonical JSON,
+``recordings/_jsonscan.c``): the Python module is the reference, a test compares the
 two on generated and adversarial input, and the stamp is the digest of the Python source
 followed by the C source, so an edit to either makes the build stale.
 
@@ -43,6 +44,7 @@ NATIVE_MODULES = {
     "masking.scanner": "_airlock_masking_scanner",
     "masking.policy": "_airlock_masking_policy",
     "policies.textscan": "_airlock_textscan",
+    "recordings.jsonscan": "_airlock_jsonscan",
 }
 
 # Modules whose build is written in C rather than compiled from their Python source: the
@@ -50,6 +52,7 @@ NATIVE_MODULES = {
 # test comparing the two); the stamp covers both files.
 NATIVE_C = {
     "policies.textscan": "policies/_textscan.c",
+    "recordings.jsonscan": "recordings/_jsonscan.c",
 }
 
 # Modules compiled together, in dependency order; every other module is a group of its own.

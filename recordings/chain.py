@@ -20,7 +20,7 @@ import hashlib
 import math
 import re
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -29,6 +29,19 @@ import orjson
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from recordings import jsonscan
+
+# Whether orjson's text may hold what jsonb stores differently (``recordings.jsonscan``):
+# its C build when it was built from the sources in use (``gateway.native``); the
+# reference where the project is not there (the offline verifier, docs/recordings.md).
+_altered_by_jsonb: Callable[[bytes], bool]
+try:
+    from gateway import native
+except ImportError:
+    _altered_by_jsonb = jsonscan.altered_by_jsonb
+else:
+    _altered_by_jsonb = native.load(jsonscan).altered_by_jsonb
 
 CHAIN_VERSION = b"airlock recording v1"
 SEAL_VERSION = b"airlock seal v1"
@@ -166,26 +179,6 @@ def canonical_plain(payload: Any) -> bytes | None:
     except TypeError:
         return None
     return None if _altered_by_jsonb(text) else text
-
-
-def _altered_by_jsonb(text: bytes) -> bool:
-    """Whether orjson's ``text`` may hold what jsonb stores differently: a float in
-    exponent form (1e+17), a negative zero, a NUL (false positives only cost the slow path).
-
-    A one-byte search runs at memchr's speed, a longer one several times slower over the
-    long texts results carry: "e+" and "\\u0000" are looked for only past their rare byte.
-    The longer needles are searched from the end: CPython's ``rfind`` reads a text without
-    the needle three times faster than ``find`` (a ten-row result's event, 2 KB: 0.5
-    against 1.5 us for "e+", 0.3 against 1.0 for "-0.0"), and either answers whether it
-    is there. Not ``in``: CPython's ``bytes in bytes`` first tries the needle as an integer
-    and makes (and drops) a TypeError each time.
-    """
-    find, rfind = text.find, text.rfind
-    return (
-        (find(b"+") >= 0 and rfind(b"e+") >= 0)
-        or (find(b"\\") >= 0 and rfind(b"\\u0000") >= 0)
-        or rfind(b"-0.0") >= 0
-    )
 
 
 def format_time(at: datetime) -> str:
