@@ -49,6 +49,7 @@ DETAILED = (
     "CPyDef_Relay___flush_records",
     "CPyDef_Relay____mask_data_rows",
     "CPyDef_Relay___from_server",
+    "CPyDef__airlock_masking_policy___ResultMasker____mask_rows",
 )
 # Call machinery skipped when naming what a part called.
 _PLUMBING = frozenset(
