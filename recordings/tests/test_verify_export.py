@@ -61,6 +61,32 @@ def test_the_standalone_verifier_passes_an_intact_export_and_names_the_changed_e
     assert "FAILED" in failed.stdout and "event 3: event 3 does not match its hash" in failed.stdout
 
 
+def test_the_verifier_needs_only_its_own_files(exported, tmp_path):
+    """The files docs/recordings.md names, copied alone beside the export: no Django, no
+    ``gateway`` package (the canonical JSON check then runs its Python reference)."""
+    path, key = exported
+    alone = tmp_path / "alone" / "recordings"
+    alone.mkdir(parents=True)
+    for name in ("__init__.py", "chain.py", "jsonscan.py", "export.py", "verify_export.py"):
+        (alone / name).write_bytes((ROOT / "recordings" / name).read_bytes())
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("DJANGO", "DATABASE", "REDIS", "AIRLOCK", "PYTHONPATH"))
+    }
+    ok = subprocess.run(
+        [sys.executable, "-m", "recordings.verify_export", str(path), "--public-key", str(key)],
+        cwd=alone.parent,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout.startswith("ok ") and ok.stdout.endswith(": 8 events, chain intact, seal valid\n")
+    assert ok.stderr == ""
+
+
 def test_the_standalone_verifier_refuses_a_file_that_is_not_a_key(exported):
     path, _ = exported
     bad = offline(str(path), "--public-key", str(path))

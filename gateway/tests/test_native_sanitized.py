@@ -1,0 +1,141 @@
+"""The C builds (``gateway.native.NATIVE_C``) under AddressSanitizer and UndefinedBehaviorSanitizer.
+
+The C functions read untrusted text: a statement an agent sent, the JSON of an event. A
+read past the end of a buffer or undefined arithmetic would not always change an answer
+(so the differential tests beside each module could pass), yet it could crash the
+gateway and every session on it. Here each C source is compiled with
+``-fsanitize=address,undefined`` (no recovery) and driven in a Python of its own over edge
+cases and seeded random input, its answers compared with the Python reference, with
+``PYTHONMALLOC=malloc`` so that every object is an allocation of its own, which the
+sanitizer fences. Any report ends that Python with an error and fails the test.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+import pytest
+
+from gateway import native
+
+DRIVER = r"""
+import importlib.util
+import random
+import sys
+
+from policies import textscan
+from recordings import jsonscan
+
+
+def load(name, path):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+ts = load("_airlock_textscan", sys.argv[1])
+js = load("_airlock_jsonscan", sys.argv[2])
+assert ts.SOURCE_SHA256 == js.SOURCE_SHA256 == "sanitized"
+rng = random.Random(20261205)
+UNICODE = list("'0123456789._&-/*\\\"$ eExXuU,;()=\n") + [
+    "\u00e9", "\u03a9", "\u0663", "\uff11", "\u00b2", "\u0301", "\u200b", "\x00", "\U0001f600", "\ud800",
+    "\u017f", "\u212a", "\u0130",
+]
+ASCII = list("'0123456789._&-/*\\\"$ eExXcCuUtTpPrRaAdDlLoOyYzZ,;()=\n\x00")
+WORDS = [("execute",), ("prepare", "deallocate", "discard"), ("copy",), ("",), (), ("\u00e9",), ("quiz", "zap")]
+checked = 0
+for alphabet in (UNICODE, ASCII):
+    for n in list(range(40)) * 150 + [1000, 20000]:
+        text = "".join(rng.choice(alphabet) for _ in range(n))
+        assert ts.simple_key(text) == textscan.simple_key(text), text
+        for words in WORDS:
+            assert ts.ascii_lacks(text, words) is textscan.ascii_lacks(text, words), (text, words)
+        checked += 1
+NEEDLES = [b"e", b"+", b"\\", b"u", b"0", b"-", b".", b"x", b"\x00"]
+for n in list(range(64)) * 150 + [4096, 65536]:
+    data = b"".join(rng.choice(NEEDLES) for _ in range(n))
+    want = jsonscan.altered_by_jsonb(data)
+    assert js.altered_by_jsonb(data) is want, data
+    assert js.altered_by_jsonb(bytearray(data)) is want, data
+    view = memoryview(data)
+    for cut in (1, 2, 5):  # views ending inside a larger buffer
+        js.altered_by_jsonb(view[:-cut] if n >= cut else view)
+    checked += 1
+for bad in (b"x", 5, None):
+    for call in (lambda: ts.simple_key(bad), lambda: ts.ascii_lacks(bad, ("x",)), lambda: js.altered_by_jsonb("x")):
+        try:
+            call()
+        except TypeError:
+            pass
+print("checked", checked)
+"""
+
+
+def _runtime(compiler: list[str], library: str) -> str | None:
+    found = subprocess.run(
+        [*compiler, f"-print-file-name={library}"], capture_output=True, text=True, check=False
+    ).stdout.strip()
+    return found if found and os.path.isabs(found) and os.path.exists(found) else None
+
+
+def _sanitized_builds(tmp: Path) -> tuple[list[str], dict[str, Path]]:
+    compiler = (os.environ.get("CC") or "cc").split()
+    if shutil.which(compiler[0]) is None:
+        pytest.fail("no C compiler: the C builds cannot be checked (make venv installs gcc)")
+    suffix = sysconfig.get_config_var("EXT_SUFFIX") or ".so"
+    builds = {}
+    for module, source in native.NATIVE_C.items():
+        name = native.NATIVE_MODULES[module]
+        out = tmp / f"{name}{suffix}"
+        command = [
+            *compiler, "-O1", "-g", "-fPIC", "-shared", "-fno-omit-frame-pointer",
+            "-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-Wall", "-Wextra", "-Werror",
+            "-Wno-unused-parameter", f"-I{sysconfig.get_paths()['include']}", '-DSOURCE_SHA256="sanitized"',
+            "-o", str(out), str(native.ROOT / source),
+        ]  # fmt: skip
+        result = subprocess.run(command, capture_output=True, text=True, check=False)  # noqa: S603
+        assert result.returncode == 0, result.stderr
+        builds[name] = out
+    return compiler, builds
+
+
+def test_the_c_builds_hold_under_address_and_undefined_behaviour_sanitizers(tmp_path: Path) -> None:
+    assert set(native.NATIVE_MODULES[m] for m in native.NATIVE_C) == {
+        "_airlock_textscan",
+        "_airlock_jsonscan",
+    }
+    compiler, builds = _sanitized_builds(tmp_path)
+    asan = _runtime(compiler, "libasan.so")
+    if asan is None:
+        pytest.fail(
+            f"{compiler[0]} has no AddressSanitizer runtime (libasan.so): install the compiler's full package"
+        )
+    env = {
+        **os.environ,
+        "LD_PRELOAD": asan,
+        "PYTHONMALLOC": "malloc",
+        "ASAN_OPTIONS": "detect_leaks=0:halt_on_error=1:abort_on_error=0",
+        "UBSAN_OPTIONS": "halt_on_error=1:print_stacktrace=1",
+        "PYTHONPATH": str(native.ROOT),
+        "AIRLOCK_NATIVE": "off",
+    }
+    result = subprocess.run(  # noqa: S603
+        [sys.executable, "-c", DRIVER, str(builds["_airlock_textscan"]), str(builds["_airlock_jsonscan"])],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-6000:]
+    assert "ERROR: AddressSanitizer" not in result.stderr and "runtime error" not in result.stderr, (
+        result.stderr
+    )
+    assert result.stdout.startswith("checked "), result.stdout
+    assert int(result.stdout.split()[1]) > 10_000
