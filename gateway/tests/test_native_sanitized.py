@@ -99,7 +99,7 @@ def _sanitized_builds(tmp: Path) -> tuple[list[str], dict[str, Path]]:
             "-Wno-unused-parameter", f"-I{sysconfig.get_paths()['include']}", '-DSOURCE_SHA256="sanitized"',
             "-o", str(out), str(native.ROOT / source),
         ]  # fmt: skip
-        result = subprocess.run(command, capture_output=True, text=True, check=False)  # noqa: S603
+        result = subprocess.run(command, capture_output=True, text=True, check=False)
         assert result.returncode == 0, result.stderr
         builds[name] = out
     return compiler, builds
@@ -125,7 +125,7 @@ def test_the_c_builds_hold_under_address_and_undefined_behaviour_sanitizers(tmp_
         "PYTHONPATH": str(native.ROOT),
         "AIRLOCK_NATIVE": "off",
     }
-    result = subprocess.run(  # noqa: S603
+    result = subprocess.run(
         [sys.executable, "-c", DRIVER, str(builds["_airlock_textscan"]), str(builds["_airlock_jsonscan"])],
         env=env,
         capture_output=True,
