@@ -12,7 +12,6 @@ a missing or stale build fails, not skips.
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -21,19 +20,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway import native
+from gateway.tests.nativebuilds import built_or_fail, check_an_edited_c_source_makes_the_build_stale
 from recordings import chain
 from recordings import jsonscan as pure
 
 
 @pytest.fixture(scope="module")
 def built() -> ModuleType:
-    module = native.built(pure)
-    if module is None:
-        if os.environ.get("AIRLOCK_NATIVE") == "require":
-            pytest.fail("AIRLOCK_NATIVE=require but the C build of recordings.jsonscan is missing or stale")
-        pytest.skip("the C build of recordings.jsonscan is not built (make venv)")
-    return module
+    return built_or_fail(pure)
 
 
 CORPUS = [
@@ -137,20 +131,4 @@ def test_the_chain_uses_the_build_when_it_is_current(built: ModuleType) -> None:
 
 
 def test_an_edited_c_source_makes_the_build_stale(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    digest = native.group_digest("recordings.jsonscan")
-    edited = tmp_path / "_jsonscan.c"
-    edited.write_bytes(
-        (native.ROOT / native.NATIVE_C["recordings.jsonscan"]).read_bytes() + b"\n/* edited */\n"
-    )
-    monkeypatch.setitem(native.NATIVE_C, "recordings.jsonscan", str(edited))
-    assert native.group_digest("recordings.jsonscan") != digest
-
-    class Built:
-        SOURCE_SHA256 = digest  # built from the sources before the edit
-
-    monkeypatch.setitem(sys.modules, "_airlock_jsonscan", Built)  # type: ignore[arg-type]
-    monkeypatch.setenv("AIRLOCK_NATIVE", "auto")
-    assert native.load(pure) is pure
-    monkeypatch.setenv("AIRLOCK_NATIVE", "require")
-    with pytest.raises(ImportError, match="_jsonscan.c"):
-        native.load(pure)
+    check_an_edited_c_source_makes_the_build_stale(pure, monkeypatch, tmp_path)
