@@ -83,6 +83,35 @@ def build(group: tuple[str, ...], target: Path) -> None:
             shutil.copy2(path, target / path.name)
 
 
+def compiler() -> list[str]:
+    """The C compiler's command (``$CC``, which may carry flags, else ``cc``)."""
+    return (os.environ.get("CC") or "cc").split()
+
+
+# Optimisation and hardening of the builds the gateway runs (``c_command``'s default).
+RELEASE_FLAGS = ("-O2", "-fstack-protector-strong", "-D_FORTIFY_SOURCE=2")
+
+
+def c_command(module: str, output: Path, *, stamp: str, flags: tuple[str, ...] = RELEASE_FLAGS) -> list[str]:
+    """The command that compiles ``module``'s C source (``NATIVE_C``) into ``output``, every
+    warning on and ``stamp`` as its ``SOURCE_SHA256``; ``flags`` choose optimisation and
+    hardening (the sanitized builds of ``gateway/tests/test_native_sanitized.py`` pass theirs)."""
+    return [
+        *compiler(),
+        "-fPIC",
+        "-shared",
+        "-Wall",
+        "-Wextra",
+        "-Wno-unused-parameter",
+        *flags,
+        f"-I{sysconfig.get_paths()['include']}",
+        f'-DSOURCE_SHA256="{stamp}"',
+        "-o",
+        str(output),
+        str(ROOT / NATIVE_C[module]),
+    ]
+
+
 def build_c(module: str, target: Path) -> None:
     """Compile ``module``'s C build (``NATIVE_C``) into ``target``, stamped by a define."""
     name = NATIVE_MODULES[module]
@@ -90,30 +119,15 @@ def build_c(module: str, target: Path) -> None:
     suffix = sysconfig.get_config_var("EXT_SUFFIX") or ".so"
     with tempfile.TemporaryDirectory(prefix="airlock-native-") as work:
         built = Path(work) / f"{name}{suffix}"
-        command = [
-            *(os.environ.get("CC") or "cc").split(),
-            "-O2",
-            "-fPIC",
-            "-shared",
-            "-Wall",
-            "-Wextra",
-            "-Wno-unused-parameter",
-            "-fstack-protector-strong",
-            "-D_FORTIFY_SOURCE=2",
-            f"-I{sysconfig.get_paths()['include']}",
-            f'-DSOURCE_SHA256="{group_digest(module)}"',
-            "-o",
-            str(built),
-            str(source),
-        ]
+        command = c_command(module, built, stamp=group_digest(module))
         result = subprocess.run(command, capture_output=True, text=True, check=False)  # noqa: S603
         if result.returncode != 0 or not built.exists():
             raise RuntimeError(
-                f"cc could not compile {source}:\n{result.stdout[-3000:]}{result.stderr[-3000:]}"
+                f"{command[0]} could not compile {source}:\n{result.stdout[-3000:]}{result.stderr[-3000:]}"
             )
         if result.stderr.strip():
             # Warnings are errors in waiting in code that reads untrusted text.
-            raise RuntimeError(f"cc warned compiling {source}:\n{result.stderr[-3000:]}")
+            raise RuntimeError(f"{command[0]} warned compiling {source}:\n{result.stderr[-3000:]}")
         for old in target.glob(f"{name}.*.so"):
             old.unlink()
         shutil.copy2(built, target / built.name)
@@ -123,7 +137,7 @@ def main() -> int:
     if not Path(sysconfig.get_paths()["include"], "Python.h").exists():
         print("build_native: no Python headers (Python.h); the gateway runs interpreted", file=sys.stderr)
         return 1
-    if shutil.which(os.environ.get("CC", "cc")) is None:
+    if shutil.which(compiler()[0]) is None:
         print("build_native: no C compiler (cc); the gateway runs interpreted", file=sys.stderr)
         return 1
     target = Path(sysconfig.get_paths()["platlib"])

@@ -12,12 +12,14 @@ sanitizer fences. Any report ends that Python with an error and fails the test.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import subprocess
 import sys
 import sysconfig
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -84,21 +86,31 @@ def _runtime(compiler: list[str], library: str) -> str | None:
     return found if found and os.path.isabs(found) and os.path.exists(found) else None
 
 
+def _build_script() -> ModuleType:
+    """``scripts/build_native.py``, whose compile command the sanitized builds share."""
+    spec = importlib.util.spec_from_file_location("build_native", native.ROOT / "scripts" / "build_native.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+SANITIZED_FLAGS = (
+    "-O1", "-g", "-fno-omit-frame-pointer", "-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-Werror",
+)  # fmt: skip
+
+
 def _sanitized_builds(tmp: Path) -> tuple[list[str], dict[str, Path]]:
-    compiler = (os.environ.get("CC") or "cc").split()
+    script = _build_script()
+    compiler = script.compiler()
     if shutil.which(compiler[0]) is None:
         pytest.fail("no C compiler: the C builds cannot be checked (make venv installs gcc)")
     suffix = sysconfig.get_config_var("EXT_SUFFIX") or ".so"
     builds = {}
-    for module, source in native.NATIVE_C.items():
+    for module in native.NATIVE_C:
         name = native.NATIVE_MODULES[module]
         out = tmp / f"{name}{suffix}"
-        command = [
-            *compiler, "-O1", "-g", "-fPIC", "-shared", "-fno-omit-frame-pointer",
-            "-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-Wall", "-Wextra", "-Werror",
-            "-Wno-unused-parameter", f"-I{sysconfig.get_paths()['include']}", '-DSOURCE_SHA256="sanitized"',
-            "-o", str(out), str(native.ROOT / source),
-        ]  # fmt: skip
+        command = script.c_command(module, out, stamp="sanitized", flags=SANITIZED_FLAGS)
         result = subprocess.run(command, capture_output=True, text=True, check=False)
         assert result.returncode == 0, result.stderr
         builds[name] = out
