@@ -407,12 +407,13 @@ class CompiledPolicy:
         # request context and the same outcome of every ``regex`` of the policy (the one
         # match key that sees constants). Same bound and eviction as ``_cache``.
         self._shapes: OrderedDict[Hashable, Decision] = OrderedDict()
-        self._regexes = tuple(
-            dict.fromkeys(
+        # The search of each distinct ``regex`` of the policy (``_regex_outcomes``).
+        self._searches = tuple(
+            rx.search
+            for rx in dict.fromkeys(
                 matcher.rx for rule in rules for matcher in rule.matchers if isinstance(matcher, _Regex)
             )
         )
-        self._searches = tuple(rx.search for rx in self._regexes)
         self.hits = 0
         self.shape_hits = 0
         self.misses = 0
