@@ -414,6 +414,10 @@ class CompiledPolicy:
                 matcher.rx for rule in rules for matcher in rule.matchers if isinstance(matcher, _Regex)
             )
         )
+        # Whether statements of one shape get one decision but for their text, whatever
+        # their constants: true unless a ``regex`` rule reads the constants
+        # (``gateway.decision.DecisionPoint`` then keeps a session's allowed shapes).
+        self.by_shape = not self._searches
         self.hits = 0
         self.shape_hits = 0
         self.misses = 0
@@ -454,7 +458,7 @@ class CompiledPolicy:
             template = self._shapes.get((shape, key[1:], self._regex_outcomes(lambda: normalizer(text))))
             if template is not None:
                 self.shape_hits += 1
-                return _with_text(template, text)
+                return with_text(template, text)
         classification = classify(request)
         shape = classification.shape
         if shape is None:
@@ -464,7 +468,7 @@ class CompiledPolicy:
             template = self._shapes.get(shape_key)
             if template is not None:
                 self.shape_hits += 1
-                decision = _with_text(template, classification.statements[0].text)
+                decision = with_text(template, classification.statements[0].text)
             else:
                 decision = self._decide(request, classification)
                 sql.bounded_put(self._shapes, shape_key, decision, self.cache_size)
@@ -615,7 +619,7 @@ class CompiledPolicy:
         )
 
 
-def _with_text(template: Decision, text: str) -> Decision:
+def with_text(template: Decision, text: str) -> Decision:
     """``template`` (the decision on a statement of the same shape) for the statement ``text``.
 
     Only the statement's text differs between statements of one shape; built without
