@@ -35,6 +35,9 @@ class CompiledPolicy(Protocol):
 # How many allowed shapes a session keeps (``DecisionPoint.decide``): first in, first out.
 KNOWN_SHAPES = 256
 
+# A simple key without its constants, and the outcomes of the policy's ``regex`` rules.
+_ShapeKey = tuple[tuple[str, ...], str, tuple[bool, ...]]
+
 
 REVIEW_UNAVAILABLE = "this statement needs a reviewer's approval, and approvals are not available yet"
 
@@ -71,7 +74,7 @@ class DecisionPoint:
         # The shapes this session's statements were allowed for, by simple key: the policy
         # that allowed, the search path then, and the decision made for the shape
         # (``decide``).
-        self._allowed: OrderedDict[sql.SimpleKey, tuple[object, tuple[str, ...], Decision]] = OrderedDict()
+        self._allowed: OrderedDict[_ShapeKey, tuple[object, tuple[str, ...], Decision]] = OrderedDict()
 
     @property
     def policy(self) -> CompiledPolicy | None:
@@ -118,13 +121,15 @@ class DecisionPoint:
         """The policy's decision on ``request``.
 
         A PostgreSQL statement of a shape this session was allowed before, by the same
-        policy version under the same search path, is allowed again without asking the
-        policy (pgbench's and an agent's ``... WHERE id = 42`` with a new constant each
-        time: about 4 us less a statement). The policy would decide it alike: a policy
-        without ``regex`` rules decides statements of one shape alike, and the same simple
-        key, once proven (``policies.sql.proven_shape_text``), means the same shape. The
-        decision returned then is the shape's: its classification shows the statement as
-        the shape's normalized text (constants as ``$1``...), not this statement's text.
+        policy version under the same search path and with the same outcome of each of
+        the policy's ``regex`` rules, is allowed again without asking the policy (pgbench's
+        and an agent's ``... WHERE id = 42`` with a new constant each time: about 4 us less
+        a statement). The policy would decide it alike: the same simple key, once proven
+        (``policies.sql.proven_shape_text``), means the same shape, and the policy decides
+        statements of one shape alike but for what its ``regex`` rules read
+        (``CompiledPolicy.outcomes_by_shape``). The decision returned then is the shape's:
+        its classification shows the statement as the shape's normalized text (constants
+        as ``$1``...), never another statement's constants.
         """
         # A point made without a policy (tests, benchmarks) allows everything; a connection
         # without a policy gets ``NoPolicy`` from ``for_connection`` and allows nothing.
@@ -132,9 +137,19 @@ class DecisionPoint:
         if policy is None:
             return ALLOW_ALL
         key = None
-        if request.protocol == "postgres" and request.kind == "query" and getattr(policy, "by_shape", False):
-            key = sql.shape_key(request.statement)
-            if key is not None:
+        outcomes_by_shape = getattr(policy, "outcomes_by_shape", None)
+        # (Not looked for with bound parameters: the statement refers to them as $n,
+        # which no simple key holds.)
+        if (
+            outcomes_by_shape is not None
+            and not request.params
+            and request.kind == "query"
+            and request.protocol == "postgres"
+        ):
+            simple = sql.shape_key(request.statement)
+            outcomes = None if simple is None else outcomes_by_shape(simple, request.session)
+            if simple is not None and outcomes is not None:
+                key = (simple[0], simple[1], outcomes)
                 known = self._allowed.get(key)
                 if (
                     known is not None
@@ -152,10 +167,10 @@ class DecisionPoint:
             self._remember(key, policy, request, decision)
         return decision
 
-    def _remember(self, key: sql.SimpleKey, policy: object, request: Request, decision: Decision) -> None:
+    def _remember(self, key: _ShapeKey, policy: object, request: Request, decision: Decision) -> None:
         if len(decision.classification.get("statements") or ()) != 1:
             return
-        text = sql.proven_shape_text(key, request.session)
+        text = sql.proven_shape_text(key[0], key[1], request.session)
         if text is None:
             return
         value = (policy, sql.session_search_path(request.session), with_text(decision, text))

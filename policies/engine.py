@@ -414,10 +414,6 @@ class CompiledPolicy:
                 matcher.rx for rule in rules for matcher in rule.matchers if isinstance(matcher, _Regex)
             )
         )
-        # Whether statements of one shape get one decision but for their text, whatever
-        # their constants: true unless a ``regex`` rule reads the constants
-        # (``gateway.decision.DecisionPoint`` then keeps a session's allowed shapes).
-        self.by_shape = not self._searches
         self.hits = 0
         self.shape_hits = 0
         self.misses = 0
@@ -482,6 +478,22 @@ class CompiledPolicy:
         if not self._searches:
             return ()
         text = normalized()
+        return tuple([search(text) is not None for search in self._searches])
+
+    def outcomes_by_shape(
+        self, key: sql.SimpleKey, session: dict[str, Any] | None
+    ) -> tuple[bool, ...] | None:
+        """What of a statement besides its shape and its request's context this policy's
+        decision depends on: the outcome of each ``regex`` rule on the normalized text of
+        the statement whose simple key is ``key`` (``sql.shape_key``), found from its
+        shape's template; () without ``regex`` rules; None when it cannot be had without a
+        parse. Statements of one shape with equal outcomes get one decision but for their
+        text (``gateway.decision.DecisionPoint`` keeps a session's allowed shapes by them)."""
+        if not self._searches:
+            return ()
+        text = sql.rendered_by_key(key, session)
+        if text is None:
+            return None
         return tuple([search(text) is not None for search in self._searches])
 
     def classify(self, request: Request) -> Classification:

@@ -1503,31 +1503,40 @@ def _remember_simple(
     bounded_put(_simple_shapes, (simple[0], simple[1], path), entry, MAX_SHAPES)
 
 
-SimpleKey = tuple[tuple[str, ...], str]
+SimpleKey = tuple[tuple[str, ...], str, list[str]]
 
 
 def shape_key(sql: str) -> SimpleKey | None:
-    """``sql``'s simple key (the text around its constants, and their kinds) when ``sql``
-    holds constants and may be decided by its shape alone; None for a text without a simple
-    key or without constants, a long text, or one that may hold an EXECUTE (judged as the
-    statement it runs, so by the session's prepared statements). ``gateway.decision``
-    keeps a session's allowed shapes by this key."""
+    """``sql``'s simple key (the text around its constants, their kinds, the constants)
+    when ``sql`` holds constants and may be decided by its shape alone; None for a text
+    without a simple key or without constants, a long text, or one that may hold an EXECUTE
+    (judged as the statement it runs, so by the session's prepared statements).
+    ``gateway.decision`` keeps a session's allowed shapes by this key."""
     if len(sql) > MAX_CACHED_TEXT or mentions(sql, _EXECUTE, _EXECUTE_WORDS):
         return None
     simple = _simple_key(sql)
     if simple is None or not simple[1]:
         return None
-    return simple[0], simple[1]
+    return simple
 
 
-def proven_shape_text(key: SimpleKey, session: Mapping[str, Any] | None) -> str | None:
-    """The normalized text of the shape of the statements with simple key ``key`` (their
-    constants as ``$1``, ``$2``...), once a statement with that key proved that the key is
-    PostgreSQL's normalization of it under ``session``'s search path (``_remember_simple``):
-    every statement with the key then has that shape. None while it is not proven."""
-    if (key[0], key[1], session_search_path(session)) not in _simple_shapes:
+def proven_shape_text(skeleton: tuple[str, ...], kinds: str, session: Mapping[str, Any] | None) -> str | None:
+    """The normalized text of the shape of the statements whose simple key is ``skeleton``
+    and ``kinds`` (their constants as ``$1``, ``$2``...), once a statement with that key
+    proved that the key is PostgreSQL's normalization of it under ``session``'s search path
+    (``_remember_simple``): every statement with the key then has that shape. None while it
+    is not proven."""
+    if (skeleton, kinds, session_search_path(session)) not in _simple_shapes:
         return None
-    return _with_placeholders(key[0]).strip().rstrip(";").strip()
+    return _with_placeholders(skeleton).strip().rstrip(";").strip()
+
+
+def rendered_by_key(key: SimpleKey, session: Mapping[str, Any] | None) -> str | None:
+    """The normalized text of the statement with simple key ``key`` (what ``regex`` rules
+    read), from its proven shape's deparsed template and its own constants; None when the
+    shape is not proven or has no template (the text is then had only by a parse)."""
+    entry = _simple_shapes.get((key[0], key[1], session_search_path(session)))
+    return None if entry is None else entry.render(key[2])
 
 
 def _classify_by_shape(sql: str, path: tuple[str, ...]) -> Classification:

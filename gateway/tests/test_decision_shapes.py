@@ -12,6 +12,7 @@ import pytest
 from gateway import decision as decision_module
 from gateway.decision import DecisionPoint
 from gateway.policy_watch import PolicySlot
+from policies import sql
 from policies.engine import compile_policy
 from policies.types import Action, Decision
 
@@ -26,7 +27,7 @@ class Counting:
 
     def __init__(self, policy: Any) -> None:
         self.policy = policy
-        self.by_shape = policy.by_shape
+        self.outcomes_by_shape = policy.outcomes_by_shape
         self.asked: list[str] = []
 
     def evaluate(self, request: Any) -> Decision:
@@ -97,21 +98,31 @@ def test_another_search_path_decides_again() -> None:
     assert len(policy.asked) == 2
 
 
-def test_a_policy_whose_regex_reads_constants_is_asked_every_time() -> None:
+def test_a_regex_rule_that_reads_constants_is_asked_for_each_outcome() -> None:
     spec = {
         "default": "deny",
         "rules": [
-            {"name": "not-666", "match": {"regex": "= 666"}, "action": "deny"},
+            {"name": "not-666", "match": {"regex": "= 666$"}, "action": "deny"},
+            {"name": "watch-7", "match": {"regex": "= 7$"}, "action": "observe"},
             *READS["rules"],
         ],
     }
     point, policy = _point(spec)
-    assert not policy.by_shape
     assert _decide(point, "SELECT * FROM items WHERE id = 1").action is Action.ALLOW
     assert _decide(point, "SELECT * FROM items WHERE id = 2").action is Action.ALLOW
-    denied = _decide(point, "SELECT * FROM items WHERE id = 666")
-    assert (denied.action, denied.rule) == (Action.DENY, "not-666")
-    assert len(policy.asked) == 3
+    for _ in range(2):
+        denied = _decide(point, "SELECT * FROM items WHERE id = 666")
+        assert (denied.action, denied.rule) == (Action.DENY, "not-666")
+    watched = _decide(point, "SELECT * FROM items WHERE id = 7")
+    assert (watched.action, watched.observed) == (Action.ALLOW, ("watch-7",))
+    assert _decide(point, "SELECT * FROM items WHERE id = 0007").observed == ("watch-7",)
+    assert _decide(point, "SELECT * FROM items WHERE id = 3").observed == ()
+    assert policy.asked == [
+        "SELECT * FROM items WHERE id = 1",
+        "SELECT * FROM items WHERE id = 666",
+        "SELECT * FROM items WHERE id = 666",
+        "SELECT * FROM items WHERE id = 7",
+    ]
 
 
 @pytest.mark.parametrize(
@@ -197,3 +208,37 @@ def test_a_decision_with_effects_on_the_session_is_not_kept() -> None:
     for n in range(3):
         assert _decide(point, f"SELECT * FROM items WHERE id = {n}").action is Action.ALLOW
     assert len(counting.asked) == 3
+
+
+def test_every_known_statement_after_its_siblings_is_decided_as_the_policy_decides_it() -> None:
+    """The corpus of classification and security cases (``policies/tests/test_shapes.py``),
+    each after siblings with other literals, through one session's point on a policy whose
+    regular expressions look at literals, for two groups: every decision a session's shape
+    serves equals the policy's own on a fresh cache, field for field, but for the
+    statement's text in the classification, which is the shape's normalized text."""
+    from policies.tests.test_shapes import REGEX_POLICY, _corpus, _siblings, everything
+
+    served = 0
+    for group in ("agents", "ops"):
+        counting = Counting(compile_policy("shapes", 1, REGEX_POLICY, cache_size=64))
+        point = DecisionPoint(
+            protocol="postgres", connection="shop", agent="bot", groups=frozenset({group}),
+            slot=PolicySlot(counting),  # type: ignore[arg-type]
+        )  # fmt: skip
+        for text in _corpus():
+            for sibling in _siblings(text):
+                _decide(point, sibling)
+            asked = len(counting.asked)
+            got = everything(_decide(point, text))
+            served += len(counting.asked) == asked
+            fresh = compile_policy("shapes", 1, REGEX_POLICY).evaluate(point.request(text))
+            expected = everything(fresh)
+            if len(counting.asked) == asked:
+                shape = sql.shape_key(text)
+                assert shape is not None
+                text_of_shape = sql.proven_shape_text(shape[0], shape[1], {})
+                details = dict(fresh.classification)
+                details["statements"] = [{**details["statements"][0], "text": text_of_shape}]
+                expected["classification"] = details
+            assert got == expected, text
+    assert served > 40  # the session's shapes were really exercised (51 statements)
