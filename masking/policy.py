@@ -54,9 +54,15 @@ def fail_closed(function: Callable[P, R]) -> Callable[P, R]:
             raise
         except Exception as exc:
             # "from None": the cause's message may quote the value being masked.
-            raise MaskingError(f"masking failed ({type(exc).__name__})") from None
+            raise _failed(exc) from None
 
     return wrapper
+
+
+def _failed(exc: Exception) -> MaskingError:
+    """The one error a masking failure becomes (``fail_closed``): it names the kind of
+    failure and holds no data."""
+    return MaskingError(f"masking failed ({type(exc).__name__})")
 
 
 def _glob(part: str) -> re.Pattern[str]:
@@ -172,6 +178,7 @@ class MaskingPolicy:
             for r in self._column_rule_specs
         ]
         self._scanners: dict[frozenset[str], Scanner] = {}
+        self._text_scanner: Scanner | None = None  # ``scanner()``, kept for ``mask_text``
         self._views: dict[frozenset[str], MaskingPolicy] = {}
 
     def _compile_custom(self, spec: dict[str, Any]) -> CustomEntity:
@@ -271,20 +278,33 @@ class MaskingPolicy:
     @overload
     def mask_text(self, text: bytes, encoding: str = "utf-8") -> tuple[bytes, Counts]: ...
 
-    @fail_closed
+    # These two fail closed as ``fail_closed`` says, written out rather than wrapped: the
+    # gateway calls them for every statement (its recorded text, the write-back guard),
+    # and the wrapper's generic call cost about as much as the scan of a short text.
+
     def mask_text(self, text: Value, encoding: str = "utf-8") -> tuple[Value, Counts]:
         """Content masking of free text (a notice, an error message, a COPY line...)."""
-        if isinstance(text, bytes):
-            masked, counts = self.scanner().mask_text(text.decode(encoding, "surrogateescape"))
-            return masked.encode(encoding, "surrogateescape"), counts
-        return self.scanner().mask_text(text)
+        try:
+            scanner = self._text_scanner
+            if scanner is None:
+                scanner = self._text_scanner = self.scanner()
+            if isinstance(text, bytes):
+                masked, counts = scanner.mask_text(text.decode(encoding, "surrogateescape"))
+                return masked.encode(encoding, "surrogateescape"), counts
+            return scanner.mask_text(text)
+        except MaskingError:
+            raise
+        except Exception as exc:
+            raise _failed(exc) from None
 
-    @fail_closed
     def contains_placeholder(self, text: Value) -> bool:
         """Whether ``text`` holds a placeholder this policy produces (the write-back guard)."""
-        if isinstance(text, bytes):
-            return self._placeholders_bytes.search(text) is not None
-        return self._placeholders.search(text) is not None
+        try:
+            if isinstance(text, bytes):
+                return self._placeholders_bytes.search(text) is not None
+            return self._placeholders.search(text) is not None
+        except Exception as exc:
+            raise _failed(exc) from None
 
     # -- rows ----------------------------------------------------------------------------
 

@@ -571,7 +571,10 @@ class Relay:
         output has none). The probe's messages never reach the client. None: no change."""
         pieces: list[str] = []
         last = 0
-        for record, (start, end) in zip(records, spans, strict=False):
+        # (Indexed: ``zip(..., strict=False)`` is a call with a keyword, the slow kind.)
+        for index in range(min(len(records), len(spans))):
+            record = records[index]
+            start, end = spans[index]
             # The statement as the client sent it (the record's text is masked for the record).
             found = copy_out(text[start:end])
             record.copy_out = found

@@ -192,6 +192,7 @@ def test_many_rows_and_columns_are_masked_in_the_right_places() -> None:
         lambda p: p.mask_rows([None], [["x"]], encoding="no-such-codec"),
         lambda p: p.mask_rows([None], [["x"]], type_oids=[25, 25]),
         lambda p: p.mask_text(None),
+        lambda p: p.mask_text(b"x", encoding="no-such-codec"),
     ],
 )
 def test_any_failure_is_one_masking_error(call) -> None:  # type: ignore[no-untyped-def]
@@ -203,6 +204,10 @@ def test_a_masking_error_never_quotes_the_data() -> None:
     policy = compile_policy({})
     with pytest.raises(MaskingError) as caught:
         policy.mask_rows([None], [[b"\xff secret 4111111111111111"]], encoding="ascii-strict-no")
+    assert "4111" not in str(caught.value)
+    assert caught.value.__cause__ is None
+    with pytest.raises(MaskingError) as caught:
+        policy.mask_text(b"\xff secret 4111111111111111", encoding="ascii-strict-no")
     assert "4111" not in str(caught.value)
     assert caught.value.__cause__ is None
 
