@@ -47,6 +47,7 @@ DETAILED = (
     "CPyDef_Relay____on_bind",
     "CPyDef_Relay____on_execute",
     "CPyDef_Relay___flush_records",
+    "CPyDef_Relay____mask_for_record",
     "CPyDef_Relay____mask_data_rows",
     "CPyDef_Relay___from_server",
     "CPyDef__airlock_masking_policy___ResultMasker____mask_rows",
