@@ -71,10 +71,11 @@ class DecisionPoint:
         # The session's masking (masking.MaskingPolicy) or None: what an approval card or
         # notification shows of a statement goes through ``masking.mask_text``.
         self.masking: Any = None
-        # The shapes this session's statements were allowed for, by simple key: the policy
-        # that allowed, the search path then, and the decision made for the shape
-        # (``decide``).
-        self._allowed: OrderedDict[_ShapeKey, tuple[object, tuple[str, ...], Decision]] = OrderedDict()
+        # The shapes this session's statements were allowed for (``decide``), by simple key
+        # and outcomes: the search path then, and the decision made for the shape; all of
+        # them by ``_allowed_by``, the policy in force then (emptied when it changes).
+        self._allowed: OrderedDict[_ShapeKey, tuple[tuple[str, ...], Decision]] = OrderedDict()
+        self._allowed_by: object = None
 
     @property
     def policy(self) -> CompiledPolicy | None:
@@ -146,17 +147,16 @@ class DecisionPoint:
             and request.kind == "query"
             and request.protocol == "postgres"
         ):
+            if self._allowed_by is not policy:
+                self._allowed.clear()  # a new version: and the old one is let go
+                self._allowed_by = policy
             simple = sql.shape_key(request.statement)
             outcomes = None if simple is None else outcomes_by_shape(simple, request.session)
             if simple is not None and outcomes is not None:
                 key = (simple[0], simple[1], outcomes)
                 known = self._allowed.get(key)
-                if (
-                    known is not None
-                    and known[0] is policy
-                    and known[1] == sql.session_search_path(request.session)
-                ):
-                    return known[2]
+                if known is not None and known[0] == sql.session_search_path(request.session):
+                    return known[1]
         try:
             decision = policy.evaluate(request)
         except Exception as exc:
@@ -164,16 +164,16 @@ class DecisionPoint:
                 action=Action.DENY, rule=None, message=f"the policy could not be evaluated: {exc}"
             )
         if key is not None and decision.action is Action.ALLOW and not decision.session_effects:
-            self._remember(key, policy, request, decision)
+            self._remember(key, request, decision)
         return decision
 
-    def _remember(self, key: _ShapeKey, policy: object, request: Request, decision: Decision) -> None:
+    def _remember(self, key: _ShapeKey, request: Request, decision: Decision) -> None:
         if len(decision.classification.get("statements") or ()) != 1:
             return
         text = sql.proven_shape_text(key[0], key[1], request.session)
         if text is None:
             return
-        value = (policy, sql.session_search_path(request.session), with_text(decision, text))
+        value = (sql.session_search_path(request.session), with_text(decision, text))
         sql.bounded_put(self._allowed, key, value, KNOWN_SHAPES)
 
     async def wait_review(self, request: Request, decision: Decision) -> Decision:

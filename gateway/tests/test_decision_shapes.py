@@ -83,6 +83,8 @@ def test_a_new_policy_version_decides_again() -> None:
     denied = _decide(point, "SELECT * FROM items WHERE id = 2")
     assert (denied.action, denied.policy_version) == (Action.DENY, 2)
     assert stricter.asked == ["SELECT * FROM items WHERE id = 2"]
+    # The old version's shapes are let go with it.
+    assert not point._allowed and point._allowed_by is stricter
 
 
 def test_another_search_path_decides_again() -> None:
