@@ -244,8 +244,15 @@ simple_key(PyObject *Py_UNUSED(module), PyObject *sql)
     if (last == NULL)
         goto error;
     PyTuple_SET_ITEM(parts, spans.count, last);
+    /* The result tuple made directly: Py_BuildValue parses its format every call. */
+    PyObject *result = PyTuple_New(3);
+    if (result == NULL)
+        goto error;
     spans_free(&spans);
-    return Py_BuildValue("(NNN)", parts, kinds, constants);
+    PyTuple_SET_ITEM(result, 0, parts);
+    PyTuple_SET_ITEM(result, 1, kinds);
+    PyTuple_SET_ITEM(result, 2, constants);
+    return result;
 
 error:
     spans_free(&spans);

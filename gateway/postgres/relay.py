@@ -25,7 +25,7 @@ import struct
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from gateway.postgres import protocol as pg
 from gateway.postgres.copyout import CopyOut, copy_out
@@ -154,19 +154,29 @@ class _Statement:
         self.copy_header = False
 
 
-class _PendingStatement(NamedTuple):
+# Plain classes rather than named tuples: compiled, they are made without a call through
+# Python (a named tuple's ``__new__`` is a Python function), once or twice a statement.
+
+
+class _PendingStatement:
     """A statement whose events are still to be recorded (``Relay.flush_records``)."""
 
-    record: _Statement
-    params: tuple[str | None, ...]
-    via: str
+    __slots__ = ("params", "record", "via")
+
+    def __init__(self, record: _Statement, params: tuple[str | None, ...], via: str) -> None:
+        self.record = record
+        self.params = params
+        self.via = via
 
 
-class _PendingResult(NamedTuple):
+class _PendingResult:
     """A statement's result still to be recorded (``Relay.flush_records``)."""
 
-    record: _Statement
-    payload: dict[str, Any]
+    __slots__ = ("payload", "record")
+
+    def __init__(self, record: _Statement, payload: dict[str, Any]) -> None:
+        self.record = record
+        self.payload = payload
 
 
 class _Entry:
