@@ -32,8 +32,10 @@ class CompiledPolicy(Protocol):
     def evaluate(self, request: Request) -> Decision: ...
 
 
-# How many allowed shapes a session keeps (``DecisionPoint.decide``): first in, first out.
-KNOWN_SHAPES = 256
+# How many allowed shapes a session keeps (``DecisionPoint.decide``), first in, first out:
+# about 1.7 KB each, so about 110 KB for a session of 64 shapes or more (an agent's
+# statements mostly repeat a few shapes; pgbench's, one).
+KNOWN_SHAPES = 64
 
 # A simple key without its constants, and the outcomes of the policy's ``regex`` rules.
 _ShapeKey = tuple[tuple[str, ...], str, tuple[bool, ...]]
