@@ -374,6 +374,61 @@ async def test_best_effort_mode_counts_dropped_events_and_goes_on(settings):
     assert result.ok, result.reason
 
 
+async def test_a_full_queue_drops_what_does_not_fit_and_records_how_much_in_best_effort_mode(
+    settings, monkeypatch
+):
+    """Appends never wait: past ``MAX_QUEUED`` waiting events they are dropped, and the
+    chain says where and how many (a ``dropped`` event in their place)."""
+    from recordings import writer
+
+    settings.RECORDING_STRICT = False
+    monkeypatch.setattr(writer, "MAX_QUEUED", 3)
+    failures: list[str] = []
+    async with asyncio.timeout(30):
+        recorder = await SessionRecorder.start(**BILLING_BOT, on_failure=failures.append)
+        # No await between the appends: the flusher cannot take any of them meanwhile.
+        for n in range(10):
+            recorder.append(Event.Kind.STATEMENT, {"text": f"SELECT {n}"})
+        assert recorder.dropped_events == 7
+        await _until(lambda: recorder._state.seq >= 4)  # the three that fitted are written
+        recorder.append(Event.Kind.STATEMENT, {"text": "SELECT 'after'"})
+        await recorder.close(reason="done")
+        session = await in_db(_session, recorder.session_id)
+        events = await in_db(_events, recorder.session_id)
+        result = await in_db(_verify, recorder.session_id)
+    assert failures == [] and not recorder.failed
+    assert session.dropped_events == 7 and session.status == "ended"
+    assert [e["kind"] for e in events] == [
+        "session_start", "statement", "statement", "statement", "dropped", "statement", "session_end",
+    ]  # fmt: skip
+    assert [e["payload"].get("text") for e in events[1:4]] == ["SELECT 0", "SELECT 1", "SELECT 2"]
+    marker = events[4]["payload"]
+    assert (marker["count"], marker["reason"]) == (7, "recording queue full")
+    assert marker["first_offset_ms"] <= marker["last_offset_ms"]
+    assert events[5]["payload"]["text"] == "SELECT 'after'"
+    assert result.ok, result.reason
+
+
+async def test_a_full_queue_fails_the_recording_in_strict_mode(settings, monkeypatch):
+    from recordings import writer
+
+    monkeypatch.setattr(writer, "MAX_QUEUED", 3)
+    failures: list[str] = []
+    async with asyncio.timeout(30):
+        recorder = await SessionRecorder.start(**BILLING_BOT, on_failure=failures.append)
+        for n in range(5):
+            recorder.append(Event.Kind.STATEMENT, {"text": f"SELECT {n}"})
+        assert failures == ["recording queue full: the database is not keeping up"]
+        assert recorder.failed and recorder.dropped_events == 2
+        await recorder.close(reason="recording failed", status="terminated")
+        session = await in_db(_session, recorder.session_id)
+        events = await in_db(_events, recorder.session_id)
+        result = await in_db(_verify, recorder.session_id)
+    assert session.status == "terminated" and session.dropped_events == 2
+    assert [e["kind"] for e in events][-2:] == ["dropped", "session_end"]
+    assert result.ok, result.reason
+
+
 async def test_two_recorders_interleaving_keep_separate_chains():
     async with asyncio.timeout(30):
         a = await SessionRecorder.start(**BILLING_BOT)
