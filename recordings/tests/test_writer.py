@@ -374,28 +374,40 @@ async def test_best_effort_mode_counts_dropped_events_and_goes_on(settings):
     assert result.ok, result.reason
 
 
+async def _overfill(monkeypatch, appends: int):  # type: ignore[no-untyped-def]
+    """A recorder whose queue holds three events, sent ``appends`` statements with no await
+    in between (so its flusher cannot take any meanwhile); with its failures."""
+    from recordings import writer
+
+    monkeypatch.setattr(writer, "MAX_QUEUED", 3)
+    failures: list[str] = []
+    recorder = await SessionRecorder.start(**BILLING_BOT, on_failure=failures.append)
+    for n in range(appends):
+        recorder.append(Event.Kind.STATEMENT, {"text": f"SELECT {n}"})
+    return recorder, failures
+
+
+async def _written(recorder):  # type: ignore[no-untyped-def]
+    return (
+        await in_db(_session, recorder.session_id),
+        await in_db(_events, recorder.session_id),
+        await in_db(_verify, recorder.session_id),
+    )
+
+
 async def test_a_full_queue_drops_what_does_not_fit_and_records_how_much_in_best_effort_mode(
     settings, monkeypatch
 ):
     """Appends never wait: past ``MAX_QUEUED`` waiting events they are dropped, and the
     chain says where and how many (a ``dropped`` event in their place)."""
-    from recordings import writer
-
     settings.RECORDING_STRICT = False
-    monkeypatch.setattr(writer, "MAX_QUEUED", 3)
-    failures: list[str] = []
     async with asyncio.timeout(30):
-        recorder = await SessionRecorder.start(**BILLING_BOT, on_failure=failures.append)
-        # No await between the appends: the flusher cannot take any of them meanwhile.
-        for n in range(10):
-            recorder.append(Event.Kind.STATEMENT, {"text": f"SELECT {n}"})
+        recorder, failures = await _overfill(monkeypatch, 10)
         assert recorder.dropped_events == 7
         await _until(lambda: recorder._state.seq >= 4)  # the three that fitted are written
         recorder.append(Event.Kind.STATEMENT, {"text": "SELECT 'after'"})
         await recorder.close(reason="done")
-        session = await in_db(_session, recorder.session_id)
-        events = await in_db(_events, recorder.session_id)
-        result = await in_db(_verify, recorder.session_id)
+        session, events, result = await _written(recorder)
     assert failures == [] and not recorder.failed
     assert session.dropped_events == 7 and session.status == "ended"
     assert [e["kind"] for e in events] == [
@@ -409,21 +421,13 @@ async def test_a_full_queue_drops_what_does_not_fit_and_records_how_much_in_best
     assert result.ok, result.reason
 
 
-async def test_a_full_queue_fails_the_recording_in_strict_mode(settings, monkeypatch):
-    from recordings import writer
-
-    monkeypatch.setattr(writer, "MAX_QUEUED", 3)
-    failures: list[str] = []
+async def test_a_full_queue_fails_the_recording_in_strict_mode(monkeypatch):  # strict: the default
     async with asyncio.timeout(30):
-        recorder = await SessionRecorder.start(**BILLING_BOT, on_failure=failures.append)
-        for n in range(5):
-            recorder.append(Event.Kind.STATEMENT, {"text": f"SELECT {n}"})
+        recorder, failures = await _overfill(monkeypatch, 5)
         assert failures == ["recording queue full: the database is not keeping up"]
         assert recorder.failed and recorder.dropped_events == 2
         await recorder.close(reason="recording failed", status="terminated")
-        session = await in_db(_session, recorder.session_id)
-        events = await in_db(_events, recorder.session_id)
-        result = await in_db(_verify, recorder.session_id)
+        session, events, result = await _written(recorder)
     assert session.status == "terminated" and session.dropped_events == 2
     assert [e["kind"] for e in events][-2:] == ["dropped", "session_end"]
     assert result.ok, result.reason
