@@ -131,6 +131,30 @@ def test_a_stricter_version_reaches_an_open_session_and_so_does_the_reverse(refr
     assert {(d["rule"], d["policy_version"]) for d in decisions} == {("no-items", 2)}
 
 
+def test_a_new_version_reaches_a_shape_the_open_session_was_allowed_for(refresh_gateway):
+    """Statements of a shape the session was allowed for are allowed without asking the
+    policy (``gateway.decision``): a new version still decides the next one of that shape,
+    and every statement is recorded with its own text and the version that decided it."""
+    env = refresh_gateway(ALLOW_READS)
+    conn = env.connect(autocommit=True)
+    lookup = "SELECT name FROM items WHERE id = {}"
+    try:
+        for n in (1, 2, 3):
+            assert conn.execute(lookup.format(n)).fetchone() == (f"item {n}",)
+        assert actions.do_save_policy(None, "agents", DENY_ITEMS).version == 2
+        message, _ = _wait_outcome(conn, lambda outcome: outcome != "allowed", statement=lookup.format(4))
+        assert message == "items are closed for inventory"
+        assert _outcome(conn, lookup.format(5)) == "items are closed for inventory"
+    finally:
+        conn.close()
+    recorded = [
+        (p["text"], p["action"], p["policy_version"]) for kind, p in env.events(0) if kind == "statement"
+    ]
+    assert recorded[:3] == [(lookup.format(n), "allow", 1) for n in (1, 2, 3)]
+    assert recorded[-2:] == [(lookup.format(4), "deny", 2), (lookup.format(5), "deny", 2)]
+    assert {version for _, action, version in recorded if action == "allow"} == {1}
+
+
 def test_a_rollback_reaches_an_open_session(refresh_gateway):
     env = refresh_gateway(DENY_ITEMS)
     actions.do_save_policy(None, "agents", ALLOW_READS)  # version 2, before the session opens
