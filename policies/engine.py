@@ -477,7 +477,9 @@ class CompiledPolicy:
         shape: the rest of a statement's shape decides alike)."""
         if not self._searches:
             return ()
-        text = normalized()
+        return self._outcomes(normalized())
+
+    def _outcomes(self, text: str) -> tuple[bool, ...]:
         return tuple([search(text) is not None for search in self._searches])
 
     def outcomes_by_shape(
@@ -492,9 +494,7 @@ class CompiledPolicy:
         if not self._searches:
             return ()
         text = sql.rendered_by_key(key, session)
-        if text is None:
-            return None
-        return tuple([search(text) is not None for search in self._searches])
+        return None if text is None else self._outcomes(text)
 
     def classify(self, request: Request) -> Classification:
         return _classifier(request.protocol)[0](request)

@@ -1512,12 +1512,16 @@ def shape_key(sql: str) -> SimpleKey | None:
     without a simple key or without constants, a long text, or one that may hold an EXECUTE
     (judged as the statement it runs, so by the session's prepared statements).
     ``gateway.decision`` keeps a session's allowed shapes by this key."""
+    simple = _decided_by_shape(sql)
+    return simple if simple is not None and simple[1] else None
+
+
+def _decided_by_shape(sql: str) -> SimpleKey | None:
+    """``sql``'s simple key, unless ``sql`` is too long to cache or may hold an EXECUTE
+    (whose decision depends on the session's prepared statements, not on the shape)."""
     if len(sql) > MAX_CACHED_TEXT or mentions(sql, _EXECUTE, _EXECUTE_WORDS):
         return None
-    simple = _simple_key(sql)
-    if simple is None or not simple[1]:
-        return None
-    return simple
+    return _simple_key(sql)
 
 
 def proven_shape_text(skeleton: tuple[str, ...], kinds: str, session: Mapping[str, Any] | None) -> str | None:
@@ -1581,9 +1585,7 @@ def simple_shape(
     known shape with new constants (pgbench's, an agent's ``WHERE id = 42``) costs a key
     and two lookups.
     """
-    if len(sql) > MAX_CACHED_TEXT or mentions(sql, _EXECUTE, _EXECUTE_WORDS):
-        return None
-    simple = _simple_key(sql)
+    simple = _decided_by_shape(sql)
     if simple is None:
         return None
     entry = _simple_shapes.get((simple[0], simple[1], session_search_path(session)))
