@@ -39,6 +39,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # Source module -> the name of its compiled build.
 NATIVE_MODULES = {
     "gateway.postgres.datarows": "_airlock_datarows",
+    "gateway.postgres.wirerows": "_airlock_wirerows",
     "gateway.postgres.relay": "_airlock_relay",
     "masking.placeholders": "_airlock_masking_placeholders",
     "masking.scanner": "_airlock_masking_scanner",
@@ -51,6 +52,7 @@ NATIVE_MODULES = {
 # module -> its C source. The Python module is the reference the C must match (each has a
 # test comparing the two); the stamp covers both files.
 NATIVE_C = {
+    "gateway.postgres.wirerows": "gateway/postgres/_wirerows.c",
     "policies.textscan": "policies/_textscan.c",
     "recordings.jsonscan": "recordings/_jsonscan.c",
 }

@@ -23,7 +23,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from functools import wraps
-from typing import Any, ParamSpec, TypeVar, overload
+from typing import Any, NamedTuple, ParamSpec, TypeVar, overload
 
 from masking.detectors import ASCII_NORMALISERS, BUILTIN_ENTITIES, NORMALISERS
 from masking.errors import MaskingError, MaskingSpecError
@@ -360,6 +360,14 @@ _LARGE_RESULT = 1024
 _SMALL_BATCH = 2
 
 
+class WirePlan(NamedTuple):
+    """Which columns of a result the masking fast path reads: ``fetch`` as values, for a
+    column rule's renderer; ``scan`` joined, for the content detectors."""
+
+    fetch: tuple[int, ...]
+    scan: tuple[int, ...]
+
+
 class ResultMasker:
     """Masks the rows of one result: column rules by identity, content detectors on the rest.
 
@@ -428,6 +436,31 @@ class ResultMasker:
         # Nothing in this result's shape can be masked (no column rule, every column
         # skipped by the detectors): its rows go on untouched, unread (``mask_rows``).
         self.passes_through = not self._ruled and not self._scan_groups and not self._jsonb_binary
+        # The fast path over the wire bytes (``mask_columns``), for a shape whose values are
+        # all in the text format, read as they come (no JSON, no other form) by one scanner
+        # at most: which columns a rule needs as
+        # values (``fetch``, in ``_ruled``'s order, redacted ones aside: a constant each,
+        # ``_redacted``), and which the detectors read (``scan``).
+        self.wire_plan: WirePlan | None = None
+        self._redacted: dict[int, bytes] = {}
+        if (
+            not self.passes_through
+            and all(kind is ValueKind.TEXT or kind is ValueKind.OPAQUE for kind in self.kinds)
+            and not self._forms
+            and len(self._scan_groups) <= 1
+        ):
+            fetch = []
+            try:
+                for index, rule, kind in self._ruled:
+                    if kind is ValueKind.TEXT and rule.render.method is Method.REDACT:
+                        self._redacted[index] = rule.render.redacted.encode(encoding)
+                    else:
+                        fetch.append(index)
+            except UnicodeError:  # a placeholder this encoding cannot hold: the general path fails closed
+                self._redacted = {}
+            else:
+                scan = [i for _, group in self._scan_groups.values() for i in group]
+                self.wire_plan = WirePlan(tuple(fetch), tuple(scan))
 
     @property
     def masked_columns(self) -> list[bool]:
@@ -604,6 +637,18 @@ class ResultMasker:
         counts: Counts,
     ) -> None:
         """Mask text values (column index, row, value) found dirty, as one batch."""
+        for index, row, new in self._batch_changes(scanner, batch, counts):
+            column = columns[index]
+            if not isinstance(column, list):
+                column = columns[index] = list(column)
+            column[row] = new
+
+    def _batch_changes(
+        self, scanner: Scanner, batch: list[tuple[int, int, Value]], counts: Counts
+    ) -> list[tuple[int, int, Value | None]]:
+        """The values of ``batch`` (column index, row, value) that masking changes, as
+        (column index, row, masked value)."""
+        changes: list[tuple[int, int, Value | None]] = []
         encoding = self._encoding
         texts = [v.decode(encoding, "surrogateescape") if isinstance(v, bytes) else v for _, _, v in batch]
         # A value or two (a secret in one note of a page of rows) costs less on its own
@@ -625,10 +670,56 @@ class ResultMasker:
                     new = text.encode(encoding, "surrogateescape")
                 else:
                     new = text
-            column = columns[index]
-            if not isinstance(column, list):
-                column = columns[index] = list(column)
-            column[row] = new
+            changes.append((index, row, new))
+        return changes
+
+    @fail_closed
+    def mask_columns(
+        self, fetched: list[list[bytes | None]], joined: bytes, nulls: list[int], count: int
+    ) -> tuple[list[bytes | list[Value | None] | None], list[tuple[int, int, Value | None]], Counts] | None:
+        """``mask_rows`` for the fast path (``wire_plan``; ``gateway.postgres.wirerows``):
+        given the ``count`` rows' values of the plan's ``fetch`` columns, its ``scan``
+        columns' values joined with NUL and each column's number of NULLs, what becomes of
+        each column (None: unchanged; bytes: that constant for every value not NULL; a list:
+        the new values), the single values the detectors changed (column, row, value) and
+        how many of each entity were masked: exactly what ``mask_rows`` makes of those rows.
+        None when the general path must decide (a result large enough for a column to be
+        masked as a dense one)."""
+        plan = self.wire_plan
+        if plan is None or len(fetched) != len(plan.fetch) or len(nulls) != self.width:
+            raise MaskingError("the values do not match the result's plan")
+        if count >= _DENSE_MIN_ROWS and self._scan_groups:
+            return None
+        counts: Counts = {}
+        columns: list[bytes | list[Value | None] | None] = [None] * self.width
+        changes: list[tuple[int, int, Value | None]] = []
+        if not count:
+            return columns, changes, counts
+        k = 0
+        for index, rule, kind in self._ruled:
+            constant = self._redacted.get(index)
+            if constant is not None:
+                columns[index] = constant
+            else:
+                columns[index] = self._rule_column(rule, kind, fetched[k])
+                k += 1
+            masked = count - nulls[index]
+            if masked:
+                counts[rule.entity] = counts.get(rule.entity, 0) + masked
+        for scanner, group in self._scan_groups.values():
+            dirty = scanner.dirty_in_joined(joined, len(group) * count)
+            if not dirty:
+                continue
+            values = joined.split(b"\x00")
+            batch: list[tuple[int, int, Value]] = []
+            for d in dirty:
+                value = values[d]
+                if value:
+                    c, r = divmod(d, count)
+                    batch.append((group[c], r, value))
+            if batch:
+                changes = self._batch_changes(scanner, batch, counts)
+        return columns, changes, counts
 
     @fail_closed
     def mask_rows(self, rows: Iterable[Row]) -> tuple[list[tuple[Value | None, ...]], Counts]:

@@ -594,6 +594,20 @@ class Scanner:
         if joined.count(b"\x00") != len(items) - 1:
             # A value holds NUL itself: the join cannot tell values apart, scan each one.
             return [i for i, item in enumerate(items) if item]
+        return self._dirty_in(joined)
+
+    def dirty_in_joined(self, joined: bytes, count: int) -> list[int]:
+        """``dirty_indices`` of ``count`` values given joined with NUL, as that method joins
+        them (none of them holds NUL itself: ``gateway.postgres.wirerows.scan_rows``)."""
+        if not count:
+            return []
+        if self._custom:
+            return [i for i, item in enumerate(joined.split(b"\x00")) if item]
+        if self._trigger is None:
+            return []
+        return self._dirty_in(joined)
+
+    def _dirty_in(self, joined: bytes) -> list[int]:
         search = self._search_bytes
         dirty: list[int] = []
         index = 0

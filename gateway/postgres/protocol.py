@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from gateway import native
 from gateway.postgres import datarows as _datarows
+from gateway.postgres import wirerows as _wirerows
 
 # DataRows, the bulk of every result: read and written by gateway/postgres/datarows.py,
 # compiled when it was built (gateway/native.py).
@@ -21,6 +22,8 @@ if TYPE_CHECKING:
     from gateway.postgres.datarows import decode_rows as decode_rows
     from gateway.postgres.datarows import parse_data_row as parse_data_row
     from gateway.postgres.datarows import parse_data_rows as parse_data_rows
+    from gateway.postgres.wirerows import scan_rows as scan_rows
+    from gateway.postgres.wirerows import write_rows as write_rows
 else:
     _rows = native.load(_datarows)
     parse_data_rows = _rows.parse_data_rows
@@ -28,6 +31,11 @@ else:
     data_rows = _rows.data_rows
     data_row = _rows.data_row
     decode_rows = _rows.decode_rows
+    # Masking's fast path over a result's DataRows (gateway/postgres/wirerows.py, in C
+    # when it was built: gateway/postgres/_wirerows.c).
+    _wire = native.load(_wirerows)
+    scan_rows = _wire.scan_rows
+    write_rows = _wire.write_rows
 
 PROTOCOL_3_0 = 196608  # 3 << 16
 SSL_REQUEST_CODE = 80877103

@@ -44,6 +44,7 @@ from policies.types import Action, Decision, Request
 
 if TYPE_CHECKING:
     from masking import MaskingPolicy, ResultMasker
+    from masking.policy import WirePlan
 
 _U32 = struct.Struct("!I")
 _U16 = struct.Struct("!H")
@@ -1133,6 +1134,21 @@ class Relay:
     def _mask_data_rows(self, data: bytes, pos: int, n: int) -> tuple[int, bytes | None]:
         """Mask the run of whole DataRows starting at ``pos``: (where the run ends, the
         bytes to send instead, or None when nothing changed)."""
+        record, entry = self._record_for_rows()
+        if record is not None and entry is not None and not record.withheld:
+            if entry.kind == EXECUTE and record.masker is None and n - pos >= 7:
+                portal = record.portal or b""
+                self._build_masker(
+                    record,
+                    self._portal_fields.get(portal),
+                    self._portal_formats.get(portal, ()),
+                    _U16.unpack_from(data, pos + 5)[0],
+                )
+            masker = record.masker
+            if masker is not None and masker.wire_plan is not None:
+                done = self._mask_wire(record, masker, masker.wire_plan, data, pos, n)
+                if done is not None:
+                    return done
         rows, bounds = pg.parse_data_rows(data, pos, n)
         pos = bounds[-1]
         record, entry = self._record_for_rows()
@@ -1187,6 +1203,47 @@ class Relay:
         if run < len(rows):
             parts.append(data[bounds[run] : bounds[-1]])
         return pos, b"".join(parts)
+
+    def _mask_wire(
+        self, record: _Statement, masker: ResultMasker, plan: WirePlan, data: bytes, pos: int, n: int
+    ) -> tuple[int, bytes | None] | None:
+        """``_mask_data_rows`` on the fast path (``gateway.postgres.wirerows``): the rows
+        read, masked and written where they lie, without an object per value; None when the
+        run or the result needs the general path (which then does all of it)."""
+        want = self.result_rows - len(record.sample)
+        if want > 0:
+            columns = record.columns or self._last_columns
+            if columns is None or len(columns) != masker.width or any(c[1] for c in columns):
+                return None  # the sample records these values in other forms
+        scanned = pg.scan_rows(data, pos, n, masker.width, plan.fetch, plan.scan)
+        if scanned is None:
+            return None
+        stop, count, fetched, joined, nulls = scanned
+        try:
+            masked = masker.mask_columns(fetched, joined, nulls, count)
+        except MaskingError:
+            record.rows += count
+            record.withheld = "the result could not be masked"
+            return stop, b""
+        if masked is None:
+            return None
+        values, changes, counts = masked
+        out, sample = pg.write_rows(data, pos, stop, masker.width, values, changes, max(want, 0))
+        record.rows += count
+        if want > 0:
+            if sample is None:  # a value that is not UTF-8: recorded as the general path records it
+                rows = (
+                    pg.parse_data_rows(data, pos, stop)[0]
+                    if out is None
+                    else pg.parse_data_rows(out, 0, len(out))[0]
+                )
+                sample = self._sample_rows(rows[:want], record)
+            record.sample.extend(sample)
+        if counts:
+            total = record.masked
+            for entity, found in counts.items():
+                total[entity] = total.get(entity, 0) + found
+        return stop, out
 
     def _mask_copy(self, data: bytes, pos: int, n: int) -> tuple[int, bytes | None]:
         """The run of whole CopyData rows of COPY TO STDOUT starting at ``pos``: field by

@@ -69,6 +69,52 @@ for n in list(range(64)) * 150 + [4096, 65536]:
     for cut in (1, 2, 5):  # views ending inside a larger buffer
         js.altered_by_jsonb(view[:-cut] if n >= cut else view)
     checked += 1
+from gateway.postgres import datarows, wirerows
+
+wr = load("_airlock_wirerows", sys.argv[3])
+assert wr.SOURCE_SHA256 == "sanitized"
+
+
+def outcome(function, *args):
+    try:
+        return ("ok", function(*args))
+    except (ValueError, TypeError) as exc:
+        return (type(exc).__name__,)
+
+
+PIECES = [None, b"", b"a", b"\x00", b"\xff", b"@x.io", "\u00e9".encode(), b"\xed\xa0\x80", b"x" * 300]
+for n in range(6000):
+    width = rng.randrange(0, 5)
+    rows = [[rng.choice(PIECES) for _ in range(width)] for _ in range(rng.randrange(0, 5))]
+    data = bytearray(datarows.data_rows(rows))
+    if rng.random() < 0.5 and data:
+        for _ in range(rng.randrange(1, 3)):
+            data[rng.randrange(len(data))] = rng.randrange(256)
+    if rng.random() < 0.3:
+        del data[rng.randrange(len(data) + 1) :]
+    data = bytes(data) + bytes(rng.randrange(256) for _ in range(rng.randrange(0, 4)))
+    fetch = tuple(rng.randrange(-1, width + 1) for _ in range(rng.randrange(0, 3)))
+    scan = tuple(rng.randrange(-1, width + 1) for _ in range(rng.randrange(0, 3)))
+    want = outcome(wirerows.scan_rows, data, 0, len(data), width, fetch, scan)
+    assert outcome(wr.scan_rows, data, 0, len(data), width, fetch, scan) == want, data
+    view = memoryview(data)
+    for cut in (1, 2, 7):  # views ending inside a larger buffer
+        if len(data) >= cut:
+            outcome(wr.scan_rows, view[:-cut], 0, len(data) - cut, width, fetch, scan)
+    stop = want[1][0] if want[0] == "ok" and want[1] is not None else rng.randrange(len(data) + 1)
+    count = want[1][1] if want[0] == "ok" and want[1] is not None else rng.randrange(3)
+    columns = [
+        rng.choice([None, b"[X]", [rng.choice(PIECES) for _ in range(count)]]) for _ in range(width)
+    ]
+    changes = [
+        (rng.randrange(-1, width + 1), rng.randrange(-1, count + 1), rng.choice(PIECES))
+        for _ in range(rng.randrange(0, 4))
+    ]
+    args = (data, 0, stop, width, columns, changes, rng.randrange(-1, 6))
+    assert outcome(wr.write_rows, *args) == outcome(wirerows.write_rows, *args), args
+    if stop:
+        outcome(wr.write_rows, view[:stop], 0, stop, width, columns, changes, 3)
+    checked += 1
 for bad in (b"x", 5, None):
     for call in (lambda: ts.simple_key(bad), lambda: ts.ascii_lacks(bad, ("x",)), lambda: js.altered_by_jsonb("x")):
         try:
@@ -121,6 +167,7 @@ def test_the_c_builds_hold_under_address_and_undefined_behaviour_sanitizers(tmp_
     assert set(native.NATIVE_MODULES[m] for m in native.NATIVE_C) == {
         "_airlock_textscan",
         "_airlock_jsonscan",
+        "_airlock_wirerows",
     }
     compiler, builds = _sanitized_builds(tmp_path)
     asan = _runtime(compiler, "libasan.so")
@@ -138,7 +185,14 @@ def test_the_c_builds_hold_under_address_and_undefined_behaviour_sanitizers(tmp_
         "AIRLOCK_NATIVE": "off",
     }
     result = subprocess.run(
-        [sys.executable, "-c", DRIVER, str(builds["_airlock_textscan"]), str(builds["_airlock_jsonscan"])],
+        [
+            sys.executable,
+            "-c",
+            DRIVER,
+            str(builds["_airlock_textscan"]),
+            str(builds["_airlock_jsonscan"]),
+            str(builds["_airlock_wirerows"]),
+        ],
         env=env,
         capture_output=True,
         text=True,
@@ -150,4 +204,4 @@ def test_the_c_builds_hold_under_address_and_undefined_behaviour_sanitizers(tmp_
         result.stderr
     )
     assert result.stdout.startswith("checked "), result.stdout
-    assert int(result.stdout.split()[1]) > 10_000
+    assert int(result.stdout.split()[1]) > 16_000

@@ -1,0 +1,553 @@
+/*
+ * _airlock_wirerows: gateway.postgres.wirerows (scan_rows, write_rows) in C.
+ *
+ * Built by scripts/build_native.py (make venv) with -DSOURCE_SHA256="<digest>", the
+ * SHA-256 of gateway/postgres/wirerows.py followed by this file; gateway.native.load uses
+ * the build only when that digest matches the sources in use. It must return exactly
+ * what the Python reference returns (gateway/tests/postgres/test_wirerows.py compares the
+ * two on generated and malformed runs of rows): what it writes is what the agent
+ * receives of a masked result.
+ *
+ * The rows come from the upstream server and are not trusted: every length is checked
+ * against the message it is in, and the message against the buffer, before a byte is
+ * read (walk); the values' offsets are read only after the whole run was walked once.
+ */
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <string.h>
+
+#ifndef SOURCE_SHA256
+#error "build with -DSOURCE_SHA256=\"<digest of gateway/postgres/wirerows.py and this file>\""
+#endif
+
+#define MAX_MESSAGE 0x7FFFFFFF
+
+static inline Py_ssize_t
+u32(const unsigned char *d, Py_ssize_t at)
+{
+    return ((Py_ssize_t)d[at] << 24) | ((Py_ssize_t)d[at + 1] << 16) | ((Py_ssize_t)d[at + 2] << 8)
+        | (Py_ssize_t)d[at + 3];
+}
+
+enum { WALK_OK = 0, WALK_MALFORMED = 1, WALK_WIDTH = 2 };
+
+/*
+ * The run of whole DataRows at d[pos:end], as the reference's _spans reads it, every row
+ * required to hold `width` values. With offsets and bounds NULL it only counts the rows
+ * (*rows) and finds where the run stops (*stop); given arrays sized from that count, it
+ * fills offsets (per row, per value: start, length; -1, 0 for NULL) and bounds (each
+ * row's start, then the run's stop).
+ */
+static int
+walk(const unsigned char *d, Py_ssize_t pos, Py_ssize_t end, Py_ssize_t width, Py_ssize_t *rows,
+     Py_ssize_t *stop, Py_ssize_t *offsets, Py_ssize_t *bounds)
+{
+    Py_ssize_t n = 0;
+    while (end - pos >= 5 && d[pos] == 68) {
+        Py_ssize_t next = pos + 1 + u32(d, pos + 1);
+        if (next > end)
+            break;
+        if (next - pos < 7)
+            return WALK_MALFORMED;
+        Py_ssize_t count = ((Py_ssize_t)d[pos + 5] << 8) | d[pos + 6];
+        Py_ssize_t at = pos + 7;
+        for (Py_ssize_t i = 0; i < count; i++) {
+            if (at + 4 > next)
+                return WALK_MALFORMED;
+            Py_ssize_t length = u32(d, at);
+            at += 4;
+            if (length & 0x80000000) {
+                if (offsets != NULL && count == width) {
+                    offsets[2 * (n * width + i)] = -1;
+                    offsets[2 * (n * width + i) + 1] = 0;
+                }
+            }
+            else {
+                if (at + length > next)
+                    return WALK_MALFORMED;
+                if (offsets != NULL && count == width) {
+                    offsets[2 * (n * width + i)] = at;
+                    offsets[2 * (n * width + i) + 1] = length;
+                }
+                at += length;
+            }
+        }
+        if (count != width)
+            return WALK_WIDTH;
+        if (bounds != NULL)
+            bounds[n] = pos;
+        n++;
+        pos = next;
+    }
+    if (bounds != NULL)
+        bounds[n] = pos;
+    *rows = n;
+    *stop = pos;
+    return WALK_OK;
+}
+
+/* A walked run: its rows' value offsets and bounds (PyMem), or the walk's failure. */
+typedef struct {
+    Py_ssize_t rows;
+    Py_ssize_t stop;
+    Py_ssize_t *offsets;
+    Py_ssize_t *bounds;
+} Run;
+
+static void
+run_free(Run *run)
+{
+    PyMem_Free(run->offsets);
+    PyMem_Free(run->bounds);
+    run->offsets = run->bounds = NULL;
+}
+
+/* WALK_OK with run filled in, another status (no exception), or -1 with an exception. */
+static int
+run_read(const unsigned char *d, Py_ssize_t pos, Py_ssize_t end, Py_ssize_t width, Run *run)
+{
+    run->offsets = run->bounds = NULL;
+    int status = walk(d, pos, end, width, &run->rows, &run->stop, NULL, NULL);
+    if (status != WALK_OK)
+        return status;
+    size_t cells = (size_t)run->rows * (size_t)width * 2;
+    run->offsets = PyMem_Malloc(cells ? cells * sizeof(Py_ssize_t) : 1);
+    run->bounds = PyMem_Malloc(((size_t)run->rows + 1) * sizeof(Py_ssize_t));
+    if (run->offsets == NULL || run->bounds == NULL) {
+        run_free(run);
+        PyErr_NoMemory();
+        return -1;
+    }
+    Py_ssize_t rows = 0, stop = 0;
+    walk(d, pos, end, width, &rows, &stop, run->offsets, run->bounds);
+    return WALK_OK;
+}
+
+static int
+check_bounds(Py_ssize_t size, Py_ssize_t pos, Py_ssize_t end)
+{
+    if (pos < 0 || pos > end || end > size) {
+        PyErr_SetString(PyExc_ValueError, "the run's bounds are outside the buffer");
+        return -1;
+    }
+    return 0;
+}
+
+static int
+check_width(Py_ssize_t width)
+{
+    if (width < 0 || width > 0xFFFF) {
+        PyErr_SetString(PyExc_ValueError, "a row holds 0 to 65535 values");
+        return -1;
+    }
+    return 0;
+}
+
+/* Column indices from a tuple: 0 with them in *out (PyMem), 1 when one is out of range
+ * (or too large for an index), -1 with an exception (not a tuple, not an int). */
+static int
+indices(PyObject *tuple, Py_ssize_t width, Py_ssize_t **out, Py_ssize_t *count)
+{
+    if (!PyTuple_Check(tuple)) {
+        PyErr_SetString(PyExc_TypeError, "column indices are a tuple");
+        return -1;
+    }
+    Py_ssize_t n = PyTuple_GET_SIZE(tuple);
+    *out = PyMem_Malloc(n ? (size_t)n * sizeof(Py_ssize_t) : 1);
+    if (*out == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    *count = n;
+    int outside = 0;
+    for (Py_ssize_t k = 0; k < n; k++) {
+        PyObject *item = PyTuple_GET_ITEM(tuple, k);
+        if (!PyLong_Check(item)) {
+            PyErr_SetString(PyExc_TypeError, "a column index is an int");
+            PyMem_Free(*out);
+            *out = NULL;
+            return -1;
+        }
+        int overflow = 0;
+        long long value = PyLong_AsLongLongAndOverflow(item, &overflow);
+        if (overflow || value < 0 || value >= width)
+            outside = 1;
+        else
+            (*out)[k] = (Py_ssize_t)value;
+    }
+    if (outside) {
+        PyMem_Free(*out);
+        *out = NULL;
+        return 1;
+    }
+    return 0;
+}
+
+static PyObject *
+scan_rows(PyObject *module, PyObject *args)
+{
+    Py_buffer view;
+    Py_ssize_t pos, end, width;
+    PyObject *fetch, *scan;
+    if (!PyArg_ParseTuple(args, "y*nnnOO:scan_rows", &view, &pos, &end, &width, &fetch, &scan))
+        return NULL;
+    PyObject *result = NULL, *fetched = NULL, *joined = NULL, *nulls = NULL;
+    Py_ssize_t *fetch_at = NULL, *scan_at = NULL, nfetch = 0, nscan = 0;
+    Run run = {0, 0, NULL, NULL};
+    const unsigned char *d = view.buf;
+    if (check_bounds(view.len, pos, end) < 0 || check_width(width) < 0)
+        goto done;
+    int outside_fetch = indices(fetch, width, &fetch_at, &nfetch);
+    if (outside_fetch < 0)
+        goto done;
+    int outside_scan = indices(scan, width, &scan_at, &nscan);
+    if (outside_scan < 0)
+        goto done;
+    int status = outside_fetch || outside_scan ? WALK_WIDTH : run_read(d, pos, end, width, &run);
+    if (status < 0)
+        goto done;
+    if (status != WALK_OK) {
+        result = Py_NewRef(Py_None);
+        goto done;
+    }
+    Py_ssize_t rows = run.rows;
+    /* The scanned values, joined with NUL: none may hold NUL itself. */
+    Py_ssize_t size = 0;
+    for (Py_ssize_t k = 0; k < nscan; k++) {
+        for (Py_ssize_t r = 0; r < rows; r++) {
+            Py_ssize_t cell = 2 * (r * width + scan_at[k]);
+            Py_ssize_t at = run.offsets[cell], length = run.offsets[cell + 1];
+            if (at >= 0 && memchr(d + at, 0, (size_t)length) != NULL) {
+                result = Py_NewRef(Py_None);
+                goto done;
+            }
+            size += length + 1;
+        }
+    }
+    joined = PyBytes_FromStringAndSize(NULL, size ? size - 1 : 0);
+    if (joined == NULL)
+        goto done;
+    char *into = PyBytes_AS_STRING(joined);
+    for (Py_ssize_t k = 0; k < nscan; k++) {
+        for (Py_ssize_t r = 0; r < rows; r++) {
+            Py_ssize_t cell = 2 * (r * width + scan_at[k]);
+            Py_ssize_t at = run.offsets[cell], length = run.offsets[cell + 1];
+            if (k || r)
+                *into++ = 0;
+            if (at >= 0) {
+                memcpy(into, d + at, (size_t)length);
+                into += length;
+            }
+        }
+    }
+    fetched = PyList_New(nfetch);
+    if (fetched == NULL)
+        goto done;
+    for (Py_ssize_t k = 0; k < nfetch; k++) {
+        PyObject *column = PyList_New(rows);
+        if (column == NULL)
+            goto done;
+        PyList_SET_ITEM(fetched, k, column);
+        for (Py_ssize_t r = 0; r < rows; r++) {
+            Py_ssize_t cell = 2 * (r * width + fetch_at[k]);
+            Py_ssize_t at = run.offsets[cell];
+            PyObject *value = at < 0 ? Py_NewRef(Py_None)
+                                     : PyBytes_FromStringAndSize((const char *)d + at, run.offsets[cell + 1]);
+            if (value == NULL)
+                goto done;
+            PyList_SET_ITEM(column, r, value);
+        }
+    }
+    nulls = PyList_New(width);
+    if (nulls == NULL)
+        goto done;
+    for (Py_ssize_t i = 0; i < width; i++) {
+        Py_ssize_t count = 0;
+        for (Py_ssize_t r = 0; r < rows; r++)
+            count += run.offsets[2 * (r * width + i)] < 0;
+        PyObject *number = PyLong_FromSsize_t(count);
+        if (number == NULL)
+            goto done;
+        PyList_SET_ITEM(nulls, i, number);
+    }
+    result = Py_BuildValue("nnOOO", run.stop, rows, fetched, joined, nulls);
+done:
+    Py_XDECREF(fetched);
+    Py_XDECREF(joined);
+    Py_XDECREF(nulls);
+    PyMem_Free(fetch_at);
+    PyMem_Free(scan_at);
+    run_free(&run);
+    PyBuffer_Release(&view);
+    return result;
+}
+
+static PyObject *
+bad(const char *message)
+{
+    PyErr_SetString(PyExc_ValueError, message);
+    return NULL;
+}
+
+/* One value of the written run: 1 with it in ptr and len, or 0 for NULL; `single` holds the changes
+ * (NULL where there is none, Py_None for a NULL). */
+static inline int
+value_of(const unsigned char *d, const Run *run, Py_ssize_t width, PyObject **columns, PyObject **single,
+         Py_ssize_t r, Py_ssize_t i, const char **ptr, Py_ssize_t *len)
+{
+    PyObject *value = single[r * width + i];
+    if (value == NULL) {
+        PyObject *column = columns[i];
+        if (column == Py_None) {
+            Py_ssize_t at = run->offsets[2 * (r * width + i)];
+            if (at < 0)
+                return 0;
+            *ptr = (const char *)d + at;
+            *len = run->offsets[2 * (r * width + i) + 1];
+            return 1;
+        }
+        if (PyBytes_Check(column)) {
+            if (run->offsets[2 * (r * width + i)] < 0)
+                return 0;
+            value = column;
+        }
+        else
+            value = PyList_GET_ITEM(column, r);
+    }
+    if (value == Py_None)
+        return 0;
+    *ptr = PyBytes_AS_STRING(value);
+    *len = PyBytes_GET_SIZE(value);
+    return 1;
+}
+
+static inline char *
+put_u32(char *into, Py_ssize_t value)
+{
+    into[0] = (char)((value >> 24) & 0xFF);
+    into[1] = (char)((value >> 16) & 0xFF);
+    into[2] = (char)((value >> 8) & 0xFF);
+    into[3] = (char)(value & 0xFF);
+    return into + 4;
+}
+
+static PyObject *
+write_rows(PyObject *module, PyObject *args)
+{
+    Py_buffer view;
+    Py_ssize_t pos, end, width, sample;
+    PyObject *columns_list, *changes;
+    if (!PyArg_ParseTuple(args, "y*nnnOOn:write_rows", &view, &pos, &end, &width, &columns_list, &changes,
+                          &sample))
+        return NULL;
+    const unsigned char *d = view.buf;
+    PyObject *result = NULL, *out = NULL, *texts = NULL;
+    PyObject **single = NULL;
+    unsigned char *same = NULL;
+    Run run = {0, 0, NULL, NULL};
+    if (check_bounds(view.len, pos, end) < 0 || check_width(width) < 0)
+        goto done;
+    int status = run_read(d, pos, end, width, &run);
+    if (status < 0)
+        goto done;
+    if (status != WALK_OK || run.stop != end || !PyList_Check(columns_list)
+        || PyList_GET_SIZE(columns_list) != width) {
+        bad("write_rows: not a run of whole DataRows of this width");
+        goto done;
+    }
+    Py_ssize_t rows = run.rows;
+    PyObject **columns = PySequence_Fast_ITEMS(columns_list);
+    for (Py_ssize_t i = 0; i < width; i++) {
+        PyObject *column = columns[i];
+        if (PyList_Check(column)) {
+            if (PyList_GET_SIZE(column) != rows) {
+                bad("write_rows: a column's values do not match the rows");
+                goto done;
+            }
+            for (Py_ssize_t r = 0; r < rows; r++) {
+                PyObject *value = PyList_GET_ITEM(column, r);
+                if (value != Py_None && !PyBytes_Check(value)) {
+                    bad("write_rows: a value is neither bytes nor None");
+                    goto done;
+                }
+            }
+        }
+        else if (column != Py_None && !PyBytes_Check(column)) {
+            bad("write_rows: a column is neither None, bytes nor a list");
+            goto done;
+        }
+    }
+    if (!PyList_Check(changes)) {
+        bad("write_rows: the changes are a list");
+        goto done;
+    }
+    single = PyMem_Calloc((size_t)rows * (size_t)width + 1, sizeof(PyObject *));
+    same = PyMem_Malloc((size_t)rows + 1);
+    if (single == NULL || same == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (Py_ssize_t k = 0; k < PyList_GET_SIZE(changes); k++) {
+        PyObject *change = PyList_GET_ITEM(changes, k);
+        if (!PyTuple_Check(change) || PyTuple_GET_SIZE(change) != 3) {
+            bad("write_rows: a change is (column, row, value)");
+            goto done;
+        }
+        PyObject *index = PyTuple_GET_ITEM(change, 0), *row = PyTuple_GET_ITEM(change, 1);
+        PyObject *value = PyTuple_GET_ITEM(change, 2);
+        if (!PyLong_Check(index) || !PyLong_Check(row)) {
+            bad("write_rows: a change is out of range");
+            goto done;
+        }
+        int overflow_i = 0, overflow_r = 0;
+        long long i = PyLong_AsLongLongAndOverflow(index, &overflow_i);
+        long long r = PyLong_AsLongLongAndOverflow(row, &overflow_r);
+        if (overflow_i || overflow_r || i < 0 || i >= width || r < 0 || r >= rows) {
+            bad("write_rows: a change is out of range");
+            goto done;
+        }
+        if (value != Py_None && !PyBytes_Check(value)) {
+            bad("write_rows: a value is neither bytes nor None");
+            goto done;
+        }
+        single[r * width + i] = value; /* borrowed: the list holds it */
+    }
+    /* First pass: which rows changed, and the size of what is written. */
+    Py_ssize_t size = 0;
+    int changed = 0;
+    for (Py_ssize_t r = 0; r < rows; r++) {
+        int row_same = 1;
+        Py_ssize_t row_size = 6;
+        for (Py_ssize_t i = 0; i < width; i++) {
+            const char *ptr = NULL;
+            Py_ssize_t len = 0;
+            int present = value_of(d, &run, width, columns, single, r, i, &ptr, &len);
+            Py_ssize_t at = run.offsets[2 * (r * width + i)];
+            if (row_same) {
+                if (at < 0)
+                    row_same = !present;
+                else
+                    row_same = present && len == run.offsets[2 * (r * width + i) + 1]
+                        && memcmp(ptr, d + at, (size_t)len) == 0;
+            }
+            row_size += 4 + (present ? len : 0);
+        }
+        if (!row_same && row_size > MAX_MESSAGE) {
+            bad("write_rows: a row would outgrow a message");
+            goto done;
+        }
+        same[r] = (unsigned char)row_same;
+        if (row_same)
+            size += run.bounds[r + 1] - run.bounds[r];
+        else {
+            changed = 1;
+            size += 1 + row_size;
+        }
+    }
+    if (changed) {
+        out = PyBytes_FromStringAndSize(NULL, size);
+        if (out == NULL)
+            goto done;
+        char *into = PyBytes_AS_STRING(out);
+        for (Py_ssize_t r = 0; r < rows; r++) {
+            if (same[r]) {
+                memcpy(into, d + run.bounds[r], (size_t)(run.bounds[r + 1] - run.bounds[r]));
+                into += run.bounds[r + 1] - run.bounds[r];
+                continue;
+            }
+            char *head = into;
+            into += 5;
+            *into++ = (char)((width >> 8) & 0xFF);
+            *into++ = (char)(width & 0xFF);
+            for (Py_ssize_t i = 0; i < width; i++) {
+                const char *ptr = NULL;
+                Py_ssize_t len = 0;
+                if (value_of(d, &run, width, columns, single, r, i, &ptr, &len)) {
+                    into = put_u32(into, len);
+                    memcpy(into, ptr, (size_t)len);
+                    into += len;
+                }
+                else
+                    into = put_u32(into, 0xFFFFFFFF);
+            }
+            head[0] = 'D';
+            put_u32(head + 1, (Py_ssize_t)(into - head - 1));
+        }
+    }
+    /* The sample: the first rows' values as UTF-8 text, or None. */
+    texts = PyList_New(0);
+    if (texts == NULL)
+        goto done;
+    for (Py_ssize_t r = 0; r < rows && r < sample; r++) {
+        PyObject *row = PyList_New(width);
+        if (row == NULL)
+            goto done;
+        if (PyList_Append(texts, row) < 0) {
+            Py_DECREF(row);
+            goto done;
+        }
+        Py_DECREF(row);
+        for (Py_ssize_t i = 0; i < width; i++) {
+            const char *ptr = NULL;
+            Py_ssize_t len = 0;
+            PyObject *text;
+            if (value_of(d, &run, width, columns, single, r, i, &ptr, &len)) {
+                text = PyUnicode_DecodeUTF8(ptr, len, NULL);
+                if (text == NULL) {
+                    if (!PyErr_ExceptionMatches(PyExc_UnicodeDecodeError))
+                        goto done;
+                    PyErr_Clear();
+                    Py_SETREF(texts, Py_NewRef(Py_None));
+                    goto sampled;
+                }
+            }
+            else
+                text = Py_NewRef(Py_None);
+            PyList_SET_ITEM(row, i, text);
+        }
+    }
+sampled:
+    result = PyTuple_Pack(2, out == NULL ? Py_None : out, texts);
+done:
+    Py_XDECREF(out);
+    Py_XDECREF(texts);
+    PyMem_Free(single);
+    PyMem_Free(same);
+    run_free(&run);
+    PyBuffer_Release(&view);
+    return result;
+}
+
+static PyMethodDef methods[] = {
+    {"scan_rows", scan_rows, METH_VARARGS,
+     "scan_rows(data, pos, end, width, fetch, scan): see gateway.postgres.wirerows.scan_rows."},
+    {"write_rows", write_rows, METH_VARARGS,
+     "write_rows(data, pos, end, width, columns, changes, sample): see gateway.postgres.wirerows."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef definition = {
+    PyModuleDef_HEAD_INIT,
+    "_airlock_wirerows",
+    "gateway.postgres.wirerows in C (built from gateway/postgres/_wirerows.c; see gateway/postgres/wirerows.py).",
+    -1,
+    methods,
+    NULL,
+    NULL,
+    NULL,
+    NULL,
+};
+
+PyMODINIT_FUNC
+PyInit__airlock_wirerows(void)
+{
+    PyObject *module = PyModule_Create(&definition);
+    if (module == NULL)
+        return NULL;
+    if (PyModule_AddStringConstant(module, "SOURCE_SHA256", SOURCE_SHA256) < 0) {
+        Py_DECREF(module);
+        return NULL;
+    }
+    return module;
+}
