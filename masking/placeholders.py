@@ -147,6 +147,20 @@ class Renderer:
         outer.update(inner.digest())
         return self._hash_prefix + hexlify(outer.digest()[:_HASH_BYTES]) + b"]"
 
+    def partial_parts(self) -> tuple[bytes, bytes, int, int]:
+        """What ``partial_bytes`` puts together, for code that masks bytes where they lie
+        (``gateway.postgres.wirerows``): the prefix, the placeholder of a value with too few
+        letters and digits, how many it needs, how many it keeps."""
+        return self._partial_prefix, self._redacted_bytes, PARTIAL_MIN, PARTIAL_KEEP
+
+    def hash_cache(self) -> dict[int, bytes] | None:
+        """The placeholders ``hash_ascii_each`` keeps (keyed by Python's hash of an ASCII
+        value), for lookups where the values lie (``gateway.postgres.wirerows``); None when
+        it keeps none (no ASCII form of this entity's normaliser)."""
+        if self._normalise_ascii is None or self._inner is None or self._outer is None:
+            return None
+        return self._hashed
+
     def partial_bytes_each(self, secrets: Sequence[bytes]) -> list[bytes]:
         """``partial_bytes`` of each of ``secrets`` (none holding NUL), the letters and digits
         of all of them picked out in one pass."""

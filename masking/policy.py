@@ -362,9 +362,10 @@ _SMALL_BATCH = 2
 
 class WirePlan(NamedTuple):
     """Which columns of a result the masking fast path reads: ``fetch`` as values, for a
-    column rule's renderer; ``scan`` joined, for the content detectors."""
+    column rule's renderer (an index, or an index and the hash placeholders to look the
+    values up in first); ``scan`` joined, for the content detectors."""
 
-    fetch: tuple[int, ...]
+    fetch: tuple[int | tuple[int, dict[int, bytes]], ...]
     scan: tuple[int, ...]
 
 
@@ -442,22 +443,32 @@ class ResultMasker:
         # values (``fetch``, in ``_ruled``'s order, redacted ones aside: a constant each,
         # ``_redacted``), and which the detectors read (``scan``).
         self.wire_plan: WirePlan | None = None
-        self._redacted: dict[int, bytes] = {}
+        # Rule columns the fast path masks where they lie: a constant, or the parts of a
+        # partial (``gateway.postgres.wirerows.write_rows``).
+        self._in_place: dict[int, bytes | tuple[bytes, bytes, int, int]] = {}
         if (
             not self.passes_through
             and all(kind is ValueKind.TEXT or kind is ValueKind.OPAQUE for kind in self.kinds)
             and not self._forms
             and len(self._scan_groups) <= 1
         ):
-            fetch = []
+            fetch: list[int | tuple[int, dict[int, bytes]]] = []
             try:
                 for index, rule, kind in self._ruled:
-                    if kind is ValueKind.TEXT and rule.render.method is Method.REDACT:
-                        self._redacted[index] = rule.render.redacted.encode(encoding)
+                    render = rule.render
+                    if kind is ValueKind.TEXT and render.method is Method.REDACT:
+                        self._in_place[index] = render.redacted.encode(encoding)
+                    elif (
+                        kind is ValueKind.TEXT and render.method is Method.PARTIAL and self._ascii_compatible
+                    ):
+                        self._in_place[index] = render.partial_parts()
                     else:
-                        fetch.append(index)
+                        cache = (
+                            render.hash_cache() if kind is ValueKind.TEXT and self._ascii_compatible else None
+                        )
+                        fetch.append(index if cache is None else (index, cache))
             except UnicodeError:  # a placeholder this encoding cannot hold: the general path fails closed
-                self._redacted = {}
+                self._in_place = {}
             else:
                 scan = [i for _, group in self._scan_groups.values() for i in group]
                 self.wire_plan = WirePlan(tuple(fetch), tuple(scan))
@@ -675,33 +686,44 @@ class ResultMasker:
 
     @fail_closed
     def mask_columns(
-        self, fetched: list[list[bytes | None]], joined: bytes, nulls: list[int], count: int
-    ) -> tuple[list[bytes | list[Value | None] | None], list[tuple[int, int, Value | None]], Counts] | None:
+        self,
+        fetched: list[list[bytes | None]],
+        joined: bytes,
+        nulls: list[int],
+        count: int,
+        looked: list[bool],
+    ) -> tuple[list[Any], list[tuple[int, int, Value | None]], Counts] | None:
         """``mask_rows`` for the fast path (``wire_plan``; ``gateway.postgres.wirerows``):
-        given the ``count`` rows' values of the plan's ``fetch`` columns, its ``scan``
-        columns' values joined with NUL and each column's number of NULLs, what becomes of
-        each column (None: unchanged; bytes: that constant for every value not NULL; a list:
-        the new values), the single values the detectors changed (column, row, value) and
-        how many of each entity were masked: exactly what ``mask_rows`` makes of those rows.
-        None when the general path must decide (a result large enough for a column to be
-        masked as a dense one)."""
+        given what ``scan_rows`` read of ``count`` rows (the plan's ``fetch`` columns'
+        values, or their hash placeholders where ``looked`` says so; its ``scan`` columns'
+        values joined with NUL; each column's number of NULLs), what becomes of each column
+        (None: unchanged; bytes: that constant for every value not NULL; a partial's parts;
+        a list: the new values), the single values the detectors changed (column, row,
+        value) and how many of each entity were masked: exactly what ``mask_rows`` makes of
+        those rows. None when the general path must decide (a result large enough for a
+        column to be masked as a dense one)."""
         plan = self.wire_plan
-        if plan is None or len(fetched) != len(plan.fetch) or len(nulls) != self.width:
+        if (
+            plan is None
+            or len(fetched) != len(plan.fetch)
+            or len(looked) != len(fetched)
+            or len(nulls) != self.width
+        ):
             raise MaskingError("the values do not match the result's plan")
         if count >= _DENSE_MIN_ROWS and self._scan_groups:
             return None
         counts: Counts = {}
-        columns: list[bytes | list[Value | None] | None] = [None] * self.width
+        columns: list[Any] = [None] * self.width
         changes: list[tuple[int, int, Value | None]] = []
         if not count:
             return columns, changes, counts
         k = 0
         for index, rule, kind in self._ruled:
-            constant = self._redacted.get(index)
-            if constant is not None:
-                columns[index] = constant
+            in_place = self._in_place.get(index)
+            if in_place is not None:
+                columns[index] = in_place
             else:
-                columns[index] = self._rule_column(rule, kind, fetched[k])
+                columns[index] = fetched[k] if looked[k] else self._rule_column(rule, kind, fetched[k])
                 k += 1
             masked = count - nulls[index]
             if masked:

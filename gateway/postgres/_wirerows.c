@@ -15,6 +15,7 @@
 
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <limits.h>
 #include <string.h>
 
 #ifndef SOURCE_SHA256
@@ -145,9 +146,11 @@ check_width(Py_ssize_t width)
 }
 
 /* Column indices from a tuple: 0 with them in *out (PyMem), 1 when one is out of range
- * (or too large for an index), -1 with an exception (not a tuple, not an int). */
+ * (or too large for an index), -1 with an exception (not a tuple, not an int). With
+ * caches not NULL, an entry may also be an (index, dict) pair: caches[k] is then that
+ * dict (borrowed), else NULL. */
 static int
-indices(PyObject *tuple, Py_ssize_t width, Py_ssize_t **out, Py_ssize_t *count)
+indices(PyObject *tuple, Py_ssize_t width, Py_ssize_t **out, Py_ssize_t *count, PyObject ***caches)
 {
     if (!PyTuple_Check(tuple)) {
         PyErr_SetString(PyExc_TypeError, "column indices are a tuple");
@@ -159,14 +162,32 @@ indices(PyObject *tuple, Py_ssize_t width, Py_ssize_t **out, Py_ssize_t *count)
         PyErr_NoMemory();
         return -1;
     }
+    if (caches != NULL) {
+        *caches = PyMem_Calloc(n ? (size_t)n : 1, sizeof(PyObject *));
+        if (*caches == NULL) {
+            PyMem_Free(*out);
+            *out = NULL;
+            PyErr_NoMemory();
+            return -1;
+        }
+    }
     *count = n;
     int outside = 0;
     for (Py_ssize_t k = 0; k < n; k++) {
         PyObject *item = PyTuple_GET_ITEM(tuple, k);
+        if (caches != NULL && PyTuple_Check(item) && PyTuple_GET_SIZE(item) == 2
+            && PyLong_Check(PyTuple_GET_ITEM(item, 0)) && PyDict_CheckExact(PyTuple_GET_ITEM(item, 1))) {
+            (*caches)[k] = PyTuple_GET_ITEM(item, 1);
+            item = PyTuple_GET_ITEM(item, 0);
+        }
         if (!PyLong_Check(item)) {
             PyErr_SetString(PyExc_TypeError, "a column index is an int");
             PyMem_Free(*out);
             *out = NULL;
+            if (caches != NULL) {
+                PyMem_Free(*caches);
+                *caches = NULL;
+            }
             return -1;
         }
         int overflow = 0;
@@ -179,9 +200,61 @@ indices(PyObject *tuple, Py_ssize_t width, Py_ssize_t **out, Py_ssize_t *count)
     if (outside) {
         PyMem_Free(*out);
         *out = NULL;
+        if (caches != NULL) {
+            PyMem_Free(*caches);
+            *caches = NULL;
+        }
         return 1;
     }
     return 0;
+}
+
+/* The entries of `cache` for the values of `column` (a list of bytes or None): a new list
+ * with each value's entry (keyed by the value's hash; None for None), Py_None when a
+ * value is not ASCII or has no entry that is bytes, NULL with an exception. */
+static PyObject *
+looked_up(PyObject *column, PyObject *cache)
+{
+    Py_ssize_t n = PyList_GET_SIZE(column);
+    PyObject *out = PyList_New(n);
+    if (out == NULL)
+        return NULL;
+    for (Py_ssize_t r = 0; r < n; r++) {
+        PyObject *value = PyList_GET_ITEM(column, r);
+        if (value == Py_None) {
+            PyList_SET_ITEM(out, r, Py_NewRef(Py_None));
+            continue;
+        }
+        const unsigned char *bytes = (const unsigned char *)PyBytes_AS_STRING(value);
+        for (Py_ssize_t i = 0; i < PyBytes_GET_SIZE(value); i++) {
+            if (bytes[i] & 0x80) {
+                Py_DECREF(out);
+                return Py_NewRef(Py_None);
+            }
+        }
+        Py_hash_t hash = PyObject_Hash(value);
+        if (hash == -1) {
+            Py_DECREF(out);
+            return NULL;
+        }
+        PyObject *key = PyLong_FromSsize_t(hash);
+        if (key == NULL) {
+            Py_DECREF(out);
+            return NULL;
+        }
+        PyObject *found = PyDict_GetItemWithError(cache, key);
+        Py_DECREF(key);
+        if (found == NULL && PyErr_Occurred()) {
+            Py_DECREF(out);
+            return NULL;
+        }
+        if (found == NULL || !PyBytes_Check(found)) {
+            Py_DECREF(out);
+            return Py_NewRef(Py_None);
+        }
+        PyList_SET_ITEM(out, r, Py_NewRef(found));
+    }
+    return out;
 }
 
 static PyObject *
@@ -192,16 +265,17 @@ scan_rows(PyObject *module, PyObject *args)
     PyObject *fetch, *scan;
     if (!PyArg_ParseTuple(args, "y*nnnOO:scan_rows", &view, &pos, &end, &width, &fetch, &scan))
         return NULL;
-    PyObject *result = NULL, *fetched = NULL, *joined = NULL, *nulls = NULL;
+    PyObject *result = NULL, *fetched = NULL, *joined = NULL, *nulls = NULL, *looked = NULL;
+    PyObject **caches = NULL;
     Py_ssize_t *fetch_at = NULL, *scan_at = NULL, nfetch = 0, nscan = 0;
     Run run = {0, 0, NULL, NULL};
     const unsigned char *d = view.buf;
     if (check_bounds(view.len, pos, end) < 0 || check_width(width) < 0)
         goto done;
-    int outside_fetch = indices(fetch, width, &fetch_at, &nfetch);
+    int outside_fetch = indices(fetch, width, &fetch_at, &nfetch, &caches);
     if (outside_fetch < 0)
         goto done;
-    int outside_scan = indices(scan, width, &scan_at, &nscan);
+    int outside_scan = indices(scan, width, &scan_at, &nscan, NULL);
     if (outside_scan < 0)
         goto done;
     int status = outside_fetch || outside_scan ? WALK_WIDTH : run_read(d, pos, end, width, &run);
@@ -242,9 +316,11 @@ scan_rows(PyObject *module, PyObject *args)
         }
     }
     fetched = PyList_New(nfetch);
-    if (fetched == NULL)
+    looked = PyList_New(nfetch);
+    if (fetched == NULL || looked == NULL)
         goto done;
     for (Py_ssize_t k = 0; k < nfetch; k++) {
+        PyList_SET_ITEM(looked, k, Py_NewRef(Py_False));
         PyObject *column = PyList_New(rows);
         if (column == NULL)
             goto done;
@@ -257,6 +333,17 @@ scan_rows(PyObject *module, PyObject *args)
             if (value == NULL)
                 goto done;
             PyList_SET_ITEM(column, r, value);
+        }
+        if (caches[k] != NULL) {
+            PyObject *entries = looked_up(column, caches[k]);
+            if (entries == NULL)
+                goto done;
+            if (entries != Py_None) {
+                PyList_SetItem(fetched, k, entries); /* steals entries, drops the values */
+                PyList_SetItem(looked, k, Py_NewRef(Py_True));
+            }
+            else
+                Py_DECREF(entries);
         }
     }
     nulls = PyList_New(width);
@@ -271,8 +358,10 @@ scan_rows(PyObject *module, PyObject *args)
             goto done;
         PyList_SET_ITEM(nulls, i, number);
     }
-    result = Py_BuildValue("nnOOO", run.stop, rows, fetched, joined, nulls);
+    result = Py_BuildValue("nnOOOO", run.stop, rows, fetched, joined, nulls, looked);
 done:
+    Py_XDECREF(looked);
+    PyMem_Free(caches);
     Py_XDECREF(fetched);
     Py_XDECREF(joined);
     Py_XDECREF(nulls);
@@ -290,13 +379,68 @@ bad(const char *message)
     return NULL;
 }
 
-/* One value of the written run: 1 with it in ptr and len, or 0 for NULL; `single` holds the changes
- * (NULL where there is none, Py_None for a NULL). */
+/* A partial instruction: (prefix, redacted, minimum, keep). */
+static int
+is_partial(PyObject *column)
+{
+    return PyTuple_Check(column) && PyTuple_GET_SIZE(column) == 4 && PyBytes_Check(PyTuple_GET_ITEM(column, 0))
+        && PyBytes_Check(PyTuple_GET_ITEM(column, 1)) && PyLong_Check(PyTuple_GET_ITEM(column, 2))
+        && PyLong_Check(PyTuple_GET_ITEM(column, 3));
+}
+
+static long long
+clamped(PyObject *number)
+{
+    int overflow = 0;
+    long long value = PyLong_AsLongLongAndOverflow(number, &overflow);
+    return overflow > 0 ? LLONG_MAX : overflow < 0 ? LLONG_MIN : value;
+}
+
+static inline int
+is_kept(unsigned char c)
+{
+    return (c >= '0' && c <= '9') || (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z');
+}
+
+/* The reference's _partial: a new reference, or NULL with an exception. */
+static PyObject *
+partial_of(const unsigned char *value, Py_ssize_t length, PyObject *column)
+{
+    PyObject *prefix = PyTuple_GET_ITEM(column, 0), *redacted = PyTuple_GET_ITEM(column, 1);
+    long long minimum = clamped(PyTuple_GET_ITEM(column, 2)), keep = clamped(PyTuple_GET_ITEM(column, 3));
+    if (PyErr_Occurred())
+        return NULL;
+    Py_ssize_t kept = 0;
+    for (Py_ssize_t i = 0; i < length; i++)
+        kept += is_kept(value[i]);
+    if ((long long)kept < minimum || keep <= 0)
+        return Py_NewRef(redacted);
+    Py_ssize_t take = keep < (long long)kept ? (Py_ssize_t)keep : kept;
+    Py_ssize_t size = PyBytes_GET_SIZE(prefix);
+    PyObject *out = PyBytes_FromStringAndSize(NULL, size + take + 1);
+    if (out == NULL)
+        return NULL;
+    char *into = PyBytes_AS_STRING(out);
+    memcpy(into, PyBytes_AS_STRING(prefix), (size_t)size);
+    Py_ssize_t at = size + take;
+    into[at] = ']';
+    for (Py_ssize_t i = length - 1; i >= 0 && at > size; i--) {
+        if (is_kept(value[i]))
+            into[--at] = (char)value[i];
+    }
+    return out;
+}
+
+/* One value of the written run: 1 with it in ptr and len, or 0 for NULL. `single` holds
+ * the changes and `owned` the partial instructions' values (NULL where there is none,
+ * Py_None for a NULL). */
 static inline int
 value_of(const unsigned char *d, const Run *run, Py_ssize_t width, PyObject **columns, PyObject **single,
-         Py_ssize_t r, Py_ssize_t i, const char **ptr, Py_ssize_t *len)
+         PyObject **owned, Py_ssize_t r, Py_ssize_t i, const char **ptr, Py_ssize_t *len)
 {
     PyObject *value = single[r * width + i];
+    if (value == NULL)
+        value = owned[r * width + i];
     if (value == NULL) {
         PyObject *column = columns[i];
         if (column == Py_None) {
@@ -312,8 +456,10 @@ value_of(const unsigned char *d, const Run *run, Py_ssize_t width, PyObject **co
                 return 0;
             value = column;
         }
-        else
+        else if (PyList_Check(column))
             value = PyList_GET_ITEM(column, r);
+        else
+            return 0; /* a partial's NULL (its other values are in owned) */
     }
     if (value == Py_None)
         return 0;
@@ -343,7 +489,7 @@ write_rows(PyObject *module, PyObject *args)
         return NULL;
     const unsigned char *d = view.buf;
     PyObject *result = NULL, *out = NULL, *texts = NULL;
-    PyObject **single = NULL;
+    PyObject **single = NULL, **owned = NULL;
     unsigned char *same = NULL;
     Run run = {0, 0, NULL, NULL};
     if (check_bounds(view.len, pos, end) < 0 || check_width(width) < 0)
@@ -373,8 +519,8 @@ write_rows(PyObject *module, PyObject *args)
                 }
             }
         }
-        else if (column != Py_None && !PyBytes_Check(column)) {
-            bad("write_rows: a column is neither None, bytes nor a list");
+        else if (column != Py_None && !PyBytes_Check(column) && !is_partial(column)) {
+            bad("write_rows: a column is neither None, bytes, a list nor a partial");
             goto done;
         }
     }
@@ -383,8 +529,9 @@ write_rows(PyObject *module, PyObject *args)
         goto done;
     }
     single = PyMem_Calloc((size_t)rows * (size_t)width + 1, sizeof(PyObject *));
+    owned = PyMem_Calloc((size_t)rows * (size_t)width + 1, sizeof(PyObject *));
     same = PyMem_Malloc((size_t)rows + 1);
-    if (single == NULL || same == NULL) {
+    if (single == NULL || owned == NULL || same == NULL) {
         PyErr_NoMemory();
         goto done;
     }
@@ -413,6 +560,19 @@ write_rows(PyObject *module, PyObject *args)
         }
         single[r * width + i] = value; /* borrowed: the list holds it */
     }
+    /* The partial instructions' values (a change overrides them). */
+    for (Py_ssize_t i = 0; i < width; i++) {
+        if (!PyTuple_Check(columns[i]))
+            continue;
+        for (Py_ssize_t r = 0; r < rows; r++) {
+            Py_ssize_t at = run.offsets[2 * (r * width + i)];
+            if (at < 0 || single[r * width + i] != NULL)
+                continue;
+            owned[r * width + i] = partial_of(d + at, run.offsets[2 * (r * width + i) + 1], columns[i]);
+            if (owned[r * width + i] == NULL)
+                goto done;
+        }
+    }
     /* First pass: which rows changed, and the size of what is written. */
     Py_ssize_t size = 0;
     int changed = 0;
@@ -422,7 +582,7 @@ write_rows(PyObject *module, PyObject *args)
         for (Py_ssize_t i = 0; i < width; i++) {
             const char *ptr = NULL;
             Py_ssize_t len = 0;
-            int present = value_of(d, &run, width, columns, single, r, i, &ptr, &len);
+            int present = value_of(d, &run, width, columns, single, owned, r, i, &ptr, &len);
             Py_ssize_t at = run.offsets[2 * (r * width + i)];
             if (row_same) {
                 if (at < 0)
@@ -463,7 +623,7 @@ write_rows(PyObject *module, PyObject *args)
             for (Py_ssize_t i = 0; i < width; i++) {
                 const char *ptr = NULL;
                 Py_ssize_t len = 0;
-                if (value_of(d, &run, width, columns, single, r, i, &ptr, &len)) {
+                if (value_of(d, &run, width, columns, single, owned, r, i, &ptr, &len)) {
                     into = put_u32(into, len);
                     memcpy(into, ptr, (size_t)len);
                     into += len;
@@ -492,7 +652,7 @@ write_rows(PyObject *module, PyObject *args)
             const char *ptr = NULL;
             Py_ssize_t len = 0;
             PyObject *text;
-            if (value_of(d, &run, width, columns, single, r, i, &ptr, &len)) {
+            if (value_of(d, &run, width, columns, single, owned, r, i, &ptr, &len)) {
                 text = PyUnicode_DecodeUTF8(ptr, len, NULL);
                 if (text == NULL) {
                     if (!PyErr_ExceptionMatches(PyExc_UnicodeDecodeError))
@@ -513,6 +673,11 @@ done:
     Py_XDECREF(out);
     Py_XDECREF(texts);
     PyMem_Free(single);
+    if (owned != NULL) {
+        for (Py_ssize_t k = 0; k < run.rows * width; k++)
+            Py_XDECREF(owned[k]);
+        PyMem_Free(owned);
+    }
     PyMem_Free(same);
     run_free(&run);
     PyBuffer_Release(&view);

@@ -1218,9 +1218,9 @@ class Relay:
         scanned = pg.scan_rows(data, pos, n, masker.width, plan.fetch, plan.scan)
         if scanned is None:
             return None
-        stop, count, fetched, joined, nulls = scanned
+        stop, count, fetched, joined, nulls, looked = scanned
         try:
-            masked = masker.mask_columns(fetched, joined, nulls, count)
+            masked = masker.mask_columns(fetched, joined, nulls, count, looked)
         except MaskingError:
             record.rows += count
             record.withheld = "the result could not be masked"

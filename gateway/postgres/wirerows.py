@@ -81,26 +81,55 @@ def _spans(data: bytes, pos: int, end: int) -> tuple[int, list[tuple[int, int, l
     return pos, rows
 
 
+def _looked_up(column: list[bytes | None], cache: dict[int, bytes]) -> list[bytes | None] | None:
+    """Each value's entry in ``cache`` (keyed by Python's hash of the value), None for NULL;
+    None when a value is not ASCII or has no entry (or one that is not bytes)."""
+    out: list[bytes | None] = []
+    for value in column:
+        if value is None:
+            out.append(None)
+            continue
+        if not value.isascii():
+            return None
+        found = cache.get(hash(value))
+        if not isinstance(found, bytes):
+            return None
+        out.append(found)
+    return out
+
+
 def scan_rows(
-    data: bytes, pos: int, end: int, width: int, fetch: tuple[int, ...], scan: tuple[int, ...]
-) -> tuple[int, int, list[list[bytes | None]], bytes, list[int]] | None:
+    data: bytes, pos: int, end: int, width: int, fetch: tuple[Any, ...], scan: tuple[int, ...]
+) -> tuple[int, int, list[list[bytes | None]], bytes, list[int], list[bool]] | None:
     """Read the run of whole DataRows at ``data[pos:end]`` (up to the first message that is
     not a DataRow or not whole): where the run stops, how many rows it holds, the values of
     the columns ``fetch`` names (a list per column, None for NULL), the values of the
-    columns ``scan`` names joined with NUL, column after column (NULL as empty), and how
-    many NULLs each of the ``width`` columns holds.
+    columns ``scan`` names joined with NUL, column after column (NULL as empty), how many
+    NULLs each of the ``width`` columns holds, and for each column of ``fetch`` whether its
+    list holds looked-up entries rather than values.
+
+    An entry of ``fetch`` is a column index, or ``(index, cache)``: the column's values
+    looked up in ``cache`` (a dict keyed by Python's hash of a value: ``Renderer``'s hash
+    placeholders), the entries given instead of the values when every value that is not
+    NULL is ASCII and has one.
 
     None, for the general path to take (and report), when a row is malformed or has another
     number of values than ``width``, when a column index is out of range, or when a scanned
     value holds NUL itself (the join could not tell values apart). Raises ValueError unless
-    ``0 <= pos <= end <= len(data)`` and ``0 <= width <= 65535``, TypeError unless ``fetch``
-    and ``scan`` are tuples of ints."""
+    ``0 <= pos <= end <= len(data)`` and ``0 <= width <= 65535``, TypeError unless ``scan``
+    is a tuple of ints and ``fetch`` a tuple of ints and (int, dict) pairs."""
     _check_bounds(data, pos, end)
     _check_width(width)
-    for group in (fetch, scan):
-        if not isinstance(group, tuple) or not all(isinstance(i, int) for i in group):
-            raise TypeError("column indices are a tuple of ints")
-    if any(not 0 <= i < width for i in fetch) or any(not 0 <= i < width for i in scan):
+    if not isinstance(fetch, tuple) or not all(
+        isinstance(f, int)
+        or (isinstance(f, tuple) and len(f) == 2 and isinstance(f[0], int) and type(f[1]) is dict)
+        for f in fetch
+    ):
+        raise TypeError("fetch is a tuple of column indices and (index, cache) pairs")
+    if not isinstance(scan, tuple) or not all(isinstance(i, int) for i in scan):
+        raise TypeError("scan is a tuple of column indices")
+    fetch_at = [f if isinstance(f, int) else f[0] for f in fetch]
+    if any(not 0 <= i < width for i in fetch_at) or any(not 0 <= i < width for i in scan):
         return None
     found = _spans(data, pos, end)
     if found is None:
@@ -109,12 +138,15 @@ def scan_rows(
     if any(len(offsets) != 2 * width for _, _, offsets in rows):
         return None
     fetched: list[list[bytes | None]] = []
-    for index in fetch:
+    looked: list[bool] = []
+    for entry, index in zip(fetch, fetch_at, strict=True):
         column: list[bytes | None] = []
         for _, _, offsets in rows:
             at = offsets[2 * index]
             column.append(None if at < 0 else data[at : at + offsets[2 * index + 1]])
-        fetched.append(column)
+        entries = None if isinstance(entry, int) else _looked_up(column, entry[1])
+        fetched.append(column if entries is None else entries)
+        looked.append(entries is not None)
     parts: list[bytes] = []
     for index in scan:
         for _, _, offsets in rows:
@@ -124,7 +156,25 @@ def scan_rows(
                 return None
             parts.append(value)
     nulls = [sum(1 for _, _, offsets in rows if offsets[2 * index] < 0) for index in range(width)]
-    return stop, len(rows), fetched, b"\x00".join(parts), nulls
+    return stop, len(rows), fetched, b"\x00".join(parts), nulls, looked
+
+
+def _partial(value: bytes, prefix: bytes, redacted: bytes, minimum: int, keep: int) -> bytes:
+    """``Renderer.partial_bytes``: the value's ASCII letters and digits, the last ``keep`` of
+    them shown behind ``prefix`` when there are at least ``minimum``, else ``redacted``."""
+    kept = bytes(b for b in value if b < 128 and chr(b).isalnum())
+    return redacted if len(kept) < minimum or keep <= 0 else prefix + kept[-keep:] + b"]"
+
+
+def _is_partial(column: object) -> bool:
+    return (
+        isinstance(column, tuple)
+        and len(column) == 4
+        and isinstance(column[0], bytes)
+        and isinstance(column[1], bytes)
+        and isinstance(column[2], int)
+        and isinstance(column[3], int)
+    )
 
 
 def _encoded(values: list[bytes | None]) -> bytes:
@@ -150,7 +200,10 @@ def write_rows(
     """The run of DataRows at ``data[pos:end]`` (as ``scan_rows`` read it, every row of
     ``width`` values) with its values replaced: ``columns[i]`` says what becomes of column
     ``i`` (None: the wire's values; bytes: that constant for each value that is not NULL;
-    a list: one value per row, bytes or None for NULL), then each ``(column, row, value)`` of
+    a list: one value per row, bytes or None for NULL; ``(prefix, redacted, minimum,
+    keep)``: each value that is not NULL masked as ``Renderer.partial_bytes`` masks it, the
+    last ``keep`` of its ASCII letters and digits behind ``prefix`` when it has at least
+    ``minimum`` of them, else ``redacted``), then each ``(column, row, value)`` of
     ``changes`` sets one value. A row whose values all come out equal to the wire's is
     copied as it came; the others are encoded anew.
 
@@ -176,8 +229,8 @@ def write_rows(
                 raise ValueError("write_rows: a column's values do not match the rows")
             if any(v is not None and not isinstance(v, bytes) for v in column):
                 raise ValueError("write_rows: a value is neither bytes nor None")
-        elif column is not None and not isinstance(column, bytes):
-            raise ValueError("write_rows: a column is neither None, bytes nor a list")
+        elif column is not None and not isinstance(column, bytes) and not _is_partial(column):
+            raise ValueError("write_rows: a column is neither None, bytes, a list nor a partial")
     if not isinstance(changes, list):
         raise ValueError("write_rows: the changes are a list")
     single: dict[tuple[int, int], bytes | None] = {}
@@ -202,15 +255,14 @@ def write_rows(
             at = offsets[2 * i]
             old = None if at < 0 else data[at : at + offsets[2 * i + 1]]
             column = columns[i]
-            new = (
-                old
-                if column is None
-                else column[r]
-                if isinstance(column, list)
-                else None
-                if old is None
-                else column
-            )
+            if isinstance(column, list):
+                new = column[r]
+            elif column is None or old is None:
+                new = old
+            elif isinstance(column, tuple):
+                new = _partial(old, *column)
+            else:
+                new = column
             if (i, r) in single:
                 new = single[i, r]
             if new != old:

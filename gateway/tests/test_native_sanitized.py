@@ -93,7 +93,11 @@ for n in range(6000):
     if rng.random() < 0.3:
         del data[rng.randrange(len(data) + 1) :]
     data = bytes(data) + bytes(rng.randrange(256) for _ in range(rng.randrange(0, 4)))
-    fetch = tuple(rng.randrange(-1, width + 1) for _ in range(rng.randrange(0, 3)))
+    cache = {hash(v): b"[H]" for v in PIECES if v is not None and rng.random() < 0.7}
+    fetch = tuple(
+        rng.choice([rng.randrange(-1, width + 1), (rng.randrange(-1, width + 1), cache)])
+        for _ in range(rng.randrange(0, 3))
+    )
     scan = tuple(rng.randrange(-1, width + 1) for _ in range(rng.randrange(0, 3)))
     want = outcome(wirerows.scan_rows, data, 0, len(data), width, fetch, scan)
     assert outcome(wr.scan_rows, data, 0, len(data), width, fetch, scan) == want, data
@@ -104,7 +108,8 @@ for n in range(6000):
     stop = want[1][0] if want[0] == "ok" and want[1] is not None else rng.randrange(len(data) + 1)
     count = want[1][1] if want[0] == "ok" and want[1] is not None else rng.randrange(3)
     columns = [
-        rng.choice([None, b"[X]", [rng.choice(PIECES) for _ in range(count)]]) for _ in range(width)
+        rng.choice([None, b"[X]", [rng.choice(PIECES) for _ in range(count)], (b"[P:", b"[P]", rng.randrange(-1, 9), rng.randrange(-1, 9))])
+        for _ in range(width)
     ]
     changes = [
         (rng.randrange(-1, width + 1), rng.randrange(-1, count + 1), rng.choice(PIECES))

@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 from gateway.postgres import protocol as pg
 from gateway.postgres import wirerows as pure
 from gateway.tests.nativebuilds import built_or_fail, check_an_edited_c_source_makes_the_build_stale
+from masking.placeholders import Method, Renderer
 
 
 @pytest.fixture(scope="module")
@@ -54,12 +55,13 @@ RUN = pg.data_rows(ROWS)
 
 def test_a_run_is_read_as_the_general_path_reads_it(built: ModuleType) -> None:
     outcome = _both(built, "scan_rows", RUN, 0, len(RUN), 4, (2, 0), (1, 3))
-    stop, count, fetched, joined, nulls = outcome[1]
+    stop, count, fetched, joined, nulls, looked = outcome[1]
     rows, bounds = pg.parse_data_rows(RUN, 0, len(RUN))
     assert (stop, count) == (bounds[-1], len(rows)) == (len(RUN), 3)
     assert fetched == [[r[2] for r in rows], [r[0] for r in rows]]
     assert joined == b"ann\x00\x00\x00" + b"\x00\xc3\xa9t\xc3\xa9\x00x"
     assert nulls == [0, 1, 1, 1]
+    assert looked == [False, False]
     # Followed by another message, or by the start of a row still to come: the run stops there.
     tail = RUN + pg.message(b"C", b"SELECT 3\x00") + pg.data_row([b"4"])[:6]
     assert _both(built, "scan_rows", tail, 0, len(tail), 4, (), ())[1][:2] == (len(RUN), 3)
@@ -85,6 +87,49 @@ def test_runs_the_fast_path_does_not_take(
     assert _both(built, "scan_rows", run, 0, len(run), width, fetch, scan) == ("ok", None)
 
 
+def test_a_column_is_looked_up_in_a_cache_when_every_value_is_there(built: ModuleType) -> None:
+    cache = {hash(b"ann@example.com"): b"[EMAIL:1]", hash(b"bob@example.com"): b"[EMAIL:2]"}
+    outcome = _both(built, "scan_rows", RUN, 0, len(RUN), 4, ((2, cache), 1, (3, cache)), ())
+    fetched, looked = outcome[1][2], outcome[1][5]
+    assert fetched[0] == [b"[EMAIL:1]", b"[EMAIL:2]", None] and looked[0] is True
+    assert fetched[1] == [b"ann", b"", None] and looked[1] is False
+    assert fetched[2] == [None, b"\xc3\xa9t\xc3\xa9", b"x"] and looked[2] is False  # not ASCII, and a miss
+    missing = {hash(b"ann@example.com"): b"[EMAIL:1]"}
+    assert _both(built, "scan_rows", RUN, 0, len(RUN), 4, ((2, missing),), ())[1][2:6:3] == (
+        [[b"ann@example.com", b"bob@example.com", None]],
+        [False],
+    )
+    odd = {hash(b"ann@example.com"): "[EMAIL:1]", hash(b"bob@example.com"): b"[EMAIL:2]"}  # not bytes
+    assert _both(built, "scan_rows", RUN, 0, len(RUN), 4, ((2, odd),), ())[1][5] == [False]
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        b"4111111111111111",
+        b"4111 1111 1111 1111",
+        b"1234567",
+        b"12345678",
+        b"",
+        b"--==--",
+        b"caf\xc3\xa9 12 34 56 78 ab",
+    ],
+)
+def test_a_partial_instruction_masks_as_the_renderer_does(built: ModuleType, value: bytes) -> None:
+    renderer = Renderer("card", Method.PARTIAL, None)
+    run = pg.data_rows([[value], [None]])
+    out, sample = _both(built, "write_rows", run, 0, len(run), 1, [renderer.partial_parts()], [], 2)[1]
+    assert pg.parse_data_rows(out, 0, len(out))[0] == [[renderer.partial_bytes(value)], [None]]
+
+
+@pytest.mark.parametrize(
+    "minimum, keep", [(0, 0), (3, -1), (2, 10), (1 << 80, 4), (4, 1 << 80), (-(1 << 80), 2)]
+)
+def test_partial_instructions_at_their_bounds(built: ModuleType, minimum: int, keep: int) -> None:
+    run = pg.data_rows([[b"ab-cd-ef"], [b"x"]])
+    _both(built, "write_rows", run, 0, len(run), 1, [(b"[P:", b"[P]", minimum, keep)], [(0, 1, b"y")], 2)
+
+
 def test_a_nul_in_a_fetched_value_is_read_whole(built: ModuleType) -> None:
     run = pg.data_rows([[b"a\x00b"]])
     assert _both(built, "scan_rows", run, 0, len(run), 1, (0,), ())[1][2] == [[b"a\x00b"]]
@@ -101,6 +146,9 @@ def test_a_nul_in_a_fetched_value_is_read_whole(built: ModuleType) -> None:
         (RUN, 0, len(RUN), 4, [0], ()),
         (RUN, 0, len(RUN), 4, (9, "x"), ()),
         (RUN, 0, len(RUN), 4, (), (0.0,)),
+        (RUN, 0, len(RUN), 4, ((0, {}, 1),), ()),
+        (RUN, 0, len(RUN), 4, ((0, []),), ()),
+        (RUN, 0, len(RUN), 4, (), ((0, {}),)),
     ],
 )
 def test_bad_arguments_to_scan_rows(built: ModuleType, args: Any) -> None:
@@ -147,6 +195,9 @@ def test_a_sample_that_is_not_utf8_is_left_to_the_caller(built: ModuleType) -> N
         ([None, [b"a"], None, None], []),  # a column list shorter than the rows
         ([None, [b"a", "b", None], None, None], []),  # a value that is not bytes
         ([None, "x", None, None], []),
+        ([None, (b"[", b"]", 8), None, None], []),
+        ([None, (b"[", "]", 8, 4), None, None], []),
+        ([None, (b"[", b"]", 8, 4.0), None, None], []),
         ([None, None, None, None], ((0, 0, None),)),
         ([None, None, None, None], [(0, 0)]),
         ([None, None, None, None], [(4, 0, None)]),
@@ -193,7 +244,8 @@ def test_the_build_answers_as_the_reference_on_generated_runs(
 ) -> None:
     run, pos, width = case
     indices = st.integers(-1, width).map(int)
-    fetch = tuple(data.draw(st.lists(indices, max_size=3)))
+    cache = {hash(v): b"[H]" for v in (b"", b"a", b"@", b"x" * 3)}
+    fetch = tuple(data.draw(st.lists(st.one_of(indices, st.tuples(indices, st.just(cache))), max_size=3)))
     scan = tuple(data.draw(st.lists(indices, max_size=4)))
     end = data.draw(st.integers(pos, len(run)))
     outcome = _both(built, "scan_rows", run, pos, end, width, fetch, scan)
@@ -203,8 +255,14 @@ def test_the_build_answers_as_the_reference_on_generated_runs(
     else:
         stop, rows = outcome[1][:2]
     value = st.one_of(st.none(), st.binary(max_size=6), st.just(b"\xff"))
+    partial = st.tuples(
+        st.sampled_from([b"[P:", b""]), st.sampled_from([b"[P]", b""]), st.integers(-2, 9), st.integers(-1, 9)
+    )
     column = st.one_of(
-        st.none(), value.filter(lambda v: v is not None), st.lists(value, min_size=rows, max_size=rows)
+        st.none(),
+        value.filter(lambda v: v is not None),
+        st.lists(value, min_size=rows, max_size=rows),
+        partial,
     )
     columns = data.draw(st.lists(column, min_size=width, max_size=width))
     changes = data.draw(
