@@ -51,6 +51,7 @@ DETAILED = (
     "CPyDef_Relay____mask_data_rows",
     "CPyDef_Relay___from_server",
     "CPyDef__airlock_masking_policy___ResultMasker____mask_rows",
+    "CPyDef__airlock_masking_policy___ResultMasker___mask_columns",
 )
 # Call machinery skipped when naming what a part called.
 _PLUMBING = frozenset(

@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Any
 from django.conf import settings
 
 import masking.policy
+import masking.scanner
+import masking.triggerscan
 from gateway import native
 from gateway.postgres import protocol as pg
 from gateway.postgres.upstream import UpstreamError, UpstreamTarget, connect_upstream
@@ -34,6 +36,22 @@ if TYPE_CHECKING:
 log = logging.getLogger("airlock.gateway.masking")
 
 engine = native.load(masking.policy)
+
+
+def _install_trigger_check() -> None:
+    """Put the C build of ``masking.triggerscan`` in front of the engine's RE2 scans, when it
+    was built from the sources in use and written for the trigger in use."""
+    built = native.load(masking.triggerscan)
+    scanner = native.load(masking.scanner)
+    if built is masking.triggerscan:
+        return  # interpreted: the reference is RE2 itself, nothing to spare
+    if getattr(built, "TRIGGER_SOURCE", None) != masking.triggerscan.TRIGGER_SOURCE:
+        log.warning("the C trigger check was written for another trigger: RE2 scans alone")
+        return
+    scanner.use_trigger_check(built.may_trigger)
+
+
+_install_trigger_check()
 
 
 class MaskingUnavailable(Exception):

@@ -44,6 +44,7 @@ NATIVE_MODULES = {
     "masking.placeholders": "_airlock_masking_placeholders",
     "masking.scanner": "_airlock_masking_scanner",
     "masking.policy": "_airlock_masking_policy",
+    "masking.triggerscan": "_airlock_triggerscan",
     "policies.textscan": "_airlock_textscan",
     "recordings.jsonscan": "_airlock_jsonscan",
 }
@@ -53,6 +54,7 @@ NATIVE_MODULES = {
 # test comparing the two); the stamp covers both files.
 NATIVE_C = {
     "gateway.postgres.wirerows": "gateway/postgres/_wirerows.c",
+    "masking.triggerscan": "masking/_triggerscan.c",
     "policies.textscan": "policies/_textscan.c",
     "recordings.jsonscan": "recordings/_jsonscan.c",
 }

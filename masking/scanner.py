@@ -36,6 +36,20 @@ _GROUP_NAME = re.compile(r"\(\?P([<=])(\w+)")
 # Masking a value can give a neighbour new context (a placeholder where a letter was); a
 # few passes reach the fixed point, so masking the output again changes nothing.
 _MAX_PASSES = 4
+
+# A check in front of RE2's shape scan of a single value or text (``use_trigger_check``):
+# False only where the trigger certainly does not match. None: RE2 alone.
+_trigger_check: Callable[[bytes], bool] | None = None
+
+
+def use_trigger_check(check: Callable[[bytes], bool] | None) -> None:
+    """Ask ``check`` (``masking.triggerscan.may_trigger``'s C build) before every scan for
+    the trigger's shapes; it must answer False only where none of them matches (None: no
+    check). The gateway installs the C build when it was written for the trigger in use."""
+    global _trigger_check
+    _trigger_check = check
+
+
 # A secret touching one of these may have hidden a neighbour from a detector's boundary
 # check (an email directly followed by digits); only then is another pass worth its cost.
 _GLUE = frozenset("0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ_.%+-@:/")
@@ -234,6 +248,9 @@ class Scanner:
     def selection(self, value: Value) -> tuple[int, ...]:
         """The detectors that could match in ``value`` (empty: nothing to mask in it)."""
         data = value if isinstance(value, bytes) else value.encode("utf-8", "surrogatepass")
+        check = _trigger_check
+        if check is not None and not check(data):
+            return ()
         shapes = self._shapes_match(data) if self._shapes_match is not None else self._shapes.Match(data)
         if not shapes:
             return ()
@@ -608,6 +625,8 @@ class Scanner:
         return self._dirty_in(joined)
 
     def _dirty_in(self, joined: bytes) -> list[int]:
+        # No trigger check here: over a batch's join RE2's DFA outruns it (it pays on a
+        # short text, where RE2's call costs more than the scan: ``selection``).
         search = self._search_bytes
         dirty: list[int] = []
         index = 0

@@ -249,3 +249,22 @@ def test_an_edit_to_any_module_of_the_group_makes_the_build_stale(
     monkeypatch.setenv("AIRLOCK_NATIVE", "require")
     with pytest.raises(ImportError, match="masking/scanner.py"):
         native.load(pure)
+
+
+def test_the_gateway_engine_asks_the_c_trigger_check_before_re2() -> None:
+    """The comparisons above run with it in place: the build's scans go through
+    ``masking/_triggerscan.c`` first (``masking_runtime`` installs it), the source's through
+    RE2 alone."""
+    import masking.scanner
+    import masking.triggerscan
+
+    built = native.built(masking.triggerscan)
+    assert built is not None
+    compiled_scanner = native.load(masking.scanner)
+    assert compiled_scanner is not masking.scanner
+    assert compiled_scanner._trigger_check is built.may_trigger
+    assert masking.scanner._trigger_check is None
+    assert masking_runtime.engine.compile_policy({}).mask_text("write to bob@example.com") == (
+        "write to [EMAIL]",
+        {"email": 1},
+    )

@@ -1,0 +1,335 @@
+/*
+ * _airlock_triggerscan: masking.triggerscan (may_trigger) in C.
+ *
+ * Built by scripts/build_native.py (make venv) with -DSOURCE_SHA256="<digest>", the
+ * SHA-256 of masking/triggerscan.py followed by this file; gateway.native.load uses the
+ * build only when that digest matches the sources in use, and the gateway only when
+ * TRIGGER_SOURCE below is masking.detectors.TRIGGER as it is now. It must return exactly
+ * what the reference returns for every bytes object (masking/tests/test_triggerscan.py):
+ * a wrong "no" would leave a secret unmasked.
+ *
+ * may_trigger(data): 1 when data holds a byte >= 0x80 (RE2 decides those: its case
+ * folding reaches beyond ASCII); otherwise whether one of the trigger's shapes matches
+ * at some position, each shape written out below as the expression it stands for. Every
+ * read is checked against the length first.
+ */
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <string.h>
+
+#ifndef SOURCE_SHA256
+#error "build with -DSOURCE_SHA256=\"<digest of masking/triggerscan.py and this file>\""
+#endif
+
+/* masking.detectors.TRIGGER, as the shapes below implement it. */
+static const char TRIGGER_SOURCE[] =
+    "(?:@)|(?:://)|(?:::)|(?::[0-9A-Fa-f]{1,4}:[0-9A-Fa-f]{1,4}:[0-9A-Fa-f]{1,4}:)|"
+    "(?:[0-9]\\.[0-9]{1,3}\\.[0-9]{1,3}\\.[0-9])|(?:\\+[0-9][0-9 ().-]{6})|(?:\\([2-9][0-9]{2}\\))|"
+    "(?:[0-9](?:[ -]?[0-9]){12})|(?:[0-9]{3}[-. ][0-9]{3}[-. ][0-9]{4})|"
+    "(?:[0-9]{3}[- ][0-9]{2}[- ][0-9]{4})|(?:0[0-9]{1,4}[ -][0-9]{3,4}[ -][0-9]{3})|"
+    "(?:[A-Z]{2}[0-9]{2})|(?:-----BEGIN)|(?:eyJ)|(?:AKIA|ASIA|ABIA|ACCA|A3T)|(?:AIza)|"
+    "(?:(?i:key))|(?:(?i:pass|pwd))|(?:(?i:bearer))|(?:(?i:authorization))|"
+    "(?:gh[pousr]_|github_pat_)|"
+    "(?:(?:glpat|gldt|glrt|glcbt|glptt|glft|glimt|glagent|gloas|glsoat|glffct)-)|"
+    "(?:xox[abposre]-|xapp-)|(?:[sr]k_(?:live|test)_|whsec_)";
+
+static inline int
+is_digit(unsigned char c)
+{
+    return c >= '0' && c <= '9';
+}
+
+static inline int
+is_hex(unsigned char c)
+{
+    return is_digit(c) || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F');
+}
+
+static inline int
+is_upper(unsigned char c)
+{
+    return c >= 'A' && c <= 'Z';
+}
+
+static inline unsigned char
+fold(unsigned char c)
+{
+    return is_upper(c) ? (unsigned char)(c + 32) : c;
+}
+
+/* d[i:] starts with word (case-sensitive). */
+static inline int
+has(const unsigned char *d, Py_ssize_t n, Py_ssize_t i, const char *word)
+{
+    size_t len = strlen(word);
+    return (size_t)(n - i) >= len && memcmp(d + i, word, len) == 0;
+}
+
+/* d[i:] starts with word (lower-case ASCII), in any case. */
+static inline int
+has_folded(const unsigned char *d, Py_ssize_t n, Py_ssize_t i, const char *word)
+{
+    size_t len = strlen(word);
+    if ((size_t)(n - i) < len)
+        return 0;
+    for (size_t k = 0; k < len; k++) {
+        if (fold(d[i + k]) != (unsigned char)word[k])
+            return 0;
+    }
+    return 1;
+}
+
+/* How many of d[i:i+most] are digits, from i on (stopping at the first that is not). */
+static inline Py_ssize_t
+count_digits(const unsigned char *d, Py_ssize_t n, Py_ssize_t i, Py_ssize_t most)
+{
+    Py_ssize_t k = 0;
+    while (k < most && i + k < n && is_digit(d[i + k]))
+        k++;
+    return k;
+}
+
+/* d[i:i+count] are all digits. */
+static inline int
+all_digits(const unsigned char *d, Py_ssize_t n, Py_ssize_t i, Py_ssize_t count)
+{
+    return i + count <= n && count_digits(d, n, i, count) == count;
+}
+
+static inline int
+in(unsigned char c, const char *set)
+{
+    return c != 0 && strchr(set, c) != NULL;
+}
+
+/* :[0-9A-Fa-f]{1,4}:[0-9A-Fa-f]{1,4}:[0-9A-Fa-f]{1,4}: at i (d[i] is ':'). */
+static int
+ipv6_groups(const unsigned char *d, Py_ssize_t n, Py_ssize_t i)
+{
+    Py_ssize_t at = i + 1;
+    for (int group = 0; group < 3; group++) {
+        Py_ssize_t k = 0;
+        while (k < 5 && at + k < n && is_hex(d[at + k]))
+            k++;
+        if (k < 1 || k > 4 || at + k >= n || d[at + k] != ':')
+            return 0;
+        at += k + 1;
+    }
+    return 1;
+}
+
+/* [0-9]\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9] at i (d[i] is a digit). */
+static int
+ipv4_shape(const unsigned char *d, Py_ssize_t n, Py_ssize_t i)
+{
+    Py_ssize_t at = i + 1;
+    if (at >= n || d[at] != '.')
+        return 0;
+    at++;
+    for (int group = 0; group < 2; group++) {
+        Py_ssize_t k = count_digits(d, n, at, 4);
+        if (k < 1 || k > 3 || at + k >= n || d[at + k] != '.')
+            return 0;
+        at += k + 1;
+    }
+    return at < n && is_digit(d[at]);
+}
+
+/* 0[0-9]{1,4}[ -][0-9]{3,4}[ -][0-9]{3} at i (d[i] is '0'). */
+static int
+national_shape(const unsigned char *d, Py_ssize_t n, Py_ssize_t i)
+{
+    for (Py_ssize_t k = 1; k <= 4; k++) {
+        if (!all_digits(d, n, i + 1, k))
+            return 0;
+        Py_ssize_t s1 = i + 1 + k;
+        if (s1 >= n || !in(d[s1], " -"))
+            continue;
+        for (Py_ssize_t m = 3; m <= 4; m++) {
+            Py_ssize_t s2 = s1 + 1 + m;
+            if (all_digits(d, n, s1 + 1, m) && s2 < n && in(d[s2], " -") && all_digits(d, n, s2 + 1, 3))
+                return 1;
+        }
+    }
+    return 0;
+}
+
+static int
+matches_at(const unsigned char *d, Py_ssize_t n, Py_ssize_t i)
+{
+    unsigned char c = d[i];
+    switch (c) {
+    case '@':
+        return 1;
+    case ':':
+        return has(d, n, i, "://") || has(d, n, i, "::") || ipv6_groups(d, n, i);
+    case '+':
+        if (i + 8 > n || !is_digit(d[i + 1]))
+            return 0;
+        for (Py_ssize_t k = i + 2; k < i + 8; k++) {
+            if (!is_digit(d[k]) && !in(d[k], " ().-"))
+                return 0;
+        }
+        return 1;
+    case '(':
+        return i + 5 <= n && d[i + 1] >= '2' && d[i + 1] <= '9' && is_digit(d[i + 2]) && is_digit(d[i + 3])
+            && d[i + 4] == ')';
+    case '-':
+        return has(d, n, i, "-----BEGIN");
+    case 'e':
+        if (has(d, n, i, "eyJ"))
+            return 1;
+        break;
+    case 'A':
+        if (has(d, n, i, "AKIA") || has(d, n, i, "ASIA") || has(d, n, i, "ABIA") || has(d, n, i, "ACCA")
+            || has(d, n, i, "A3T") || has(d, n, i, "AIza"))
+            return 1;
+        break;
+    case 'g':
+        if (i + 3 < n && d[i + 1] == 'h' && in(d[i + 2], "pousr") && d[i + 3] == '_')
+            return 1;
+        if (has(d, n, i, "github_pat_") || has(d, n, i, "glpat-") || has(d, n, i, "gldt-") || has(d, n, i, "glrt-")
+            || has(d, n, i, "glcbt-") || has(d, n, i, "glptt-") || has(d, n, i, "glft-") || has(d, n, i, "glimt-")
+            || has(d, n, i, "glagent-") || has(d, n, i, "gloas-") || has(d, n, i, "glsoat-")
+            || has(d, n, i, "glffct-"))
+            return 1;
+        break;
+    case 'x':
+        if ((i + 4 < n && d[i + 1] == 'o' && d[i + 2] == 'x' && in(d[i + 3], "abposre") && d[i + 4] == '-')
+            || has(d, n, i, "xapp-"))
+            return 1;
+        break;
+    case 's':
+    case 'r':
+        if (has(d, n, i + 1, "k_live_") || has(d, n, i + 1, "k_test_"))
+            return 1;
+        break;
+    case 'w':
+        if (has(d, n, i, "whsec_"))
+            return 1;
+        break;
+    default:
+        break;
+    }
+    /* The case-insensitive words. */
+    switch (fold(c)) {
+    case 'k':
+        if (has_folded(d, n, i, "key"))
+            return 1;
+        break;
+    case 'p':
+        if (has_folded(d, n, i, "pass") || has_folded(d, n, i, "pwd"))
+            return 1;
+        break;
+    case 'b':
+        if (has_folded(d, n, i, "bearer"))
+            return 1;
+        break;
+    case 'a':
+        if (has_folded(d, n, i, "authorization"))
+            return 1;
+        break;
+    default:
+        break;
+    }
+    /* [A-Z]{2}[0-9]{2} */
+    if (is_upper(c) && i + 4 <= n && is_upper(d[i + 1]) && is_digit(d[i + 2]) && is_digit(d[i + 3]))
+        return 1;
+    if (!is_digit(c))
+        return 0;
+    /* The shapes that start with a digit. */
+    if (ipv4_shape(d, n, i))
+        return 1;
+    /* [0-9]{3}[-. ][0-9]{3}[-. ][0-9]{4} and [0-9]{3}[- ][0-9]{2}[- ][0-9]{4} */
+    if (all_digits(d, n, i, 3) && i + 3 < n) {
+        unsigned char s1 = d[i + 3];
+        if (in(s1, "-. ") && all_digits(d, n, i + 4, 3) && i + 7 < n && in(d[i + 7], "-. ")
+            && all_digits(d, n, i + 8, 4))
+            return 1;
+        if (in(s1, "- ") && all_digits(d, n, i + 4, 2) && i + 6 < n && in(d[i + 6], "- ")
+            && all_digits(d, n, i + 7, 4))
+            return 1;
+    }
+    return c == '0' && national_shape(d, n, i);
+}
+
+/* [0-9](?:[ -]?[0-9]){12}: thirteen digits, one space or dash at most between two. */
+static int
+card_chain(const unsigned char *d, Py_ssize_t n)
+{
+    Py_ssize_t chain = 0;
+    int last_digit = 0, after_sep = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        unsigned char c = d[i];
+        if (is_digit(c)) {
+            chain = (last_digit || after_sep) ? chain + 1 : 1;
+            if (chain >= 13)
+                return 1;
+            last_digit = 1;
+            after_sep = 0;
+        }
+        else if ((c == ' ' || c == '-') && last_digit) {
+            last_digit = 0;
+            after_sep = 1;
+        }
+        else {
+            chain = 0;
+            last_digit = after_sep = 0;
+        }
+    }
+    return 0;
+}
+
+static PyObject *
+may_trigger(PyObject *module, PyObject *arg)
+{
+    if (!PyBytes_Check(arg)) {
+        PyErr_SetString(PyExc_TypeError, "may_trigger() takes bytes");
+        return NULL;
+    }
+    const unsigned char *d = (const unsigned char *)PyBytes_AS_STRING(arg);
+    Py_ssize_t n = PyBytes_GET_SIZE(arg);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (d[i] & 0x80)
+            Py_RETURN_TRUE;
+    }
+    if (card_chain(d, n))
+        Py_RETURN_TRUE;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (matches_at(d, n, i))
+            Py_RETURN_TRUE;
+    }
+    Py_RETURN_FALSE;
+}
+
+static PyMethodDef methods[] = {
+    {"may_trigger", may_trigger, METH_O, "may_trigger(data): see masking.triggerscan.may_trigger."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef definition = {
+    PyModuleDef_HEAD_INIT,
+    "_airlock_triggerscan",
+    "masking.triggerscan in C (built from masking/_triggerscan.c; see masking/triggerscan.py).",
+    -1,
+    methods,
+    NULL,
+    NULL,
+    NULL,
+    NULL,
+};
+
+PyMODINIT_FUNC
+PyInit__airlock_triggerscan(void)
+{
+    PyObject *module = PyModule_Create(&definition);
+    if (module == NULL)
+        return NULL;
+    if (PyModule_AddStringConstant(module, "SOURCE_SHA256", SOURCE_SHA256) < 0
+        || PyModule_AddStringConstant(module, "TRIGGER_SOURCE", TRIGGER_SOURCE) < 0) {
+        Py_DECREF(module);
+        return NULL;
+    }
+    return module;
+}
