@@ -439,9 +439,9 @@ class ResultMasker:
         self.passes_through = not self._ruled and not self._scan_groups and not self._jsonb_binary
         # The fast path over the wire bytes (``mask_columns``), for a shape whose values are
         # all in the text format, read as they come (no JSON, no other form) by one scanner
-        # at most: which columns a rule needs as
-        # values (``fetch``, in ``_ruled``'s order, redacted ones aside: a constant each,
-        # ``_redacted``), and which the detectors read (``scan``).
+        # at most: which rule columns are fetched as values (``fetch``, in ``_ruled``'s
+        # order, those masked in place aside: ``_in_place``), and which the detectors read
+        # (``scan``).
         self.wire_plan: WirePlan | None = None
         # Rule columns the fast path masks where they lie: a constant, or the parts of a
         # partial (``gateway.postgres.wirerows.write_rows``).

@@ -43,9 +43,10 @@ _trigger_check: Callable[[bytes], bool] | None = None
 
 
 def use_trigger_check(check: Callable[[bytes], bool] | None) -> None:
-    """Ask ``check`` (``masking.triggerscan.may_trigger``'s C build) before every scan for
-    the trigger's shapes; it must answer False only where none of them matches (None: no
-    check). The gateway installs the C build when it was written for the trigger in use."""
+    """Ask ``check`` (``masking.triggerscan.may_trigger``'s C build) before the shape scan of
+    a single text (``Scanner.selection``); it must answer False only where none of the
+    trigger's shapes matches (None: no check). The gateway installs the C build when it was
+    written for the trigger in use."""
     global _trigger_check
     _trigger_check = check
 

@@ -3,17 +3,21 @@
 The general path (``Relay._mask_data_rows`` through ``ResultMasker.mask_rows``) turns every
 value of a result into a Python object, transposes the rows into columns and back, and
 encodes every changed row again: at a few rows per result, more work than the masking
-itself. For a result whose shape allows it (``ResultMasker.wire_plan``: every column text
-in the text format, no custom entity), the gateway instead
+itself. For a result whose shape allows it (``ResultMasker.wire_plan``: every column in
+the text format and read as it comes, one scanner at most), the gateway instead
 
-1. reads the run of DataRows once (``scan_rows``): only the values a column rule needs as
-   objects (``fetch``: a hash, a partial) become bytes, the values the content detectors
-   read are joined with NUL column by column, in one bytes object, as
-   ``Scanner.dirty_indices`` joins them, and NULLs are counted per column;
-2. masks in Python what needs Python (``ResultMasker.mask_columns``: the rules' renderers,
-   the trigger scan over the joined values, the detectors on the few values it flags);
+1. reads the run of DataRows once (``scan_rows``): only the values a column rule's
+   renderer needs as objects (``fetch``) become bytes, and a ``hash`` column's values are
+   first looked up in the renderer's placeholder cache (none become objects when all are
+   there); the values the content detectors read are joined with NUL column by column,
+   in one bytes object, as ``Scanner.dirty_indices`` joins them; NULLs are counted per
+   column;
+2. masks in Python what needs Python (``ResultMasker.mask_columns``: the rules' renderers
+   on what was fetched, the trigger scan over the joined values, the detectors on the few
+   values it flags);
 3. writes the rows out (``write_rows``): each column's replacement values, a constant for
-   every value of a redacted column, the single values the detectors masked; a row
+   every value of a redacted column, a ``partial`` column's placeholders made from its
+   values, the single values the detectors masked; a row
    nothing changed goes on as it came, byte for byte, the others are encoded anew (as
    ``Relay._mask_data_rows`` does on the general path); and the first rows decoded as
    UTF-8 text for the recording's sample.

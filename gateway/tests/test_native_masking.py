@@ -268,3 +268,28 @@ def test_the_gateway_engine_asks_the_c_trigger_check_before_re2() -> None:
         "write to [EMAIL]",
         {"email": 1},
     )
+
+
+def test_a_c_trigger_check_written_for_another_trigger_is_not_used(monkeypatch: pytest.MonkeyPatch) -> None:
+    import masking.scanner
+    import masking.triggerscan
+
+    compiled_scanner = native.load(masking.scanner)
+    installed = compiled_scanner._trigger_check
+    assert installed is not None
+
+    class Stale:
+        SOURCE_SHA256 = native.group_digest("masking.triggerscan")
+        TRIGGER_SOURCE = masking.triggerscan.TRIGGER_SOURCE + "|(?:newshape)"
+
+        @staticmethod
+        def may_trigger(data: bytes) -> bool:
+            return False  # would hide every secret
+
+    monkeypatch.setitem(sys.modules, native.NATIVE_MODULES["masking.triggerscan"], Stale)
+    compiled_scanner.use_trigger_check(None)
+    try:
+        masking_runtime._install_trigger_check()
+        assert compiled_scanner._trigger_check is None
+    finally:
+        compiled_scanner.use_trigger_check(installed)
