@@ -1135,35 +1135,25 @@ class Relay:
         """Mask the run of whole DataRows starting at ``pos``: (where the run ends, the
         bytes to send instead, or None when nothing changed)."""
         record, entry = self._record_for_rows()
-        if record is not None and entry is not None and not record.withheld:
-            if entry.kind == EXECUTE and record.masker is None and n - pos >= 7:
-                portal = record.portal or b""
-                self._build_masker(
-                    record,
-                    self._portal_fields.get(portal),
-                    self._portal_formats.get(portal, ()),
-                    _U16.unpack_from(data, pos + 5)[0],
-                )
-            masker = record.masker
-            if masker is not None and masker.wire_plan is not None:
-                done = self._mask_wire(record, masker, masker.wire_plan, data, pos, n)
-                if done is not None:
-                    return done
-        rows, bounds = pg.parse_data_rows(data, pos, n)
-        pos = bounds[-1]
-        record, entry = self._record_for_rows()
         if record is None or entry is None:
             raise ProtocolError("data rows out of step with the client's messages")
         if entry.kind == EXECUTE and record.masker is None and not record.withheld:
             portal = record.portal or b""
-            ncols = _U16.unpack_from(data, bounds[0] + 5)[0] if rows else None
+            # The first row's number of values (the caller saw its header whole).
+            ncols = _U16.unpack_from(data, pos + 5)[0] if n - pos >= 7 else None
             self._build_masker(
                 record, self._portal_fields.get(portal), self._portal_formats.get(portal, ()), ncols
             )
         elif record.masker is None and not record.withheld:
             self._build_masker(record, record.fields, None)
-        record.rows += len(rows)
         masker = record.masker
+        if masker is not None and masker.wire_plan is not None:
+            done = self._mask_wire(record, masker, masker.wire_plan, data, pos, n)
+            if done is not None:
+                return done
+        rows, bounds = pg.parse_data_rows(data, pos, n)
+        pos = bounds[-1]
+        record.rows += len(rows)
         if masker is None:
             return pos, b""  # withheld: no row goes on
         if masker.passes_through and set(map(len, rows)) == {masker.width}:
@@ -1181,9 +1171,7 @@ class Relay:
             record.sample.extend(self._sample_rows(masked[: self.result_rows - len(record.sample)], record))
         if not counts:
             return pos, None
-        total = record.masked
-        for entity, count in counts.items():
-            total[entity] = total.get(entity, 0) + count
+        self._add_counts(record, counts)
         # Runs of rows that masking left alone go on as they came; the others are encoded.
         parts: list[bytes] = []
         pending: list[tuple[Any, ...]] = []  # changed rows, encoded together
@@ -1239,10 +1227,7 @@ class Relay:
                 )
                 sample = self._sample_rows(rows[:want], record)
             record.sample.extend(sample)
-        if counts:
-            total = record.masked
-            for entity, found in counts.items():
-                total[entity] = total.get(entity, 0) + found
+        self._add_counts(record, counts)
         return stop, out
 
     def _mask_copy(self, data: bytes, pos: int, n: int) -> tuple[int, bytes | None]:
