@@ -300,13 +300,21 @@ class MaskingPolicy:
     def contains_placeholder(self, text: Value) -> bool:
         """Whether ``text`` holds a placeholder this policy produces (the write-back guard)."""
         try:
+            # Every placeholder begins with "[" (``placeholder_pattern``): most texts the
+            # guard sees (a statement, a bound number) have none, and the check costs less
+            # than the call into the expression.
             if isinstance(text, bytes):
-                return self._placeholders_bytes.search(text) is not None
-            return self._placeholders.search(text) is not None
+                return b"[" in text and self._placeholders_bytes.search(text) is not None
+            return "[" in text and self._placeholders.search(text) is not None
         except Exception as exc:
             raise _failed(exc) from None
 
     # -- rows ----------------------------------------------------------------------------
+
+    @property
+    def has_custom(self) -> bool:
+        """Whether the policy defines entities of its own (their expressions may match anything)."""
+        return bool(self._custom)
 
     def column_exemptions(self, identity: Identity) -> frozenset[str]:
         found: frozenset[str] = frozenset()

@@ -195,10 +195,24 @@ class _Entry:
         self.extra: Any = None
 
 
-def _hex_holds_placeholder(masking: MaskingPolicy, value: str) -> bool:
-    """Whether a value shown in hex (binary, or bytea) holds a placeholder in its bytes."""
+def _param_holds_placeholder(masking: MaskingPolicy, value: str) -> bool:
+    """Whether a bound value holds a placeholder: in its text, or, shown in hex (binary,
+    or bytea), in its bytes."""
+    if masking.contains_placeholder(value):
+        return True
+    if not value.startswith("\\x"):
+        return False
     raw = hex_bytes(value)
     return raw is not None and masking.contains_placeholder(raw)
+
+
+def _small_integer(value: str) -> bool:
+    """Whether ``value`` is a non-negative integer below a billion as PostgreSQL prints it
+    (no sign, no leading zero): a subset of ``masking.scanner.entity_free_integer``, which
+    no built-in detector matches, and the usual bound parameter."""
+    return (
+        0 < len(value) <= 9 and value.isascii() and value.isdigit() and (value[0] != "0" or len(value) == 1)
+    )
 
 
 class ReviewNeeded:
@@ -684,8 +698,7 @@ class Relay:
             return decision
         try:
             found = masking.contains_placeholder(statement) or any(
-                p is not None and (masking.contains_placeholder(p) or _hex_holds_placeholder(masking, p))
-                for p in params
+                p is not None and _param_holds_placeholder(masking, p) for p in params
             )
         except MaskingError:
             found = True  # cannot tell: treat as holding one
@@ -827,7 +840,13 @@ class Relay:
                 shown = cached
             else:
                 shown = masking.mask_text(text)[0]  # a Query's text is new each time
-            return shown, [None if p is None else mask_param(p, self._mask_str) for p in params]
+            if masking.has_custom:
+                return shown, [None if p is None else mask_param(p, self._mask_str) for p in params]
+            # Without entities of the policy's own a small integer holds nothing to mask
+            # (what ``Scanner.mask_into`` finds first, without the calls down to it).
+            return shown, [
+                p if p is None or _small_integer(p) else mask_param(p, self._mask_str) for p in params
+            ]
         except MaskingError:
             return "<statement withheld: it could not be masked>", ["<withheld>" for _ in params]
 

@@ -288,3 +288,75 @@ def test_each_execute_of_a_prepared_statement_records_its_text_masked_and_its_pa
     assert [s["params"] for s in statements] == [["call [PHONE]"], ["plain"]]
     assert calls.count(text.decode()) == 1  # the text once, each parameter each time
     assert calls.count("plain") == 1
+
+
+def _bind_and_execute(relay: Relay, statement: bytes, *params: bytes) -> None:
+    bind = b"\x00" + statement + b"\x00" + b"\x00\x00" + struct.pack("!h", len(params))
+    for param in params:
+        bind += struct.pack("!I", len(param)) + param
+    relay.from_client(
+        pg.message(b"B", bind + b"\x00\x00") + pg.message(b"E", b"\x00\x00\x00\x00\x00") + pg.message(b"S")
+    )
+    relay.from_server(pg.message(b"2") + pg.message(b"C", b"SELECT 0\x00") + pg.ready_for_query())
+
+
+@pytest.mark.parametrize("custom", [False, True])
+def test_small_integer_parameters_are_recorded_unread_unless_the_policy_has_entities_of_its_own(custom):  # type: ignore[no-untyped-def]
+    spec = {"custom": [{"name": "badge", "pattern": r"\b7[0-9]{5}\b"}]} if custom else {}
+    relay, events = _relay(spec)
+    masking = relay.masking
+    calls: list[str] = []
+
+    class Counting:
+        """The session's masking, counting the texts it is asked to mask."""
+
+        def __getattr__(self, name):  # type: ignore[no-untyped-def]
+            return getattr(masking, name)
+
+        def mask_text(self, text):  # type: ignore[no-untyped-def]
+            calls.append(text)
+            return masking.mask_text(text)
+
+    relay.masking = Counting()
+    relay.from_client(pg.parse_message(b"s1", b"SELECT $1, $2, $3, $4, $5") + pg.message(b"S"))
+    relay.from_server(pg.message(b"1") + pg.ready_for_query())
+    params = (b"712345", b"0", b"0712345", b"-712345", b"4111111111111111")
+    _bind_and_execute(relay, b"s1", *params)
+    [statement] = [p for kind, p in events.events if kind == "statement"]
+    recorded = statement["params"]
+    assert recorded[1:4] == ["0", "0712345", "-[BADGE]" if custom else "-712345"]
+    assert "4111111111111111" not in recorded[4]  # a card: masked either way
+    # A leading zero, a sign or a card's length take the scanner's path; the small
+    # integers do only when the policy's own entities may match them.
+    read = {"712345", "0"} if custom else set()
+    assert set(calls) == {"SELECT $1, $2, $3, $4, $5", "0712345", "-712345", "4111111111111111"} | read
+    assert recorded[0] == ("[BADGE]" if custom else "712345")
+
+
+def test_small_integer_is_inside_what_the_scanner_knows_to_be_entity_free():
+    from gateway.postgres.relay import _small_integer
+    from masking.scanner import entity_free_integer
+
+    texts = [
+        "0",
+        "1",
+        "9",
+        "00",
+        "01",
+        "-1",
+        "+1",
+        " 1",
+        "1 ",
+        "１",
+        "٣",
+        "1e3",
+        "",
+        "999999999",
+        "1000000000",
+    ]
+    texts += [str(n) for n in (10**k - 1 for k in range(1, 12))] + [str(7**k) for k in range(15)]
+    for text in texts:
+        if _small_integer(text):
+            assert entity_free_integer(text), text
+    assert _small_integer("999999999") and not _small_integer("1000000000")
+    assert not any(_small_integer(t) for t in ("", "01", "-1", "+1", "１", "٣", " 1"))
