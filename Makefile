@@ -17,7 +17,7 @@ TEST_ENV := DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) AIRLOC
 # The gateway's hot loops compiled with mypyc (scripts/build_native.py, gateway/native.py),
 # once per version of their sources. Without a C compiler the build fails with a message
 # and the gateway runs them interpreted; `make test` requires the compiled build.
-NATIVE_SOURCES := gateway/postgres/datarows.py gateway/postgres/wirerows.py gateway/postgres/_wirerows.c masking/triggerscan.py masking/_triggerscan.c gateway/postgres/relay.py masking/placeholders.py masking/scanner.py masking/policy.py policies/textscan.py policies/_textscan.c recordings/jsonscan.py recordings/_jsonscan.c gateway/native.py scripts/build_native.py
+NATIVE_SOURCES := gateway/postgres/datarows.py gateway/postgres/wirerows.py gateway/postgres/_wirerows.c masking/triggerscan.py masking/_triggerscan.c gateway/postgres/relay.py masking/placeholders.py masking/scanner.py masking/policy.py policies/textscan.py policies/_textscan.c recordings/jsonscan.py recordings/_jsonscan.c recordings/chainrows.py recordings/_chainrows.c gateway/native.py scripts/build_native.py
 NATIVE_STAMP := $(VENV)/.native-$(shell cat $(NATIVE_SOURCES) requirements-dev.txt | sha1sum | cut -c1-12)
 
 .PHONY: run test lint typecheck migrations-check unit browser bench venv vendor native system clean

@@ -14,7 +14,10 @@ sources, so an edit to any of them makes every one of them stale.
 
 A few modules have a build written in C instead (``NATIVE_C``: the decision path's text
 scans, ``policies/_textscan.c``; the recording's check of its canonical JSON,
-``recordings/_jsonscan.c``): the Python module is the reference, a test compares the
+``recordings/_jsonscan.c``, and its writer's chain and COPY text,
+``recordings/_chainrows.c``; a small result masked where it lies,
+``gateway/postgres/_wirerows.c``; the masking trigger's check of one text,
+``masking/_triggerscan.c``): the Python module is the reference, a test compares the
 two on generated and adversarial input, and the stamp is the digest of the Python source
 followed by the C source, so an edit to either makes the build stale.
 
@@ -47,6 +50,7 @@ NATIVE_MODULES = {
     "masking.triggerscan": "_airlock_triggerscan",
     "policies.textscan": "_airlock_textscan",
     "recordings.jsonscan": "_airlock_jsonscan",
+    "recordings.chainrows": "_airlock_chainrows",
 }
 
 # Modules whose build is written in C rather than compiled from their Python source: the
@@ -57,7 +61,12 @@ NATIVE_C = {
     "masking.triggerscan": "masking/_triggerscan.c",
     "policies.textscan": "policies/_textscan.c",
     "recordings.jsonscan": "recordings/_jsonscan.c",
+    "recordings.chainrows": "recordings/_chainrows.c",
 }
+
+# Libraries a C build links with, beyond Python's: libcrypto for SHA-256 (the library
+# Python's own ``hashlib`` is built on, so no other runtime dependency).
+NATIVE_C_LIBRARIES: dict[str, tuple[str, ...]] = {"recordings.chainrows": ("-lcrypto",)}
 
 # Modules compiled together, in dependency order; every other module is a group of its own.
 NATIVE_GROUPS: tuple[tuple[str, ...], ...] = (("masking.placeholders", "masking.scanner", "masking.policy"),)

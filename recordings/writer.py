@@ -54,7 +54,8 @@ from django.db import close_old_connections, connection, connections, transactio
 from django.db.models import Q
 
 from audit import actions as audit
-from recordings import chain, keys, live, search
+from gateway import native
+from recordings import chain, chainrows, keys, live, search
 from recordings.models import Event, Session
 
 log = logging.getLogger("airlock.recordings")
@@ -429,6 +430,29 @@ def _chain_rows(
     return rows, _ChainState(prev, tally)
 
 
+# A batch of plain events chained and written as COPY text in one pass
+# (``recordings.chainrows``): its C build when built from the sources in use.
+_chain_copy = native.load(chainrows).chain_copy
+
+
+def _tally_plain(
+    base: _ChainState, items: list[_QueuedFields], last_hash: str, searched: list[tuple[str, Any]]
+) -> _ChainState:
+    """The state after ``items`` that ``chain_copy`` chained (every one carries its canonical
+    bytes, so its facts are what the counters and the search words read, as in
+    ``_chain_rows``); the searchable events are added to ``searched``."""
+    tally = replace(base.tally)
+    add = tally.add
+    kinds = search.SEARCHED_KINDS
+    for item in items:
+        kind = item[3]
+        facts = item[6]
+        if kind in kinds:
+            searched.append((kind, facts))
+        add(kind, facts)
+    return _ChainState(last_hash, tally)
+
+
 _EVENT_COLUMNS = ("session", "seq", "at", "offset_ms", "kind", "payload", "hash")
 
 
@@ -445,18 +469,27 @@ def _copy_text(session_id: uuid.UUID, rows: list[tuple[int, float, str, float, s
     )
 
 
+def _copy_events(data: str | bytes) -> None:
+    """COPY ``data`` (``_copy_text``'s form) into the events table (PostgreSQL)."""
+    meta = Event._meta
+    quote = connection.ops.quote_name
+    table = quote(meta.db_table)
+    columns = ", ".join(quote(meta.get_field(name).column) for name in _EVENT_COLUMNS)
+    # COPY: one statement per batch and the least work per row on both ends. Raw
+    # psycopg under Django's error wrapper, so failures read (and mark the connection)
+    # as any other database error.
+    with connection.cursor() as cursor, connection.wrap_database_errors:
+        with cursor.cursor.copy(f"COPY {table} ({columns}) FROM STDIN") as copy:
+            copy.write(data)
+
+
 def _insert_events(session_id: uuid.UUID, rows: list[tuple[int, float, str, float, str, str, str]]) -> None:
     meta = Event._meta
     quote = connection.ops.quote_name
     table = quote(meta.db_table)
     columns = ", ".join(quote(meta.get_field(name).column) for name in _EVENT_COLUMNS)
     if connection.vendor == "postgresql":
-        # COPY: one statement per batch and the least work per row on both ends.
-        # Raw psycopg under Django's error wrapper, so failures read (and mark the
-        # connection) as any other database error.
-        with connection.cursor() as cursor, connection.wrap_database_errors:
-            with cursor.cursor.copy(f"COPY {table} ({columns}) FROM STDIN") as copy:
-                copy.write(_copy_text(session_id, rows))
+        _copy_events(_copy_text(session_id, rows))
         return
     sid = Session._meta.pk.get_db_prep_value(session_id, connection)  # type: ignore[union-attr]
     at_field = meta.get_field("at")
@@ -522,10 +555,17 @@ def _persist(
                     return would_be  # the earlier attempt did commit this very batch
                 base = committed
         searched: list[tuple[str, Any]] = []
-        rows, state = _chain_rows(session_id, base, items, searched)
-        if rows:
-            _insert_events(session_id, rows)
-        words = search.batch_words(searched) if connection.vendor == "postgresql" else ""
+        postgres = connection.vendor == "postgresql"
+        copied = _chain_copy(str(session_id), base.last_hash, base.seq, items) if postgres and items else None
+        if copied is not None:
+            data, last_hash = copied
+            state = _tally_plain(base, items, last_hash, searched)
+            _copy_events(data)
+        else:
+            rows, state = _chain_rows(session_id, base, items, searched)
+            if rows:
+                _insert_events(session_id, rows)
+        words = search.batch_words(searched) if postgres else ""
         if words:
             search.add_batch_words(session_id, words)
         written = Session.objects.filter(pk=session_id, status=Session.Status.LIVE).update(
@@ -796,7 +836,7 @@ class SessionRecorder:
         """
         self = cls(on_failure=on_failure)
         self._push(
-            Event.Kind.SESSION_START,
+            Event.Kind.SESSION_START.value,
             {
                 "protocol": protocol,
                 "agent": agent_name,
@@ -873,6 +913,10 @@ class SessionRecorder:
             return
         if kind not in _KINDS:
             raise ValueError(f"unknown recording event kind {kind!r}")
+        if type(kind) is not str:
+            # An ``Event.Kind`` member: queued as its plain value, which the writer's one
+            # pass over a batch takes (``recordings.chainrows``).
+            kind = str(kind)
         if self._open is not None:
             self._settle()
         self._push(kind, payload)
@@ -909,7 +953,7 @@ class SessionRecorder:
         self._open = None
         payload = pending[3]
         payload["result"] = result
-        self._push(Event.Kind.STATEMENT, payload, pending[1], pending[2])
+        self._push(Event.Kind.STATEMENT.value, payload, pending[1], pending[2])
         return True
 
     def _settle(self) -> None:
@@ -917,7 +961,7 @@ class SessionRecorder:
         pending = self._open
         if pending is not None:
             self._open = None
-            self._push(Event.Kind.STATEMENT, pending[3], pending[1], pending[2])
+            self._push(Event.Kind.STATEMENT.value, pending[3], pending[1], pending[2])
 
     async def close(self, *, reason: str, status: str = "ended") -> None:
         """Record ``session_end``, persist everything, seal, and mark the session ended.
@@ -933,7 +977,7 @@ class SessionRecorder:
                 )
                 status = Session.Status.TERMINATED
             self._settle()
-            self._push(Event.Kind.SESSION_END, {"reason": reason, "status": status})
+            self._push(Event.Kind.SESSION_END.value, {"reason": reason, "status": status})
             self._ended_at = self._queue[-1].at
             self._closed = True
             self._closing = True

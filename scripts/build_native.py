@@ -30,7 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from gateway.native import NATIVE_C, NATIVE_MODULES, group_digest, group_of, source_path  # noqa: E402
+from gateway.native import NATIVE_C, NATIVE_C_LIBRARIES, NATIVE_MODULES, group_digest, group_of, source_path  # noqa: E402
 
 
 def _renamed(text: str, names: dict[str, str]) -> str:
@@ -109,6 +109,7 @@ def c_command(module: str, output: Path, *, stamp: str, flags: tuple[str, ...] =
         "-o",
         str(output),
         str(ROOT / NATIVE_C[module]),
+        *NATIVE_C_LIBRARIES.get(module, ()),
     ]
 
 

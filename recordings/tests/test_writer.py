@@ -655,3 +655,53 @@ async def test_an_open_statement_that_is_not_json_data_fails_where_it_is_queued(
         await recorder.close(reason="done")
         events = await in_db(_events, recorder.session_id)
     assert [e["kind"] for e in events] == ["session_start", "notice", "session_end"]
+
+
+async def test_plain_batches_are_chained_in_one_pass_and_the_rest_as_before(monkeypatch):
+    # ``recordings.chainrows.chain_copy`` takes a batch whose events all carry canonical
+    # bytes; a batch holding one that does not (a float jsonb would write otherwise) goes
+    # through ``_chain_rows``. Either way the chain verifies and the counters follow.
+    from recordings import writer
+
+    general: list[int] = []
+    one_pass: list[int] = []
+    chain_rows, chain_copy = writer._chain_rows, writer._chain_copy
+
+    def counted_rows(session_id, base, items, searched=None):  # type: ignore[no-untyped-def]
+        general.append(len(items))
+        return chain_rows(session_id, base, items, searched)
+
+    def counted_copy(session, prev, seq, items):  # type: ignore[no-untyped-def]
+        copied = chain_copy(session, prev, seq, items)
+        if copied is not None:
+            one_pass.append(len(items))
+        return copied
+
+    monkeypatch.setattr(writer, "_chain_rows", counted_rows)
+    monkeypatch.setattr(writer, "_chain_copy", counted_copy)
+    async with asyncio.timeout(30):
+        # Kinds as the gateway passes them, plain strings (an ``Event.Kind`` member is a
+        # str subclass, which the one pass leaves to the general path).
+        plain = await record_session(
+            [
+                ("statement", {"text": "SELECT '\\\\' AS backslash", "params": ["a\tb"]}),
+                ("result", {"rows": 1, "masked": 2}),
+                ("decision", {"action": "deny", "rule": "r", "policy": "p", "policy_version": 1}),
+            ]
+        )
+        plain_result = await in_db(_verify, plain.session_id)
+        plain_session = await in_db(_session, plain.session_id)
+        assert one_pass and not general
+        mixed = await record_session(
+            [(Event.Kind.STATEMENT, {"text": "SELECT 1", "params": []}), (Event.Kind.OUTPUT, {"big": 1e20})]
+        )
+        mixed_result = await in_db(_verify, mixed.session_id)
+    assert plain_result.ok and mixed_result.ok, (plain_result.reason, mixed_result.reason)
+    assert general, "the batch with a value jsonb writes otherwise took the general path"
+    assert (plain_session.statement_count, plain_session.denied_count, plain_session.masked_count) == (
+        1,
+        1,
+        2,
+    )
+    events = await in_db(_events, plain.session_id)
+    assert events[1]["payload"]["text"] == "SELECT '\\\\' AS backslash"
