@@ -48,6 +48,8 @@ $(NATIVE_STAMP): $(STAMP) $(NATIVE_SOURCES)
 	@$(PY) -c 'import os, sys, sysconfig; sys.exit(not os.path.exists(sysconfig.get_paths()["include"] + "/Python.h"))' \
 	  || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && [ "$$($(PY) -c 'import sys; print(sys.base_prefix)')" = /usr ] \
 	  && echo "installing system packages: python3-dev" && DEBIAN_FRONTEND=noninteractive apt-get install -y -q python3-dev >/dev/null; } || true
+	@test -e /usr/include/openssl/evp.h || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+	  && echo "installing system packages: libssl-dev" && DEBIAN_FRONTEND=noninteractive apt-get install -y -q libssl-dev >/dev/null; } || true
 	@$(PY) scripts/build_native.py && touch $@ || echo "(the gateway will run its hot loops interpreted)"
 
 native: $(NATIVE_STAMP)

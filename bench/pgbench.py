@@ -808,6 +808,9 @@ def main() -> int:
 
         recorded = Event.objects.filter(kind="statement").count()
         sessions = Session.objects.count()
+        # Every chain and seal the runs recorded, checked as ``manage.py recordings verify``
+        # checks them: the figures count only if what was recorded holds.
+        broken = [str(s.pk) for s in Session.objects.all() if not s.verify().ok]
     finally:
         for proc in procs:
             proc.terminate()
@@ -859,6 +862,12 @@ def main() -> int:
         )
         print(f"mean latency above the p50 (the slow transactions' share), 1 client, {mode}: {tails}")
     print(f"recorded through the gateway: {sessions} sessions, {recorded} statements")
+    print(
+        f"recordings verified (chain and seal): {sessions - len(broken)} of {sessions} sessions"
+        + (f"; BROKEN: {', '.join(broken[:5])}" if broken else "")
+    )
+    if broken:
+        raise SystemExit("recordings made by the bench do not verify: the figures do not count")
     print(_realistic_path())
     ratios = []
     for mode, clients in RUNS:
