@@ -469,12 +469,16 @@ def _copy_text(session_id: uuid.UUID, rows: list[tuple[int, float, str, float, s
     )
 
 
-def _copy_events(data: str | bytes) -> None:
-    """COPY ``data`` (``_copy_text``'s form) into the events table (PostgreSQL)."""
+def _events_table() -> tuple[str, str]:
+    """The events table's quoted name and its written columns, in ``_EVENT_COLUMNS``'s order."""
     meta = Event._meta
     quote = connection.ops.quote_name
-    table = quote(meta.db_table)
-    columns = ", ".join(quote(meta.get_field(name).column) for name in _EVENT_COLUMNS)
+    return quote(meta.db_table), ", ".join(quote(meta.get_field(name).column) for name in _EVENT_COLUMNS)
+
+
+def _copy_events(data: str | bytes) -> None:
+    """COPY ``data`` (``_copy_text``'s form) into the events table (PostgreSQL)."""
+    table, columns = _events_table()
     # COPY: one statement per batch and the least work per row on both ends. Raw
     # psycopg under Django's error wrapper, so failures read (and mark the connection)
     # as any other database error.
@@ -484,15 +488,12 @@ def _copy_events(data: str | bytes) -> None:
 
 
 def _insert_events(session_id: uuid.UUID, rows: list[tuple[int, float, str, float, str, str, str]]) -> None:
-    meta = Event._meta
-    quote = connection.ops.quote_name
-    table = quote(meta.db_table)
-    columns = ", ".join(quote(meta.get_field(name).column) for name in _EVENT_COLUMNS)
     if connection.vendor == "postgresql":
         _copy_events(_copy_text(session_id, rows))
         return
+    table, columns = _events_table()
     sid = Session._meta.pk.get_db_prep_value(session_id, connection)  # type: ignore[union-attr]
-    at_field = meta.get_field("at")
+    at_field = Event._meta.get_field("at")
     with connection.cursor() as cursor:
         for start in range(0, len(rows), INSERT_ROWS):
             chunk = rows[start : start + INSERT_ROWS]
