@@ -258,8 +258,9 @@ def test_deferred_recording_keeps_the_order_and_never_records_a_statement_unmask
     assert "example.com" not in repr(events.events)
 
 
-def test_each_execute_of_a_prepared_statement_records_its_text_masked_and_its_parameters_afresh():
-    relay, events = _relay()
+def _count_masked_texts(relay: Relay) -> list[str]:
+    """Wraps the relay's masking so that each text it is asked to mask is listed in the
+    list returned."""
     masking = relay.masking
     calls: list[str] = []
 
@@ -274,6 +275,12 @@ def test_each_execute_of_a_prepared_statement_records_its_text_masked_and_its_pa
             return masking.mask_text(text)
 
     relay.masking = Counting()
+    return calls
+
+
+def test_each_execute_of_a_prepared_statement_records_its_text_masked_and_its_parameters_afresh():
+    relay, events = _relay()
+    calls = _count_masked_texts(relay)
     text = b"SELECT * FROM t WHERE owner = 'ann@example.com' AND note = $1"
     relay.from_client(pg.parse_message(b"s1", text) + pg.message(b"S"))
     relay.from_server(pg.message(b"1") + pg.ready_for_query())
@@ -304,20 +311,7 @@ def _bind_and_execute(relay: Relay, statement: bytes, *params: bytes) -> None:
 def test_small_integer_parameters_are_recorded_unread_unless_the_policy_has_entities_of_its_own(custom):  # type: ignore[no-untyped-def]
     spec = {"custom": [{"name": "badge", "pattern": r"\b7[0-9]{5}\b"}]} if custom else {}
     relay, events = _relay(spec)
-    masking = relay.masking
-    calls: list[str] = []
-
-    class Counting:
-        """The session's masking, counting the texts it is asked to mask."""
-
-        def __getattr__(self, name):  # type: ignore[no-untyped-def]
-            return getattr(masking, name)
-
-        def mask_text(self, text):  # type: ignore[no-untyped-def]
-            calls.append(text)
-            return masking.mask_text(text)
-
-    relay.masking = Counting()
+    calls = _count_masked_texts(relay)
     relay.from_client(pg.parse_message(b"s1", b"SELECT $1, $2, $3, $4, $5") + pg.message(b"S"))
     relay.from_server(pg.message(b"1") + pg.ready_for_query())
     params = (b"712345", b"0", b"0712345", b"-712345", b"4111111111111111")
