@@ -39,6 +39,19 @@ OID = 26
 # runs every built-in detector over these types' values to keep this true.
 ENTITY_FREE_TYPE_OIDS = frozenset({BOOL, INT2, INT4, OID})
 
+DATE = 1082
+TIME = 1083
+TIMESTAMP = 1114
+TIMESTAMPTZ = 1184
+TIMETZ = 1266
+# Dates and times: with DateStyle ISO (PostgreSQL's default) a value of these types is
+# digits and separators no built-in detector's trigger shape matches, but another
+# DateStyle writes month names and time zone abbreviations, which a session may set to any
+# text. So the fast path skips a value of theirs only when it is, as a whole, an ISO date,
+# time or timestamp (``gateway.postgres.wirerows.iso_datetime``) and the policy has no
+# entities of its own; anything else is read as usual.
+DATETIME_TYPE_OIDS = frozenset({DATE, TIME, TIMESTAMP, TIMESTAMPTZ, TIMETZ})
+
 TEXT_FORMAT = 0
 BINARY_FORMAT = 1
 

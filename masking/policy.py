@@ -28,7 +28,7 @@ from typing import Any, NamedTuple, ParamSpec, TypeVar, overload
 from masking.detectors import ASCII_NORMALISERS, BUILTIN_ENTITIES, NORMALISERS
 from masking.errors import MaskingError, MaskingSpecError
 from masking.jsondoc import mask_json
-from masking.pgtypes import ENTITY_FREE_TYPE_OIDS, TEXT_FORMAT, ValueKind, value_kind
+from masking.pgtypes import DATETIME_TYPE_OIDS, ENTITY_FREE_TYPE_OIDS, TEXT_FORMAT, ValueKind, value_kind
 from masking.placeholders import Method, Render, Renderer, label_of, placeholder_pattern
 from masking.scanforms import binary_form, text_form
 from masking.scanner import Counts, CustomEntity, Scanner, Value
@@ -371,10 +371,13 @@ _SMALL_BATCH = 2
 class WirePlan(NamedTuple):
     """Which columns of a result the masking fast path reads: ``fetch`` as values, for a
     column rule's renderer (an index, or an index and the hash placeholders to look the
-    values up in first); ``scan`` joined, for the content detectors."""
+    values up in first); ``scan`` joined, for the content detectors; ``quiet``, the columns
+    of ``scan`` of a date or time type whose ISO values the detectors need not read
+    (``masking.pgtypes.DATETIME_TYPE_OIDS``)."""
 
     fetch: tuple[int | tuple[int, dict[int, bytes]], ...]
     scan: tuple[int, ...]
+    quiet: tuple[int, ...] = ()
 
 
 class ResultMasker:
@@ -479,7 +482,14 @@ class ResultMasker:
                 self._in_place = {}
             else:
                 scan = [i for _, group in self._scan_groups.values() for i in group]
-                self.wire_plan = WirePlan(tuple(fetch), tuple(scan))
+                quiet = [
+                    i
+                    for scanner, group in self._scan_groups.values()
+                    if not scanner.has_custom and self._ascii_compatible
+                    for i in group
+                    if type_oids is not None and type_oids[i] in DATETIME_TYPE_OIDS
+                ]
+                self.wire_plan = WirePlan(tuple(fetch), tuple(scan), tuple(quiet))
 
     @property
     def masked_columns(self) -> list[bool]:

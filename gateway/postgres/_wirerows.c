@@ -257,17 +257,103 @@ looked_up(PyObject *column, PyObject *cache)
     return out;
 }
 
+/* Whether s[*i:] starts with count ASCII digits; if so, *i moves past them. */
+static int
+take_digits(const unsigned char *s, Py_ssize_t n, Py_ssize_t *i, Py_ssize_t count)
+{
+    if (n - *i < count)
+        return 0;
+    for (Py_ssize_t k = 0; k < count; k++)
+        if (s[*i + k] < '0' || s[*i + k] > '9')
+            return 0;
+    *i += count;
+    return 1;
+}
+
+static int
+take_byte(const unsigned char *s, Py_ssize_t n, Py_ssize_t *i, unsigned char c)
+{
+    if (*i < n && s[*i] == c) {
+        *i += 1;
+        return 1;
+    }
+    return 0;
+}
+
+/* HH:MM:SS, a fraction of 1 to 6 digits, an offset +HH[:MM[:SS]] (each optional after the
+ * seconds), at s[*i:]; *i moves past it. The grammar is deterministic (each optional part
+ * starts with its own byte), so this reads what the reference's expression matches. */
+static int
+take_time(const unsigned char *s, Py_ssize_t n, Py_ssize_t *i)
+{
+    if (!(take_digits(s, n, i, 2) && take_byte(s, n, i, ':') && take_digits(s, n, i, 2)
+          && take_byte(s, n, i, ':') && take_digits(s, n, i, 2)))
+        return 0;
+    if (take_byte(s, n, i, '.')) {
+        Py_ssize_t start = *i;
+        while (*i < n && *i - start < 7 && s[*i] >= '0' && s[*i] <= '9')
+            *i += 1;
+        if (*i == start || *i - start > 6)
+            return 0;
+    }
+    if (*i < n && (s[*i] == '+' || s[*i] == '-')) {
+        *i += 1;
+        if (!take_digits(s, n, i, 2))
+            return 0;
+        for (int k = 0; k < 2 && take_byte(s, n, i, ':'); k++)
+            if (!take_digits(s, n, i, 2))
+                return 0;
+    }
+    return 1;
+}
+
+/* gateway.postgres.wirerows.iso_datetime: s[0:n] is all one ISO date, time or timestamp
+ * with a four-digit year, or infinity. */
+static int
+iso_datetime(const unsigned char *s, Py_ssize_t n)
+{
+    if ((n == 8 && memcmp(s, "infinity", 8) == 0) || (n == 9 && memcmp(s, "-infinity", 9) == 0))
+        return 1;
+    Py_ssize_t i = 0;
+    if (n >= 5 && s[4] == '-') {
+        if (!(take_digits(s, n, &i, 4) && take_byte(s, n, &i, '-') && take_digits(s, n, &i, 2)
+              && take_byte(s, n, &i, '-') && take_digits(s, n, &i, 2)))
+            return 0;
+        if (i + 1 < n && s[i] == ' ' && s[i + 1] != 'B') {
+            i += 1;
+            if (!take_time(s, n, &i))
+                return 0;
+        }
+        if (n - i >= 3 && memcmp(s + i, " BC", 3) == 0)
+            i += 3;
+        return i == n;
+    }
+    return take_time(s, n, &i) && i == n;
+}
+
+static PyObject *
+iso_datetime_py(PyObject *module, PyObject *arg)
+{
+    Py_buffer view;
+    if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    int found = iso_datetime(view.buf, view.len);
+    PyBuffer_Release(&view);
+    return PyBool_FromLong(found);
+}
+
 static PyObject *
 scan_rows(PyObject *module, PyObject *args)
 {
     Py_buffer view;
     Py_ssize_t pos, end, width;
-    PyObject *fetch, *scan;
-    if (!PyArg_ParseTuple(args, "y*nnnOO:scan_rows", &view, &pos, &end, &width, &fetch, &scan))
+    PyObject *fetch, *scan, *quiet = NULL;
+    if (!PyArg_ParseTuple(args, "y*nnnOO|O:scan_rows", &view, &pos, &end, &width, &fetch, &scan, &quiet))
         return NULL;
     PyObject *result = NULL, *fetched = NULL, *joined = NULL, *nulls = NULL, *looked = NULL;
     PyObject **caches = NULL;
-    Py_ssize_t *fetch_at = NULL, *scan_at = NULL, nfetch = 0, nscan = 0;
+    Py_ssize_t *fetch_at = NULL, *scan_at = NULL, *quiet_at = NULL, nfetch = 0, nscan = 0, nquiet = 0;
+    char *dates = NULL;
     Run run = {0, 0, NULL, NULL};
     const unsigned char *d = view.buf;
     if (check_bounds(view.len, pos, end) < 0 || check_width(width) < 0)
@@ -278,13 +364,30 @@ scan_rows(PyObject *module, PyObject *args)
     int outside_scan = indices(scan, width, &scan_at, &nscan, NULL);
     if (outside_scan < 0)
         goto done;
-    int status = outside_fetch || outside_scan ? WALK_WIDTH : run_read(d, pos, end, width, &run);
+    int outside_quiet = 0;
+    if (quiet != NULL) {
+        outside_quiet = indices(quiet, width, &quiet_at, &nquiet, NULL);
+        if (outside_quiet < 0)
+            goto done;
+    }
+    int status = outside_fetch || outside_scan || outside_quiet ? WALK_WIDTH : run_read(d, pos, end, width, &run);
     if (status < 0)
         goto done;
     if (status != WALK_OK) {
         result = Py_NewRef(Py_None);
         goto done;
     }
+    /* Which scanned columns are quiet ones (every index is in range here: indices()
+     * leaves no array for a tuple with one outside). */
+    dates = PyMem_Calloc(nscan ? (size_t)nscan : 1, 1);
+    if (dates == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (Py_ssize_t k = 0; k < nscan; k++)
+        for (Py_ssize_t q = 0; q < nquiet; q++)
+            if (quiet_at[q] == scan_at[k])
+                dates[k] = 1;
     Py_ssize_t rows = run.rows;
     /* The scanned values, joined with NUL: none may hold NUL itself. */
     Py_ssize_t size = 0;
@@ -296,6 +399,8 @@ scan_rows(PyObject *module, PyObject *args)
                 result = Py_NewRef(Py_None);
                 goto done;
             }
+            if (at >= 0 && dates[k] && iso_datetime(d + at, length))
+                length = 0;
             size += length + 1;
         }
     }
@@ -309,7 +414,7 @@ scan_rows(PyObject *module, PyObject *args)
             Py_ssize_t at = run.offsets[cell], length = run.offsets[cell + 1];
             if (k || r)
                 *into++ = 0;
-            if (at >= 0) {
+            if (at >= 0 && !(dates[k] && iso_datetime(d + at, length))) {
                 memcpy(into, d + at, (size_t)length);
                 into += length;
             }
@@ -367,6 +472,8 @@ done:
     Py_XDECREF(nulls);
     PyMem_Free(fetch_at);
     PyMem_Free(scan_at);
+    PyMem_Free(quiet_at);
+    PyMem_Free(dates);
     run_free(&run);
     PyBuffer_Release(&view);
     return result;
@@ -686,7 +793,9 @@ done:
 
 static PyMethodDef methods[] = {
     {"scan_rows", scan_rows, METH_VARARGS,
-     "scan_rows(data, pos, end, width, fetch, scan): see gateway.postgres.wirerows.scan_rows."},
+     "scan_rows(data, pos, end, width, fetch, scan, quiet=()): see gateway.postgres.wirerows.scan_rows."},
+    {"iso_datetime", iso_datetime_py, METH_O,
+     "iso_datetime(value) -> bool: see gateway.postgres.wirerows.iso_datetime."},
     {"write_rows", write_rows, METH_VARARGS,
      "write_rows(data, pos, end, width, columns, changes, sample): see gateway.postgres.wirerows."},
     {NULL, NULL, 0, NULL},

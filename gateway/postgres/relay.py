@@ -1222,7 +1222,7 @@ class Relay:
             columns = record.columns or self._last_columns
             if columns is None or len(columns) != masker.width or any(c[1] for c in columns):
                 return None  # the sample records these values in other forms
-        scanned = pg.scan_rows(data, pos, n, masker.width, plan.fetch, plan.scan)
+        scanned = pg.scan_rows(data, pos, n, masker.width, plan.fetch, plan.scan, plan.quiet)
         if scanned is None:
             return None
         stop, count, fetched, joined, nulls, looked = scanned

@@ -35,7 +35,25 @@ number of values, then per value an Int32 length (-1: NULL) and that many bytes.
 
 from __future__ import annotations
 
+import re
 from typing import Any
+
+# A date, a time or a timestamp as PostgreSQL writes one with DateStyle ISO (its default),
+# with a four-digit year: ``2026-12-05``, ``17:52:33.512345+05:30``, ``2026-12-05
+# 17:52:33+00 BC``, ``infinity``. No trigger shape of the masking engine matches such a
+# text (``gateway/tests/postgres/test_wirerows.py`` proves it shape by shape), so when the
+# policy has no entities of its own the detectors have nothing to find in it.
+_ISO_DATETIME = re.compile(
+    rb"-?infinity"
+    rb"|[0-9]{4}-[0-9]{2}-[0-9]{2}"
+    rb"(?: [0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]{1,6})?(?:[+-][0-9]{2}(?::[0-9]{2}){0,2})?)?(?: BC)?"
+    rb"|[0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]{1,6})?(?:[+-][0-9]{2}(?::[0-9]{2}){0,2})?"
+)
+
+
+def iso_datetime(value: bytes) -> bool:
+    """Whether ``value`` is all one ISO date, time or timestamp (``_ISO_DATETIME``)."""
+    return _ISO_DATETIME.fullmatch(value) is not None
 
 
 def _u32(data: bytes, at: int) -> int:
@@ -103,7 +121,13 @@ def _looked_up(column: list[bytes | None], cache: dict[int, bytes]) -> list[byte
 
 
 def scan_rows(
-    data: bytes, pos: int, end: int, width: int, fetch: tuple[Any, ...], scan: tuple[int, ...]
+    data: bytes,
+    pos: int,
+    end: int,
+    width: int,
+    fetch: tuple[Any, ...],
+    scan: tuple[int, ...],
+    quiet: tuple[int, ...] = (),
 ) -> tuple[int, int, list[list[bytes | None]], bytes, list[int], list[bool]] | None:
     """Read the run of whole DataRows at ``data[pos:end]`` (up to the first message that is
     not a DataRow or not whole): where the run stops, how many rows it holds, the values of
@@ -116,6 +140,11 @@ def scan_rows(
     looked up in ``cache`` (a dict keyed by Python's hash of a value: ``Renderer``'s hash
     placeholders), the entries given instead of the values when every value that is not
     NULL is ASCII and has one.
+
+    A value of a column ``quiet`` names that is all one ISO date, time or timestamp
+    (``iso_datetime``) is joined as an empty value, as a NULL is: the detectors have
+    nothing to read in it (the caller names only columns of those types, and only when
+    the policy has no entities of its own).
 
     None, for the general path to take (and report), when a row is malformed or has another
     number of values than ``width``, when a column index is out of range, or when a scanned
@@ -132,8 +161,10 @@ def scan_rows(
         raise TypeError("fetch is a tuple of column indices and (index, cache) pairs")
     if not isinstance(scan, tuple) or not all(isinstance(i, int) for i in scan):
         raise TypeError("scan is a tuple of column indices")
+    if not isinstance(quiet, tuple) or not all(isinstance(i, int) for i in quiet):
+        raise TypeError("quiet is a tuple of column indices")
     fetch_at = [f if isinstance(f, int) else f[0] for f in fetch]
-    if any(not 0 <= i < width for i in fetch_at) or any(not 0 <= i < width for i in scan):
+    if any(not 0 <= i < width for i in (*fetch_at, *scan, *quiet)):
         return None
     found = _spans(data, pos, end)
     if found is None:
@@ -153,12 +184,13 @@ def scan_rows(
         looked.append(entries is not None)
     parts: list[bytes] = []
     for index in scan:
+        dates = index in quiet
         for _, _, offsets in rows:
             at = offsets[2 * index]
             value = b"" if at < 0 else data[at : at + offsets[2 * index + 1]]
             if b"\x00" in value:
                 return None
-            parts.append(value)
+            parts.append(b"" if dates and iso_datetime(value) else value)
     nulls = [sum(1 for _, _, offsets in rows if offsets[2 * index] < 0) for index in range(width)]
     return stop, len(rows), fetched, b"\x00".join(parts), nulls, looked
 

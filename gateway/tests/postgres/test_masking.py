@@ -121,6 +121,21 @@ def test_psql_sees_masked_values_and_unmasked_clean_ones(mgw):
     _no_planted(out.stdout)
 
 
+def test_a_timestamp_is_read_unless_it_is_in_the_iso_form(mgw):
+    # The fast path leaves an ISO date or time unread (nothing built in can match one);
+    # another DateStyle writes the session's time zone abbreviation, any text the session
+    # chose: a phone number here, which must still be found in the timestamptz column.
+    query = "SELECT '2026-01-01 00:00+00'::timestamptz AS at, '2026-01-02'::date AS day FROM users"
+    zone = "SET timezone = '<+442079460>+0'; "
+    iso = _psql(mgw, zone + query + " WHERE id = 1")
+    sql = _psql(mgw, "SET datestyle = 'SQL'; " + zone + query + " ORDER BY id")
+    assert iso.returncode == 0 and sql.returncode == 0, iso.stderr + sql.stderr
+    assert iso.stdout.splitlines() == ["SET", "2026-01-01 00:00:00+00|2026-01-02"], iso.stdout
+    # Found in a timestamptz, which cannot hold a placeholder: the value becomes NULL.
+    assert sql.stdout.splitlines()[-2:] == ["|01/02/2026"] * 2, sql.stdout
+    assert "442079460" not in sql.stdout
+
+
 # --- MSK-02: values echoed in errors ------------------------------------------------------------
 
 

@@ -41,6 +41,9 @@ SECRETS = [
     b"10.1.2.3",
     b"ordered 3 items, delivered on time",
     b"2026-12-05 10:00:00+00",
+    b"2026-12-05 10:00:00.123456+05:30 BC",
+    b"01/01/2026 00:00:00 +442079460",  # DateStyle SQL, a zone abbreviation a session chose
+    b"infinity",
     b"42",
     b"",
     b"[EMAIL]",

@@ -51,6 +51,18 @@ ROWS = [
     [b"3", None, None, b"x"],
 ]
 RUN = pg.data_rows(ROWS)
+# Dates, times and timestamps as PostgreSQL writes them with DateStyle ISO.
+ISO_VALUES = [
+    b"2026-12-05",
+    b"2026-12-05 BC",
+    b"2026-12-05 17:52:33",
+    b"2026-12-05 17:52:33.512345+00",
+    b"0044-03-15 00:00:00+00:53:28 BC",
+    b"17:52:33",
+    b"24:00:00-05:30",
+    b"infinity",
+    b"-infinity",
+]
 
 
 def test_a_run_is_read_as_the_general_path_reads_it(built: ModuleType) -> None:
@@ -155,6 +167,122 @@ def test_bad_arguments_to_scan_rows(built: ModuleType, args: Any) -> None:
     assert _both(built, "scan_rows", *args)[0] in ("ValueError", "TypeError")
 
 
+@pytest.mark.parametrize("quiet", [[1], (1.0,), ("1",), ((1, {}),), None])
+def test_quiet_columns_are_a_tuple_of_indices(built: ModuleType, quiet: Any) -> None:
+    assert _both(built, "scan_rows", RUN, 0, len(RUN), 4, (), (1,), quiet)[0] == "TypeError"
+
+
+def test_iso_values_of_a_quiet_column_are_joined_empty(built: ModuleType) -> None:
+    rows = [[b"2026-12-05 17:52:33+00", b"a@b.io"], [b"Sat Dec 05 2026 PST", b"x"], [None, b"17:52:33"]]
+    run = pg.data_rows(rows)
+    for module in (pure, built):
+        quiet = module.scan_rows(run, 0, len(run), 2, (), (0, 1), (0,))
+        loud = module.scan_rows(run, 0, len(run), 2, (), (0, 1))
+        assert quiet[3] == b"\x00Sat Dec 05 2026 PST\x00\x00a@b.io\x00x\x0017:52:33"
+        assert loud[3] == b"2026-12-05 17:52:33+00\x00Sat Dec 05 2026 PST\x00\x00a@b.io\x00x\x0017:52:33"
+        assert quiet[:3] == loud[:3] and quiet[4:] == loud[4:]
+        # A quiet column out of range: the general path's, as for any column index.
+        assert module.scan_rows(run, 0, len(run), 2, (), (0,), (2,)) is None
+
+
+ISO_NEAR_MISSES = [
+    b"",
+    b"2026-12-5",
+    b"12026-12-05",
+    b"2026-12-05 ",
+    b"2026-12-05 B",
+    b"2026-12-05 BCE",
+    b"2026-12-05T17:52:33",
+    b"2026-12-05 17:52",
+    b"2026-12-05 17:52:33.",
+    b"2026-12-05 17:52:33.1234567",
+    b"2026-12-05 17:52:33+5",
+    b"2026-12-05 17:52:33+05:",
+    b"2026-12-05 17:52:33+05:30:15:00",
+    b"2026-12-05 17:52:33 PST",
+    b"17:52:33 BC",
+    b"17:52",
+    b"Infinity",
+    b"infinity ",
+    b"+infinity",
+    b"2026-12-05\x00",
+    b"\xef\xbc\x92026-12-05",
+]
+
+
+@pytest.mark.parametrize("value", ISO_VALUES + ISO_NEAR_MISSES)
+def test_iso_datetime_answers_as_the_reference(built: ModuleType, value: bytes) -> None:
+    assert built.iso_datetime(value) is pure.iso_datetime(value) is (value in ISO_VALUES)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(
+    st.sampled_from(ISO_VALUES),
+    st.integers(0, 40),
+    st.sampled_from([b"", b"0", b"9", b"-", b"+", b":", b".", b" ", b"B", b"C", b"x", b"\x00", b"\xff"]),
+    st.sampled_from(["insert", "replace", "cut"]),
+)
+def test_iso_datetime_answers_as_the_reference_on_mutations(
+    built: ModuleType, value: bytes, at: int, piece: bytes, how: str
+) -> None:
+    at = min(at, len(value))
+    if how == "insert":
+        text = value[:at] + piece + value[at:]
+    elif how == "replace":
+        text = value[:at] + piece + value[at + 1 :]
+    else:
+        text = value[:at]
+    assert built.iso_datetime(text) is pure.iso_datetime(text), text
+
+
+def _skeletons() -> list[bytes]:
+    """Every form ``iso_datetime`` accepts, each digit written as 5 (below: any digit is
+    the same to the shapes once their digit classes are widened)."""
+    fractions = [b""] + [b"." + b"5" * n for n in range(1, 7)]
+    zones = [b""] + [sign + rest for sign in (b"+", b"-") for rest in (b"55", b"55:55", b"55:55:55")]
+    times = [b"55:55:55" + f + z for f in fractions for z in zones]
+    date = b"5555-55-55"
+    forms = [b"infinity", b"-infinity", date, date + b" BC", *times]
+    forms += [date + b" " + t + bc for t in times for bc in (b"", b" BC")]
+    return forms
+
+
+def _widened(shape: str) -> str:
+    """``shape`` matching at least what it matches, with every digit it requires widened to
+    any digit: ``[2-9]`` and each literal digit outside a class or a count become
+    ``[0-9]`` (classes holding digits already hold 0-9 or a hex range that does)."""
+    import re
+
+    widened = shape.replace("[2-9]", "[0-9]")
+    return re.sub(r"(?<![{,\d\[-])\d(?![\d,}\]-])", "[0-9]", widened)
+
+
+def test_no_trigger_shape_matches_an_iso_date_or_time() -> None:
+    # The reason a quiet column's ISO values need no scan: every built-in detector's
+    # match holds one of these shapes (masking.detectors), and none can match any text
+    # iso_datetime accepts. Widening each shape's digits makes all digits alike, so the
+    # skeletons (every digit a 5) stand for every such text.
+    import re
+
+    from masking.detectors import TRIGGER_SHAPES
+
+    widened = [_widened(shape) for shape, _ in TRIGGER_SHAPES]
+    assert [w for w, (s, _) in zip(widened, TRIGGER_SHAPES, strict=True) if w != s] == [
+        r"\([0-9][0-9]{2}\)",
+        "[0-9][0-9]{1,4}[ -][0-9]{3,4}[ -][0-9]{3}",
+        "AKIA|ASIA|ABIA|ACCA|A[0-9]T",
+    ]
+    skeletons = _skeletons()
+    assert all(pure.iso_datetime(s) for s in skeletons) and len(skeletons) == 4 + 2 * 49 + 49
+    for shape in widened:
+        pattern = re.compile(shape.encode())
+        for skeleton in skeletons:
+            assert pattern.search(skeleton) is None, (shape, skeleton)
+    # And the widening is what makes the argument: an unwidened digit would hide matches.
+    assert re.search(rb"[0-9](?:[ -]?[0-9]){12}", b"5555-55-55 55:55:55") is None
+    assert re.search(rb"[0-9](?:[ -]?[0-9]){9}", b"5555-55-55 55:55:55") is not None
+
+
 def test_rows_are_written_with_their_replacements(built: ModuleType) -> None:
     columns: list[Any] = [None, [b"N1", None, b"N3"], b"[EMAIL]", None]
     changes: list[Any] = [(3, 2, b"[X]"), (0, 0, None), (0, 0, b"one")]
@@ -218,7 +346,9 @@ def test_write_rows_takes_only_a_whole_run(built: ModuleType, end: int) -> None:
 
 
 VALUES = st.one_of(
-    st.none(), st.binary(max_size=12), st.sampled_from([b"\x00", b"\xff", b"a\x00", b"@", "é".encode()])
+    st.none(),
+    st.binary(max_size=12),
+    st.sampled_from([b"\x00", b"\xff", b"a\x00", b"@", "é".encode(), *ISO_VALUES]),
 )
 
 
@@ -247,8 +377,9 @@ def test_the_build_answers_as_the_reference_on_generated_runs(
     cache = {hash(v): b"[H]" for v in (b"", b"a", b"@", b"x" * 3)}
     fetch = tuple(data.draw(st.lists(st.one_of(indices, st.tuples(indices, st.just(cache))), max_size=3)))
     scan = tuple(data.draw(st.lists(indices, max_size=4)))
+    quiet = tuple(data.draw(st.lists(indices, max_size=3)))
     end = data.draw(st.integers(pos, len(run)))
-    outcome = _both(built, "scan_rows", run, pos, end, width, fetch, scan)
+    outcome = _both(built, "scan_rows", run, pos, end, width, fetch, scan, quiet)
     if outcome[0] != "ok" or outcome[1] is None:
         stop = data.draw(st.integers(pos, end))
         rows = 0
