@@ -353,7 +353,7 @@ scan_rows(PyObject *module, PyObject *args)
     PyObject *result = NULL, *fetched = NULL, *joined = NULL, *nulls = NULL, *looked = NULL;
     PyObject **caches = NULL;
     Py_ssize_t *fetch_at = NULL, *scan_at = NULL, *quiet_at = NULL, nfetch = 0, nscan = 0, nquiet = 0;
-    char *dates = NULL;
+    char *dates = NULL, *skipped = NULL;
     Run run = {0, 0, NULL, NULL};
     const unsigned char *d = view.buf;
     if (check_bounds(view.len, pos, end) < 0 || check_width(width) < 0)
@@ -389,6 +389,13 @@ scan_rows(PyObject *module, PyObject *args)
             if (quiet_at[q] == scan_at[k])
                 dates[k] = 1;
     Py_ssize_t rows = run.rows;
+    /* Which scanned values are joined as empty (a quiet column's ISO values), decided once
+     * in the first pass and read in the second. */
+    skipped = PyMem_Calloc(nscan && rows ? (size_t)nscan : 1, rows ? (size_t)rows : 1);
+    if (skipped == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
     /* The scanned values, joined with NUL: none may hold NUL itself. */
     Py_ssize_t size = 0;
     for (Py_ssize_t k = 0; k < nscan; k++) {
@@ -399,8 +406,10 @@ scan_rows(PyObject *module, PyObject *args)
                 result = Py_NewRef(Py_None);
                 goto done;
             }
-            if (at >= 0 && dates[k] && iso_datetime(d + at, length))
+            if (at >= 0 && dates[k] && iso_datetime(d + at, length)) {
+                skipped[k * rows + r] = 1;
                 length = 0;
+            }
             size += length + 1;
         }
     }
@@ -414,7 +423,7 @@ scan_rows(PyObject *module, PyObject *args)
             Py_ssize_t at = run.offsets[cell], length = run.offsets[cell + 1];
             if (k || r)
                 *into++ = 0;
-            if (at >= 0 && !(dates[k] && iso_datetime(d + at, length))) {
+            if (at >= 0 && !skipped[k * rows + r]) {
                 memcpy(into, d + at, (size_t)length);
                 into += length;
             }
@@ -474,6 +483,7 @@ done:
     PyMem_Free(scan_at);
     PyMem_Free(quiet_at);
     PyMem_Free(dates);
+    PyMem_Free(skipped);
     run_free(&run);
     PyBuffer_Release(&view);
     return result;
