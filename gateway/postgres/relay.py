@@ -840,12 +840,12 @@ class Relay:
                 shown = cached
             else:
                 shown = masking.mask_text(text)[0]  # a Query's text is new each time
-            if masking.has_custom:
-                return shown, [None if p is None else mask_param(p, self._mask_str) for p in params]
             # Without entities of the policy's own a small integer holds nothing to mask
             # (what ``Scanner.mask_into`` finds first, without the calls down to it).
+            plain = not masking.has_custom
             return shown, [
-                p if p is None or _small_integer(p) else mask_param(p, self._mask_str) for p in params
+                p if p is None or (plain and _small_integer(p)) else mask_param(p, self._mask_str)
+                for p in params
             ]
         except MaskingError:
             return "<statement withheld: it could not be masked>", ["<withheld>" for _ in params]
