@@ -254,22 +254,131 @@ matches_at(const unsigned char *d, Py_ssize_t n, Py_ssize_t i)
     return c == '0' && national_shape(d, n, i);
 }
 
-/* [0-9](?:[ -]?[0-9]){12}: thirteen digits, one space or dash at most between two. */
+/*
+ * Where a shape may start, by its first two bytes: START[c0 << 7 | c1] is 1 when some shape
+ * of matches_at (or the card chain) can begin with the bytes c0 c1, ALONE[c] when one is
+ * the single byte c (only '@'). Everything else is certainly no match at that position,
+ * which spares matches_at at most positions of ordinary text (a lower-case word's bytes
+ * pair as none of the shapes start). Filled once by fill_tables from the shapes as
+ * written in matches_at; masking/tests/test_triggerscan.py derives the same pairs from
+ * the trigger's expressions and checks that none is missing.
+ */
+static unsigned char START[128 * 128];
+static unsigned char ALONE[128];
+static unsigned char FIRST[128]; /* some pair or ALONE starts with this byte */
+
+/* What scan needs to know of a byte: 0 for most (a letter no shape starts with, NUL). */
+enum { K_HIGH = 1, K_DIGIT = 2, K_SEP = 4, K_FIRST = 8 };
+static unsigned char KIND[256];
+
+static void
+allow(unsigned char c0, unsigned char c1)
+{
+    START[(c0 << 7) | c1] = 1;
+    FIRST[c0] = 1;
+}
+
+static void
+allow_each(unsigned char c0, const char *second)
+{
+    for (; *second; second++)
+        allow(c0, (unsigned char)*second);
+}
+
+static void
+allow_folded(const char *word)
+{
+    /* The first two letters of a lower-case word, in either case each. */
+    unsigned char a = (unsigned char)word[0], b = (unsigned char)word[1];
+    allow(a, b);
+    allow(a, (unsigned char)(b - 32));
+    allow((unsigned char)(a - 32), b);
+    allow((unsigned char)(a - 32), (unsigned char)(b - 32));
+}
+
+static void
+fill_tables(void)
+{
+    ALONE['@'] = 1;
+    FIRST['@'] = 1;
+    for (int c = 0; c < 128; c++) {
+        allow('@', (unsigned char)c);
+        if (is_hex((unsigned char)c))
+            allow(':', (unsigned char)c);
+        if (is_digit((unsigned char)c)) {
+            allow('+', (unsigned char)c);
+            for (int d = '0'; d <= '9'; d++)
+                allow((unsigned char)d, (unsigned char)c);
+        }
+        if (is_upper((unsigned char)c)) {
+            for (int u = 'A'; u <= 'Z'; u++)
+                allow((unsigned char)u, (unsigned char)c);
+        }
+    }
+    allow_each(':', "/:");
+    allow_each('(', "23456789");
+    allow('-', '-');
+    for (int d = '0'; d <= '9'; d++)
+        allow_each((unsigned char)d, ". -");
+    allow('e', 'y');
+    allow_each('A', "KSBC3I");
+    allow_each('g', "hil");
+    allow_each('x', "oa");
+    allow('s', 'k');
+    allow('r', 'k');
+    allow('w', 'h');
+    allow_folded("key");
+    allow_folded("pass");
+    allow_folded("pwd");
+    allow_folded("bearer");
+    allow_folded("authorization");
+    for (int c = 0; c < 256; c++) {
+        unsigned char k = 0;
+        if (c >= 0x80)
+            k = K_HIGH;
+        else {
+            if (is_digit((unsigned char)c))
+                k |= K_DIGIT;
+            if (c == ' ' || c == '-')
+                k |= K_SEP;
+            if (FIRST[c])
+                k |= K_FIRST;
+        }
+        KIND[c] = k;
+    }
+}
+
+/*
+ * The trigger over d[0:n]: 1 when a byte is >= 0x80 (RE2 decides those) or a shape
+ * matches at some position, else 0. One pass: the card chain ([0-9](?:[ -]?[0-9]){12},
+ * thirteen digits with one space or dash at most between two) is followed byte by byte,
+ * and matches_at is asked only where START (or ALONE, at the last byte) lets a shape
+ * begin.
+ */
 static int
-card_chain(const unsigned char *d, Py_ssize_t n)
+scan(const unsigned char *d, Py_ssize_t n)
 {
     Py_ssize_t chain = 0;
     int last_digit = 0, after_sep = 0;
     for (Py_ssize_t i = 0; i < n; i++) {
         unsigned char c = d[i];
-        if (is_digit(c)) {
+        unsigned char kind = KIND[c];
+        if (!kind) {
+            /* Most bytes of ordinary text: no shape starts here, and the chain breaks. */
+            chain = 0;
+            last_digit = after_sep = 0;
+            continue;
+        }
+        if (kind & K_HIGH)
+            return 1;
+        if (kind & K_DIGIT) {
             chain = (last_digit || after_sep) ? chain + 1 : 1;
             if (chain >= 13)
                 return 1;
             last_digit = 1;
             after_sep = 0;
         }
-        else if ((c == ' ' || c == '-') && last_digit) {
+        else if ((kind & K_SEP) && last_digit) {
             last_digit = 0;
             after_sep = 1;
         }
@@ -277,6 +386,12 @@ card_chain(const unsigned char *d, Py_ssize_t n)
             chain = 0;
             last_digit = after_sep = 0;
         }
+        if (!(kind & K_FIRST))
+            continue;
+        /* A byte >= 0x80 next: the next round answers 1; its low bits index a real pair. */
+        int may = i + 1 < n ? START[(c << 7) | (d[i + 1] & 0x7F)] : ALONE[c];
+        if (may && matches_at(d, n, i))
+            return 1;
     }
     return 0;
 }
@@ -288,23 +403,55 @@ may_trigger(PyObject *module, PyObject *arg)
         PyErr_SetString(PyExc_TypeError, "may_trigger() takes bytes");
         return NULL;
     }
+    if (scan((const unsigned char *)PyBytes_AS_STRING(arg), PyBytes_GET_SIZE(arg)))
+        Py_RETURN_TRUE;
+    Py_RETURN_FALSE;
+}
+
+static PyObject *
+dirty_in(PyObject *module, PyObject *arg)
+{
+    if (!PyBytes_Check(arg)) {
+        PyErr_SetString(PyExc_TypeError, "dirty_in() takes bytes");
+        return NULL;
+    }
     const unsigned char *d = (const unsigned char *)PyBytes_AS_STRING(arg);
     Py_ssize_t n = PyBytes_GET_SIZE(arg);
-    for (Py_ssize_t i = 0; i < n; i++) {
-        if (d[i] & 0x80)
-            Py_RETURN_TRUE;
+    PyObject *out = PyList_New(0);
+    if (out == NULL)
+        return NULL;
+    Py_ssize_t start = 0, index = 0;
+    for (;;) {
+        const unsigned char *nul = memchr(d + start, 0, (size_t)(n - start));
+        Py_ssize_t stop = nul == NULL ? n : nul - d;
+        if (scan(d + start, stop - start)) {
+            PyObject *number = PyLong_FromSsize_t(index);
+            if (number == NULL || PyList_Append(out, number) < 0) {
+                Py_XDECREF(number);
+                Py_DECREF(out);
+                return NULL;
+            }
+            Py_DECREF(number);
+        }
+        if (nul == NULL)
+            return out;
+        start = stop + 1;
+        index++;
     }
-    if (card_chain(d, n))
-        Py_RETURN_TRUE;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        if (matches_at(d, n, i))
-            Py_RETURN_TRUE;
-    }
-    Py_RETURN_FALSE;
+}
+
+static PyObject *
+start_pairs(PyObject *module, PyObject *unused)
+{
+    return Py_BuildValue("(y#y#)", (const char *)START, (Py_ssize_t)sizeof(START), (const char *)ALONE,
+                         (Py_ssize_t)sizeof(ALONE));
 }
 
 static PyMethodDef methods[] = {
     {"may_trigger", may_trigger, METH_O, "may_trigger(data): see masking.triggerscan.may_trigger."},
+    {"dirty_in", dirty_in, METH_O, "dirty_in(joined): see masking.triggerscan.dirty_in."},
+    {"start_pairs", start_pairs, METH_NOARGS,
+     "start_pairs(): (START, ALONE), the first bytes at which the scan asks whether a shape matches."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -323,6 +470,7 @@ static struct PyModuleDef definition = {
 PyMODINIT_FUNC
 PyInit__airlock_triggerscan(void)
 {
+    fill_tables();
     PyObject *module = PyModule_Create(&definition);
     if (module == NULL)
         return NULL;

@@ -2,8 +2,9 @@
 
 ``Scanner.mask_text`` masks one value. For a batch of values, ``Scanner.dirty_indices``
 says which need it: the batch is joined into one byte string (NUL between values, which
-PostgreSQL text never holds) and RE2 runs ``TRIGGER`` over it once, at DFA speed, so a
-clean value costs no Python work of its own. In a value to mask, the same shapes run as an
+PostgreSQL text never holds) and ``TRIGGER`` runs over it once (RE2's DFA, or in the
+gateway ``masking/_triggerscan.c``'s ``dirty_in``: ``use_trigger_check``), so a clean
+value costs no Python work of its own. In a value to mask, the same shapes run as an
 RE2 set pick the detectors that could match, and only those run.
 """
 
@@ -40,15 +41,23 @@ _MAX_PASSES = 4
 # A check in front of RE2's shape scan of a single value or text (``use_trigger_check``):
 # False only where the trigger certainly does not match. None: RE2 alone.
 _trigger_check: Callable[[bytes], bool] | None = None
+# The same check over a batch's values joined with NUL: the indices of the values it does
+# not rule out. None: RE2 scans the join.
+_dirty_check: Callable[[bytes], list[int]] | None = None
 
 
-def use_trigger_check(check: Callable[[bytes], bool] | None) -> None:
+def use_trigger_check(
+    check: Callable[[bytes], bool] | None, dirty: Callable[[bytes], list[int]] | None = None
+) -> None:
     """Ask ``check`` (``masking.triggerscan.may_trigger``'s C build) before the shape scan of
-    a single text (``Scanner.selection``); it must answer False only where none of the
-    trigger's shapes matches (None: no check). The gateway installs the C build when it was
-    written for the trigger in use."""
-    global _trigger_check
+    a single text (``Scanner.selection``), and let ``dirty`` (``masking.triggerscan
+    .dirty_in``'s) pick a batch's values for the detectors instead of RE2's scan of the join
+    (``Scanner.dirty_indices``); each must answer "no" only where none of the trigger's
+    shapes matches (None: RE2 alone). The gateway installs the C build when it was written
+    for the trigger in use."""
+    global _trigger_check, _dirty_check
     _trigger_check = check
+    _dirty_check = dirty
 
 
 # A secret touching one of these may have hidden a neighbour from a detector's boundary
@@ -626,8 +635,9 @@ class Scanner:
         return self._dirty_in(joined)
 
     def _dirty_in(self, joined: bytes) -> list[int]:
-        # No trigger check here: over a batch's join RE2's DFA outruns it (it pays on a
-        # short text, where RE2's call costs more than the scan: ``selection``).
+        check = _dirty_check
+        if check is not None:
+            return check(joined)
         search = self._search_bytes
         dirty: list[int] = []
         index = 0

@@ -263,11 +263,15 @@ def test_the_gateway_engine_asks_the_c_trigger_check_before_re2() -> None:
     compiled_scanner = native.load(masking.scanner)
     assert compiled_scanner is not masking.scanner
     assert compiled_scanner._trigger_check is built.may_trigger
-    assert masking.scanner._trigger_check is None
-    assert masking_runtime.engine.compile_policy({}).mask_text("write to bob@example.com") == (
-        "write to [EMAIL]",
-        {"email": 1},
+    assert compiled_scanner._dirty_check is built.dirty_in
+    assert masking.scanner._trigger_check is None and masking.scanner._dirty_check is None
+    policy = masking_runtime.engine.compile_policy({})
+    assert policy.mask_text("write to bob@example.com") == ("write to [EMAIL]", {"email": 1})
+    masked, counts = policy.result_masker([None, None]).mask_rows(
+        [(b"plain", b"mail bob@example.com"), (b"call +44 20 7946 0958", b"nothing")]
     )
+    assert masked == [(b"plain", b"mail [EMAIL]"), (b"call [PHONE]", b"nothing")]
+    assert counts == {"email": 1, "phone": 1}
 
 
 def test_a_c_trigger_check_written_for_another_trigger_is_not_used(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -276,7 +280,8 @@ def test_a_c_trigger_check_written_for_another_trigger_is_not_used(monkeypatch: 
 
     compiled_scanner = native.load(masking.scanner)
     installed = compiled_scanner._trigger_check
-    assert installed is not None
+    installed_dirty = compiled_scanner._dirty_check
+    assert installed is not None and installed_dirty is not None
 
     class Stale:
         SOURCE_SHA256 = native.group_digest("masking.triggerscan")
@@ -290,6 +295,6 @@ def test_a_c_trigger_check_written_for_another_trigger_is_not_used(monkeypatch: 
     compiled_scanner.use_trigger_check(None)
     try:
         masking_runtime._install_trigger_check()
-        assert compiled_scanner._trigger_check is None
+        assert compiled_scanner._trigger_check is None and compiled_scanner._dirty_check is None
     finally:
-        compiled_scanner.use_trigger_check(installed)
+        compiled_scanner.use_trigger_check(installed, installed_dirty)

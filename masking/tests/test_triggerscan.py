@@ -12,8 +12,11 @@ changed), and generated text over the shapes' alphabet. ``make test`` runs with
 from __future__ import annotations
 
 import re
+import re._constants as _c
+import re._parser as _parser
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -157,6 +160,138 @@ def test_text_that_is_not_ascii_is_left_to_re2(built: ModuleType, data: bytes) -
 def test_only_bytes(built: ModuleType) -> None:
     with pytest.raises(TypeError):
         built.may_trigger("key")
+    with pytest.raises(TypeError):
+        built.dirty_in("key")
+
+
+# The first bytes of the trigger's texts, derived from its expressions (``re._parser``'s
+# tree of each shape): the build's table of where a shape may begin must hold every pair.
+
+
+def _starts(items: list[tuple[Any, Any]], most: int, folded: bool) -> set[tuple[str, bool]]:
+    """The texts of at most ``most`` characters that a match of ``items`` (a parsed
+    sequence) begins with: (text, whole), whole when the match is all of it (a shorter
+    text is always whole)."""
+    found = {("", True)}
+    for op, arg in items:
+        grown: set[tuple[str, bool]] = set()
+        for text, whole in found:
+            if not whole or len(text) == most:
+                grown.add((text, False))
+                continue
+            for more, more_whole in _item_starts(op, arg, most - len(text), folded):
+                grown.add((text + more, more_whole))
+        found = grown
+    return found
+
+
+def _chars(op: Any, arg: Any, folded: bool) -> set[str]:
+    if op is _c.LITERAL:
+        chars = {chr(arg)}
+    else:
+        assert op is _c.IN, op
+        chars = set()
+        for kind, value in arg:
+            if kind is _c.LITERAL:
+                chars.add(chr(value))
+            else:
+                assert kind is _c.RANGE, kind
+                chars.update(chr(c) for c in range(value[0], value[1] + 1))
+    return {f for c in chars for f in {c, c.lower(), c.upper()}} if folded else chars
+
+
+def _item_starts(op: Any, arg: Any, most: int, folded: bool) -> set[tuple[str, bool]]:
+    if op in (_c.LITERAL, _c.IN):
+        return {(c, True) for c in _chars(op, arg, folded)}
+    if op is _c.BRANCH:
+        return {found for branch in arg[1] for found in _starts(list(branch), most, folded)}
+    if op is _c.SUBPATTERN:
+        return _starts(list(arg[3]), most, folded or bool(arg[1] & re.IGNORECASE))
+    assert op is _c.MAX_REPEAT, op
+    low, high, items = arg
+    found: set[tuple[str, bool]] = {("", True)}
+    result: set[tuple[str, bool]] = set()
+    for done in range(high + 1):
+        if done >= low:
+            result |= found
+        if done == high:
+            break
+        grown = set()
+        for text, whole in found:
+            if not whole or len(text) == most:
+                grown.add((text, False))
+                continue
+            for more, more_whole in _starts(list(items), most - len(text), folded):
+                grown.add((text + more, more_whole))
+        if grown == found:  # every text cut short: more rounds begin the same way
+            result |= found
+            break
+        found = grown
+    return result
+
+
+def test_the_table_of_first_bytes_holds_every_start_of_every_shape(built: ModuleType) -> None:
+    start, alone = built.start_pairs()
+    assert len(start) == 128 * 128 and len(alone) == 128
+    pairs = {(c0, c1) for c0 in range(128) for c1 in range(128) if start[c0 << 7 | c1]}
+    singles = {c for c in range(128) if alone[c]}
+    for shape, _ in TRIGGER_SHAPES:
+        begins = _starts(list(_parser.parse(shape)), 2, False)
+        assert begins, shape
+        for text, _whole in begins:
+            assert text.isascii(), (shape, text)
+            if len(text) == 2:
+                assert (ord(text[0]), ord(text[1])) in pairs, (shape, text)
+            else:  # a whole match of one character
+                assert len(text) == 1 and ord(text) in singles, (shape, text)
+    # And the table is no wider than the shapes: it spares the checks it is there to spare.
+    derived = {
+        text for shape, _ in TRIGGER_SHAPES for text, _ in _starts(list(_parser.parse(shape)), 2, False)
+    }
+    assert pairs == {(ord(t[0]), ord(t[1])) for t in derived if len(t) == 2} | {
+        (ord("@"), c) for c in range(128)
+    }
+    assert singles == {ord(t) for t in derived if len(t) == 1} == {ord("@")}
+
+
+def test_the_derivation_of_first_bytes_reads_each_kind_of_expression() -> None:
+    def firsts(shape: str) -> set[str]:
+        return {text for text, _ in _starts(list(_parser.parse(shape)), 2, False)}
+
+    assert firsts("ab|c") == {"ab", "c"}
+    assert firsts("(?i:ke)y") == {"ke", "kE", "Ke", "KE"}
+    assert firsts("[0-1](?:[ -]?[2]){3}") == {"0 ", "0-", "02", "1 ", "1-", "12"}
+    assert firsts("x{0,2}y") == {"y", "xy", "xx"}
+
+
+def _joined_values() -> Any:
+    return st.lists(
+        st.one_of(
+            st.text(alphabet=ALPHABET, max_size=20).map(str.encode),
+            st.sampled_from([t.encode() for t in CORPUS if "\x00" not in t]),
+            st.binary(max_size=8).map(lambda b: b.replace(b"\x00", b"")),
+        ),
+        max_size=12,
+    ).map(b"\x00".join)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(_joined_values())
+def test_the_dirty_values_of_a_join_are_the_references(built: ModuleType, joined: bytes) -> None:
+    assert built.dirty_in(joined) == pure.dirty_in(joined)
+
+
+def test_the_dirty_values_of_a_join_at_its_edges(built: ModuleType) -> None:
+    assert built.dirty_in(b"") == pure.dirty_in(b"") == []
+    assert built.dirty_in(b"\x00") == []
+    assert built.dirty_in(b"@") == [0]
+    assert built.dirty_in(b"a\x00@") == [1]
+    assert built.dirty_in(b"@\x00\x00@\x00") == [0, 2]
+    # A shape never spans two values: the card's digits, a word, the IPv4 dots.
+    assert built.dirty_in(b"4111 1111\x001111 1111 1") == []
+    assert built.dirty_in(b"ke\x00y") == built.dirty_in(b"1.2\x00.3.4") == []
+    assert built.dirty_in(b"caf\xc3\xa9\x00plain") == [0]  # not ASCII: for the detectors
+    assert built.dirty_in(b"x" * 100_000 + b"\x00" + b"1.2.3.4") == [1]
 
 
 def test_an_edited_c_source_makes_the_build_stale(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
