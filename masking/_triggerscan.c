@@ -1,5 +1,5 @@
 /*
- * _airlock_triggerscan: masking.triggerscan (may_trigger) in C.
+ * _airlock_triggerscan: masking.triggerscan (may_trigger, shapes, dirty_in) in C.
  *
  * Built by scripts/build_native.py (make venv) with -DSOURCE_SHA256="<digest>", the
  * SHA-256 of masking/triggerscan.py followed by this file; gateway.native.load uses the
@@ -11,7 +11,9 @@
  * may_trigger(data): 1 when data holds a byte >= 0x80 (RE2 decides those: its case
  * folding reaches beyond ASCII); otherwise whether one of the trigger's shapes matches
  * at some position, each shape written out below as the expression it stands for. Every
- * read is checked against the length first.
+ * read is checked against the length first. shapes(data): which shapes match, as bits
+ * (None for such bytes); dirty_in(joined): the values of a NUL-joined batch for which
+ * may_trigger is true.
  */
 
 #define PY_SSIZE_T_CLEAN
@@ -155,15 +157,35 @@ national_shape(const unsigned char *d, Py_ssize_t n, Py_ssize_t i)
     return 0;
 }
 
-static int
-matches_at(const unsigned char *d, Py_ssize_t n, Py_ssize_t i)
+/* The trigger's shapes as bits, in masking.detectors.TRIGGER_SHAPES's order. */
+enum {
+    S_AT = 1u << 0, S_SCHEME = 1u << 1, S_COLONS = 1u << 2, S_IPV6 = 1u << 3, S_IPV4 = 1u << 4,
+    S_PLUS = 1u << 5, S_AREA = 1u << 6, S_CARD = 1u << 7, S_NANP = 1u << 8, S_SSN = 1u << 9,
+    S_NATIONAL = 1u << 10, S_IBAN = 1u << 11, S_PEM = 1u << 12, S_JWT = 1u << 13, S_AWS = 1u << 14,
+    S_GOOGLE = 1u << 15, S_KEY = 1u << 16, S_PASS = 1u << 17, S_BEARER = 1u << 18,
+    S_AUTHORIZATION = 1u << 19, S_GITHUB = 1u << 20, S_GITLAB = 1u << 21, S_SLACK = 1u << 22,
+    S_STRIPE = 1u << 23,
+};
+#define SHAPE_COUNT 24
+
+/* The shapes that match starting at d[i] (the card's run of digits aside: scan follows
+ * it), as bits. */
+static unsigned int
+shapes_at(const unsigned char *d, Py_ssize_t n, Py_ssize_t i)
 {
     unsigned char c = d[i];
+    unsigned int bits = 0;
     switch (c) {
     case '@':
-        return 1;
+        return S_AT;
     case ':':
-        return has(d, n, i, "://") || has(d, n, i, "::") || ipv6_groups(d, n, i);
+        if (has(d, n, i, "://"))
+            bits |= S_SCHEME;
+        if (has(d, n, i, "::"))
+            bits |= S_COLONS;
+        if (ipv6_groups(d, n, i))
+            bits |= S_IPV6;
+        return bits;
     case '+':
         if (i + 8 > n || !is_digit(d[i + 1]))
             return 0;
@@ -171,43 +193,46 @@ matches_at(const unsigned char *d, Py_ssize_t n, Py_ssize_t i)
             if (!is_digit(d[k]) && !in(d[k], " ().-"))
                 return 0;
         }
-        return 1;
+        return S_PLUS;
     case '(':
         return i + 5 <= n && d[i + 1] >= '2' && d[i + 1] <= '9' && is_digit(d[i + 2]) && is_digit(d[i + 3])
-            && d[i + 4] == ')';
+                && d[i + 4] == ')'
+            ? S_AREA
+            : 0;
     case '-':
-        return has(d, n, i, "-----BEGIN");
+        return has(d, n, i, "-----BEGIN") ? S_PEM : 0;
     case 'e':
         if (has(d, n, i, "eyJ"))
-            return 1;
+            bits |= S_JWT;
         break;
     case 'A':
         if (has(d, n, i, "AKIA") || has(d, n, i, "ASIA") || has(d, n, i, "ABIA") || has(d, n, i, "ACCA")
-            || has(d, n, i, "A3T") || has(d, n, i, "AIza"))
-            return 1;
+            || has(d, n, i, "A3T"))
+            bits |= S_AWS;
+        if (has(d, n, i, "AIza"))
+            bits |= S_GOOGLE;
         break;
     case 'g':
-        if (i + 3 < n && d[i + 1] == 'h' && in(d[i + 2], "pousr") && d[i + 3] == '_')
-            return 1;
-        if (has(d, n, i, "github_pat_") || has(d, n, i, "glpat-") || has(d, n, i, "gldt-") || has(d, n, i, "glrt-")
-            || has(d, n, i, "glcbt-") || has(d, n, i, "glptt-") || has(d, n, i, "glft-") || has(d, n, i, "glimt-")
-            || has(d, n, i, "glagent-") || has(d, n, i, "gloas-") || has(d, n, i, "glsoat-")
-            || has(d, n, i, "glffct-"))
-            return 1;
+        if ((i + 3 < n && d[i + 1] == 'h' && in(d[i + 2], "pousr") && d[i + 3] == '_') || has(d, n, i, "github_pat_"))
+            bits |= S_GITHUB;
+        if (has(d, n, i, "glpat-") || has(d, n, i, "gldt-") || has(d, n, i, "glrt-") || has(d, n, i, "glcbt-")
+            || has(d, n, i, "glptt-") || has(d, n, i, "glft-") || has(d, n, i, "glimt-") || has(d, n, i, "glagent-")
+            || has(d, n, i, "gloas-") || has(d, n, i, "glsoat-") || has(d, n, i, "glffct-"))
+            bits |= S_GITLAB;
         break;
     case 'x':
         if ((i + 4 < n && d[i + 1] == 'o' && d[i + 2] == 'x' && in(d[i + 3], "abposre") && d[i + 4] == '-')
             || has(d, n, i, "xapp-"))
-            return 1;
+            bits |= S_SLACK;
         break;
     case 's':
     case 'r':
         if (has(d, n, i + 1, "k_live_") || has(d, n, i + 1, "k_test_"))
-            return 1;
+            bits |= S_STRIPE;
         break;
     case 'w':
         if (has(d, n, i, "whsec_"))
-            return 1;
+            bits |= S_STRIPE;
         break;
     default:
         break;
@@ -216,51 +241,53 @@ matches_at(const unsigned char *d, Py_ssize_t n, Py_ssize_t i)
     switch (fold(c)) {
     case 'k':
         if (has_folded(d, n, i, "key"))
-            return 1;
+            bits |= S_KEY;
         break;
     case 'p':
         if (has_folded(d, n, i, "pass") || has_folded(d, n, i, "pwd"))
-            return 1;
+            bits |= S_PASS;
         break;
     case 'b':
         if (has_folded(d, n, i, "bearer"))
-            return 1;
+            bits |= S_BEARER;
         break;
     case 'a':
         if (has_folded(d, n, i, "authorization"))
-            return 1;
+            bits |= S_AUTHORIZATION;
         break;
     default:
         break;
     }
     /* [A-Z]{2}[0-9]{2} */
     if (is_upper(c) && i + 4 <= n && is_upper(d[i + 1]) && is_digit(d[i + 2]) && is_digit(d[i + 3]))
-        return 1;
+        bits |= S_IBAN;
     if (!is_digit(c))
-        return 0;
+        return bits;
     /* The shapes that start with a digit. */
     if (ipv4_shape(d, n, i))
-        return 1;
+        bits |= S_IPV4;
     /* [0-9]{3}[-. ][0-9]{3}[-. ][0-9]{4} and [0-9]{3}[- ][0-9]{2}[- ][0-9]{4} */
     if (all_digits(d, n, i, 3) && i + 3 < n) {
         unsigned char s1 = d[i + 3];
         if (in(s1, "-. ") && all_digits(d, n, i + 4, 3) && i + 7 < n && in(d[i + 7], "-. ")
             && all_digits(d, n, i + 8, 4))
-            return 1;
+            bits |= S_NANP;
         if (in(s1, "- ") && all_digits(d, n, i + 4, 2) && i + 6 < n && in(d[i + 6], "- ")
             && all_digits(d, n, i + 7, 4))
-            return 1;
+            bits |= S_SSN;
     }
-    return c == '0' && national_shape(d, n, i);
+    if (c == '0' && national_shape(d, n, i))
+        bits |= S_NATIONAL;
+    return bits;
 }
 
 /*
  * Where a shape may start, by its first two bytes: START[c0 << 7 | c1] is 1 when some shape
- * of matches_at (or the card chain) can begin with the bytes c0 c1, ALONE[c] when one is
+ * of shapes_at (or the card chain) can begin with the bytes c0 c1, ALONE[c] when one is
  * the single byte c (only '@'). Everything else is certainly no match at that position,
- * which spares matches_at at most positions of ordinary text (a lower-case word's bytes
+ * which spares shapes_at at most positions of ordinary text (a lower-case word's bytes
  * pair as none of the shapes start). Filled once by fill_tables from the shapes as
- * written in matches_at; masking/tests/test_triggerscan.py derives the same pairs from
+ * written in shapes_at; masking/tests/test_triggerscan.py derives the same pairs from
  * the trigger's expressions and checks that none is missing.
  */
 static unsigned char START[128 * 128];
@@ -349,15 +376,18 @@ fill_tables(void)
 }
 
 /*
- * The trigger over d[0:n]: 1 when a byte is >= 0x80 (RE2 decides those) or a shape
- * matches at some position, else 0. One pass: the card chain ([0-9](?:[ -]?[0-9]){12},
- * thirteen digits with one space or dash at most between two) is followed byte by byte,
- * and matches_at is asked only where START (or ALONE, at the last byte) lets a shape
- * begin.
+ * The trigger over d[0:n], in one pass: HIGH when a byte is >= 0x80 (RE2 decides those),
+ * else the shapes that match somewhere, as bits (with `first`, any of them: the scan stops
+ * at the first). The card's chain ([0-9](?:[ -]?[0-9]){12}: thirteen digits with one
+ * space or dash at most between two) is followed byte by byte; shapes_at is asked only
+ * where START (or ALONE, at the last byte) lets a shape begin.
  */
-static int
-scan(const unsigned char *d, Py_ssize_t n)
+#define HIGH 0x80000000u
+
+static unsigned int
+scan(const unsigned char *d, Py_ssize_t n, int first)
 {
+    unsigned int bits = 0;
     Py_ssize_t chain = 0;
     int last_digit = 0, after_sep = 0;
     for (Py_ssize_t i = 0; i < n; i++) {
@@ -370,11 +400,14 @@ scan(const unsigned char *d, Py_ssize_t n)
             continue;
         }
         if (kind & K_HIGH)
-            return 1;
+            return HIGH;
         if (kind & K_DIGIT) {
             chain = (last_digit || after_sep) ? chain + 1 : 1;
-            if (chain >= 13)
-                return 1;
+            if (chain >= 13) {
+                bits |= S_CARD;
+                if (first)
+                    return bits;
+            }
             last_digit = 1;
             after_sep = 0;
         }
@@ -388,12 +421,15 @@ scan(const unsigned char *d, Py_ssize_t n)
         }
         if (!(kind & K_FIRST))
             continue;
-        /* A byte >= 0x80 next: the next round answers 1; its low bits index a real pair. */
+        /* A byte >= 0x80 next: the next round answers HIGH; its low bits index a real pair. */
         int may = i + 1 < n ? START[(c << 7) | (d[i + 1] & 0x7F)] : ALONE[c];
-        if (may && matches_at(d, n, i))
-            return 1;
+        if (may) {
+            bits |= shapes_at(d, n, i);
+            if (bits && first)
+                return bits;
+        }
     }
-    return 0;
+    return bits;
 }
 
 static PyObject *
@@ -403,9 +439,22 @@ may_trigger(PyObject *module, PyObject *arg)
         PyErr_SetString(PyExc_TypeError, "may_trigger() takes bytes");
         return NULL;
     }
-    if (scan((const unsigned char *)PyBytes_AS_STRING(arg), PyBytes_GET_SIZE(arg)))
+    if (scan((const unsigned char *)PyBytes_AS_STRING(arg), PyBytes_GET_SIZE(arg), 1))
         Py_RETURN_TRUE;
     Py_RETURN_FALSE;
+}
+
+static PyObject *
+shapes(PyObject *module, PyObject *arg)
+{
+    if (!PyBytes_Check(arg)) {
+        PyErr_SetString(PyExc_TypeError, "shapes() takes bytes");
+        return NULL;
+    }
+    unsigned int bits = scan((const unsigned char *)PyBytes_AS_STRING(arg), PyBytes_GET_SIZE(arg), 0);
+    if (bits & HIGH)
+        Py_RETURN_NONE;
+    return PyLong_FromUnsignedLong(bits);
 }
 
 static PyObject *
@@ -424,7 +473,7 @@ dirty_in(PyObject *module, PyObject *arg)
     for (;;) {
         const unsigned char *nul = memchr(d + start, 0, (size_t)(n - start));
         Py_ssize_t stop = nul == NULL ? n : nul - d;
-        if (scan(d + start, stop - start)) {
+        if (scan(d + start, stop - start, 1)) {
             PyObject *number = PyLong_FromSsize_t(index);
             if (number == NULL || PyList_Append(out, number) < 0) {
                 Py_XDECREF(number);
@@ -449,6 +498,7 @@ start_pairs(PyObject *module, PyObject *unused)
 
 static PyMethodDef methods[] = {
     {"may_trigger", may_trigger, METH_O, "may_trigger(data): see masking.triggerscan.may_trigger."},
+    {"shapes", shapes, METH_O, "shapes(data): see masking.triggerscan.shapes."},
     {"dirty_in", dirty_in, METH_O, "dirty_in(joined): see masking.triggerscan.dirty_in."},
     {"start_pairs", start_pairs, METH_NOARGS,
      "start_pairs(): (START, ALONE), the first bytes at which the scan asks whether a shape matches."},

@@ -44,20 +44,27 @@ _trigger_check: Callable[[bytes], bool] | None = None
 # The same check over a batch's values joined with NUL: the indices of the values it does
 # not rule out. None: RE2 scans the join.
 _dirty_check: Callable[[bytes], list[int]] | None = None
+# Which of the trigger's shapes match in a text, as bits (``TRIGGER_SHAPES``'s order), or
+# None where RE2 must say. None: RE2's set of the shapes.
+_shapes_check: Callable[[bytes], int | None] | None = None
 
 
 def use_trigger_check(
-    check: Callable[[bytes], bool] | None, dirty: Callable[[bytes], list[int]] | None = None
+    check: Callable[[bytes], bool] | None,
+    dirty: Callable[[bytes], list[int]] | None = None,
+    shapes: Callable[[bytes], int | None] | None = None,
 ) -> None:
     """Ask ``check`` (``masking.triggerscan.may_trigger``'s C build) before the shape scan of
-    a single text (``Scanner.selection``), and let ``dirty`` (``masking.triggerscan
-    .dirty_in``'s) pick a batch's values for the detectors instead of RE2's scan of the join
-    (``Scanner.dirty_indices``); each must answer "no" only where none of the trigger's
-    shapes matches (None: RE2 alone). The gateway installs the C build when it was written
-    for the trigger in use."""
-    global _trigger_check, _dirty_check
+    a single text, or ``shapes`` (``masking.triggerscan.shapes``'s) instead of it
+    (``Scanner.selection``), and let ``dirty`` (``masking.triggerscan.dirty_in``'s) pick a
+    batch's values for the detectors instead of RE2's scan of the join
+    (``Scanner.dirty_indices``). Each must answer exactly as RE2 would, or "may" (``check``
+    True, ``shapes`` None, an index in ``dirty``) where it cannot say (None: RE2 alone).
+    The gateway installs the C build when it was written for the trigger in use."""
+    global _trigger_check, _dirty_check, _shapes_check
     _trigger_check = check
     _dirty_check = dirty
+    _shapes_check = shapes
 
 
 # A secret touching one of these may have hidden a neighbour from a detector's boundary
@@ -181,6 +188,7 @@ class Scanner:
         # RE2's own entry point, when the wrapper exposes it: the wrapper re-encodes.
         self._shapes_match = getattr(getattr(self._shapes, "_set", None), "Match", None)
         self._selections: dict[tuple[int, ...], tuple[int, ...]] = {}
+        self._by_bits: dict[int, tuple[int, ...]] = {}
         self._own = [re.compile(d.pattern) for d in self._detectors]
         self._entities = [d.entity for d in self._detectors]
         self._validators = [d.validator for d in self._detectors]
@@ -258,9 +266,15 @@ class Scanner:
     def selection(self, value: Value) -> tuple[int, ...]:
         """The detectors that could match in ``value`` (empty: nothing to mask in it)."""
         data = value if isinstance(value, bytes) else value.encode("utf-8", "surrogatepass")
-        check = _trigger_check
-        if check is not None and not check(data):
-            return ()
+        shaped = _shapes_check
+        if shaped is not None:
+            bits = shaped(data)
+            if bits is not None:
+                return self._selection_of(bits) if bits else ()
+        else:
+            check = _trigger_check
+            if check is not None and not check(data):
+                return ()
         shapes = self._shapes_match(data) if self._shapes_match is not None else self._shapes.Match(data)
         if not shapes:
             return ()
@@ -269,6 +283,16 @@ class Scanner:
         if selection is None:
             chosen = {i for shape in key for i in self._shape_detectors[shape]}
             selection = self._selections[key] = tuple(sorted(chosen))
+        return selection
+
+    def _selection_of(self, bits: int) -> tuple[int, ...]:
+        """The detectors the shapes of ``bits`` (``_shapes_check``) call for."""
+        selection = self._by_bits.get(bits)
+        if selection is None:
+            chosen = {
+                i for shape, found in enumerate(self._shape_detectors) if bits >> shape & 1 for i in found
+            }
+            selection = self._by_bits[bits] = tuple(sorted(chosen))
         return selection
 
     def dense(self, values: Sequence[Value | None], sample: int = 32) -> bool:

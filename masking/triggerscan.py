@@ -32,17 +32,26 @@ from __future__ import annotations
 
 import re2  # type: ignore[import-untyped]
 
-from masking.detectors import TRIGGER
+from masking.detectors import TRIGGER, TRIGGER_SHAPES
 
 # The trigger this module answers for (the C build carries the one it was written for).
 TRIGGER_SOURCE = TRIGGER
 
 _TRIGGER = re2.compile(TRIGGER.encode("ascii"))
+_SHAPES = [re2.compile(shape.encode("ascii")) for shape, _ in TRIGGER_SHAPES]
 
 
 def may_trigger(data: bytes) -> bool:
     """True when ``data`` is not all ASCII or the trigger matches somewhere in it."""
     return not data.isascii() or _TRIGGER.search(data) is not None
+
+
+def shapes(data: bytes) -> int | None:
+    """Which of ``TRIGGER_SHAPES`` match somewhere in ``data``, as bits (bit ``i`` for the
+    shape at index ``i``); None when ``data`` is not all ASCII (RE2 decides)."""
+    if not data.isascii():
+        return None
+    return sum(1 << i for i, shape in enumerate(_SHAPES) if shape.search(data) is not None)
 
 
 def dirty_in(joined: bytes) -> list[int]:

@@ -264,7 +264,9 @@ def test_the_gateway_engine_asks_the_c_trigger_check_before_re2() -> None:
     assert compiled_scanner is not masking.scanner
     assert compiled_scanner._trigger_check is built.may_trigger
     assert compiled_scanner._dirty_check is built.dirty_in
+    assert compiled_scanner._shapes_check is built.shapes
     assert masking.scanner._trigger_check is None and masking.scanner._dirty_check is None
+    assert masking.scanner._shapes_check is None
     policy = masking_runtime.engine.compile_policy({})
     assert policy.mask_text("write to bob@example.com") == ("write to [EMAIL]", {"email": 1})
     masked, counts = policy.result_masker([None, None]).mask_rows(
@@ -274,6 +276,30 @@ def test_the_gateway_engine_asks_the_c_trigger_check_before_re2() -> None:
     assert counts == {"email": 1, "phone": 1}
 
 
+SELECTION_TEXTS = sorted(
+    {text for cases in POSITIVE.values() for text, _ in cases}
+    | {t for texts in NEGATIVE.values() for t in texts}
+)
+
+
+def test_the_detectors_asked_for_a_text_are_those_re2_picks(compiled: ModuleType) -> None:
+    # The build picks them from the C check's bits (masking/_triggerscan.c), the source
+    # from RE2's set of the shapes: the same detectors for every text, for every entity set.
+    for spec in (
+        {},
+        {"entities": ["email", "card"]},
+        {"entities": ["github_token", "aws_secret_key", "phone"]},
+    ):
+        built_scanner = compiled.compile_policy(spec).scanner()
+        source_scanner = pure.compile_policy(spec).scanner()
+        for text in SELECTION_TEXTS:
+            for around in ("", "x ", " caf\u00e9 "):
+                value = around + text + around
+                assert built_scanner.selection(value) == source_scanner.selection(value), (spec, value)
+                data = value.encode("utf-8", "surrogatepass")
+                assert built_scanner.selection(data) == source_scanner.selection(data), (spec, value)
+
+
 def test_a_c_trigger_check_written_for_another_trigger_is_not_used(monkeypatch: pytest.MonkeyPatch) -> None:
     import masking.scanner
     import masking.triggerscan
@@ -281,7 +307,8 @@ def test_a_c_trigger_check_written_for_another_trigger_is_not_used(monkeypatch: 
     compiled_scanner = native.load(masking.scanner)
     installed = compiled_scanner._trigger_check
     installed_dirty = compiled_scanner._dirty_check
-    assert installed is not None and installed_dirty is not None
+    installed_shapes = compiled_scanner._shapes_check
+    assert installed is not None and installed_dirty is not None and installed_shapes is not None
 
     class Stale:
         SOURCE_SHA256 = native.group_digest("masking.triggerscan")
@@ -296,5 +323,6 @@ def test_a_c_trigger_check_written_for_another_trigger_is_not_used(monkeypatch: 
     try:
         masking_runtime._install_trigger_check()
         assert compiled_scanner._trigger_check is None and compiled_scanner._dirty_check is None
+        assert compiled_scanner._shapes_check is None
     finally:
-        compiled_scanner.use_trigger_check(installed, installed_dirty)
+        compiled_scanner.use_trigger_check(installed, installed_dirty, installed_shapes)

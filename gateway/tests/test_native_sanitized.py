@@ -142,6 +142,7 @@ for n in range(20000):
     data = b"".join(rng.choice(PIECES_T) for _ in range(rng.randrange(0, 12)))
     for cut in (data, data[: rng.randrange(len(data) + 1)], data[rng.randrange(len(data) + 1) :]):
         assert tg.may_trigger(cut) is triggerscan.may_trigger(cut), cut
+        assert tg.shapes(cut) == triggerscan.shapes(cut), cut
     joined = b"\x00".join(rng.choice(PIECES_T + [b"", b"\x00"]) for _ in range(rng.randrange(0, 8)))
     assert tg.dirty_in(joined) == triggerscan.dirty_in(joined), joined
     checked += 1

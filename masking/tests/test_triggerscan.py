@@ -108,12 +108,14 @@ CORPUS = (
 def test_the_build_answers_as_the_reference_on_the_corpus(built: ModuleType, text: str) -> None:
     data = text.encode("utf-8", "surrogatepass")
     assert built.may_trigger(data) is pure.may_trigger(data)
+    assert built.shapes(data) == pure.shapes(data)
     for around in (b"x", b"0", b" ", b"-", b":", b"A"):
         assert built.may_trigger(around + data + around) is pure.may_trigger(around + data + around)
+        assert built.shapes(around + data + around) == pure.shapes(around + data + around)
 
 
-@pytest.mark.parametrize("shape", [shape for shape, _ in TRIGGER_SHAPES])
-def test_every_shape_is_found_alone_and_inside_other_text(built: ModuleType, shape: str) -> None:
+@pytest.mark.parametrize(("index", "shape"), list(enumerate(shape for shape, _ in TRIGGER_SHAPES)))
+def test_every_shape_is_found_alone_and_inside_other_text(built: ModuleType, index: int, shape: str) -> None:
     @settings(max_examples=150, deadline=None)
     @given(
         st.from_regex(re.compile(shape.encode("ascii")), fullmatch=True),
@@ -124,8 +126,10 @@ def test_every_shape_is_found_alone_and_inside_other_text(built: ModuleType, sha
         if not text.isascii():
             return
         assert built.may_trigger(text) is True
+        assert built.shapes(text) == pure.shapes(text) and built.shapes(text) & 1 << index
         for data in (before + text + after, text[:-1], text[1:]):
             assert built.may_trigger(data) is pure.may_trigger(data), data
+            assert built.shapes(data) == pure.shapes(data), data
 
     check()
 
@@ -135,6 +139,7 @@ def test_every_shape_is_found_alone_and_inside_other_text(built: ModuleType, sha
 def test_the_build_answers_as_the_reference_on_generated_text(built: ModuleType, text: str) -> None:
     data = text.encode()
     assert built.may_trigger(data) is pure.may_trigger(data)
+    assert built.shapes(data) == pure.shapes(data)
 
 
 @settings(max_examples=1500, deadline=None)
@@ -148,6 +153,7 @@ def test_the_build_answers_as_the_reference_on_digits_and_separators(
 ) -> None:
     data = "".join(parts).encode()
     assert built.may_trigger(data) is pure.may_trigger(data)
+    assert built.shapes(data) == pure.shapes(data)
 
 
 @pytest.mark.parametrize(
@@ -155,6 +161,14 @@ def test_the_build_answers_as_the_reference_on_digits_and_separators(
 )
 def test_text_that_is_not_ascii_is_left_to_re2(built: ModuleType, data: bytes) -> None:
     assert built.may_trigger(data) is True is pure.may_trigger(data)
+    assert built.shapes(data) is None is pure.shapes(data)
+
+
+def test_the_shapes_are_every_one_that_matches() -> None:
+    # The reference itself: one bit per shape of TRIGGER_SHAPES that RE2 finds.
+    assert pure.shapes(b"") == 0
+    assert pure.shapes(b"mail bob@example.com, key ghp_x") == 1 << 0 | 1 << 16 | 1 << 20
+    assert pure.shapes(b"4111 1111 1111 1111") == 1 << 7
 
 
 def test_only_bytes(built: ModuleType) -> None:
@@ -162,6 +176,8 @@ def test_only_bytes(built: ModuleType) -> None:
         built.may_trigger("key")
     with pytest.raises(TypeError):
         built.dirty_in("key")
+    with pytest.raises(TypeError):
+        built.shapes("key")
 
 
 # The first bytes of the trigger's texts, derived from its expressions (``re._parser``'s
