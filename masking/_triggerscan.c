@@ -1,5 +1,5 @@
 /*
- * _airlock_triggerscan: masking.triggerscan (may_trigger, shapes, dirty_in) in C.
+ * _airlock_triggerscan: masking.triggerscan (may_trigger, shapes, dirty_spans) in C.
  *
  * Built by scripts/build_native.py (make venv) with -DSOURCE_SHA256="<digest>", the
  * SHA-256 of masking/triggerscan.py followed by this file; gateway.native.load uses the
@@ -12,8 +12,8 @@
  * folding reaches beyond ASCII); otherwise whether one of the trigger's shapes matches
  * at some position, each shape written out below as the expression it stands for. Every
  * read is checked against the length first. shapes(data): which shapes match, as bits
- * (None for such bytes); dirty_in(joined): the values of a NUL-joined batch for which
- * may_trigger is true.
+ * (None for such bytes); dirty_spans(joined): the values of a NUL-joined batch for which
+ * may_trigger is true, each as (index, start, stop).
  */
 
 #define PY_SSIZE_T_CLEAN
@@ -458,10 +458,10 @@ shapes(PyObject *module, PyObject *arg)
 }
 
 static PyObject *
-dirty_in(PyObject *module, PyObject *arg)
+dirty_spans(PyObject *module, PyObject *arg)
 {
     if (!PyBytes_Check(arg)) {
-        PyErr_SetString(PyExc_TypeError, "dirty_in() takes bytes");
+        PyErr_SetString(PyExc_TypeError, "dirty_spans() takes bytes");
         return NULL;
     }
     const unsigned char *d = (const unsigned char *)PyBytes_AS_STRING(arg);
@@ -474,13 +474,13 @@ dirty_in(PyObject *module, PyObject *arg)
         const unsigned char *nul = memchr(d + start, 0, (size_t)(n - start));
         Py_ssize_t stop = nul == NULL ? n : nul - d;
         if (scan(d + start, stop - start, 1)) {
-            PyObject *number = PyLong_FromSsize_t(index);
-            if (number == NULL || PyList_Append(out, number) < 0) {
-                Py_XDECREF(number);
+            PyObject *span = Py_BuildValue("(nnn)", index, start, stop);
+            if (span == NULL || PyList_Append(out, span) < 0) {
+                Py_XDECREF(span);
                 Py_DECREF(out);
                 return NULL;
             }
-            Py_DECREF(number);
+            Py_DECREF(span);
         }
         if (nul == NULL)
             return out;
@@ -499,7 +499,7 @@ start_pairs(PyObject *module, PyObject *unused)
 static PyMethodDef methods[] = {
     {"may_trigger", may_trigger, METH_O, "may_trigger(data): see masking.triggerscan.may_trigger."},
     {"shapes", shapes, METH_O, "shapes(data): see masking.triggerscan.shapes."},
-    {"dirty_in", dirty_in, METH_O, "dirty_in(joined): see masking.triggerscan.dirty_in."},
+    {"dirty_spans", dirty_spans, METH_O, "dirty_spans(joined): see masking.triggerscan.dirty_spans."},
     {"start_pairs", start_pairs, METH_NOARGS,
      "start_pairs(): (START, ALONE), the first bytes at which the scan asks whether a shape matches."},
     {NULL, NULL, 0, NULL},

@@ -750,13 +750,11 @@ class ResultMasker:
             dirty = scanner.dirty_in_joined(joined, len(group) * count)
             if not dirty:
                 continue
-            values = joined.split(b"\x00")
             batch: list[tuple[int, int, Value]] = []
-            for d in dirty:
-                value = values[d]
-                if value:
+            for d, start, stop in dirty:
+                if stop > start:
                     c, r = divmod(d, count)
-                    batch.append((group[c], r, value))
+                    batch.append((group[c], r, joined[start:stop]))
             if batch:
                 changes = self._batch_changes(scanner, batch, counts)
         return columns, changes, counts

@@ -3,7 +3,7 @@
 ``Scanner.mask_text`` masks one value. For a batch of values, ``Scanner.dirty_indices``
 says which need it: the batch is joined into one byte string (NUL between values, which
 PostgreSQL text never holds) and ``TRIGGER`` runs over it once (RE2's DFA, or in the
-gateway ``masking/_triggerscan.c``'s ``dirty_in``: ``use_trigger_check``), so a clean
+gateway ``masking/_triggerscan.c``'s ``dirty_spans``: ``use_trigger_check``), so a clean
 value costs no Python work of its own. In a value to mask, the same shapes run as an
 RE2 set pick the detectors that could match, and only those run.
 """
@@ -41,9 +41,9 @@ _MAX_PASSES = 4
 # A check in front of RE2's shape scan of a single value or text (``use_trigger_check``):
 # False only where the trigger certainly does not match. None: RE2 alone.
 _trigger_check: Callable[[bytes], bool] | None = None
-# The same check over a batch's values joined with NUL: the indices of the values it does
-# not rule out. None: RE2 scans the join.
-_dirty_check: Callable[[bytes], list[int]] | None = None
+# The same check over a batch's values joined with NUL: the values it does not rule out,
+# as (index, start, stop). None: RE2 scans the join.
+_dirty_check: Callable[[bytes], list[tuple[int, int, int]]] | None = None
 # Which of the trigger's shapes match in a text, as bits (``TRIGGER_SHAPES``'s order), or
 # None where RE2 must say. None: RE2's set of the shapes.
 _shapes_check: Callable[[bytes], int | None] | None = None
@@ -51,12 +51,12 @@ _shapes_check: Callable[[bytes], int | None] | None = None
 
 def use_trigger_check(
     check: Callable[[bytes], bool] | None,
-    dirty: Callable[[bytes], list[int]] | None = None,
+    dirty: Callable[[bytes], list[tuple[int, int, int]]] | None = None,
     shapes: Callable[[bytes], int | None] | None = None,
 ) -> None:
     """Ask ``check`` (``masking.triggerscan.may_trigger``'s C build) before the shape scan of
     a single text, or ``shapes`` (``masking.triggerscan.shapes``'s) instead of it
-    (``Scanner.selection``), and let ``dirty`` (``masking.triggerscan.dirty_in``'s) pick a
+    (``Scanner.selection``), and let ``dirty`` (``masking.triggerscan.dirty_spans``'s) pick a
     batch's values for the detectors instead of RE2's scan of the join
     (``Scanner.dirty_indices``). Each must answer exactly as RE2 would, or "may" (``check``
     True, ``shapes`` None, an index in ``dirty``) where it cannot say (None: RE2 alone).
@@ -647,35 +647,45 @@ class Scanner:
             return [i for i, item in enumerate(items) if item]
         return self._dirty_in(joined)
 
-    def dirty_in_joined(self, joined: bytes, count: int) -> list[int]:
+    def dirty_in_joined(self, joined: bytes, count: int) -> list[tuple[int, int, int]]:
         """``dirty_indices`` of ``count`` values given joined with NUL, as that method joins
-        them (none of them holds NUL itself: ``gateway.postgres.wirerows.scan_rows``)."""
+        them (none of them holds NUL itself: ``gateway.postgres.wirerows.scan_rows``), each
+        as (index, where the value starts and stops in ``joined``)."""
         if not count:
             return []
         if self._custom:
-            return [i for i, item in enumerate(joined.split(b"\x00")) if item]
+            spans = []
+            start = 0
+            for index, item in enumerate(joined.split(b"\x00")):
+                if item:
+                    spans.append((index, start, start + len(item)))
+                start += len(item) + 1
+            return spans
         if self._trigger is None:
             return []
-        return self._dirty_in(joined)
+        return self._dirty_spans(joined)
 
     def _dirty_in(self, joined: bytes) -> list[int]:
+        return [index for index, _, _ in self._dirty_spans(joined)]
+
+    def _dirty_spans(self, joined: bytes) -> list[tuple[int, int, int]]:
         check = _dirty_check
         if check is not None:
             return check(joined)
         search = self._search_bytes
-        dirty: list[int] = []
+        spans: list[tuple[int, int, int]] = []
         index = 0
         counted_to = 0
         at = search(joined, 0)
         while at >= 0:
             index += joined.count(b"\x00", counted_to, at)
             counted_to = at
-            dirty.append(index)
             end = joined.find(b"\x00", at)
+            spans.append((index, joined.rfind(b"\x00", 0, at) + 1, len(joined) if end < 0 else end))
             if end < 0:
                 break
             at = search(joined, end + 1)
-        return dirty
+        return spans
 
     def _search_bytes(self, data: bytes, pos: int) -> int:
         """Where the trigger first matches in ``data`` from ``pos``, or -1."""

@@ -8,7 +8,7 @@ text. ``may_trigger`` says, for a text all in ASCII, exactly whether the trigger
 anywhere in it, and for any other text, "it may" (RE2 decides, case folding and all). A
 pgbench statement's recorded text: 0.67 -> 0.38 us.
 
-``dirty_in`` answers the same for each value of a batch joined with NUL (no shape matches
+``dirty_spans`` answers the same for each value of a batch joined with NUL (no shape matches
 NUL, so none spans two values): the values the detectors must read
 (``Scanner.dirty_indices``; a value that is not all ASCII is among them, which the batch's
 contract allows: a superset of the values that hold something). The C build asks whether a
@@ -16,7 +16,7 @@ shape matches only where the first two bytes let one begin (a table, ``start_pai
 in one pass that follows the card's run of digits too. The text columns of ten customer
 rows joined (547 bytes): ``may_trigger`` 1.97 us in the build's first version (which asked
 at every byte, in three passes), 0.82 now; the dirty values 1.70 us with RE2's DFA (2.89
-when one value is dirty: RE2 then finds where the match starts), 0.96 with ``dirty_in``.
+when one value is dirty: RE2 then finds where the match starts), 0.96 with ``dirty_spans``.
 
 This module is the reference (RE2 itself); ``masking/_triggerscan.c`` is the same
 function written out shape by shape over the bytes, built by ``make venv`` as
@@ -54,7 +54,13 @@ def shapes(data: bytes) -> int | None:
     return sum(1 << i for i, shape in enumerate(_SHAPES) if shape.search(data) is not None)
 
 
-def dirty_in(joined: bytes) -> list[int]:
-    """The indices of the values of ``joined`` (split at each NUL) for which ``may_trigger``
-    is true, in order."""
-    return [index for index, value in enumerate(joined.split(b"\x00")) if may_trigger(value)]
+def dirty_spans(joined: bytes) -> list[tuple[int, int, int]]:
+    """The values of ``joined`` (split at each NUL) for which ``may_trigger`` is true, in
+    order, each as (its index, where it starts and stops in ``joined``)."""
+    spans = []
+    start = 0
+    for index, value in enumerate(joined.split(b"\x00")):
+        if may_trigger(value):
+            spans.append((index, start, start + len(value)))
+        start += len(value) + 1
+    return spans

@@ -263,7 +263,7 @@ def test_the_gateway_engine_asks_the_c_trigger_check_before_re2() -> None:
     compiled_scanner = native.load(masking.scanner)
     assert compiled_scanner is not masking.scanner
     assert compiled_scanner._trigger_check is built.may_trigger
-    assert compiled_scanner._dirty_check is built.dirty_in
+    assert compiled_scanner._dirty_check is built.dirty_spans
     assert compiled_scanner._shapes_check is built.shapes
     assert masking.scanner._trigger_check is None and masking.scanner._dirty_check is None
     assert masking.scanner._shapes_check is None

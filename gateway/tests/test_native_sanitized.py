@@ -144,7 +144,7 @@ for n in range(20000):
         assert tg.may_trigger(cut) is triggerscan.may_trigger(cut), cut
         assert tg.shapes(cut) == triggerscan.shapes(cut), cut
     joined = b"\x00".join(rng.choice(PIECES_T + [b"", b"\x00"]) for _ in range(rng.randrange(0, 8)))
-    assert tg.dirty_in(joined) == triggerscan.dirty_in(joined), joined
+    assert tg.dirty_spans(joined) == triggerscan.dirty_spans(joined), joined
     checked += 1
 from recordings import chainrows
 

@@ -39,6 +39,13 @@ def test_the_batch_trigger_flags_every_value_a_detector_would_mask(
     padded = [b"clean", text.encode(), b"2024-01-15 12:30:00+00"]
     assert SCANNER.dirty_indices(padded) == [1]
     assert SCANNER.dirty_indices(["clean", text, "more"]) == [1]
+    # The same values joined as the fast path joins them, each found where it lies.
+    joined = b"\x00".join([b"", *padded, text.encode()])
+    start = len(b"clean") + 2
+    assert SCANNER.dirty_in_joined(joined, 5) == [
+        (2, start, start + len(padded[1])),
+        (4, len(joined) - len(padded[1]), len(joined)),
+    ]
 
 
 @pytest.mark.parametrize(("entity", "text"), _negative_cases())
@@ -81,3 +88,11 @@ def test_several_entities_in_one_text_are_all_masked_and_counted() -> None:
     masked, counts = POLICY.mask_text(text)
     assert masked == "user [EMAIL] from [IP] paid with [CARD], call [PHONE]"
     assert counts == {"email": 1, "ip": 1, "card": 1, "phone": 1}
+
+
+def test_with_a_custom_entity_every_value_of_a_join_is_read_where_it_lies() -> None:
+    # A custom pattern can match anything: no trigger stands in front of it.
+    scanner = compile_policy({"custom": [{"name": "badge", "pattern": r"B-[0-9]{4}"}]}).scanner()
+    joined = b"\x00".join([b"one", b"", b"B-1234", b"two"])
+    assert scanner.dirty_in_joined(joined, 4) == [(0, 0, 3), (2, 5, 11), (3, 12, 15)]
+    assert scanner.dirty_in_joined(b"", 0) == []

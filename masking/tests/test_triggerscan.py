@@ -175,7 +175,7 @@ def test_only_bytes(built: ModuleType) -> None:
     with pytest.raises(TypeError):
         built.may_trigger("key")
     with pytest.raises(TypeError):
-        built.dirty_in("key")
+        built.dirty_spans("key")
     with pytest.raises(TypeError):
         built.shapes("key")
 
@@ -294,20 +294,22 @@ def _joined_values() -> Any:
 @settings(max_examples=1500, deadline=None)
 @given(_joined_values())
 def test_the_dirty_values_of_a_join_are_the_references(built: ModuleType, joined: bytes) -> None:
-    assert built.dirty_in(joined) == pure.dirty_in(joined)
+    assert built.dirty_spans(joined) == pure.dirty_spans(joined)
+    for index, start, stop in pure.dirty_spans(joined):
+        assert joined[start:stop] == joined.split(b"\x00")[index]
 
 
 def test_the_dirty_values_of_a_join_at_its_edges(built: ModuleType) -> None:
-    assert built.dirty_in(b"") == pure.dirty_in(b"") == []
-    assert built.dirty_in(b"\x00") == []
-    assert built.dirty_in(b"@") == [0]
-    assert built.dirty_in(b"a\x00@") == [1]
-    assert built.dirty_in(b"@\x00\x00@\x00") == [0, 2]
+    assert built.dirty_spans(b"") == pure.dirty_spans(b"") == []
+    assert built.dirty_spans(b"\x00") == []
+    assert built.dirty_spans(b"@") == [(0, 0, 1)]
+    assert built.dirty_spans(b"a\x00@") == [(1, 2, 3)]
+    assert built.dirty_spans(b"@\x00\x00x@y\x00") == [(0, 0, 1), (2, 3, 6)]
     # A shape never spans two values: the card's digits, a word, the IPv4 dots.
-    assert built.dirty_in(b"4111 1111\x001111 1111 1") == []
-    assert built.dirty_in(b"ke\x00y") == built.dirty_in(b"1.2\x00.3.4") == []
-    assert built.dirty_in(b"caf\xc3\xa9\x00plain") == [0]  # not ASCII: for the detectors
-    assert built.dirty_in(b"x" * 100_000 + b"\x00" + b"1.2.3.4") == [1]
+    assert built.dirty_spans(b"4111 1111\x001111 1111 1") == []
+    assert built.dirty_spans(b"ke\x00y") == built.dirty_spans(b"1.2\x00.3.4") == []
+    assert built.dirty_spans(b"caf\xc3\xa9\x00plain") == [(0, 0, 5)]  # not ASCII: for the detectors
+    assert built.dirty_spans(b"x" * 100_000 + b"\x00" + b"1.2.3.4") == [(1, 100_001, 100_008)]
 
 
 def test_an_edited_c_source_makes_the_build_stale(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
