@@ -209,35 +209,32 @@ indices(PyObject *tuple, Py_ssize_t width, Py_ssize_t **out, Py_ssize_t *count, 
     return 0;
 }
 
-/* The entries of `cache` for the values of `column` (a list of bytes or None): a new list
- * with each value's entry (keyed by the value's hash; None for None), Py_None when a
- * value is not ASCII or has no entry that is bytes, NULL with an exception. */
+/* The entries of `cache` for column `index` of the walked run (keyed by each value's hash,
+ * as Python's hash of the value as bytes: _Py_HashBytes is what bytes' own hash calls;
+ * None for NULL), read where the values lie: a new list, Py_None when a value is not ASCII
+ * or has no entry that is bytes, NULL with an exception. */
 static PyObject *
-looked_up(PyObject *column, PyObject *cache)
+looked_up(const unsigned char *d, const Run *run, Py_ssize_t width, Py_ssize_t index, PyObject *cache)
 {
-    Py_ssize_t n = PyList_GET_SIZE(column);
+    Py_ssize_t n = run->rows;
     PyObject *out = PyList_New(n);
     if (out == NULL)
         return NULL;
     for (Py_ssize_t r = 0; r < n; r++) {
-        PyObject *value = PyList_GET_ITEM(column, r);
-        if (value == Py_None) {
+        Py_ssize_t at = run->offsets[2 * (r * width + index)];
+        if (at < 0) {
             PyList_SET_ITEM(out, r, Py_NewRef(Py_None));
             continue;
         }
-        const unsigned char *bytes = (const unsigned char *)PyBytes_AS_STRING(value);
-        for (Py_ssize_t i = 0; i < PyBytes_GET_SIZE(value); i++) {
+        Py_ssize_t length = run->offsets[2 * (r * width + index) + 1];
+        const unsigned char *bytes = d + at;
+        for (Py_ssize_t i = 0; i < length; i++) {
             if (bytes[i] & 0x80) {
                 Py_DECREF(out);
                 return Py_NewRef(Py_None);
             }
         }
-        Py_hash_t hash = PyObject_Hash(value);
-        if (hash == -1) {
-            Py_DECREF(out);
-            return NULL;
-        }
-        PyObject *key = PyLong_FromSsize_t(hash);
+        PyObject *key = PyLong_FromSsize_t(_Py_HashBytes(bytes, length));
         if (key == NULL) {
             Py_DECREF(out);
             return NULL;
@@ -434,6 +431,18 @@ scan_rows(PyObject *module, PyObject *args)
     if (fetched == NULL || looked == NULL)
         goto done;
     for (Py_ssize_t k = 0; k < nfetch; k++) {
+        if (caches[k] != NULL) {
+            /* The entries when every value has one: no object made for a value. */
+            PyObject *entries = looked_up(d, &run, width, fetch_at[k], caches[k]);
+            if (entries == NULL)
+                goto done;
+            if (entries != Py_None) {
+                PyList_SET_ITEM(fetched, k, entries);
+                PyList_SET_ITEM(looked, k, Py_NewRef(Py_True));
+                continue;
+            }
+            Py_DECREF(entries);
+        }
         PyList_SET_ITEM(looked, k, Py_NewRef(Py_False));
         PyObject *column = PyList_New(rows);
         if (column == NULL)
@@ -447,17 +456,6 @@ scan_rows(PyObject *module, PyObject *args)
             if (value == NULL)
                 goto done;
             PyList_SET_ITEM(column, r, value);
-        }
-        if (caches[k] != NULL) {
-            PyObject *entries = looked_up(column, caches[k]);
-            if (entries == NULL)
-                goto done;
-            if (entries != Py_None) {
-                PyList_SetItem(fetched, k, entries); /* steals entries, drops the values */
-                PyList_SetItem(looked, k, Py_NewRef(Py_True));
-            }
-            else
-                Py_DECREF(entries);
         }
     }
     nulls = PyList_New(width);
