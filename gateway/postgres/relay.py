@@ -696,6 +696,12 @@ class Relay:
         masking = self.masking
         if masking is None or decision.action is Action.DENY:
             return decision
+        operations = decision.classification.get("operations")
+        # A statement that writes nothing cannot write a placeholder back (the usual
+        # read: its text and parameters are not looked at). Without a classification (no
+        # policy engine) the statement may write: fail closed.
+        if operations is not None and not WRITE_OPERATIONS.intersection(operations):
+            return decision
         try:
             found = masking.contains_placeholder(statement) or any(
                 p is not None and _param_holds_placeholder(masking, p) for p in params
@@ -703,10 +709,6 @@ class Relay:
         except MaskingError:
             found = True  # cannot tell: treat as holding one
         if not found:
-            return decision
-        operations = decision.classification.get("operations")
-        # Without a classification (no policy engine) the statement may write: fail closed.
-        if operations is not None and not WRITE_OPERATIONS.intersection(operations):
             return decision
         return Decision(
             action=Action.DENY,

@@ -354,3 +354,42 @@ def test_small_integer_is_inside_what_the_scanner_knows_to_be_entity_free():
             assert entity_free_integer(text), text
     assert _small_integer("999999999") and not _small_integer("1000000000")
     assert not any(_small_integer(t) for t in ("", "01", "-1", "+1", "１", "٣", " 1"))
+
+
+def test_the_write_back_guard_reads_only_statements_that_write():
+    from policies.engine import compile_policy as compile_rules
+
+    events = Events()
+    rules = compile_rules("open", 1, {"default": "allow", "on_parse_error": "deny", "rules": []})
+    point = DecisionPoint(protocol="postgres", connection="c", agent="a", groups=frozenset(), policy=rules)
+    relay = Relay(point, events, max_message=1 << 20, result_rows=5, masking=compile_policy({}))
+    masking = relay.masking
+    asked: list[str] = []
+
+    class Counting:
+        """The session's masking, listing the texts the write-back guard looks at."""
+
+        def __getattr__(self, name):  # type: ignore[no-untyped-def]
+            return getattr(masking, name)
+
+        def contains_placeholder(self, text):  # type: ignore[no-untyped-def]
+            asked.append(text)
+            return masking.contains_placeholder(text)
+
+    relay.masking = Counting()
+    relay.from_client(
+        pg.parse_message(b"r", b"SELECT * FROM t WHERE note = '[CARD]' OR note = $1") + pg.message(b"S")
+    )
+    relay.from_server(pg.message(b"1") + pg.ready_for_query())
+    _bind_and_execute(relay, b"r", b"see [CARD]")
+    assert asked == []  # a read: nothing it holds can be written back
+    relay.from_client(pg.parse_message(b"w", b"UPDATE t SET note = $1") + pg.message(b"S"))
+    relay.from_server(pg.message(b"1") + pg.ready_for_query())
+    bind = b"\x00w\x00\x00\x00" + struct.pack("!hI", 1, 10) + b"see [CARD]" + b"\x00\x00"
+    out = relay.from_client(
+        pg.message(b"B", bind) + pg.message(b"E", b"\x00\x00\x00\x00\x00") + pg.message(b"S")
+    )
+    assert asked == ["UPDATE t SET note = $1", "see [CARD]"]
+    decisions = [p for kind, p in events.events if kind == "statement"]
+    assert decisions[-1]["action"] == "deny" and decisions[-1]["rule"] == "masking-write-back"
+    assert b"airlock_denied_" in out  # the Execute became the failing marker statement
