@@ -258,21 +258,25 @@ def test_deferred_recording_keeps_the_order_and_never_records_a_statement_unmask
     assert "example.com" not in repr(events.events)
 
 
-def _count_masked_texts(relay: Relay) -> list[str]:
-    """Wraps the relay's masking so that each text it is asked to mask is listed in the
-    list returned."""
+def _count_masked_texts(relay: Relay, method: str = "mask_text") -> list[str]:
+    """Wraps the relay's masking so that each text its ``method`` is asked about (the
+    texts it masks, by default) is listed in the list returned."""
     masking = relay.masking
     calls: list[str] = []
 
     class Counting:
-        """The session's masking, counting the texts it is asked to mask."""
+        """The session's masking, counting the texts one of its methods is given."""
 
         def __getattr__(self, name):  # type: ignore[no-untyped-def]
-            return getattr(masking, name)
+            found = getattr(masking, name)
+            if name != method:
+                return found
 
-        def mask_text(self, text):  # type: ignore[no-untyped-def]
-            calls.append(text)
-            return masking.mask_text(text)
+            def counted(text):  # type: ignore[no-untyped-def]
+                calls.append(text)
+                return found(text)
+
+            return counted
 
     relay.masking = Counting()
     return calls
@@ -363,20 +367,7 @@ def test_the_write_back_guard_reads_only_statements_that_write():
     rules = compile_rules("open", 1, {"default": "allow", "on_parse_error": "deny", "rules": []})
     point = DecisionPoint(protocol="postgres", connection="c", agent="a", groups=frozenset(), policy=rules)
     relay = Relay(point, events, max_message=1 << 20, result_rows=5, masking=compile_policy({}))
-    masking = relay.masking
-    asked: list[str] = []
-
-    class Counting:
-        """The session's masking, listing the texts the write-back guard looks at."""
-
-        def __getattr__(self, name):  # type: ignore[no-untyped-def]
-            return getattr(masking, name)
-
-        def contains_placeholder(self, text):  # type: ignore[no-untyped-def]
-            asked.append(text)
-            return masking.contains_placeholder(text)
-
-    relay.masking = Counting()
+    asked = _count_masked_texts(relay, "contains_placeholder")
     relay.from_client(
         pg.parse_message(b"r", b"SELECT * FROM t WHERE note = '[CARD]' OR note = $1") + pg.message(b"S")
     )
