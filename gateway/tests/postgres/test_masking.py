@@ -205,6 +205,25 @@ def test_an_api_key_in_free_text_is_masked(mgw):
     assert log_line == "auth with [GITHUB_TOKEN]"
 
 
+def test_secrets_in_text_that_is_not_ascii_among_clean_rows_are_masked(mgw):
+    # A page of rows masked where it lies: the C trigger check picks the dirty values of
+    # the joined text, and hands a value that is not all ASCII to the detectors whole.
+    with mgw.connect() as conn:
+        rows = conn.execute(
+            "SELECT v FROM (VALUES ('plain'), ('caf\u00e9: write to ann@example.com'), ('\u00dcn\u00efcode only'),"
+            " (%s), ('x'), (NULL)) t(v)",
+            ("na\u00efve key " + GITHUB,),
+        ).fetchall()
+    assert rows == [
+        ("plain",),
+        ("caf\u00e9: write to [EMAIL]",),
+        ("\u00dcn\u00efcode only",),
+        ("na\u00efve key [GITHUB_TOKEN]",),
+        ("x",),
+        (None,),
+    ]
+
+
 # --- MSK-05: copying out -----------------------------------------------------------------------
 
 
