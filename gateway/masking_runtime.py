@@ -48,7 +48,7 @@ def _install_trigger_check() -> None:
     if getattr(built, "TRIGGER_SOURCE", None) != masking.triggerscan.TRIGGER_SOURCE:
         log.warning("the C trigger check was written for another trigger: RE2 scans alone")
         return
-    scanner.use_trigger_check(built.may_trigger, built.dirty_spans, built.shapes)
+    scanner.use_trigger_check(built.shapes, built.dirty_spans)
 
 
 _install_trigger_check()

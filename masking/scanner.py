@@ -38,33 +38,28 @@ _GROUP_NAME = re.compile(r"\(\?P([<=])(\w+)")
 # few passes reach the fixed point, so masking the output again changes nothing.
 _MAX_PASSES = 4
 
-# A check in front of RE2's shape scan of a single value or text (``use_trigger_check``):
-# False only where the trigger certainly does not match. None: RE2 alone.
-_trigger_check: Callable[[bytes], bool] | None = None
+# Which of the trigger's shapes match in a single value or text, as bits
+# (``TRIGGER_SHAPES``'s order), or None where RE2 must say (``use_trigger_check``). None:
+# RE2's set of the shapes alone.
+_shapes_check: Callable[[bytes], int | None] | None = None
 # The same check over a batch's values joined with NUL: the values it does not rule out,
 # as (index, start, stop). None: RE2 scans the join.
 _dirty_check: Callable[[bytes], list[tuple[int, int, int]]] | None = None
-# Which of the trigger's shapes match in a text, as bits (``TRIGGER_SHAPES``'s order), or
-# None where RE2 must say. None: RE2's set of the shapes.
-_shapes_check: Callable[[bytes], int | None] | None = None
 
 
 def use_trigger_check(
-    check: Callable[[bytes], bool] | None,
+    shapes: Callable[[bytes], int | None] | None,
     dirty: Callable[[bytes], list[tuple[int, int, int]]] | None = None,
-    shapes: Callable[[bytes], int | None] | None = None,
 ) -> None:
-    """Ask ``check`` (``masking.triggerscan.may_trigger``'s C build) before the shape scan of
-    a single text, or ``shapes`` (``masking.triggerscan.shapes``'s) instead of it
-    (``Scanner.selection``), and let ``dirty`` (``masking.triggerscan.dirty_spans``'s) pick a
-    batch's values for the detectors instead of RE2's scan of the join
-    (``Scanner.dirty_indices``). Each must answer exactly as RE2 would, or "may" (``check``
-    True, ``shapes`` None, an index in ``dirty``) where it cannot say (None: RE2 alone).
-    The gateway installs the C build when it was written for the trigger in use."""
-    global _trigger_check, _dirty_check, _shapes_check
-    _trigger_check = check
-    _dirty_check = dirty
+    """Let ``shapes`` (``masking.triggerscan.shapes``'s C build) say which shapes a single
+    text holds in place of RE2's set of the shapes (``Scanner.selection``), and ``dirty``
+    (``masking.triggerscan.dirty_spans``'s) pick a batch's values for the detectors in place
+    of RE2's scan of the join (``Scanner.dirty_indices``). Each must answer exactly as RE2
+    would, or "may" (``shapes`` None, a value in ``dirty``) where it cannot say (None: RE2
+    alone). The gateway installs the C build when it was written for the trigger in use."""
+    global _shapes_check, _dirty_check
     _shapes_check = shapes
+    _dirty_check = dirty
 
 
 # A secret touching one of these may have hidden a neighbour from a detector's boundary
@@ -187,7 +182,6 @@ class Scanner:
         self._shapes.Compile()
         # RE2's own entry point, when the wrapper exposes it: the wrapper re-encodes.
         self._shapes_match = getattr(getattr(self._shapes, "_set", None), "Match", None)
-        self._selections: dict[tuple[int, ...], tuple[int, ...]] = {}
         self._by_bits: dict[int, tuple[int, ...]] = {}
         self._own = [re.compile(d.pattern) for d in self._detectors]
         self._entities = [d.entity for d in self._detectors]
@@ -267,26 +261,17 @@ class Scanner:
         """The detectors that could match in ``value`` (empty: nothing to mask in it)."""
         data = value if isinstance(value, bytes) else value.encode("utf-8", "surrogatepass")
         shaped = _shapes_check
-        if shaped is not None:
-            bits = shaped(data)
-            if bits is not None:
-                return self._selection_of(bits) if bits else ()
-        else:
-            check = _trigger_check
-            if check is not None and not check(data):
-                return ()
-        shapes = self._shapes_match(data) if self._shapes_match is not None else self._shapes.Match(data)
-        if not shapes:
-            return ()
-        key = tuple(sorted(shapes)) if len(shapes) > 1 else tuple(shapes)
-        selection = self._selections.get(key)
-        if selection is None:
-            chosen = {i for shape in key for i in self._shape_detectors[shape]}
-            selection = self._selections[key] = tuple(sorted(chosen))
-        return selection
+        bits = shaped(data) if shaped is not None else None
+        if bits is None:
+            bits = 0
+            for shape in (
+                self._shapes_match(data) if self._shapes_match is not None else self._shapes.Match(data)
+            ):
+                bits |= 1 << shape
+        return self._selection_of(bits) if bits else ()
 
     def _selection_of(self, bits: int) -> tuple[int, ...]:
-        """The detectors the shapes of ``bits`` (``_shapes_check``) call for."""
+        """The detectors the shapes of ``bits`` (bit ``i``: ``TRIGGER_SHAPES[i]``) call for."""
         selection = self._by_bits.get(bits)
         if selection is None:
             chosen = {

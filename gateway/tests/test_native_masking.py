@@ -262,11 +262,9 @@ def test_the_gateway_engine_asks_the_c_trigger_check_before_re2() -> None:
     assert built is not None
     compiled_scanner = native.load(masking.scanner)
     assert compiled_scanner is not masking.scanner
-    assert compiled_scanner._trigger_check is built.may_trigger
-    assert compiled_scanner._dirty_check is built.dirty_spans
     assert compiled_scanner._shapes_check is built.shapes
-    assert masking.scanner._trigger_check is None and masking.scanner._dirty_check is None
-    assert masking.scanner._shapes_check is None
+    assert compiled_scanner._dirty_check is built.dirty_spans
+    assert masking.scanner._shapes_check is None and masking.scanner._dirty_check is None
     policy = masking_runtime.engine.compile_policy({})
     assert policy.mask_text("write to bob@example.com") == ("write to [EMAIL]", {"email": 1})
     masked, counts = policy.result_masker([None, None]).mask_rows(
@@ -305,24 +303,26 @@ def test_a_c_trigger_check_written_for_another_trigger_is_not_used(monkeypatch: 
     import masking.triggerscan
 
     compiled_scanner = native.load(masking.scanner)
-    installed = compiled_scanner._trigger_check
-    installed_dirty = compiled_scanner._dirty_check
     installed_shapes = compiled_scanner._shapes_check
-    assert installed is not None and installed_dirty is not None and installed_shapes is not None
+    installed_dirty = compiled_scanner._dirty_check
+    assert installed_shapes is not None and installed_dirty is not None
 
     class Stale:
         SOURCE_SHA256 = native.group_digest("masking.triggerscan")
         TRIGGER_SOURCE = masking.triggerscan.TRIGGER_SOURCE + "|(?:newshape)"
 
         @staticmethod
-        def may_trigger(data: bytes) -> bool:
-            return False  # would hide every secret
+        def shapes(data: bytes) -> int:
+            return 0  # would hide every secret
+
+        @staticmethod
+        def dirty_spans(joined: bytes) -> list[tuple[int, int, int]]:
+            return []  # would hide every secret
 
     monkeypatch.setitem(sys.modules, native.NATIVE_MODULES["masking.triggerscan"], Stale)
     compiled_scanner.use_trigger_check(None)
     try:
         masking_runtime._install_trigger_check()
-        assert compiled_scanner._trigger_check is None and compiled_scanner._dirty_check is None
-        assert compiled_scanner._shapes_check is None
+        assert compiled_scanner._shapes_check is None and compiled_scanner._dirty_check is None
     finally:
-        compiled_scanner.use_trigger_check(installed, installed_dirty, installed_shapes)
+        compiled_scanner.use_trigger_check(installed_shapes, installed_dirty)
