@@ -91,6 +91,22 @@ def add_batch_words(session_id: object, words: str) -> None:
         )
 
 
+def add_batches_words(batches: list[tuple[str, str]]) -> None:
+    """``add_batch_words`` for several sessions' batches, ``(session id, words)`` each, in
+    one statement (PostgreSQL only)."""
+    from recordings.models import SearchWords
+
+    table = connection.ops.quote_name(SearchWords._meta.db_table)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            # Only constant SQL is formatted in; the ids and words are bound arrays.
+            f"INSERT INTO {table} (session_id, words) SELECT b.id, w"  # noqa: S608
+            " FROM unnest(%s::uuid[], %s::text[]) AS b(id, words),"
+            " LATERAL recordings_search_words(b.words) AS w WHERE w IS NOT NULL",
+            [[sid for sid, _ in batches], [words for _, words in batches]],
+        )
+
+
 def merge_session_words(session_id: object) -> bool:
     """Fold a sealed session's search rows into its document and delete them (PostgreSQL
     only). False when the words are too many for one document: the rows stay, and are

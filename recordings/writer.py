@@ -34,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
+import functools
 import hashlib
 import json
 import logging
@@ -382,6 +383,98 @@ def _submit(fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
     return future
 
 
+class _GroupedWrites:
+    """The batches recorders hand over within ``GROUP_WINDOW`` of one another, written by
+    one job (``_persist_group``) on PostgreSQL; one alone, or elsewhere, by ``_persist``.
+
+    The recorders flush on a grid shared by the process (``SessionRecorder._due``), so
+    under load every live session's batch comes within the same window. Each recorder
+    gets a future of its own and waits on it with its own deadline, as for a write of its
+    own. When the group is not written (any error, a lock held, a session closed
+    elsewhere) each batch is written again by a job of its own, marked uncertain (the
+    group may have committed before its answer was lost: the write then finds where its
+    chain really ends), and its outcome is that job's.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self._pending: list[tuple[_Write, float, asyncio.Future[Any]]] = []
+
+    def submit(self, write: _Write, timeout: float) -> asyncio.Future[Any]:
+        future: asyncio.Future[Any] = self.loop.create_future()
+        # A write abandoned at its deadline may still fail later; nobody awaits it then.
+        future.add_done_callback(lambda f: f.cancelled() or f.exception())
+        if not self._pending:
+            self.loop.call_later(GROUP_WINDOW, self._send)
+        self._pending.append((write, timeout, future))
+        return future
+
+    def _send(self) -> None:
+        pending, self._pending = self._pending, []
+        if len(pending) == 1 or not _grouping():
+            for write, timeout, future in pending:
+                _chain_future(_submit(_persist, *write, timeout), future)
+            return
+        job = _submit(_persist_group, [write for write, _, _ in pending], max(t for _, t, _ in pending))
+        job.add_done_callback(functools.partial(self._sent, pending))
+
+    def _sent(
+        self, pending: list[tuple[_Write, float, asyncio.Future[Any]]], job: asyncio.Future[Any]
+    ) -> None:
+        if not job.cancelled() and job.exception() is None:
+            for (_, _, future), state in zip(pending, job.result(), strict=True):
+                if not future.done():
+                    future.set_result(state)
+            return
+        log.info("%d sessions' batches written one by one: %s", len(pending), _describe_job(job))
+        for write, timeout, future in pending:
+            session_id, base, items, dropped, create, _ = write
+            single = _submit(_persist, session_id, base, items, dropped, create, True, timeout)
+            _chain_future(single, future)
+
+
+GROUP_WINDOW = 0.002  # seconds: batches handed over this close together are written as one
+
+
+def _grouping() -> bool:
+    from django.db import connections as all_connections
+
+    return all_connections["default"].vendor == "postgresql"
+
+
+def _chain_future(source: asyncio.Future[Any], target: asyncio.Future[Any]) -> None:
+    def copy(done: asyncio.Future[Any]) -> None:
+        if target.done():
+            return
+        if done.cancelled():
+            target.cancel()
+        elif done.exception() is not None:
+            target.set_exception(done.exception())  # type: ignore[arg-type]
+        else:
+            target.set_result(done.result())
+
+    source.add_done_callback(copy)
+
+
+def _describe_job(job: asyncio.Future[Any]) -> str:
+    if job.cancelled():
+        return "cancelled"
+    exc = job.exception()
+    return _describe(exc) if exc is not None else "no answer"
+
+
+_grouped: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _GroupedWrites] = weakref.WeakKeyDictionary()
+
+
+def _submit_write(write: _Write, timeout: float) -> asyncio.Future[Any]:
+    """Hand one recorder's batch to the writer, with the others handed over with it."""
+    loop = asyncio.get_running_loop()
+    grouped = _grouped.get(loop)
+    if grouped is None:
+        grouped = _grouped[loop] = _GroupedWrites(loop)
+    return grouped.submit(write, timeout)
+
+
 def _describe(exc: BaseException) -> str:
     from recordings.writer_process import WriterJobFailed
 
@@ -525,6 +618,36 @@ def _state_of(session: Session) -> _ChainState:
     return _ChainState(session.last_hash or chain.genesis_hash(session.pk), tally)
 
 
+def _reconciled(
+    session_id: uuid.UUID,
+    base: _ChainState,
+    items: list[_QueuedFields],
+    create: dict[str, Any] | None,
+    uncertain: bool,
+) -> tuple[_ChainState, _ChainState | None]:
+    """(the state to chain ``items`` after, and the state if they are committed already).
+
+    In the caller's transaction. ``uncertain`` after a write that failed or was abandoned:
+    it may have committed after all, so the session row (updated in the same transaction
+    as its events) says where the chain really ends. ``create``: the session's row is
+    made here if it is not there yet.
+    """
+    if not uncertain and create is None:
+        return base, None
+    committed = _committed_state(session_id)
+    if committed is None:
+        if create is None:
+            raise RuntimeError("the session row is missing")
+        Session.objects.create(**create)
+        committed = _ChainState(chain.genesis_hash(session_id))
+    if committed.seq != base.seq or committed.last_hash != base.last_hash:
+        _, would_be = _chain_rows(session_id, base, items)
+        if committed.seq == would_be.seq and committed.last_hash == would_be.last_hash:
+            return base, would_be  # the earlier attempt did commit this very batch
+        base = committed
+    return base, None
+
+
 def _persist(
     session_id: uuid.UUID,
     base: _ChainState,
@@ -534,27 +657,14 @@ def _persist(
     uncertain: bool,
     timeout: float,
 ) -> _ChainState:
-    """Write one batch; return the new committed state.
-
-    ``uncertain`` after a write that failed or was abandoned: it may have committed after
-    all, so the session row (updated in the same transaction as its events) says where the
-    chain really ends, and the batch is chained from there.
-    """
+    """Write one batch; return the new committed state (``_reconciled`` says how a write
+    after an ``uncertain`` one finds where the chain ends)."""
     with transaction.atomic():
         # Frees this thread when a lock holds the write longer than a recorder waits.
         _limit_statements(timeout)
-        if uncertain or create is not None:
-            committed = _committed_state(session_id)
-            if committed is None:
-                if create is None:
-                    raise RuntimeError("the session row is missing")
-                Session.objects.create(**create)
-                committed = _ChainState(chain.genesis_hash(session_id))
-            if committed.seq != base.seq or committed.last_hash != base.last_hash:
-                _, would_be = _chain_rows(session_id, base, items)
-                if committed.seq == would_be.seq and committed.last_hash == would_be.last_hash:
-                    return would_be  # the earlier attempt did commit this very batch
-                base = committed
+        base, done = _reconciled(session_id, base, items, create, uncertain)
+        if done is not None:
+            return done
         searched: list[tuple[str, Any]] = []
         postgres = connection.vendor == "postgresql"
         copied = _chain_copy(str(session_id), base.last_hash, base.seq, items) if postgres and items else None
@@ -578,6 +688,116 @@ def _persist(
         if not written:
             raise SessionClosedElsewhere(_closed_elsewhere(session_id))
     return state
+
+
+# One write's arguments, as ``_persist`` takes them before its ``timeout``.
+_Write = tuple[uuid.UUID, _ChainState, list[_QueuedFields], int, "dict[str, Any] | None", bool]
+
+
+class GroupWriteFailed(Exception):
+    """A group of sessions' batches was not written together (``_persist_group``): each
+    is then written by a job of its own, which decides that session's outcome alone."""
+
+
+def _persist_group(writes: list[_Write], timeout: float) -> list[_ChainState]:
+    """Write several sessions' batches in one transaction (PostgreSQL): one COPY for all
+    their events, one statement for their search words and one for their rows; return
+    each one's new committed state, in order.
+
+    What a transaction costs besides its rows (its statements, their round trips, the
+    commit, the writer's Python around them) is then paid once for the group instead of
+    once per session (docs/recordings.md, "Writing"). All or nothing: any error, a lock
+    waited on longer than briefly (another session's row held: ``lock_timeout``) or a
+    session no longer live raises ``GroupWriteFailed``, and the gateway writes each batch
+    on its own (``_GroupedWrites``), so that one session's trouble stays its own.
+    """
+    if connection.vendor != "postgresql":
+        raise GroupWriteFailed("group writes need PostgreSQL")
+    states: list[_ChainState] = []
+    copies: list[bytes] = []
+    words: list[tuple[str, str]] = []
+    rows: list[tuple[Any, ...]] = []
+    seen = datetime.now(UTC)
+    try:
+        with transaction.atomic():
+            _limit_statements(timeout, lock_ms=_GROUP_LOCK_MS)
+            for session_id, base, items, dropped, create, uncertain in writes:
+                base, done = _reconciled(session_id, base, items, create, uncertain)
+                if done is not None:
+                    states.append(done)
+                    continue
+                searched: list[tuple[str, Any]] = []
+                copied = _chain_copy(str(session_id), base.last_hash, base.seq, items) if items else None
+                if copied is not None:
+                    data, last_hash = copied
+                    state = _tally_plain(base, items, last_hash, searched)
+                    copies.append(data)
+                elif items:
+                    chained, state = _chain_rows(session_id, base, items, searched)
+                    copies.append(_copy_text(session_id, chained).encode())
+                else:
+                    state = base
+                text = search.batch_words(searched)
+                if text:
+                    words.append((str(session_id), text))
+                tally = state.tally
+                rows.append(
+                    (
+                        str(session_id),
+                        state.last_hash,
+                        dropped,
+                        tally.event_count,
+                        tally.statement_count,
+                        tally.denied_count,
+                        tally.review_count,
+                        tally.error_count,
+                        tally.masked_count,
+                    )
+                )
+                states.append(state)
+            if copies:
+                _copy_events(b"".join(copies))
+            if words:
+                search.add_batches_words(words)
+            updated = _update_sessions(rows, seen)
+            if updated != len(rows):
+                raise GroupWriteFailed(f"{len(rows) - updated} of {len(rows)} sessions no longer live")
+    except GroupWriteFailed:
+        raise
+    except Exception as exc:
+        raise GroupWriteFailed(_describe(exc)) from exc
+    return states
+
+
+# How long a group write waits for a lock before giving the group up (milliseconds): a
+# session's row held by someone else must not hold up the sessions written with it.
+_GROUP_LOCK_MS = 200
+
+
+def _update_sessions(rows: list[tuple[Any, ...]], seen: datetime) -> int:
+    """Set the live sessions' last hash, dropped count and counters from ``rows`` (each
+    ``(id, last_hash, dropped_events, *_TALLY_FIELDS)``) in one statement; the number of
+    rows updated."""
+    if not rows:
+        return 0
+    meta = Session._meta
+    quote = connection.ops.quote_name
+    names = ("last_hash", "dropped_events", *_TALLY_FIELDS)
+    columns = [meta.get_field(name).column for name in names]  # type: ignore[union-attr]
+    assignments = ", ".join(f"{quote(c)} = v.{quote(c)}" for c in columns)
+    values = ", ".join(["(%s::uuid, %s, " + ", ".join(["%s::integer"] * (len(names) - 1)) + ")"] * len(rows))
+    sql = (
+        f"UPDATE {quote(meta.db_table)} AS s SET {assignments}, {quote(meta.get_field('gateway_seen_at').column)} = %s"  # noqa: S608 - names from the model, values bound
+        f" FROM (VALUES {values}) AS v(id, {', '.join(quote(c) for c in columns)})"
+        f" WHERE s.{quote(meta.pk.column)} = v.id AND s.{quote(meta.get_field('status').column)} = %s"
+    )
+    params: list[Any] = [seen]
+    for row in rows:
+        params.extend(row)
+    params.append(Session.Status.LIVE)
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return int(cursor.rowcount)
 
 
 def _is_closed_elsewhere(exc: BaseException) -> bool:
@@ -738,11 +958,20 @@ def close_abandoned(
     return closed
 
 
-def _limit_statements(timeout: float) -> None:
-    """Bound each statement of the current transaction by ``timeout`` (PostgreSQL)."""
+def _limit_statements(timeout: float, *, lock_ms: int | None = None) -> None:
+    """Bound each statement of the current transaction by ``timeout`` (PostgreSQL), and
+    each wait for a lock by ``lock_ms`` milliseconds when given."""
     if connection.vendor == "postgresql":
         with connection.cursor() as cursor:
-            cursor.execute("SELECT set_config('statement_timeout', %s, true)", [f"{int(timeout * 1000)}ms"])
+            if lock_ms is None:
+                cursor.execute(
+                    "SELECT set_config('statement_timeout', %s, true)", [f"{int(timeout * 1000)}ms"]
+                )
+            else:
+                cursor.execute(
+                    "SELECT set_config('statement_timeout', %s, true), set_config('lock_timeout', %s, true)",
+                    [f"{int(timeout * 1000)}ms", f"{lock_ms}ms"],
+                )
 
 
 def _load_key_id() -> str:
@@ -752,6 +981,7 @@ def _load_key_id() -> str:
 # The jobs a writer process may run, by name (recordings/writer_process.py).
 _JOB_NAMES: dict[Callable[..., Any], str] = {
     _persist: "persist",
+    _persist_group: "persist_group",
     _finalise: "finalise",
     _heartbeat: "heartbeat",
     _load_key_id: "load_key_id",
@@ -1066,7 +1296,7 @@ class SessionRecorder:
                             return
                     continue
                 if self._batch is None and not self._closing and len(self._queue) < FLUSH_AT:
-                    delay = self._queue[0].mono + self._flush_seconds - time.monotonic()
+                    delay = self._due(self._queue[0].mono) - time.monotonic()
                     if delay > 0:
                         await self._sleep(delay, wake=True)
                         continue
@@ -1121,6 +1351,14 @@ class SessionRecorder:
         self._wake.clear()
         return True
 
+    def _due(self, oldest: float) -> float:
+        """When a batch whose oldest event was queued at ``oldest`` is written: the first
+        tick after it of a grid of flush intervals that every recorder of the process
+        shares, so that under load the sessions' batches come together and are written
+        as one (``_GroupedWrites``); at most one interval after the event."""
+        interval = self._flush_seconds
+        return (oldest // interval + 1) * interval
+
     def _deadline(self, batch: list[_Queued]) -> float:
         if self._final_deadline is not None:
             return self._final_deadline
@@ -1136,14 +1374,8 @@ class SessionRecorder:
             if self._last_error and time.monotonic() >= deadline:
                 self._give_up(self._last_error)
                 return
-            self._inflight = _submit(
-                _persist,
-                self.session_id,
-                self._state,
-                _fields(batch),
-                self._dropped,
-                self._create,
-                self._uncertain,
+            self._inflight = _submit_write(
+                (self.session_id, self._state, _fields(batch), self._dropped, self._create, self._uncertain),
                 self._timeout,
             )
         future = self._inflight

@@ -125,3 +125,28 @@ async def test_the_heartbeat_and_a_session_closed_elsewhere_reach_across_the_wri
     assert first is not None and later > first
     assert len(failures) == 1 and failures[0].startswith("SessionClosedElsewhere: the recording was closed")
     assert session.status == "interrupted"
+
+
+async def test_sessions_flushing_together_are_written_by_one_job_of_the_writer_process(monkeypatch):
+    from recordings.writer_process import WriterProcess
+
+    names: list[tuple[str, int]] = []
+    real_submit = WriterProcess.submit
+
+    def submit(self, name, *args):  # type: ignore[no-untyped-def]
+        names.append((name, len(args[0]) if name == "persist_group" else 1))
+        return real_submit(self, name, *args)
+
+    monkeypatch.setattr(WriterProcess, "submit", submit)
+    async with asyncio.timeout(60):
+        recorders = [await SessionRecorder.start(**BILLING_BOT) for _ in range(3)]
+        names.clear()
+        for recorder in recorders:
+            for kind, payload in statement_events(5):
+                recorder.append(kind, payload)
+        await _until(lambda: all(r._state.seq >= 16 for r in recorders))
+        written = list(names)
+        await asyncio.gather(*(recorder.close(reason="done") for recorder in recorders))
+        results = [await in_db(_verify, r.session_id) for r in recorders]
+    assert written == [("persist_group", 3)]
+    assert all(result.ok and result.event_count == 17 for result in results), results
