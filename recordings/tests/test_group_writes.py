@@ -18,7 +18,7 @@ from recordings import search, writer
 from recordings.models import Event, Session
 from recordings.tests.conftest import in_db
 from recordings.tests.factories import BILLING_BOT
-from recordings.tests.test_writer import _admin_conn, _events, _session, _until, _verify
+from recordings.tests.test_writer import _admin_conn, _events, _session, _until, _verify, stuck_and_free
 from recordings.writer import SessionRecorder, close_abandoned
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(60)]
@@ -117,12 +117,7 @@ async def test_a_session_whose_row_is_locked_leaves_its_group_and_the_others_are
     admin = await asyncio.to_thread(_admin_conn)
     try:
         async with asyncio.timeout(30):
-            stuck = await SessionRecorder.start(**BILLING_BOT, on_failure=failures["stuck"].append)
-            free = await SessionRecorder.start(**BILLING_BOT, on_failure=failures["free"].append)
-            await asyncio.to_thread(admin.execute, "BEGIN")
-            await asyncio.to_thread(
-                admin.execute, "SELECT 1 FROM recordings_session WHERE id = %s FOR UPDATE", [stuck.session_id]
-            )
+            stuck, free = await stuck_and_free(admin, failures)
             jobs.clear()
             started = time.monotonic()
             stuck.append(Event.Kind.STATEMENT, _statement("stucktable"))

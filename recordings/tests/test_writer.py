@@ -526,19 +526,28 @@ async def test_best_effort_mode_creates_the_session_later_when_the_database_was_
     assert result.ok, result.reason
 
 
+async def stuck_and_free(
+    admin: psycopg.Connection, failures: dict[str, list[str]]
+) -> tuple[SessionRecorder, SessionRecorder]:
+    """Two sessions whose failures go to ``failures["stuck"]`` and ``["free"]``; ``admin``
+    holds the first one's row in an open transaction (until its ROLLBACK), so that
+    session's writes wait on the lock."""
+    stuck = await SessionRecorder.start(**BILLING_BOT, on_failure=failures["stuck"].append)
+    free = await SessionRecorder.start(**BILLING_BOT, on_failure=failures["free"].append)
+    await asyncio.to_thread(admin.execute, "BEGIN")
+    await asyncio.to_thread(
+        admin.execute, "SELECT 1 FROM recordings_session WHERE id = %s FOR UPDATE", [stuck.session_id]
+    )
+    return stuck, free
+
+
 async def test_a_session_whose_writes_hang_does_not_hold_up_another(settings):
     settings.RECORDING_PERSIST_TIMEOUT = 2
     failures: dict[str, list[str]] = {"stuck": [], "free": []}
     admin = await asyncio.to_thread(_admin_conn)
     try:
         async with asyncio.timeout(30):
-            stuck = await SessionRecorder.start(**BILLING_BOT, on_failure=failures["stuck"].append)
-            free = await SessionRecorder.start(**BILLING_BOT, on_failure=failures["free"].append)
-            # Someone holds the stuck session's row: its writes wait on the lock.
-            await asyncio.to_thread(admin.execute, "BEGIN")
-            await asyncio.to_thread(
-                admin.execute, "SELECT 1 FROM recordings_session WHERE id = %s FOR UPDATE", [stuck.session_id]
-            )
+            stuck, free = await stuck_and_free(admin, failures)
             stuck.append(Event.Kind.STATEMENT, {"text": "SELECT 'stuck'"})
             await asyncio.sleep(0.2)  # let the stuck write start and block first
             for kind, payload in statement_events(10):
