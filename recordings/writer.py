@@ -665,20 +665,16 @@ def _persist(
         base, done = _reconciled(session_id, base, items, create, uncertain)
         if done is not None:
             return done
-        searched: list[tuple[str, Any]] = []
-        postgres = connection.vendor == "postgresql"
-        copied = _chain_copy(str(session_id), base.last_hash, base.seq, items) if postgres and items else None
-        if copied is not None:
-            data, last_hash = copied
-            state = _tally_plain(base, items, last_hash, searched)
-            _copy_events(data)
+        if connection.vendor == "postgresql":
+            state, data, words = _staged(session_id, base, items)
+            if data:
+                _copy_events(data)
+            if words:
+                search.add_batch_words(session_id, words)
         else:
-            rows, state = _chain_rows(session_id, base, items, searched)
+            rows, state = _chain_rows(session_id, base, items)
             if rows:
                 _insert_events(session_id, rows)
-        words = search.batch_words(searched) if postgres else ""
-        if words:
-            search.add_batch_words(session_id, words)
         written = Session.objects.filter(pk=session_id, status=Session.Status.LIVE).update(
             last_hash=state.last_hash,
             dropped_events=dropped,
@@ -688,6 +684,22 @@ def _persist(
         if not written:
             raise SessionClosedElsewhere(_closed_elsewhere(session_id))
     return state
+
+
+def _staged(
+    session_id: uuid.UUID, base: _ChainState, items: list[_QueuedFields]
+) -> tuple[_ChainState, bytes, str]:
+    """``items`` chained after ``base`` (PostgreSQL): the state after them, their rows as
+    COPY text (``_copy_events``) and their search words (``search.batch_words``)."""
+    searched: list[tuple[str, Any]] = []
+    copied = _chain_copy(str(session_id), base.last_hash, base.seq, items) if items else None
+    if copied is not None:
+        data, last_hash = copied
+        state = _tally_plain(base, items, last_hash, searched)
+    else:
+        rows, state = _chain_rows(session_id, base, items, searched)
+        data = _copy_text(session_id, rows).encode() if rows else b""
+    return state, data, search.batch_words(searched)
 
 
 # One write's arguments, as ``_persist`` takes them before its ``timeout``.
@@ -726,18 +738,8 @@ def _persist_group(writes: list[_Write], timeout: float) -> list[_ChainState]:
                 if done is not None:
                     states.append(done)
                     continue
-                searched: list[tuple[str, Any]] = []
-                copied = _chain_copy(str(session_id), base.last_hash, base.seq, items) if items else None
-                if copied is not None:
-                    data, last_hash = copied
-                    state = _tally_plain(base, items, last_hash, searched)
-                    copies.append(data)
-                elif items:
-                    chained, state = _chain_rows(session_id, base, items, searched)
-                    copies.append(_copy_text(session_id, chained).encode())
-                else:
-                    state = base
-                text = search.batch_words(searched)
+                state, data, text = _staged(session_id, base, items)
+                copies.append(data)
                 if text:
                     words.append((str(session_id), text))
                 tally = state.tally
@@ -755,8 +757,9 @@ def _persist_group(writes: list[_Write], timeout: float) -> list[_ChainState]:
                     )
                 )
                 states.append(state)
-            if copies:
-                _copy_events(b"".join(copies))
+            data = b"".join(copies)
+            if data:
+                _copy_events(data)
             if words:
                 search.add_batches_words(words)
             updated = _update_sessions(rows, seen)
