@@ -76,24 +76,10 @@ def batch_words(events: Iterable[tuple[str, object]]) -> str:
     return " ".join(dict.fromkeys("\n".join(parts)[:BATCH_CHARS].split()))
 
 
-def add_batch_words(session_id: object, words: str) -> None:
-    """Add a batch's searchable text (``batch_words``) to its session's search rows, in
-    the caller's transaction (PostgreSQL only)."""
-    from recordings.models import SearchWords
-
-    table = connection.ops.quote_name(SearchWords._meta.db_table)
-    with connection.cursor() as cursor:
-        cursor.execute(
-            # Only constant SQL is formatted in; the words are a bound parameter.
-            f"INSERT INTO {table} (session_id, words) SELECT %s, w"  # noqa: S608
-            " FROM recordings_search_words(%s) AS w WHERE w IS NOT NULL",
-            [session_id, words],
-        )
-
-
 def add_batches_words(batches: list[tuple[str, str]]) -> None:
-    """``add_batch_words`` for several sessions' batches, ``(session id, words)`` each, in
-    one statement (PostgreSQL only)."""
+    """Add batches' searchable text (``batch_words``), ``(session id, words)`` each, to
+    their sessions' search rows in one statement, in the caller's transaction (PostgreSQL
+    only)."""
     from recordings.models import SearchWords
 
     table = connection.ops.quote_name(SearchWords._meta.db_table)

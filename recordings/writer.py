@@ -426,7 +426,8 @@ class _GroupedWrites:
                 if not future.done():
                     future.set_result(state)
             return
-        log.info("%d sessions' batches written one by one: %s", len(pending), _describe_job(job))
+        why = "cancelled" if job.cancelled() else _describe(job.exception())  # type: ignore[arg-type]
+        log.info("%d sessions' batches written one by one: %s", len(pending), why)
         for write, timeout, future in pending:
             session_id, base, items, dropped, create, _ = write
             single = _submit(_persist, session_id, base, items, dropped, create, True, timeout)
@@ -437,9 +438,7 @@ GROUP_WINDOW = 0.002  # seconds: batches handed over this close together are wri
 
 
 def _grouping() -> bool:
-    from django.db import connections as all_connections
-
-    return all_connections["default"].vendor == "postgresql"
+    return connections["default"].vendor == "postgresql"
 
 
 def _chain_future(source: asyncio.Future[Any], target: asyncio.Future[Any]) -> None:
@@ -454,13 +453,6 @@ def _chain_future(source: asyncio.Future[Any], target: asyncio.Future[Any]) -> N
             target.set_result(done.result())
 
     source.add_done_callback(copy)
-
-
-def _describe_job(job: asyncio.Future[Any]) -> str:
-    if job.cancelled():
-        return "cancelled"
-    exc = job.exception()
-    return _describe(exc) if exc is not None else "no answer"
 
 
 _grouped: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _GroupedWrites] = weakref.WeakKeyDictionary()
@@ -670,7 +662,7 @@ def _persist(
             if data:
                 _copy_events(data)
             if words:
-                search.add_batch_words(session_id, words)
+                search.add_batches_words([(str(session_id), words)])
         else:
             rows, state = _chain_rows(session_id, base, items)
             if rows:
