@@ -735,19 +735,8 @@ def _persist_group(writes: list[_Write], timeout: float) -> list[_ChainState]:
                 if text:
                     words.append((str(session_id), text))
                 tally = state.tally
-                rows.append(
-                    (
-                        str(session_id),
-                        state.last_hash,
-                        dropped,
-                        tally.event_count,
-                        tally.statement_count,
-                        tally.denied_count,
-                        tally.review_count,
-                        tally.error_count,
-                        tally.masked_count,
-                    )
-                )
+                counts = (getattr(tally, name) for name in _TALLY_FIELDS)
+                rows.append((str(session_id), state.last_hash, dropped, *counts))
                 states.append(state)
             data = b"".join(copies)
             if data:
